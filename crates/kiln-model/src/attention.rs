@@ -1,0 +1,209 @@
+//! Multi-head self-attention on Burn's fused attention op, with a KV cache.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::activation::softmax;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Tensor};
+
+use crate::init::normal_linear;
+use crate::rotary::RotaryEmbedding;
+
+/// Configuration of a [`MultiHeadAttention`] layer.
+#[derive(Config, Debug)]
+pub struct MultiHeadAttentionConfig {
+    /// Model width; must be divisible by `n_heads`.
+    pub d_model: usize,
+    /// Number of heads.
+    pub n_heads: usize,
+    /// Dropout on the attention probabilities.
+    #[config(default = 0.0)]
+    pub attn_dropout: f64,
+    /// Dropout on the output projection (the residual branch).
+    #[config(default = 0.0)]
+    pub resid_dropout: f64,
+    /// Whether the projections have biases.
+    #[config(default = true)]
+    pub bias: bool,
+    /// Standard deviation of the q/k/v projection's normal init.
+    #[config(default = 0.02)]
+    pub init_std: f64,
+    /// Standard deviation of the output projection's init.
+    #[config(default = 0.02)]
+    pub out_init_std: f64,
+}
+
+/// Self-attention with the query, key and value projections fused into one matrix
+/// (`[d_model, 3·d_model]`, q|k|v, as GPT-2's `c_attn`): one matmul instead of three.
+#[derive(Module, Debug)]
+pub struct MultiHeadAttention {
+    /// Fused q|k|v projection.
+    pub qkv: Linear,
+    /// Output projection.
+    pub out: Linear,
+    /// Dropout on the attention probabilities.
+    pub attn_dropout: Dropout,
+    /// Dropout on the output.
+    pub resid_dropout: Dropout,
+    /// Number of heads.
+    pub n_heads: usize,
+}
+
+/// The keys and values of the positions seen so far, for one attention layer.
+#[derive(Debug, Clone, Default)]
+pub struct LayerKvCache {
+    /// `[batch, heads, seen, head_dim]` each, or `None` before the first step.
+    pub key_value: Option<(Tensor<4>, Tensor<4>)>,
+}
+
+impl LayerKvCache {
+    /// How many positions are cached.
+    pub fn len(&self) -> usize {
+        self.key_value.as_ref().map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What each query may attend to.
+#[derive(Debug, Clone, Default)]
+pub struct AttentionMask {
+    /// Whether a query is blocked from later positions (decoder) or not (encoder).
+    pub causal: bool,
+    /// `[batch, keys]`, `true` where the key is padding and must be ignored.
+    pub padding: Option<Tensor<2, Bool>>,
+}
+
+impl AttentionMaskRef<'_> {
+    fn expanded(&self, batch: usize, heads: usize, q: usize, k: usize) -> Option<Tensor<4, Bool>> {
+        self.padding.map(|padding| {
+            padding
+                .clone()
+                .reshape([batch, 1, 1, k])
+                .expand([batch, heads, q, k])
+        })
+    }
+}
+
+/// A borrowed [`AttentionMask`], handed down through the blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionMaskRef<'a> {
+    /// See [`AttentionMask::causal`].
+    pub causal: bool,
+    /// See [`AttentionMask::padding`].
+    pub padding: Option<&'a Tensor<2, Bool>>,
+}
+
+impl AttentionMask {
+    /// Borrows the mask.
+    pub fn as_ref(&self) -> AttentionMaskRef<'_> {
+        AttentionMaskRef {
+            causal: self.causal,
+            padding: self.padding.as_ref(),
+        }
+    }
+}
+
+impl MultiHeadAttentionConfig {
+    /// Builds the layer. The caller checks that `d_model` is divisible by `n_heads`.
+    pub fn init(&self, device: &Device) -> MultiHeadAttention {
+        let d = self.d_model;
+        MultiHeadAttention {
+            qkv: normal_linear(d, 3 * d, self.bias, self.init_std, device),
+            out: normal_linear(d, d, self.bias, self.out_init_std, device),
+            attn_dropout: DropoutConfig::new(self.attn_dropout).init(),
+            resid_dropout: DropoutConfig::new(self.resid_dropout).init(),
+            n_heads: self.n_heads,
+        }
+    }
+}
+
+impl MultiHeadAttention {
+    /// `[batch, seq, d_model] -> [batch, seq, d_model]`.
+    ///
+    /// With a `cache`, `x` holds only the new positions: their keys and values are appended to
+    /// the cache and the queries attend to everything cached. `rope` rotates queries and keys at
+    /// their absolute positions (the cache length is the offset).
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        mask: AttentionMaskRef<'_>,
+        rope: Option<&RotaryEmbedding>,
+        cache: Option<&mut LayerKvCache>,
+    ) -> Tensor<3> {
+        let [batch, seq, d_model] = x.dims();
+        let heads = self.n_heads;
+        let head_dim = d_model / heads;
+
+        // [b, t, 3d] -> [b, t, 3, h, hd] -> three [b, h, t, hd]
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([batch, seq, 3, heads, head_dim])
+            .permute([2, 0, 3, 1, 4]);
+        let split = |i: usize| -> Tensor<4> {
+            qkv.clone()
+                .narrow(0, i, 1)
+                .reshape([batch, heads, seq, head_dim])
+        };
+        let (mut q, mut k, mut v) = (split(0), split(1), split(2));
+
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        if let Some(rope) = rope {
+            q = rope.apply(q, offset);
+            k = rope.apply(k, offset);
+        }
+        if let Some(cache) = cache {
+            if let Some((past_k, past_v)) = cache.key_value.take() {
+                k = Tensor::cat(vec![past_k, k], 2);
+                v = Tensor::cat(vec![past_v, v], 2);
+            }
+            cache.key_value = Some((k.clone(), v.clone()));
+        }
+        let keys = k.dims()[2];
+        let padding = mask.expanded(batch, heads, seq, keys);
+
+        let context = if self.attn_dropout.prob > 0.0 && q.device().is_autodiff() {
+            // The fused op has no dropout: spell attention out when probabilities are dropped.
+            self.attention_with_dropout(q, k, v, padding, mask.causal)
+        } else {
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: mask.causal,
+            };
+            attention(q, k, v, padding, None, options)
+        };
+
+        let context = context.swap_dims(1, 2).reshape([batch, seq, d_model]);
+        self.resid_dropout.forward(self.out.forward(context))
+    }
+
+    fn attention_with_dropout(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        padding: Option<Tensor<4, Bool>>,
+        causal: bool,
+    ) -> Tensor<4> {
+        let [batch, heads, seq_q, head_dim] = q.dims();
+        let seq_k = k.dims()[2];
+        let mut scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (head_dim as f64).sqrt());
+        if let Some(padding) = padding {
+            scores = scores.mask_fill(padding, f32::NEG_INFINITY);
+        }
+        if causal {
+            let future = Tensor::<2, Bool>::tril_mask([seq_q, seq_k], (seq_k - seq_q) as i64, &scores.device())
+                .unsqueeze::<4>()
+                .expand([batch, heads, seq_q, seq_k]);
+            scores = scores.mask_fill(future, f32::NEG_INFINITY);
+        }
+        self.attn_dropout.forward(softmax(scores, 3)).matmul(v)
+    }
+}

@@ -1,0 +1,350 @@
+//! BERT (Devlin et al. 2019): a post-norm Transformer encoder with word, position and
+//! token-type embeddings, a pooler, and the masked-LM and sequence-classification heads.
+
+use burn::config::Config;
+use burn::module::{Initializer, Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::module::linear;
+use burn::tensor::{Bool, Device, Int, Tensor};
+
+use crate::activation::Activation;
+use crate::attention::AttentionMaskRef;
+use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
+use crate::error::{ModelError, Result};
+use crate::gpt::check_probability;
+use crate::init::normal_linear;
+use crate::loss::{check_id_range, check_token_ids, cross_entropy};
+
+/// Configuration of a [`Bert`] encoder; field names and defaults are HF's `BertConfig`
+/// (BERT-base).
+#[derive(Config, Debug)]
+pub struct BertConfig {
+    /// Vocabulary size (30 522 for the original uncased WordPiece vocabulary).
+    pub vocab_size: usize,
+    /// Model width.
+    #[config(default = 768)]
+    pub hidden_size: usize,
+    /// Number of encoder layers.
+    #[config(default = 12)]
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer.
+    #[config(default = 12)]
+    pub num_attention_heads: usize,
+    /// Feed-forward width.
+    #[config(default = 3072)]
+    pub intermediate_size: usize,
+    /// Feed-forward non-linearity (BERT uses the exact GELU).
+    #[config(default = "Activation::Gelu")]
+    pub hidden_act: Activation,
+    /// Dropout on embeddings and residual branches.
+    #[config(default = 0.1)]
+    pub hidden_dropout_prob: f64,
+    /// Dropout on attention probabilities.
+    #[config(default = 0.1)]
+    pub attention_probs_dropout_prob: f64,
+    /// Longest sequence.
+    #[config(default = 512)]
+    pub max_position_embeddings: usize,
+    /// Number of segment (token type) ids.
+    #[config(default = 2)]
+    pub type_vocab_size: usize,
+    /// LayerNorm epsilon.
+    #[config(default = 1e-12)]
+    pub layer_norm_eps: f64,
+    /// Standard deviation of the normal init.
+    #[config(default = 0.02)]
+    pub initializer_range: f64,
+}
+
+/// Word + position + token-type embeddings, then LayerNorm and dropout.
+#[derive(Module, Debug)]
+pub struct BertEmbeddings {
+    /// Word embeddings `[vocab, hidden]` (tied to the masked-LM decoder).
+    pub word: Embedding,
+    /// Position embeddings `[max_positions, hidden]`.
+    pub position: Embedding,
+    /// Token-type (segment) embeddings `[type_vocab, hidden]`.
+    pub token_type: Embedding,
+    /// LayerNorm over the sum.
+    pub norm: LayerNorm,
+    /// Dropout after the LayerNorm.
+    pub dropout: Dropout,
+}
+
+/// The BERT encoder (HF's `BertModel`).
+#[derive(Module, Debug)]
+pub struct Bert {
+    /// The embeddings.
+    pub embeddings: BertEmbeddings,
+    /// Post-norm encoder layers.
+    pub layers: Vec<TransformerBlock>,
+    /// `tanh(W·h_[CLS] + b)`; absent in the masked-LM model.
+    pub pooler: Option<Linear>,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Number of token types.
+    pub type_vocab_size: usize,
+    /// Longest sequence.
+    pub max_positions: usize,
+}
+
+/// One batch for a BERT model, in HF's conventions.
+#[derive(Debug, Clone)]
+pub struct BertInput {
+    /// Token ids `[batch, seq]`.
+    pub input_ids: Tensor<2, Int>,
+    /// Segment ids `[batch, seq]`; all zeros when `None`.
+    pub token_type_ids: Option<Tensor<2, Int>>,
+    /// `[batch, seq]`, 1 for real tokens and 0 for padding; all ones when `None`.
+    pub attention_mask: Option<Tensor<2, Int>>,
+}
+
+impl BertInput {
+    /// A batch of ids with no segments and no padding.
+    pub fn new(input_ids: Tensor<2, Int>) -> Self {
+        Self {
+            input_ids,
+            token_type_ids: None,
+            attention_mask: None,
+        }
+    }
+}
+
+/// What the encoder returns.
+#[derive(Debug, Clone)]
+pub struct BertOutput {
+    /// Hidden states of the last layer `[batch, seq, hidden]`.
+    pub last_hidden_state: Tensor<3>,
+    /// The pooled `[CLS]` representation `[batch, hidden]`, when the model has a pooler.
+    pub pooler_output: Option<Tensor<2>>,
+}
+
+impl BertConfig {
+    /// Checks sizes and probabilities.
+    pub fn validate(&self) -> Result<()> {
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ];
+        for (name, value) in sizes {
+            if value == 0 {
+                return Err(ModelError::config(format!("{name} must be > 0")));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(ModelError::config(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        check_probability("hidden_dropout_prob", self.hidden_dropout_prob)?;
+        check_probability("attention_probs_dropout_prob", self.attention_probs_dropout_prob)?;
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(ModelError::config("layer_norm_eps must be > 0"));
+        }
+        Ok(())
+    }
+
+    /// Builds the encoder with BERT's init: N(0, initializer_range) weights and embeddings,
+    /// zero biases, unit LayerNorms.
+    pub fn init(&self, with_pooler: bool, device: &Device) -> Result<Bert> {
+        self.validate()?;
+        let std = self.initializer_range;
+        let embedding = |n: usize| {
+            EmbeddingConfig::new(n, self.hidden_size)
+                .with_initializer(Initializer::Normal { mean: 0.0, std })
+                .init(device)
+        };
+        let layer = TransformerBlockConfig::new(self.hidden_size, self.num_attention_heads, self.intermediate_size)
+            .with_norm_position(NormPosition::Post)
+            .with_activation(self.hidden_act)
+            .with_dropout(self.hidden_dropout_prob)
+            .with_attn_dropout(self.attention_probs_dropout_prob)
+            .with_layer_norm_eps(self.layer_norm_eps)
+            .with_init_std(std)
+            .with_out_init_std(std);
+        Ok(Bert {
+            embeddings: BertEmbeddings {
+                word: embedding(self.vocab_size),
+                position: embedding(self.max_position_embeddings),
+                token_type: embedding(self.type_vocab_size),
+                norm: self.layer_norm(device),
+                dropout: DropoutConfig::new(self.hidden_dropout_prob).init(),
+            },
+            layers: (0..self.num_hidden_layers).map(|_| layer.init(device)).collect(),
+            pooler: with_pooler.then(|| normal_linear(self.hidden_size, self.hidden_size, true, std, device)),
+            vocab_size: self.vocab_size,
+            type_vocab_size: self.type_vocab_size,
+            max_positions: self.max_position_embeddings,
+        })
+    }
+
+    fn layer_norm(&self, device: &Device) -> LayerNorm {
+        LayerNormConfig::new(self.hidden_size)
+            .with_epsilon(self.layer_norm_eps)
+            .init(device)
+    }
+
+    /// Builds the masked-LM model (encoder without pooler, transform head, tied decoder).
+    pub fn init_masked_lm(&self, device: &Device) -> Result<BertForMaskedLm> {
+        Ok(BertForMaskedLm {
+            bert: self.init(false, device)?,
+            transform: normal_linear(self.hidden_size, self.hidden_size, true, self.initializer_range, device),
+            transform_norm: self.layer_norm(device),
+            decoder_bias: Param::from_tensor(Tensor::zeros([self.vocab_size], device)),
+            activation: self.hidden_act,
+        })
+    }
+
+    /// Builds a sequence classifier over `num_labels` classes on the pooled `[CLS]` state.
+    pub fn init_classifier(&self, num_labels: usize, device: &Device) -> Result<BertForSequenceClassification> {
+        if num_labels == 0 {
+            return Err(ModelError::config("num_labels must be > 0"));
+        }
+        Ok(BertForSequenceClassification {
+            bert: self.init(true, device)?,
+            dropout: DropoutConfig::new(self.hidden_dropout_prob).init(),
+            classifier: normal_linear(self.hidden_size, num_labels, true, self.initializer_range, device),
+            num_labels,
+        })
+    }
+}
+
+impl Bert {
+    /// Encodes a batch. Errors on empty or over-long batches, ids outside the vocabulary or
+    /// token types, and masks of the wrong shape.
+    pub fn forward(&self, input: BertInput) -> Result<BertOutput> {
+        let padding = self.check(&input)?;
+        Ok(self.encode(input, padding))
+    }
+
+    fn check(&self, input: &BertInput) -> Result<Option<Tensor<2, Bool>>> {
+        let ids = &input.input_ids;
+        check_token_ids(ids, self.vocab_size, self.max_positions)?;
+        let shape_of = |name: &str, t: &Tensor<2, Int>| {
+            if t.dims() == ids.dims() {
+                Ok(())
+            } else {
+                Err(ModelError::BadInput(format!(
+                    "{name} has shape {:?}, input_ids have {:?}",
+                    t.dims(),
+                    ids.dims()
+                )))
+            }
+        };
+        if let Some(types) = &input.token_type_ids {
+            shape_of("token_type_ids", types)?;
+            check_id_range(types, self.type_vocab_size)?;
+        }
+        input
+            .attention_mask
+            .as_ref()
+            .map(|mask| {
+                shape_of("attention_mask", mask)?;
+                Ok(mask.clone().equal_elem(0))
+            })
+            .transpose()
+    }
+
+    fn encode(&self, input: BertInput, padding: Option<Tensor<2, Bool>>) -> BertOutput {
+        let ids = input.input_ids;
+        let [batch, seq] = ids.dims();
+        let device = ids.device();
+        let emb = &self.embeddings;
+        let types = input
+            .token_type_ids
+            .unwrap_or_else(|| Tensor::zeros([batch, seq], &device));
+        let positions = Tensor::<1, Int>::arange(0..seq as i64, &device).reshape([1, seq]);
+        let mut x = emb.word.forward(ids) + emb.token_type.forward(types);
+        let hidden = x.dims()[2];
+        x = x + emb.position.forward(positions).expand([batch, seq, hidden]);
+        let mut x = emb.dropout.forward(emb.norm.forward(x));
+
+        let mask = AttentionMaskRef {
+            causal: false,
+            padding: padding.as_ref(),
+        };
+        for layer in &self.layers {
+            x = layer.forward(x, mask, None, None);
+        }
+        let pooler_output = self.pooler.as_ref().map(|pooler| {
+            let cls = x.clone().narrow(1, 0, 1).reshape([batch, hidden]);
+            pooler.forward(cls).tanh()
+        });
+        BertOutput {
+            last_hidden_state: x,
+            pooler_output,
+        }
+    }
+}
+
+/// BERT with the masked-LM head (HF's `BertForMaskedLM`): dense + activation + LayerNorm, then
+/// a decoder tied to the word embeddings plus its own bias.
+#[derive(Module, Debug)]
+pub struct BertForMaskedLm {
+    /// The encoder (without pooler).
+    pub bert: Bert,
+    /// The transform's dense layer.
+    pub transform: Linear,
+    /// The transform's LayerNorm.
+    pub transform_norm: LayerNorm,
+    /// Output bias over the vocabulary.
+    pub decoder_bias: Param<Tensor<1>>,
+    /// The transform's non-linearity.
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl BertForMaskedLm {
+    /// Logits `[batch, seq, vocab]`.
+    pub fn forward(&self, input: BertInput) -> Result<Tensor<3>> {
+        let hidden = self.bert.forward(input)?.last_hidden_state;
+        let h = self
+            .transform_norm
+            .forward(self.activation.forward(self.transform.forward(hidden)));
+        let decoder = self.bert.embeddings.word.weight.val().transpose();
+        Ok(linear(h, decoder, Some(self.decoder_bias.val())))
+    }
+
+    /// Mean cross-entropy over the positions whose label is not `-100` (the unmasked ones).
+    pub fn loss(&self, logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<1> {
+        cross_entropy(logits, labels, Some(-100))
+    }
+}
+
+/// BERT with a linear classifier on the pooled `[CLS]` state (HF's
+/// `BertForSequenceClassification`).
+#[derive(Module, Debug)]
+pub struct BertForSequenceClassification {
+    /// The encoder (with pooler).
+    pub bert: Bert,
+    /// Dropout on the pooled state.
+    pub dropout: Dropout,
+    /// `hidden -> num_labels`.
+    pub classifier: Linear,
+    /// Number of classes.
+    pub num_labels: usize,
+}
+
+impl BertForSequenceClassification {
+    /// Class logits `[batch, num_labels]`.
+    pub fn forward(&self, input: BertInput) -> Result<Tensor<2>> {
+        let pooled = self
+            .bert
+            .forward(input)?
+            .pooler_output
+            .ok_or_else(|| ModelError::config("the classifier's encoder has no pooler"))?;
+        Ok(self.classifier.forward(self.dropout.forward(pooled)))
+    }
+
+    /// Mean cross-entropy of `logits` `[batch, num_labels]` against `labels` `[batch]`.
+    pub fn loss(&self, logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+        let [batch, n] = logits.dims();
+        cross_entropy(logits.reshape([batch, 1, n]), labels.reshape([batch, 1]), None)
+    }
+}

@@ -1,0 +1,131 @@
+//! One Transformer block: attention and feed-forward, each with a residual and a LayerNorm.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig};
+use burn::tensor::{Device, Tensor};
+
+use crate::activation::Activation;
+use crate::attention::{AttentionMaskRef, LayerKvCache, MultiHeadAttention, MultiHeadAttentionConfig};
+use crate::feed_forward::{FeedForward, FeedForwardConfig, FeedForwardKind};
+use crate::rotary::RotaryEmbedding;
+
+/// Where the LayerNorms sit relative to the residual connections.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum NormPosition {
+    /// `x + f(LN(x))`: GPT-2 and most large models; trains stably without warmup tricks.
+    Pre,
+    /// `LN(x + f(x))`: the original Transformer and BERT.
+    Post,
+}
+
+/// Configuration of a [`TransformerBlock`].
+#[derive(Config, Debug)]
+pub struct TransformerBlockConfig {
+    /// Model width.
+    pub d_model: usize,
+    /// Attention heads.
+    pub n_heads: usize,
+    /// Feed-forward hidden width.
+    pub d_ff: usize,
+    /// Pre-norm or post-norm.
+    #[config(default = "NormPosition::Pre")]
+    pub norm_position: NormPosition,
+    /// Plain MLP or SwiGLU.
+    #[config(default = "FeedForwardKind::Mlp")]
+    pub ff_kind: FeedForwardKind,
+    /// Non-linearity of the MLP.
+    #[config(default = "Activation::GeluTanh")]
+    pub activation: Activation,
+    /// Dropout on the residual branches.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+    /// Dropout on the attention probabilities.
+    #[config(default = 0.0)]
+    pub attn_dropout: f64,
+    /// Whether linear layers have biases.
+    #[config(default = true)]
+    pub bias: bool,
+    /// LayerNorm epsilon.
+    #[config(default = 1e-5)]
+    pub layer_norm_eps: f64,
+    /// Standard deviation of the weights' normal init.
+    #[config(default = 0.02)]
+    pub init_std: f64,
+    /// Standard deviation of the residual output projections (GPT-2: `init_std/√(2·n_layer)`).
+    #[config(default = 0.02)]
+    pub out_init_std: f64,
+}
+
+/// Attention then feed-forward, each wrapped in a residual connection and a LayerNorm.
+#[derive(Module, Debug)]
+pub struct TransformerBlock {
+    /// The LayerNorm of the attention sub-layer (before it in pre-norm, after the residual in
+    /// post-norm).
+    pub attn_norm: LayerNorm,
+    /// Self-attention.
+    pub attn: MultiHeadAttention,
+    /// The LayerNorm of the feed-forward sub-layer.
+    pub ffn_norm: LayerNorm,
+    /// Feed-forward.
+    pub ffn: FeedForward,
+    /// Pre- or post-norm.
+    #[module(skip)]
+    pub norm_position: NormPosition,
+}
+
+impl TransformerBlockConfig {
+    /// Builds the block. The caller validates the sizes.
+    pub fn init(&self, device: &Device) -> TransformerBlock {
+        let norm = || {
+            LayerNormConfig::new(self.d_model)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        TransformerBlock {
+            attn_norm: norm(),
+            attn: MultiHeadAttentionConfig::new(self.d_model, self.n_heads)
+                .with_attn_dropout(self.attn_dropout)
+                .with_resid_dropout(self.dropout)
+                .with_bias(self.bias)
+                .with_init_std(self.init_std)
+                .with_out_init_std(self.out_init_std)
+                .init(device),
+            ffn_norm: norm(),
+            ffn: FeedForwardConfig::new(self.d_model, self.d_ff)
+                .with_kind(self.ff_kind)
+                .with_activation(self.activation)
+                .with_dropout(self.dropout)
+                .with_bias(self.bias)
+                .with_init_std(self.init_std)
+                .with_out_init_std(self.out_init_std)
+                .init(device),
+            norm_position: self.norm_position,
+        }
+    }
+}
+
+impl TransformerBlock {
+    /// `[batch, seq, d_model] -> [batch, seq, d_model]`; see [`MultiHeadAttention::forward`] for
+    /// the mask, rotary and cache arguments.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        mask: AttentionMaskRef<'_>,
+        rope: Option<&RotaryEmbedding>,
+        cache: Option<&mut LayerKvCache>,
+    ) -> Tensor<3> {
+        match self.norm_position {
+            NormPosition::Pre => {
+                let x = x.clone() + self.attn.forward(self.attn_norm.forward(x), mask, rope, cache);
+                x.clone() + self.ffn.forward(self.ffn_norm.forward(x))
+            }
+            NormPosition::Post => {
+                let x = self
+                    .attn_norm
+                    .forward(x.clone() + self.attn.forward(x, mask, rope, cache));
+                self.ffn_norm.forward(x.clone() + self.ffn.forward(x))
+            }
+        }
+    }
+}

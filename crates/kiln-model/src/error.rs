@@ -1,0 +1,95 @@
+//! The one error type of kiln-model.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong when building, running, saving or loading a model.
+///
+/// Bad input never panics inside kiln-model: it comes back as one of these, with enough detail
+/// (a tensor name, both shapes, a file) to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A configuration value is out of range or inconsistent with another one.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// A batch is longer than the model's context window.
+    #[error("sequence of length {len} is longer than the context of {max} positions")]
+    SequenceTooLong {
+        /// The length that was asked for.
+        len: usize,
+        /// The model's context length.
+        max: usize,
+    },
+    /// A token id is not in `0..vocab_size`.
+    #[error("token id {id} is outside the vocabulary of {vocab_size} tokens")]
+    TokenOutOfVocab {
+        /// The offending id.
+        id: i64,
+        /// The vocabulary size.
+        vocab_size: usize,
+    },
+    /// An input tensor or list has the wrong shape.
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// A weight file lacks a tensor the model needs.
+    #[error("tensor `{name}` is missing from {file}")]
+    MissingTensor {
+        /// The tensor's name in the file.
+        name: String,
+        /// The file that was read.
+        file: PathBuf,
+    },
+    /// A tensor in a weight file has the wrong shape.
+    #[error("tensor `{name}` in {file} has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        /// The tensor's name in the file.
+        name: String,
+        /// The file that was read.
+        file: PathBuf,
+        /// The shape the model needs.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+    /// A `config.json` names a `model_type` kiln cannot load.
+    #[error("unsupported model_type `{0}` (kiln loads `gpt2` and `bert`)")]
+    UnknownModelType(String),
+    /// A weight or config file could not be parsed.
+    #[error("cannot parse {file}: {message}")]
+    Format {
+        /// The file that was read.
+        file: PathBuf,
+        /// What was wrong with it.
+        message: String,
+    },
+    /// A file could not be read or written.
+    #[error("I/O error on {file}: {source}")]
+    Io {
+        /// The file involved.
+        file: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl ModelError {
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self::InvalidConfig(message.into())
+    }
+
+    pub(crate) fn io(file: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            file: file.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn format(file: impl Into<PathBuf>, message: impl ToString) -> Self {
+        Self::Format {
+            file: file.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Shorthand for results whose error is [`ModelError`].
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

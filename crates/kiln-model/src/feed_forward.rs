@@ -1,0 +1,92 @@
+//! The position-wise feed-forward layer of a Transformer block.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::{Device, Tensor};
+
+use crate::activation::Activation;
+use crate::init::normal_linear;
+
+/// The two shapes a feed-forward layer takes.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum FeedForwardKind {
+    /// `down(act(up(x)))`, with GELU in GPT-2 and BERT.
+    Mlp,
+    /// `down(silu(gate(x)) ⊙ up(x))`, Shazeer 2020 (LLaMA, PaLM). Has no biases.
+    SwiGlu,
+}
+
+/// Configuration of a [`FeedForward`] layer.
+#[derive(Config, Debug)]
+pub struct FeedForwardConfig {
+    /// Model width.
+    pub d_model: usize,
+    /// Hidden width (4·d_model in GPT-2 and BERT).
+    pub d_hidden: usize,
+    /// Plain MLP or SwiGLU.
+    #[config(default = "FeedForwardKind::Mlp")]
+    pub kind: FeedForwardKind,
+    /// Non-linearity of the MLP form (SwiGLU always uses SiLU on its gate).
+    #[config(default = "Activation::GeluTanh")]
+    pub activation: Activation,
+    /// Dropout on the output.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+    /// Whether the linear layers have biases (ignored by SwiGLU, which has none).
+    #[config(default = true)]
+    pub bias: bool,
+    /// Standard deviation of the input projections' normal init.
+    #[config(default = 0.02)]
+    pub init_std: f64,
+    /// Standard deviation of the output projection's init (GPT-2 scales it by 1/√(2·n_layer)).
+    #[config(default = 0.02)]
+    pub out_init_std: f64,
+}
+
+/// `down(act(up(x)))` or its gated SwiGLU form, then dropout.
+#[derive(Module, Debug)]
+pub struct FeedForward {
+    /// Input projection, `d_model -> d_hidden`.
+    pub up: Linear,
+    /// Gate projection of SwiGLU, `d_model -> d_hidden`.
+    pub gate: Option<Linear>,
+    /// Output projection, `d_hidden -> d_model`.
+    pub down: Linear,
+    /// Dropout on the output.
+    pub dropout: Dropout,
+    /// The non-linearity.
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl FeedForwardConfig {
+    /// Builds the layer with normal-initialized weights and zero biases.
+    pub fn init(&self, device: &Device) -> FeedForward {
+        let swiglu = self.kind == FeedForwardKind::SwiGlu;
+        let bias = self.bias && !swiglu;
+        FeedForward {
+            up: normal_linear(self.d_model, self.d_hidden, bias, self.init_std, device),
+            gate: swiglu
+                .then(|| normal_linear(self.d_model, self.d_hidden, false, self.init_std, device)),
+            down: normal_linear(self.d_hidden, self.d_model, bias, self.out_init_std, device),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            activation: if swiglu {
+                Activation::Silu
+            } else {
+                self.activation
+            },
+        }
+    }
+}
+
+impl FeedForward {
+    /// `[batch, seq, d_model] -> [batch, seq, d_model]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let hidden = match &self.gate {
+            Some(gate) => self.activation.forward(gate.forward(x.clone())) * self.up.forward(x),
+            None => self.activation.forward(self.up.forward(x)),
+        };
+        self.dropout.forward(self.down.forward(hidden))
+    }
+}

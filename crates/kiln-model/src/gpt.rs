@@ -1,0 +1,352 @@
+//! A decoder-only Transformer language model: GPT-2 (Radford et al. 2019) and its modern
+//! variants (rotary positions, SwiGLU, no biases).
+//!
+//! Reads top to bottom: the config, the model, the forward pass, the loss, KV-cache decoding and
+//! generation.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
+use burn::module::Initializer;
+use burn::tensor::module::linear;
+use burn::tensor::{Bool, Device, Int, Tensor};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::activation::Activation;
+use crate::attention::{AttentionMaskRef, LayerKvCache};
+use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
+use crate::error::{ModelError, Result};
+use crate::feed_forward::FeedForwardKind;
+use crate::init::normal_linear;
+use crate::loss::{check_token_ids, cross_entropy, token_tensor};
+use crate::rotary::RotaryEmbedding;
+use crate::sampling::{GenerateConfig, sample_token};
+
+/// How a model knows where each token is.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum PositionEncoding {
+    /// A learned embedding per absolute position, added to the token embedding (GPT-2, BERT).
+    Learned,
+    /// Rotary embeddings applied to queries and keys in every layer (RoFormer, LLaMA).
+    Rotary,
+}
+
+/// Configuration of a [`Gpt`]; the defaults are GPT-2 small's.
+#[derive(Config, Debug)]
+pub struct GptConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Context length: the most positions one sequence may have (`n_positions`).
+    #[config(default = 1024)]
+    pub block_size: usize,
+    /// Number of Transformer blocks.
+    #[config(default = 12)]
+    pub n_layer: usize,
+    /// Attention heads per block.
+    #[config(default = 12)]
+    pub n_head: usize,
+    /// Model width.
+    #[config(default = 768)]
+    pub d_model: usize,
+    /// Feed-forward width; `None` means `4·d_model`.
+    pub d_ff: Option<usize>,
+    /// Dropout on embeddings and residual branches (GPT-2 used 0.1; 0 is usual for pre-training
+    /// on enough data).
+    #[config(default = 0.0)]
+    pub dropout: f64,
+    /// Dropout on attention probabilities.
+    #[config(default = 0.0)]
+    pub attn_dropout: f64,
+    /// Learned absolute positions or rotary.
+    #[config(default = "PositionEncoding::Learned")]
+    pub positions: PositionEncoding,
+    /// Base of the rotary frequencies.
+    #[config(default = 10000.0)]
+    pub rope_theta: f64,
+    /// Plain MLP or SwiGLU.
+    #[config(default = "FeedForwardKind::Mlp")]
+    pub ff_kind: FeedForwardKind,
+    /// Non-linearity of the MLP (GPT-2's `gelu_new` is the tanh GELU).
+    #[config(default = "Activation::GeluTanh")]
+    pub activation: Activation,
+    /// Pre-norm (GPT-2) or post-norm blocks.
+    #[config(default = "NormPosition::Pre")]
+    pub norm_position: NormPosition,
+    /// Whether linear layers have biases.
+    #[config(default = true)]
+    pub bias: bool,
+    /// Share the token embedding with the output projection (Press & Wolf 2017; GPT-2 does).
+    #[config(default = true)]
+    pub tie_embeddings: bool,
+    /// LayerNorm epsilon.
+    #[config(default = 1e-5)]
+    pub layer_norm_eps: f64,
+    /// Standard deviation of the normal init; residual projections get `init_std/√(2·n_layer)`.
+    #[config(default = 0.02)]
+    pub init_std: f64,
+}
+
+/// A GPT language model: token (+ position) embeddings, pre-norm blocks, a final LayerNorm and
+/// an output projection to the vocabulary.
+#[derive(Module, Debug)]
+pub struct Gpt {
+    /// Token embedding `[vocab, d_model]` (also the output projection when tied).
+    pub token_embedding: Embedding,
+    /// Learned position embedding `[block_size, d_model]`, for [`PositionEncoding::Learned`].
+    pub position_embedding: Option<Embedding>,
+    /// Rotary tables, for [`PositionEncoding::Rotary`].
+    pub rope: Option<RotaryEmbedding>,
+    /// Dropout on the summed embeddings.
+    pub embedding_dropout: Dropout,
+    /// The Transformer blocks.
+    pub blocks: Vec<TransformerBlock>,
+    /// LayerNorm before the output projection.
+    pub final_norm: LayerNorm,
+    /// Output projection `[d_model, vocab]`; `None` when tied to the token embedding.
+    pub lm_head: Option<Linear>,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Context length.
+    pub block_size: usize,
+}
+
+/// The key/value cache of every layer, for incremental decoding.
+#[derive(Debug, Clone, Default)]
+pub struct GptKvCache {
+    /// One cache per block.
+    pub layers: Vec<LayerKvCache>,
+}
+
+impl GptKvCache {
+    /// How many positions are cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, LayerKvCache::len)
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl GptConfig {
+    /// The feed-forward width in use.
+    pub fn d_ff(&self) -> usize {
+        self.d_ff.unwrap_or(4 * self.d_model)
+    }
+
+    /// Checks sizes and probabilities.
+    pub fn validate(&self) -> Result<()> {
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("block_size", self.block_size),
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("d_model", self.d_model),
+            ("d_ff", self.d_ff()),
+        ];
+        for (name, value) in sizes {
+            if value == 0 {
+                return Err(ModelError::config(format!("{name} must be > 0")));
+            }
+        }
+        if self.d_model % self.n_head != 0 {
+            return Err(ModelError::config(format!(
+                "d_model {} is not divisible by n_head {}",
+                self.d_model, self.n_head
+            )));
+        }
+        if self.positions == PositionEncoding::Rotary && (self.d_model / self.n_head) % 2 != 0 {
+            return Err(ModelError::config("rotary positions need an even head width"));
+        }
+        check_probability("dropout", self.dropout)?;
+        check_probability("attn_dropout", self.attn_dropout)?;
+        if !(self.init_std.is_finite() && self.init_std >= 0.0) {
+            return Err(ModelError::config("init_std must be finite and >= 0"));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(ModelError::config("layer_norm_eps must be > 0"));
+        }
+        Ok(())
+    }
+
+    /// Builds the model with GPT-2's initialization: N(0, 0.02) weights and embeddings, zero
+    /// biases, and the residual output projections scaled by 1/√(2·n_layer).
+    pub fn init(&self, device: &Device) -> Result<Gpt> {
+        self.validate()?;
+        let embedding = |n: usize| {
+            EmbeddingConfig::new(n, self.d_model)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: self.init_std,
+                })
+                .init(device)
+        };
+        let block = TransformerBlockConfig::new(self.d_model, self.n_head, self.d_ff())
+            .with_norm_position(self.norm_position)
+            .with_ff_kind(self.ff_kind)
+            .with_activation(self.activation)
+            .with_dropout(self.dropout)
+            .with_attn_dropout(self.attn_dropout)
+            .with_bias(self.bias)
+            .with_layer_norm_eps(self.layer_norm_eps)
+            .with_init_std(self.init_std)
+            .with_out_init_std(self.init_std / (2.0 * self.n_layer as f64).sqrt());
+        let learned = self.positions == PositionEncoding::Learned;
+        Ok(Gpt {
+            token_embedding: embedding(self.vocab_size),
+            position_embedding: learned.then(|| embedding(self.block_size)),
+            rope: (!learned).then(|| {
+                RotaryEmbedding::new(self.d_model / self.n_head, self.block_size, self.rope_theta, device)
+            }),
+            embedding_dropout: DropoutConfig::new(self.dropout).init(),
+            blocks: (0..self.n_layer).map(|_| block.init(device)).collect(),
+            final_norm: LayerNormConfig::new(self.d_model)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device),
+            lm_head: (!self.tie_embeddings)
+                .then(|| normal_linear(self.d_model, self.vocab_size, false, self.init_std, device)),
+            vocab_size: self.vocab_size,
+            block_size: self.block_size,
+        })
+    }
+}
+
+pub(crate) fn check_probability(name: &str, p: f64) -> Result<()> {
+    if p.is_finite() && (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(ModelError::config(format!("{name} must be in [0, 1), got {p}")))
+    }
+}
+
+impl Gpt {
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
+    ///
+    /// Errors when the batch is empty, longer than the context, or holds an id outside the
+    /// vocabulary.
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Result<Tensor<3>> {
+        self.forward_masked(ids, None)
+    }
+
+    /// Like [`forward`](Self::forward), with a padding mask `[batch, seq]` that is `true` at
+    /// padding positions (see [`padding_mask`](crate::padding_mask)); no query attends to them.
+    pub fn forward_masked(&self, ids: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Result<Tensor<3>> {
+        check_token_ids(&ids, self.vocab_size, self.block_size)?;
+        if let Some(mask) = &padding {
+            if mask.dims() != ids.dims() {
+                return Err(ModelError::BadInput(format!(
+                    "padding mask has shape {:?}, ids have {:?}",
+                    mask.dims(),
+                    ids.dims()
+                )));
+            }
+        }
+        Ok(self.logits(ids, padding.as_ref(), None))
+    }
+
+    /// The forward pass itself, without input checks. Decoding passes a cache.
+    fn logits(&self, ids: Tensor<2, Int>, padding: Option<&Tensor<2, Bool>>, mut cache: Option<&mut GptKvCache>) -> Tensor<3> {
+        let [batch, seq] = ids.dims();
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let mut x = self.token_embedding.forward(ids);
+        let d_model = x.dims()[2];
+        if let Some(positions) = &self.position_embedding {
+            let pos = Tensor::<1, Int>::arange(offset as i64..(offset + seq) as i64, &x.device())
+                .reshape([1, seq]);
+            x = x + positions.forward(pos).expand([batch, seq, d_model]);
+        }
+        let mut x = self.embedding_dropout.forward(x);
+
+        let mask = AttentionMaskRef { causal: true, padding };
+        if let Some(cache) = cache.as_deref_mut() {
+            cache.layers.resize_with(self.blocks.len(), Default::default);
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(x, mask, self.rope.as_ref(), layer_cache);
+        }
+        let x = self.final_norm.forward(x);
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => linear(x, self.token_embedding.weight.val().transpose(), None),
+        }
+    }
+
+    /// Mean next-token cross-entropy of `logits` against `targets`, skipping positions whose
+    /// target is `ignore_index` (HF uses -100).
+    pub fn loss(&self, logits: Tensor<3>, targets: Tensor<2, Int>, ignore_index: Option<i64>) -> Tensor<1> {
+        cross_entropy(logits, targets, ignore_index)
+    }
+
+    /// An empty KV cache for [`forward_cached`](Self::forward_cached).
+    pub fn new_cache(&self) -> GptKvCache {
+        GptKvCache {
+            layers: vec![LayerKvCache::default(); self.blocks.len()],
+        }
+    }
+
+    /// Logits for the new positions `ids` `[batch, new]`, attending to everything in `cache`,
+    /// which is extended with them. Feeding a sequence in pieces gives the logits of one full
+    /// [`forward`](Self::forward).
+    pub fn forward_cached(&self, ids: Tensor<2, Int>, cache: &mut GptKvCache) -> Result<Tensor<3>> {
+        let [_, seq] = ids.dims();
+        let total = cache.len() + seq;
+        if total > self.block_size {
+            return Err(ModelError::SequenceTooLong { len: total, max: self.block_size });
+        }
+        check_token_ids(&ids, self.vocab_size, self.block_size)?;
+        Ok(self.logits(ids, None, Some(cache)))
+    }
+
+    /// Continues each prompt (all of the same length) by `config.max_new_tokens` tokens, with a
+    /// KV cache. Returns the prompts followed by the generated tokens. The same seed gives the
+    /// same tokens.
+    pub fn generate(&self, prompts: &[Vec<usize>], config: &GenerateConfig) -> Result<Vec<Vec<usize>>> {
+        config.validate()?;
+        let device = self.token_embedding.weight.device();
+        let ids = token_tensor(prompts, &device)?;
+        let total = prompts[0].len() + config.max_new_tokens;
+        if total > self.block_size {
+            return Err(ModelError::SequenceTooLong { len: total, max: self.block_size });
+        }
+        // Inference only: no dropout, no autodiff graph.
+        let model = self.valid();
+        let mut rng = StdRng::seed_from_u64(config.seed);
+        let mut sequences = prompts.to_vec();
+        let mut finished = vec![false; prompts.len()];
+        let mut cache = model.new_cache();
+        let mut step = model.forward_cached(ids, &mut cache)?;
+        for _ in 0..config.max_new_tokens {
+            let [batch, seq, vocab] = step.dims();
+            let last = step.narrow(1, seq - 1, 1).reshape([batch, vocab]);
+            let rows: Vec<f32> = last
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| ModelError::BadInput(format!("cannot read logits: {e:?}")))?;
+            let mut next = Vec::with_capacity(batch);
+            for (b, row) in rows.chunks(vocab).enumerate() {
+                let token = if finished[b] {
+                    config.eos_token.unwrap_or(0)
+                } else {
+                    sample_token(row, config, &mut rng)
+                };
+                finished[b] |= config.eos_token == Some(token);
+                sequences[b].push(token);
+                next.push(vec![token]);
+            }
+            if finished.iter().all(|&f| f) || sequences[0].len() == total {
+                break;
+            }
+            step = model.logits(token_tensor(&next, &device)?, None, Some(&mut cache));
+        }
+        Ok(sequences)
+    }
+
+    /// Number of trainable parameters.
+    pub fn param_count(&self) -> usize {
+        self.num_params()
+    }
+}
