@@ -1,1 +1,8 @@
-//! placeholder
+//! kiln-data: turning text into training batches.
+//!
+//! For now: [`CharTokenizer`], a character-level vocabulary built from a corpus. Cleaning,
+//! deduplication, BPE/WordPiece and the datasets come with the data issue.
+
+mod char_tokenizer;
+
+pub use char_tokenizer::{CharTokenizer, DataError};

@@ -199,9 +199,13 @@ impl MultiHeadAttention {
             scores = scores.mask_fill(padding, f32::NEG_INFINITY);
         }
         if causal {
-            let future = Tensor::<2, Bool>::tril_mask([seq_q, seq_k], (seq_k - seq_q) as i64, &scores.device())
-                .unsqueeze::<4>()
-                .expand([batch, heads, seq_q, seq_k]);
+            let future = Tensor::<2, Bool>::tril_mask(
+                [seq_q, seq_k],
+                (seq_k - seq_q) as i64,
+                &scores.device(),
+            )
+            .unsqueeze::<4>()
+            .expand([batch, heads, seq_q, seq_k]);
             scores = scores.mask_fill(future, f32::NEG_INFINITY);
         }
         self.attn_dropout.forward(softmax(scores, 3)).matmul(v)

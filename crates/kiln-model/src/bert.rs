@@ -3,7 +3,9 @@
 
 use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
+};
 use burn::tensor::module::linear;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
@@ -143,7 +145,10 @@ impl BertConfig {
             )));
         }
         check_probability("hidden_dropout_prob", self.hidden_dropout_prob)?;
-        check_probability("attention_probs_dropout_prob", self.attention_probs_dropout_prob)?;
+        check_probability(
+            "attention_probs_dropout_prob",
+            self.attention_probs_dropout_prob,
+        )?;
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
             return Err(ModelError::config("layer_norm_eps must be > 0"));
         }
@@ -160,14 +165,18 @@ impl BertConfig {
                 .with_initializer(Initializer::Normal { mean: 0.0, std })
                 .init(device)
         };
-        let layer = TransformerBlockConfig::new(self.hidden_size, self.num_attention_heads, self.intermediate_size)
-            .with_norm_position(NormPosition::Post)
-            .with_activation(self.hidden_act)
-            .with_dropout(self.hidden_dropout_prob)
-            .with_attn_dropout(self.attention_probs_dropout_prob)
-            .with_layer_norm_eps(self.layer_norm_eps)
-            .with_init_std(std)
-            .with_out_init_std(std);
+        let layer = TransformerBlockConfig::new(
+            self.hidden_size,
+            self.num_attention_heads,
+            self.intermediate_size,
+        )
+        .with_norm_position(NormPosition::Post)
+        .with_activation(self.hidden_act)
+        .with_dropout(self.hidden_dropout_prob)
+        .with_attn_dropout(self.attention_probs_dropout_prob)
+        .with_layer_norm_eps(self.layer_norm_eps)
+        .with_init_std(std)
+        .with_out_init_std(std);
         Ok(Bert {
             embeddings: BertEmbeddings {
                 word: embedding(self.vocab_size),
@@ -176,8 +185,11 @@ impl BertConfig {
                 norm: self.layer_norm(device),
                 dropout: DropoutConfig::new(self.hidden_dropout_prob).init(),
             },
-            layers: (0..self.num_hidden_layers).map(|_| layer.init(device)).collect(),
-            pooler: with_pooler.then(|| normal_linear(self.hidden_size, self.hidden_size, true, std, device)),
+            layers: (0..self.num_hidden_layers)
+                .map(|_| layer.init(device))
+                .collect(),
+            pooler: with_pooler
+                .then(|| normal_linear(self.hidden_size, self.hidden_size, true, std, device)),
             vocab_size: self.vocab_size,
             type_vocab_size: self.type_vocab_size,
             max_positions: self.max_position_embeddings,
@@ -194,7 +206,13 @@ impl BertConfig {
     pub fn init_masked_lm(&self, device: &Device) -> Result<BertForMaskedLm> {
         Ok(BertForMaskedLm {
             bert: self.init(false, device)?,
-            transform: normal_linear(self.hidden_size, self.hidden_size, true, self.initializer_range, device),
+            transform: normal_linear(
+                self.hidden_size,
+                self.hidden_size,
+                true,
+                self.initializer_range,
+                device,
+            ),
             transform_norm: self.layer_norm(device),
             decoder_bias: Param::from_tensor(Tensor::zeros([self.vocab_size], device)),
             activation: self.hidden_act,
@@ -202,14 +220,24 @@ impl BertConfig {
     }
 
     /// Builds a sequence classifier over `num_labels` classes on the pooled `[CLS]` state.
-    pub fn init_classifier(&self, num_labels: usize, device: &Device) -> Result<BertForSequenceClassification> {
+    pub fn init_classifier(
+        &self,
+        num_labels: usize,
+        device: &Device,
+    ) -> Result<BertForSequenceClassification> {
         if num_labels == 0 {
             return Err(ModelError::config("num_labels must be > 0"));
         }
         Ok(BertForSequenceClassification {
             bert: self.init(true, device)?,
             dropout: DropoutConfig::new(self.hidden_dropout_prob).init(),
-            classifier: normal_linear(self.hidden_size, num_labels, true, self.initializer_range, device),
+            classifier: normal_linear(
+                self.hidden_size,
+                num_labels,
+                true,
+                self.initializer_range,
+                device,
+            ),
             num_labels,
         })
     }
@@ -345,6 +373,10 @@ impl BertForSequenceClassification {
     /// Mean cross-entropy of `logits` `[batch, num_labels]` against `labels` `[batch]`.
     pub fn loss(&self, logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
         let [batch, n] = logits.dims();
-        cross_entropy(logits.reshape([batch, 1, n]), labels.reshape([batch, 1]), None)
+        cross_entropy(
+            logits.reshape([batch, 1, n]),
+            labels.reshape([batch, 1]),
+            None,
+        )
     }
 }

@@ -6,7 +6,9 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Tensor};
 
 use crate::activation::Activation;
-use crate::attention::{AttentionMaskRef, LayerKvCache, MultiHeadAttention, MultiHeadAttentionConfig};
+use crate::attention::{
+    AttentionMaskRef, LayerKvCache, MultiHeadAttention, MultiHeadAttentionConfig,
+};
 use crate::feed_forward::{FeedForward, FeedForwardConfig, FeedForwardKind};
 use crate::rotary::RotaryEmbedding;
 
@@ -117,7 +119,10 @@ impl TransformerBlock {
     ) -> Tensor<3> {
         match self.norm_position {
             NormPosition::Pre => {
-                let x = x.clone() + self.attn.forward(self.attn_norm.forward(x), mask, rope, cache);
+                let x = x.clone()
+                    + self
+                        .attn
+                        .forward(self.attn_norm.forward(x), mask, rope, cache);
                 x.clone() + self.ffn.forward(self.ffn_norm.forward(x))
             }
             NormPosition::Post => {

@@ -5,9 +5,11 @@
 //! generation.
 
 use burn::config::Config;
-use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::module::Initializer;
+use burn::module::Module;
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
+};
 use burn::tensor::module::linear;
 use burn::tensor::{Bool, Device, Int, Tensor};
 use rand::SeedableRng;
@@ -158,7 +160,9 @@ impl GptConfig {
             )));
         }
         if self.positions == PositionEncoding::Rotary && (self.d_model / self.n_head) % 2 != 0 {
-            return Err(ModelError::config("rotary positions need an even head width"));
+            return Err(ModelError::config(
+                "rotary positions need an even head width",
+            ));
         }
         check_probability("dropout", self.dropout)?;
         check_probability("attn_dropout", self.attn_dropout)?;
@@ -198,15 +202,21 @@ impl GptConfig {
             token_embedding: embedding(self.vocab_size),
             position_embedding: learned.then(|| embedding(self.block_size)),
             rope: (!learned).then(|| {
-                RotaryEmbedding::new(self.d_model / self.n_head, self.block_size, self.rope_theta, device)
+                RotaryEmbedding::new(
+                    self.d_model / self.n_head,
+                    self.block_size,
+                    self.rope_theta,
+                    device,
+                )
             }),
             embedding_dropout: DropoutConfig::new(self.dropout).init(),
             blocks: (0..self.n_layer).map(|_| block.init(device)).collect(),
             final_norm: LayerNormConfig::new(self.d_model)
                 .with_epsilon(self.layer_norm_eps)
                 .init(device),
-            lm_head: (!self.tie_embeddings)
-                .then(|| normal_linear(self.d_model, self.vocab_size, false, self.init_std, device)),
+            lm_head: (!self.tie_embeddings).then(|| {
+                normal_linear(self.d_model, self.vocab_size, false, self.init_std, device)
+            }),
             vocab_size: self.vocab_size,
             block_size: self.block_size,
         })
@@ -217,7 +227,9 @@ pub(crate) fn check_probability(name: &str, p: f64) -> Result<()> {
     if p.is_finite() && (0.0..1.0).contains(&p) {
         Ok(())
     } else {
-        Err(ModelError::config(format!("{name} must be in [0, 1), got {p}")))
+        Err(ModelError::config(format!(
+            "{name} must be in [0, 1), got {p}"
+        )))
     }
 }
 
@@ -232,7 +244,11 @@ impl Gpt {
 
     /// Like [`forward`](Self::forward), with a padding mask `[batch, seq]` that is `true` at
     /// padding positions (see [`padding_mask`](crate::padding_mask)); no query attends to them.
-    pub fn forward_masked(&self, ids: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Result<Tensor<3>> {
+    pub fn forward_masked(
+        &self,
+        ids: Tensor<2, Int>,
+        padding: Option<Tensor<2, Bool>>,
+    ) -> Result<Tensor<3>> {
         check_token_ids(&ids, self.vocab_size, self.block_size)?;
         if let Some(mask) = &padding {
             if mask.dims() != ids.dims() {
@@ -247,7 +263,12 @@ impl Gpt {
     }
 
     /// The forward pass itself, without input checks. Decoding passes a cache.
-    fn logits(&self, ids: Tensor<2, Int>, padding: Option<&Tensor<2, Bool>>, mut cache: Option<&mut GptKvCache>) -> Tensor<3> {
+    fn logits(
+        &self,
+        ids: Tensor<2, Int>,
+        padding: Option<&Tensor<2, Bool>>,
+        mut cache: Option<&mut GptKvCache>,
+    ) -> Tensor<3> {
         let [batch, seq] = ids.dims();
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let mut x = self.token_embedding.forward(ids);
@@ -259,9 +280,14 @@ impl Gpt {
         }
         let mut x = self.embedding_dropout.forward(x);
 
-        let mask = AttentionMaskRef { causal: true, padding };
+        let mask = AttentionMaskRef {
+            causal: true,
+            padding,
+        };
         if let Some(cache) = cache.as_deref_mut() {
-            cache.layers.resize_with(self.blocks.len(), Default::default);
+            cache
+                .layers
+                .resize_with(self.blocks.len(), Default::default);
         }
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
@@ -276,7 +302,12 @@ impl Gpt {
 
     /// Mean next-token cross-entropy of `logits` against `targets`, skipping positions whose
     /// target is `ignore_index` (HF uses -100).
-    pub fn loss(&self, logits: Tensor<3>, targets: Tensor<2, Int>, ignore_index: Option<i64>) -> Tensor<1> {
+    pub fn loss(
+        &self,
+        logits: Tensor<3>,
+        targets: Tensor<2, Int>,
+        ignore_index: Option<i64>,
+    ) -> Tensor<1> {
         cross_entropy(logits, targets, ignore_index)
     }
 
@@ -294,7 +325,10 @@ impl Gpt {
         let [_, seq] = ids.dims();
         let total = cache.len() + seq;
         if total > self.block_size {
-            return Err(ModelError::SequenceTooLong { len: total, max: self.block_size });
+            return Err(ModelError::SequenceTooLong {
+                len: total,
+                max: self.block_size,
+            });
         }
         check_token_ids(&ids, self.vocab_size, self.block_size)?;
         Ok(self.logits(ids, None, Some(cache)))
@@ -303,13 +337,20 @@ impl Gpt {
     /// Continues each prompt (all of the same length) by `config.max_new_tokens` tokens, with a
     /// KV cache. Returns the prompts followed by the generated tokens. The same seed gives the
     /// same tokens.
-    pub fn generate(&self, prompts: &[Vec<usize>], config: &GenerateConfig) -> Result<Vec<Vec<usize>>> {
+    pub fn generate(
+        &self,
+        prompts: &[Vec<usize>],
+        config: &GenerateConfig,
+    ) -> Result<Vec<Vec<usize>>> {
         config.validate()?;
         let device = self.token_embedding.weight.device();
         let ids = token_tensor(prompts, &device)?;
         let total = prompts[0].len() + config.max_new_tokens;
         if total > self.block_size {
-            return Err(ModelError::SequenceTooLong { len: total, max: self.block_size });
+            return Err(ModelError::SequenceTooLong {
+                len: total,
+                max: self.block_size,
+            });
         }
         // Inference only: no dropout, no autodiff graph.
         let model = self.valid();

@@ -9,7 +9,11 @@ use crate::error::{ModelError, Result};
 /// over the positions whose target is not `ignore_index` (HF's `-100` convention).
 ///
 /// A batch where every target is ignored has loss 0 (and zero gradients), not NaN.
-pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, ignore_index: Option<i64>) -> Tensor<1> {
+pub fn cross_entropy(
+    logits: Tensor<3>,
+    targets: Tensor<2, Int>,
+    ignore_index: Option<i64>,
+) -> Tensor<1> {
     let [batch, seq, vocab] = logits.dims();
     let log_probs = log_softmax(logits.reshape([batch * seq, vocab]), 1);
     let targets = targets.reshape([batch * seq, 1]);
@@ -30,10 +34,15 @@ pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, ignore_index: O
 pub fn check_token_ids(ids: &Tensor<2, Int>, vocab_size: usize, max_len: usize) -> Result<()> {
     let [batch, seq] = ids.dims();
     if batch == 0 || seq == 0 {
-        return Err(ModelError::BadInput(format!("empty batch of shape [{batch}, {seq}]")));
+        return Err(ModelError::BadInput(format!(
+            "empty batch of shape [{batch}, {seq}]"
+        )));
     }
     if seq > max_len {
-        return Err(ModelError::SequenceTooLong { len: seq, max: max_len });
+        return Err(ModelError::SequenceTooLong {
+            len: seq,
+            max: max_len,
+        });
     }
     check_id_range(ids, vocab_size)
 }
@@ -42,11 +51,17 @@ pub fn check_token_ids(ids: &Tensor<2, Int>, vocab_size: usize, max_len: usize) 
 pub fn check_id_range<const D: usize>(ids: &Tensor<D, Int>, vocab_size: usize) -> Result<()> {
     let min: i64 = ids.clone().min().into_scalar();
     if min < 0 {
-        return Err(ModelError::TokenOutOfVocab { id: min, vocab_size });
+        return Err(ModelError::TokenOutOfVocab {
+            id: min,
+            vocab_size,
+        });
     }
     let max: i64 = ids.clone().max().into_scalar();
     if max >= vocab_size as i64 {
-        return Err(ModelError::TokenOutOfVocab { id: max, vocab_size });
+        return Err(ModelError::TokenOutOfVocab {
+            id: max,
+            vocab_size,
+        });
     }
     Ok(())
 }

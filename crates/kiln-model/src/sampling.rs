@@ -44,7 +44,9 @@ impl GenerateConfig {
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
-                return Err(ModelError::config(format!("top_p must be in (0, 1], got {p}")));
+                return Err(ModelError::config(format!(
+                    "top_p must be in (0, 1], got {p}"
+                )));
             }
         }
         Ok(())
@@ -123,7 +125,9 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let config = GenerateConfig::new().with_do_sample(true).with_top_k(Some(1));
+        let config = GenerateConfig::new()
+            .with_do_sample(true)
+            .with_top_k(Some(1));
         let mut rng = StdRng::seed_from_u64(7);
         for _ in 0..50 {
             assert_eq!(sample_token(&[0.5, 0.2, 2.0, 1.9], &config, &mut rng), 2);
@@ -134,7 +138,9 @@ mod tests {
     fn top_p_keeps_only_the_nucleus() {
         // Probabilities ~[0.64, 0.24, 0.09, 0.03]: top_p 0.8 keeps the first two tokens only.
         let logits = [3.0f32, 2.0, 1.0, 0.0];
-        let config = GenerateConfig::new().with_do_sample(true).with_top_p(Some(0.8));
+        let config = GenerateConfig::new()
+            .with_do_sample(true)
+            .with_top_p(Some(0.8));
         let mut rng = StdRng::seed_from_u64(3);
         let mut seen = [0usize; 4];
         for _ in 0..2000 {
@@ -158,8 +164,23 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_errors() {
-        assert!(GenerateConfig::new().with_temperature(0.0).validate().is_err());
-        assert!(GenerateConfig::new().with_top_p(Some(1.5)).validate().is_err());
-        assert!(GenerateConfig::new().with_top_k(Some(0)).validate().is_err());
+        assert!(
+            GenerateConfig::new()
+                .with_temperature(0.0)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            GenerateConfig::new()
+                .with_top_p(Some(1.5))
+                .validate()
+                .is_err()
+        );
+        assert!(
+            GenerateConfig::new()
+                .with_top_k(Some(0))
+                .validate()
+                .is_err()
+        );
     }
 }

@@ -34,7 +34,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Saves `model` and its `config` into the folder `dir` (created if needed).
-pub fn save_model<M: Module, C: Config>(model: &M, config: &C, dir: impl AsRef<Path>) -> Result<()> {
+pub fn save_model<M: Module, C: Config>(
+    model: &M,
+    config: &C,
+    dir: impl AsRef<Path>,
+) -> Result<()> {
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let weights = dir.join(WEIGHTS_FILE);
@@ -42,9 +46,12 @@ pub fn save_model<M: Module, C: Config>(model: &M, config: &C, dir: impl AsRef<P
     model
         .save_into(&mut store)
         .map_err(|e| ModelError::format(&weights, e))?;
-    let bytes = store.get_bytes().map_err(|e| ModelError::format(&weights, e))?;
+    let bytes = store
+        .get_bytes()
+        .map_err(|e| ModelError::format(&weights, e))?;
     write_atomic(&weights, &bytes)?;
-    let json = serde_json::to_string_pretty(config).map_err(|e| ModelError::format(dir.join(CONFIG_FILE), e))?;
+    let json = serde_json::to_string_pretty(config)
+        .map_err(|e| ModelError::format(dir.join(CONFIG_FILE), e))?;
     write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
 }
 
@@ -57,7 +64,8 @@ pub fn load_model<M: Module, C: Config>(
 ) -> Result<(M, C)> {
     let dir = dir.as_ref();
     let config_file = dir.join(CONFIG_FILE);
-    let config = C::load(&config_file).map_err(|e| ModelError::format(&config_file, format!("{e:?}")))?;
+    let config =
+        C::load(&config_file).map_err(|e| ModelError::format(&config_file, format!("{e:?}")))?;
     let mut model = init(&config, device)?;
     let weights = dir.join(WEIGHTS_FILE);
     if !weights.exists() {
@@ -73,7 +81,10 @@ pub fn load_model<M: Module, C: Config>(
     if !result.errors.is_empty() || !result.missing.is_empty() {
         return Err(ModelError::format(
             &weights,
-            format!("missing tensors {:?}, errors {:?}", result.missing, result.errors),
+            format!(
+                "missing tensors {:?}, errors {:?}",
+                result.missing, result.errors
+            ),
         ));
     }
     Ok((model, config))

@@ -4,13 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use kiln_model::ModelError;
 use kiln_model::hf::{HfModel, HfOutput, load_pretrained};
 use kiln_model::sampling::GenerateConfig;
-use kiln_model::ModelError;
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
 }
 
 fn reference(name: &str) -> Value {
@@ -47,14 +49,21 @@ fn ints(value: &Value, device: &Device) -> Tensor<2, Int> {
 fn assert_close<const D: usize>(actual: Tensor<D>, expected: &Value, what: &str) {
     let (expected, shape) = flatten(expected);
     assert_eq!(actual.dims().to_vec(), shape, "{what}: shape");
-    let actual: Vec<f32> = actual.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let actual: Vec<f32> = actual
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
     let max_diff = actual
         .iter()
         .zip(&expected)
         .map(|(a, e)| (*a as f64 - e).abs())
         .fold(0.0, f64::max);
     let scale = expected.iter().map(|e| e.abs()).fold(0.0, f64::max);
-    assert!(scale > 0.5, "{what}: reference values are too small to test a mapping ({scale})");
+    assert!(
+        scale > 0.5,
+        "{what}: reference values are too small to test a mapping ({scale})"
+    );
     assert!(max_diff <= 1e-4, "{what}: max abs diff {max_diff:e} > 1e-4");
 }
 
@@ -71,56 +80,89 @@ fn run(name: &str) -> (HfOutput, Value) {
 #[test]
 fn gpt2_lm_head_logits_match_transformers() {
     let (out, r) = run("gpt2");
-    let HfOutput::TokenLogits(logits) = out else { panic!("expected token logits") };
+    let HfOutput::TokenLogits(logits) = out else {
+        panic!("expected token logits")
+    };
     assert_close(logits, &r["logits"], "gpt2 logits");
 }
 
 #[test]
 fn gpt2_with_untied_head_and_custom_inner_width_matches_transformers() {
     let (out, r) = run("gpt2_untied");
-    let HfOutput::TokenLogits(logits) = out else { panic!("expected token logits") };
+    let HfOutput::TokenLogits(logits) = out else {
+        panic!("expected token logits")
+    };
     assert_close(logits, &r["logits"], "gpt2_untied logits");
 }
 
 #[test]
 fn bert_masked_lm_logits_match_transformers_with_padding_and_segments() {
     let (out, r) = run("bert_mlm");
-    let HfOutput::TokenLogits(logits) = out else { panic!("expected token logits") };
+    let HfOutput::TokenLogits(logits) = out else {
+        panic!("expected token logits")
+    };
     assert_close(logits, &r["logits"], "bert_mlm logits");
 }
 
 #[test]
 fn bare_bert_states_and_pooler_match_transformers() {
     let (out, r) = run("bert_base");
-    let HfOutput::Hidden { last_hidden_state, pooler_output } = out else { panic!("expected hidden states") };
-    assert_close(last_hidden_state, &r["last_hidden_state"], "bert_base last_hidden_state");
-    assert_close(pooler_output.expect("pooler"), &r["pooler_output"], "bert_base pooler_output");
+    let HfOutput::Hidden {
+        last_hidden_state,
+        pooler_output,
+    } = out
+    else {
+        panic!("expected hidden states")
+    };
+    assert_close(
+        last_hidden_state,
+        &r["last_hidden_state"],
+        "bert_base last_hidden_state",
+    );
+    assert_close(
+        pooler_output.expect("pooler"),
+        &r["pooler_output"],
+        "bert_base pooler_output",
+    );
 }
 
 #[test]
 fn bert_sequence_classifier_logits_match_transformers() {
     let (out, r) = run("bert_cls");
-    let HfOutput::ClassLogits(logits) = out else { panic!("expected class logits") };
+    let HfOutput::ClassLogits(logits) = out else {
+        panic!("expected class logits")
+    };
     assert_close(logits, &r["logits"], "bert_cls logits");
 }
 
 #[test]
 fn gpt2_greedy_generation_matches_transformers() {
     let device = Device::flex();
-    let HfModel::Gpt2(gpt) = load_pretrained(fixture("gpt2"), &device).unwrap() else { panic!() };
+    let HfModel::Gpt2(gpt) = load_pretrained(fixture("gpt2"), &device).unwrap() else {
+        panic!()
+    };
     let r = reference("gpt2");
     let to_rows = |v: &Value| -> Vec<Vec<usize>> {
         v.as_array()
             .unwrap()
             .iter()
-            .map(|row| row.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect())
+            .map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as usize)
+                    .collect()
+            })
             .collect()
     };
     let prompt = to_rows(&r["generate"]["prompt"]);
     let expected = to_rows(&r["generate"]["greedy"]);
     let new_tokens = expected[0].len() - prompt[0].len();
     let out = gpt
-        .generate(&prompt, &GenerateConfig::new().with_max_new_tokens(new_tokens))
+        .generate(
+            &prompt,
+            &GenerateConfig::new().with_max_new_tokens(new_tokens),
+        )
         .unwrap();
     assert_eq!(out, expected);
 }
@@ -129,9 +171,14 @@ fn gpt2_greedy_generation_matches_transformers() {
 fn edited_copy(name: &str, tag: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kiln-hf-{name}-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(fixture(name).join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        fixture(name).join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
     let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap())
+            .unwrap();
     edit(&mut config);
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     dir
@@ -142,7 +189,12 @@ fn a_wrong_shape_names_the_tensor_and_both_shapes() {
     let dir = edited_copy("gpt2", "shape", |c| c["vocab_size"] = 70.into());
     let err = load_pretrained(&dir, &Device::flex()).unwrap_err();
     match err {
-        ModelError::ShapeMismatch { name, expected, found, .. } => {
+        ModelError::ShapeMismatch {
+            name,
+            expected,
+            found,
+            ..
+        } => {
             assert_eq!(name, "transformer.wte.weight");
             assert_eq!(expected, vec![70, 48]);
             assert_eq!(found, vec![61, 48]);
@@ -165,7 +217,10 @@ fn a_missing_tensor_is_named() {
 fn an_unknown_model_type_is_an_error() {
     let dir = edited_copy("gpt2", "type", |c| c["model_type"] = "llama".into());
     let err = load_pretrained(&dir, &Device::flex()).unwrap_err();
-    assert!(matches!(&err, ModelError::UnknownModelType(t) if t == "llama"), "{err}");
+    assert!(
+        matches!(&err, ModelError::UnknownModelType(t) if t == "llama"),
+        "{err}"
+    );
 }
 
 #[test]

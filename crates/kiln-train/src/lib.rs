@@ -1,1 +1,9 @@
-//! placeholder
+//! kiln-train: the training loop and its tricks.
+//!
+//! For now: [`RunningMean`], the smoothed loss a training loop prints. The `Trainer` with
+//! accumulation, mixed precision, early stopping, recomputation and resume comes with the
+//! training issue.
+
+mod running_mean;
+
+pub use running_mean::RunningMean;

@@ -20,7 +20,9 @@ use crate::error::{ModelError, Result};
 
 /// Reads a `BertConfig` from a `bert` `config.json`.
 pub fn bert_config(json: &Value, file: &Path) -> Result<BertConfig> {
-    let position_type = json["position_embedding_type"].as_str().unwrap_or("absolute");
+    let position_type = json["position_embedding_type"]
+        .as_str()
+        .unwrap_or("absolute");
     if position_type != "absolute" {
         return Err(ModelError::format(
             file,
@@ -37,7 +39,9 @@ pub fn bert_config(json: &Value, file: &Path) -> Result<BertConfig> {
         .with_intermediate_size(read_usize(json, "intermediate_size", file)?)
         .with_hidden_act(hidden_act)
         .with_hidden_dropout_prob(read_f64(json, "hidden_dropout_prob").unwrap_or(0.1))
-        .with_attention_probs_dropout_prob(read_f64(json, "attention_probs_dropout_prob").unwrap_or(0.1))
+        .with_attention_probs_dropout_prob(
+            read_f64(json, "attention_probs_dropout_prob").unwrap_or(0.1),
+        )
         .with_max_position_embeddings(read_usize_or(json, "max_position_embeddings", 512))
         .with_type_vocab_size(read_usize_or(json, "type_vocab_size", 2))
         .with_layer_norm_eps(read_f64(json, "layer_norm_eps").unwrap_or(1e-12))
@@ -53,7 +57,13 @@ pub fn num_labels(json: &Value) -> usize {
         .unwrap_or(2)
 }
 
-fn dense(weights: &HfWeights, name: &str, d_in: usize, d_out: usize, device: &Device) -> Result<(Tensor<2>, Tensor<1>)> {
+fn dense(
+    weights: &HfWeights,
+    name: &str,
+    d_in: usize,
+    d_out: usize,
+    device: &Device,
+) -> Result<(Tensor<2>, Tensor<1>)> {
     let weight = weights.tensor(&format!("{name}.weight"), [d_out, d_in], device)?;
     let bias = weights.tensor(&format!("{name}.bias"), [d_out], device)?;
     Ok((weight.transpose(), bias))
@@ -77,7 +87,11 @@ fn load_norm(norm: &mut LayerNorm, weights: &HfWeights, name: &str, device: &Dev
         format!("{name}.beta"),
     );
     norm.gamma = Param::from_tensor(weights.tensor_any(&[&w, &g], [d], device)?);
-    norm.beta = Some(Param::from_tensor(weights.tensor_any(&[&b, &be], [d], device)?));
+    norm.beta = Some(Param::from_tensor(weights.tensor_any(
+        &[&b, &be],
+        [d],
+        device,
+    )?));
     Ok(())
 }
 
@@ -87,28 +101,61 @@ fn load_encoder(bert: &mut Bert, weights: &HfWeights, device: &Device) -> Result
     let [v, d] = emb.word.weight.dims();
     let [p, _] = emb.position.weight.dims();
     let [t, _] = emb.token_type.weight.dims();
-    emb.word.weight = Param::from_tensor(weights.tensor("embeddings.word_embeddings.weight", [v, d], device)?);
-    emb.position.weight =
-        Param::from_tensor(weights.tensor("embeddings.position_embeddings.weight", [p, d], device)?);
-    emb.token_type.weight =
-        Param::from_tensor(weights.tensor("embeddings.token_type_embeddings.weight", [t, d], device)?);
+    emb.word.weight =
+        Param::from_tensor(weights.tensor("embeddings.word_embeddings.weight", [v, d], device)?);
+    emb.position.weight = Param::from_tensor(weights.tensor(
+        "embeddings.position_embeddings.weight",
+        [p, d],
+        device,
+    )?);
+    emb.token_type.weight = Param::from_tensor(weights.tensor(
+        "embeddings.token_type_embeddings.weight",
+        [t, d],
+        device,
+    )?);
     load_norm(&mut emb.norm, weights, "embeddings.LayerNorm", device)?;
 
     for (i, layer) in bert.layers.iter_mut().enumerate() {
         let name = |s: &str| format!("encoder.layer.{i}.{s}");
         let (mut ws, mut bs) = (Vec::new(), Vec::new());
         for part in ["query", "key", "value"] {
-            let (w, b) = dense(weights, &name(&format!("attention.self.{part}")), d, d, device)?;
+            let (w, b) = dense(
+                weights,
+                &name(&format!("attention.self.{part}")),
+                d,
+                d,
+                device,
+            )?;
             ws.push(w);
             bs.push(b);
         }
         layer.attn.qkv.weight = Param::from_tensor(Tensor::cat(ws, 1));
         layer.attn.qkv.bias = Some(Param::from_tensor(Tensor::cat(bs, 0)));
-        load_dense(&mut layer.attn.out, weights, &name("attention.output.dense"), device)?;
-        load_norm(&mut layer.attn_norm, weights, &name("attention.output.LayerNorm"), device)?;
-        load_dense(&mut layer.ffn.up, weights, &name("intermediate.dense"), device)?;
+        load_dense(
+            &mut layer.attn.out,
+            weights,
+            &name("attention.output.dense"),
+            device,
+        )?;
+        load_norm(
+            &mut layer.attn_norm,
+            weights,
+            &name("attention.output.LayerNorm"),
+            device,
+        )?;
+        load_dense(
+            &mut layer.ffn.up,
+            weights,
+            &name("intermediate.dense"),
+            device,
+        )?;
         load_dense(&mut layer.ffn.down, weights, &name("output.dense"), device)?;
-        load_norm(&mut layer.ffn_norm, weights, &name("output.LayerNorm"), device)?;
+        load_norm(
+            &mut layer.ffn_norm,
+            weights,
+            &name("output.LayerNorm"),
+            device,
+        )?;
     }
     if let Some(pooler) = bert.pooler.as_mut() {
         load_dense(pooler, weights, "pooler.dense", device)?;
@@ -126,12 +173,26 @@ pub fn load_bert(config: &BertConfig, weights: &mut HfWeights, device: &Device) 
 }
 
 /// Loads `BertForMaskedLM`; the decoder stays tied to the word embeddings.
-pub fn load_bert_masked_lm(config: &BertConfig, weights: &mut HfWeights, device: &Device) -> Result<BertForMaskedLm> {
+pub fn load_bert_masked_lm(
+    config: &BertConfig,
+    weights: &mut HfWeights,
+    device: &Device,
+) -> Result<BertForMaskedLm> {
     weights.detect_prefix("bert.", "embeddings.word_embeddings.weight");
     let mut model = config.init_masked_lm(device)?;
     load_encoder(&mut model.bert, weights, device)?;
-    load_dense(&mut model.transform, weights, "cls.predictions.transform.dense", device)?;
-    load_norm(&mut model.transform_norm, weights, "cls.predictions.transform.LayerNorm", device)?;
+    load_dense(
+        &mut model.transform,
+        weights,
+        "cls.predictions.transform.dense",
+        device,
+    )?;
+    load_norm(
+        &mut model.transform_norm,
+        weights,
+        "cls.predictions.transform.LayerNorm",
+        device,
+    )?;
     let v = config.vocab_size;
     model.decoder_bias = Param::from_tensor(weights.tensor_any(
         &["cls.predictions.bias", "cls.predictions.decoder.bias"],

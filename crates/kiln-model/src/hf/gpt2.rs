@@ -19,15 +19,22 @@ use crate::gpt::{Gpt, GptConfig};
 pub fn gpt2_config(json: &Value, file: &Path) -> Result<GptConfig> {
     for flag in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"] {
         if bool_or(json, flag, false) {
-            return Err(ModelError::format(file, format!("`{flag}: true` is not supported")));
+            return Err(ModelError::format(
+                file,
+                format!("`{flag}: true` is not supported"),
+            ));
         }
     }
     if !bool_or(json, "scale_attn_weights", true) {
-        return Err(ModelError::format(file, "`scale_attn_weights: false` is not supported"));
+        return Err(ModelError::format(
+            file,
+            "`scale_attn_weights: false` is not supported",
+        ));
     }
     let act_name = json["activation_function"].as_str().unwrap_or("gelu_new");
-    let activation = Activation::from_hf_name(act_name)
-        .ok_or_else(|| ModelError::format(file, format!("unknown activation_function `{act_name}`")))?;
+    let activation = Activation::from_hf_name(act_name).ok_or_else(|| {
+        ModelError::format(file, format!("unknown activation_function `{act_name}`"))
+    })?;
     let d_model = read_usize(json, "n_embd", file)?;
     Ok(GptConfig::new(read_usize(json, "vocab_size", file)?)
         .with_block_size(read_usize(json, "n_positions", file)?)
@@ -47,17 +54,30 @@ pub fn gpt2_config(json: &Value, file: &Path) -> Result<GptConfig> {
 pub fn load_gpt2(config: &GptConfig, weights: &mut HfWeights, device: &Device) -> Result<Gpt> {
     weights.detect_prefix("transformer.", "wte.weight");
     let mut model = config.init(device)?;
-    let (d, ff, v, p) = (config.d_model, config.d_ff(), config.vocab_size, config.block_size);
+    let (d, ff, v, p) = (
+        config.d_model,
+        config.d_ff(),
+        config.vocab_size,
+        config.block_size,
+    );
 
-    model.token_embedding.weight = Param::from_tensor(weights.tensor("wte.weight", [v, d], device)?);
+    model.token_embedding.weight =
+        Param::from_tensor(weights.tensor("wte.weight", [v, d], device)?);
     if let Some(positions) = model.position_embedding.as_mut() {
         positions.weight = Param::from_tensor(weights.tensor("wpe.weight", [p, d], device)?);
     }
     for (i, block) in model.blocks.iter_mut().enumerate() {
         let name = |s: &str| format!("h.{i}.{s}");
-        let vector = |s: &str, n: usize| weights.tensor(&name(s), [n], device).map(Param::from_tensor);
-        let matrix =
-            |s: &str, shape: [usize; 2]| weights.tensor(&name(s), shape, device).map(Param::from_tensor);
+        let vector = |s: &str, n: usize| {
+            weights
+                .tensor(&name(s), [n], device)
+                .map(Param::from_tensor)
+        };
+        let matrix = |s: &str, shape: [usize; 2]| {
+            weights
+                .tensor(&name(s), shape, device)
+                .map(Param::from_tensor)
+        };
         block.attn_norm.gamma = vector("ln_1.weight", d)?;
         block.attn_norm.beta = Some(vector("ln_1.bias", d)?);
         block.attn.qkv.weight = matrix("attn.c_attn.weight", [d, 3 * d])?;
@@ -72,7 +92,11 @@ pub fn load_gpt2(config: &GptConfig, weights: &mut HfWeights, device: &Device) -
         block.ffn.down.bias = Some(vector("mlp.c_proj.bias", d)?);
     }
     model.final_norm.gamma = Param::from_tensor(weights.tensor("ln_f.weight", [d], device)?);
-    model.final_norm.beta = Some(Param::from_tensor(weights.tensor("ln_f.bias", [d], device)?));
+    model.final_norm.beta = Some(Param::from_tensor(weights.tensor(
+        "ln_f.bias",
+        [d],
+        device,
+    )?));
     if let Some(head) = model.lm_head.as_mut() {
         // `lm_head` is an nn.Linear, stored [out, in]; it sits outside the `transformer.` prefix.
         let weight = weights.tensor("lm_head.weight", [v, d], device)?;

@@ -64,7 +64,10 @@ pub fn load_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<HfModel
     let json = read_config(dir)?;
     let file = dir.join("config.json");
     let model_type = json["model_type"].as_str().unwrap_or_default().to_owned();
-    let architecture = json["architectures"][0].as_str().unwrap_or_default().to_owned();
+    let architecture = json["architectures"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     match model_type.as_str() {
         "gpt2" => {
             let config = gpt2_config(&json, &file)?;
@@ -74,17 +77,20 @@ pub fn load_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<HfModel
         "bert" => {
             let config = bert_config(&json, &file)?;
             let mut weights = HfWeights::open(dir)?;
-            let is = |arch: &str, probe: &str| architecture == arch || (architecture.is_empty() && weights.contains(probe));
+            let is = |arch: &str, probe: &str| {
+                architecture == arch || (architecture.is_empty() && weights.contains(probe))
+            };
             if is("BertForMaskedLM", "cls.predictions.transform.dense.weight") {
-                Ok(HfModel::BertForMaskedLm(load_bert_masked_lm(&config, &mut weights, device)?))
-            } else if is("BertForSequenceClassification", "classifier.weight") {
-                let labels = num_labels(&json);
-                Ok(HfModel::BertForSequenceClassification(load_bert_classifier(
+                Ok(HfModel::BertForMaskedLm(load_bert_masked_lm(
                     &config,
-                    labels,
                     &mut weights,
                     device,
                 )?))
+            } else if is("BertForSequenceClassification", "classifier.weight") {
+                let labels = num_labels(&json);
+                Ok(HfModel::BertForSequenceClassification(
+                    load_bert_classifier(&config, labels, &mut weights, device)?,
+                ))
             } else if architecture.is_empty() || architecture == "BertModel" {
                 Ok(HfModel::Bert(load_bert(&config, &mut weights, device)?))
             } else {
@@ -125,7 +131,9 @@ impl HfModel {
                 }
             }
             HfModel::BertForMaskedLm(model) => HfOutput::TokenLogits(model.forward(bert_input())?),
-            HfModel::BertForSequenceClassification(model) => HfOutput::ClassLogits(model.forward(bert_input())?),
+            HfModel::BertForSequenceClassification(model) => {
+                HfOutput::ClassLogits(model.forward(bert_input())?)
+            }
         })
     }
 }

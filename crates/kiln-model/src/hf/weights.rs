@@ -26,8 +26,10 @@ impl HfWeights {
         let paths = if single.exists() {
             vec![single]
         } else if index_file.exists() {
-            let text = std::fs::read_to_string(&index_file).map_err(|e| ModelError::io(&index_file, e))?;
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::format(&index_file, e))?;
+            let text =
+                std::fs::read_to_string(&index_file).map_err(|e| ModelError::io(&index_file, e))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ModelError::format(&index_file, e))?;
             let mut shards: Vec<String> = json["weight_map"]
                 .as_object()
                 .ok_or_else(|| ModelError::format(&index_file, "no `weight_map` object"))?
@@ -87,19 +89,31 @@ impl HfWeights {
 
     /// Reads `name` (or, for old checkpoints, the first of `aliases` present) as an f32 tensor
     /// of shape `expected`.
-    pub fn tensor<const D: usize>(&self, name: &str, expected: [usize; D], device: &Device) -> Result<Tensor<D>> {
+    pub fn tensor<const D: usize>(
+        &self,
+        name: &str,
+        expected: [usize; D],
+        device: &Device,
+    ) -> Result<Tensor<D>> {
         self.tensor_any(&[name], expected, device)
     }
 
     /// Like [`tensor`](Self::tensor) with alternative names, the first one reported if none is
     /// present. Names are tried with the prefix first, then as written.
-    pub fn tensor_any<const D: usize>(&self, names: &[&str], expected: [usize; D], device: &Device) -> Result<Tensor<D>> {
+    pub fn tensor_any<const D: usize>(
+        &self,
+        names: &[&str],
+        expected: [usize; D],
+        device: &Device,
+    ) -> Result<Tensor<D>> {
         let found = names.iter().find_map(|name| {
             let full = self.full_name(name);
             if let Some(&file) = self.index.get(&full) {
                 Some((full, file))
             } else {
-                self.index.get(*name).map(|&file| ((*name).to_owned(), file))
+                self.index
+                    .get(*name)
+                    .map(|&file| ((*name).to_owned(), file))
             }
         });
         let Some((full, file)) = found else {
@@ -110,7 +124,9 @@ impl HfWeights {
         };
         let (path, bytes) = &self.files[file];
         let tensors = SafeTensors::deserialize(bytes).map_err(|e| ModelError::format(path, e))?;
-        let view = tensors.tensor(&full).map_err(|e| ModelError::format(path, e))?;
+        let view = tensors
+            .tensor(&full)
+            .map_err(|e| ModelError::format(path, e))?;
         if view.shape() != expected {
             return Err(ModelError::ShapeMismatch {
                 name: full,
@@ -120,7 +136,10 @@ impl HfWeights {
             });
         }
         let values = to_f32(view.dtype(), view.data()).ok_or_else(|| {
-            ModelError::format(path, format!("tensor `{full}` has unsupported dtype {:?}", view.dtype()))
+            ModelError::format(
+                path,
+                format!("tensor `{full}` has unsupported dtype {:?}", view.dtype()),
+            )
         })?;
         Ok(Tensor::from_data(TensorData::new(values, expected), device))
     }

@@ -1,0 +1,85 @@
+//! A character-level tokenizer: one id per distinct character of the corpus it was built on.
+
+use std::collections::BTreeSet;
+
+/// Errors of kiln-data.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DataError {
+    /// The corpus had no characters to build a vocabulary from.
+    #[error("cannot build a vocabulary from an empty corpus")]
+    EmptyCorpus,
+    /// A character is not in the vocabulary.
+    #[error("character {0:?} is not in the vocabulary")]
+    UnknownChar(char),
+    /// An id is not in the vocabulary.
+    #[error("token id {0} is not in the vocabulary")]
+    UnknownId(usize),
+}
+
+/// Maps each distinct character of a corpus to an id, in sorted character order (so the same
+/// corpus always gives the same ids).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CharTokenizer {
+    chars: Vec<char>,
+}
+
+impl CharTokenizer {
+    /// The vocabulary of every character in `corpus`.
+    pub fn from_corpus(corpus: &str) -> Result<Self, DataError> {
+        let chars: Vec<char> = corpus
+            .chars()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if chars.is_empty() {
+            return Err(DataError::EmptyCorpus);
+        }
+        Ok(Self { chars })
+    }
+
+    /// Number of distinct characters.
+    pub fn vocab_size(&self) -> usize {
+        self.chars.len()
+    }
+
+    /// The ids of `text`; errors on a character outside the vocabulary.
+    pub fn encode(&self, text: &str) -> Result<Vec<usize>, DataError> {
+        text.chars()
+            .map(|c| {
+                self.chars
+                    .binary_search(&c)
+                    .map_err(|_| DataError::UnknownChar(c))
+            })
+            .collect()
+    }
+
+    /// The text of `ids`; errors on an id outside the vocabulary.
+    pub fn decode(&self, ids: &[usize]) -> Result<String, DataError> {
+        ids.iter()
+            .map(|&id| self.chars.get(id).copied().ok_or(DataError::UnknownId(id)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_the_corpus_and_sorts_the_vocabulary() {
+        let text = "hello, wörld\n";
+        let tok = CharTokenizer::from_corpus(text).unwrap();
+        assert_eq!(tok.vocab_size(), 10);
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(tok.decode(&ids).unwrap(), text);
+        assert_eq!(tok.encode("\n").unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn unknown_input_is_an_error() {
+        let tok = CharTokenizer::from_corpus("ab").unwrap();
+        assert_eq!(tok.encode("abc"), Err(DataError::UnknownChar('c')));
+        assert_eq!(tok.decode(&[0, 2]), Err(DataError::UnknownId(2)));
+        assert_eq!(CharTokenizer::from_corpus(""), Err(DataError::EmptyCorpus));
+    }
+}

@@ -1,0 +1,142 @@
+//! Invariants of the models, checked on random inputs (proptest, CPU backend).
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use kiln_model::bert::{BertConfig, BertInput};
+use kiln_model::feed_forward::FeedForwardKind;
+use kiln_model::gpt::{Gpt, GptConfig, PositionEncoding};
+use proptest::prelude::*;
+
+const VOCAB: usize = 23;
+const BLOCK: usize = 12;
+
+fn gpt(seed: u64, rotary: bool) -> Gpt {
+    let device = Device::flex();
+    device.seed(seed);
+    let config = GptConfig::new(VOCAB)
+        .with_block_size(BLOCK)
+        .with_n_layer(2)
+        .with_n_head(2)
+        .with_d_model(16)
+        .with_init_std(0.3)
+        .with_positions(if rotary {
+            PositionEncoding::Rotary
+        } else {
+            PositionEncoding::Learned
+        })
+        .with_ff_kind(if rotary {
+            FeedForwardKind::SwiGlu
+        } else {
+            FeedForwardKind::Mlp
+        });
+    config.init(&device).unwrap()
+}
+
+fn ids(rows: &[Vec<usize>]) -> Tensor<2, Int> {
+    kiln_model::loss::token_tensor(rows, &Device::flex()).unwrap()
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn tokens(len: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(0..VOCAB, len)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Changing tokens after position t never changes the logits at positions <= t.
+    #[test]
+    fn gpt_is_causal(seed in 0u64..1000, rotary: bool, seq in tokens(2..=BLOCK), cut in 0usize..BLOCK, fresh in tokens(BLOCK..=BLOCK)) {
+        let cut = cut % (seq.len() - 1);
+        let model = gpt(seed, rotary);
+        let mut changed = seq.clone();
+        for (i, token) in changed.iter_mut().enumerate().skip(cut + 1) {
+            *token = (fresh[i] + 1 + *token) % VOCAB; // always a different token
+        }
+        let a = model.forward(ids(&[seq.clone()])).unwrap();
+        let b = model.forward(ids(&[changed])).unwrap();
+        let keep = cut + 1;
+        let a = values(a.narrow(1, 0, keep));
+        let b = values(b.narrow(1, 0, keep));
+        prop_assert!(max_diff(&a, &b) <= 1e-5);
+    }
+
+    /// Decoding a sequence piece by piece through the KV cache gives the logits of one full
+    /// forward pass.
+    #[test]
+    fn kv_cache_decoding_equals_full_forward(seed in 0u64..1000, rotary: bool, seq in tokens(2..=BLOCK), pieces in prop::collection::vec(1usize..4, 1..6)) {
+        let model = gpt(seed, rotary);
+        let full = values(model.forward(ids(&[seq.clone(), seq.iter().rev().cloned().collect()])).unwrap());
+        let reversed: Vec<usize> = seq.iter().rev().cloned().collect();
+        let mut cache = model.new_cache();
+        let mut incremental = vec![Vec::new(), Vec::new()];
+        let mut start = 0;
+        let mut piece = pieces.iter().cycle();
+        while start < seq.len() {
+            let len = (*piece.next().unwrap()).min(seq.len() - start);
+            let step = model
+                .forward_cached(ids(&[seq[start..start + len].to_vec(), reversed[start..start + len].to_vec()]), &mut cache)
+                .unwrap();
+            for (b, row) in incremental.iter_mut().enumerate() {
+                row.extend(values(step.clone().narrow(0, b, 1)));
+            }
+            start += len;
+        }
+        prop_assert_eq!(cache.len(), seq.len());
+        let incremental: Vec<f32> = incremental.concat();
+        prop_assert!(max_diff(&full, &incremental) <= 1e-4, "diff {}", max_diff(&full, &incremental));
+    }
+
+    /// Each row's logits are the same whether it is run alone or in a batch.
+    #[test]
+    fn rows_of_a_batch_are_independent(seed in 0u64..1000, rotary: bool, rows in prop::collection::vec(tokens(6..=6), 2..5)) {
+        let model = gpt(seed, rotary);
+        let batch = values(model.forward(ids(&rows)).unwrap());
+        let per_row = VOCAB * 6;
+        for (i, row) in rows.iter().enumerate() {
+            let alone = values(model.forward(ids(&[row.clone()])).unwrap());
+            prop_assert!(max_diff(&batch[i * per_row..(i + 1) * per_row], &alone) <= 1e-5);
+        }
+    }
+
+    /// BERT: masked padding never changes the other positions; they equal the unpadded run.
+    #[test]
+    fn bert_padding_is_invisible(seed in 0u64..1000, seq in tokens(1..=8), pad in 1usize..5, junk in tokens(4..=4)) {
+        let device = Device::flex();
+        device.seed(seed);
+        let config = BertConfig::new(VOCAB)
+            .with_hidden_size(16)
+            .with_num_hidden_layers(2)
+            .with_num_attention_heads(4)
+            .with_intermediate_size(32)
+            .with_max_position_embeddings(16)
+            .with_hidden_dropout_prob(0.0)
+            .with_attention_probs_dropout_prob(0.0)
+            .with_initializer_range(0.3);
+        let bert = config.init(true, &device).unwrap();
+        let len = seq.len();
+        let mut padded = seq.clone();
+        padded.extend(&junk[..pad]);
+        let mask: Vec<i64> = (0..len + pad).map(|i| (i < len) as i64).collect();
+        let input = BertInput {
+            input_ids: ids(&[padded]),
+            token_type_ids: None,
+            attention_mask: Some(Tensor::from_data(TensorData::new(mask, [1, len + pad]), &device)),
+        };
+        let out = bert.forward(input).unwrap();
+        let alone = bert.forward(BertInput::new(ids(&[seq]))).unwrap();
+        let padded_states = values(out.last_hidden_state.narrow(1, 0, len));
+        prop_assert!(max_diff(&padded_states, &values(alone.last_hidden_state)) <= 1e-4);
+        prop_assert!(max_diff(&values(out.pooler_output.unwrap()), &values(alone.pooler_output.unwrap())) <= 1e-4);
+    }
+}

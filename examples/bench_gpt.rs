@@ -1,0 +1,197 @@
+//! Times full training steps (forward, backward, AdamW) of kiln's Gpt, and optionally of the
+//! same-sized model built from Burn's own `TransformerEncoder` in the same run.
+//!
+//! ```text
+//! cargo run --release --example bench_gpt -- --d-model 256 --layers 4 --heads 4 --seq 128 \
+//!     --batch 16 --steps 6 [--vocab 256] [--warmup 2] [--baseline] [--device flex]
+//! ```
+//!
+//! The last line is `tokens_per_s: X` for kiln's model (median step time); with `--baseline`,
+//! `burn_nn_tokens_per_s: X` comes just before it.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use burn::nn::attention::generate_autoregressive_mask;
+use burn::nn::transformer::{
+    TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
+};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::optim::{AdamWConfig, GradientsParams};
+use kiln::model::loss::cross_entropy;
+use kiln::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+struct Args {
+    d_model: usize,
+    layers: usize,
+    heads: usize,
+    seq: usize,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+    vocab: usize,
+    baseline: bool,
+    device: String,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        d_model: 256,
+        layers: 4,
+        heads: 4,
+        seq: 128,
+        batch: 16,
+        steps: 6,
+        warmup: 2,
+        vocab: 256,
+        baseline: false,
+        device: "flex".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--baseline" {
+            a.baseline = true;
+            continue;
+        }
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let n = || {
+            value
+                .parse::<usize>()
+                .map_err(|_| format!("{flag}: `{value}` is not a number"))
+        };
+        match flag.as_str() {
+            "--d-model" => a.d_model = n()?,
+            "--layers" => a.layers = n()?,
+            "--heads" => a.heads = n()?,
+            "--seq" => a.seq = n()?,
+            "--batch" => a.batch = n()?,
+            "--steps" => a.steps = n()?.max(1),
+            "--warmup" => a.warmup = n()?,
+            "--vocab" => a.vocab = n()?,
+            "--device" => a.device = value,
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(a)
+}
+
+/// The same GPT built from burn-nn parts: embeddings, `TransformerEncoder` (pre-norm, GELU,
+/// causal mask), final LayerNorm, output projection. The "raw Burn" baseline.
+#[derive(Module, Debug)]
+struct BurnNnGpt {
+    tokens: Embedding,
+    positions: Embedding,
+    encoder: TransformerEncoder,
+    norm: LayerNorm,
+    head: Linear,
+}
+
+impl BurnNnGpt {
+    fn new(a: &Args, device: &Device) -> Self {
+        Self {
+            tokens: EmbeddingConfig::new(a.vocab, a.d_model).init(device),
+            positions: EmbeddingConfig::new(a.seq, a.d_model).init(device),
+            encoder: TransformerEncoderConfig::new(a.d_model, 4 * a.d_model, a.heads, a.layers)
+                .with_dropout(0.0)
+                .with_norm_first(true)
+                .init(device),
+            norm: LayerNormConfig::new(a.d_model).init(device),
+            head: LinearConfig::new(a.d_model, a.vocab)
+                .with_bias(false)
+                .init(device),
+        }
+    }
+
+    fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let [batch, seq] = ids.dims();
+        let device = ids.device();
+        let pos = Tensor::<1, Int>::arange(0..seq as i64, &device).reshape([1, seq]);
+        let x = self.tokens.forward(ids) + self.positions.forward(pos);
+        let mask = generate_autoregressive_mask(batch, seq, &device);
+        let x = self
+            .encoder
+            .forward(TransformerEncoderInput::new(x).mask_attn(mask));
+        self.head.forward(self.norm.forward(x))
+    }
+}
+
+/// Runs `warmup + steps` training steps and returns the median time of the timed ones.
+fn time_steps<M: Module>(
+    mut model: M,
+    a: &Args,
+    device: &Device,
+    forward: impl Fn(&M, Tensor<2, Int>) -> Tensor<3>,
+) -> f64 {
+    let mut optim = AdamWConfig::new().with_weight_decay(0.1).init();
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut times = Vec::new();
+    for step in 0..a.warmup + a.steps {
+        let data: Vec<i64> = (0..a.batch * (a.seq + 1))
+            .map(|_| rng.random_range(0..a.vocab as i64))
+            .collect();
+        let all = Tensor::<2, Int>::from_data(TensorData::new(data, [a.batch, a.seq + 1]), device);
+        let inputs = all.clone().narrow(1, 0, a.seq);
+        let targets = all.narrow(1, 1, a.seq);
+        let start = Instant::now();
+        let loss = cross_entropy(forward(&model, inputs), targets, None);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(3e-4, model, grads);
+        // Reading the loss waits for the step to finish on asynchronous backends.
+        let _: f32 = loss.into_scalar();
+        let seconds = start.elapsed().as_secs_f64();
+        if step >= a.warmup {
+            times.push(seconds);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn run() -> Result<(), String> {
+    let a = parse()?;
+    let device = kiln::device::from_name(&a.device)
+        .map_err(|e| e.to_string())?
+        .autodiff();
+    let tokens = (a.batch * a.seq) as f64;
+    let config = GptConfig::new(a.vocab)
+        .with_block_size(a.seq)
+        .with_n_layer(a.layers)
+        .with_n_head(a.heads)
+        .with_d_model(a.d_model);
+    let gpt = config.init(&device).map_err(|e| e.to_string())?;
+    println!(
+        "model: d_model {} layers {} heads {} seq {} batch {} vocab {} ({} parameters), device {:?}",
+        a.d_model,
+        a.layers,
+        a.heads,
+        a.seq,
+        a.batch,
+        a.vocab,
+        gpt.param_count(),
+        device
+    );
+    let kiln_step = time_steps(gpt, &a, &device, |m, ids| {
+        m.forward(ids).expect("valid batch")
+    });
+    if a.baseline {
+        let baseline = BurnNnGpt::new(&a, &device);
+        let burn_step = time_steps(baseline, &a, &device, BurnNnGpt::forward);
+        println!("burn_nn_step_ms: {:.1}", burn_step * 1e3);
+        println!("burn_nn_tokens_per_s: {:.0}", tokens / burn_step);
+    }
+    println!("kiln_step_ms: {:.1}", kiln_step * 1e3);
+    println!("tokens_per_s: {:.0}", tokens / kiln_step);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

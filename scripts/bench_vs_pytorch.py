@@ -1,0 +1,122 @@
+"""kiln's GPT training step against the same model in PyTorch eager, alternating in one run.
+
+Run once in a venv outside the repo (CI never needs it):
+
+    python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch numpy
+    cargo build --release --example bench_gpt
+    /tmp/venv/bin/python scripts/bench_vs_pytorch.py [--rounds 3] [--baseline]
+
+Both sides: vocab 256, d_model 256, 4 pre-norm layers, 4 heads, seq 128, batch 16, learned
+positions, tanh GELU, tied embeddings, AdamW; a step is forward + backward + optimizer update,
+timed as the median of `--steps` steps after 2 warm-up steps. kiln runs as a separate process
+(`target/release/examples/bench_gpt`); the two alternate `--rounds` times so that drift of the
+machine hits both. Prints each measurement, the medians and kiln/PyTorch.
+"""
+
+import argparse
+import re
+import statistics
+import subprocess
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Block(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.ln_1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln_2 = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 4 * d)
+        self.out = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.out(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+
+
+class Gpt(nn.Module):
+    def __init__(self, vocab, seq, d, layers, heads):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.wpe = nn.Embedding(seq, d)
+        self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d)
+
+    def forward(self, ids):
+        x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x) @ self.wte.weight.T
+
+
+def torch_tokens_per_s(a):
+    torch.manual_seed(0)
+    model = Gpt(a.vocab, a.seq, a.d_model, a.layers, a.heads)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    times = []
+    for step in range(2 + a.steps):
+        data = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
+        start = time.perf_counter()
+        logits = model(data[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, a.vocab), data[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss.item()
+        if step >= 2:
+            times.append(time.perf_counter() - start)
+    return a.batch * a.seq / statistics.median(times)
+
+
+def kiln_tokens_per_s(a):
+    cmd = [a.binary, "--d-model", str(a.d_model), "--layers", str(a.layers), "--heads", str(a.heads),
+           "--seq", str(a.seq), "--batch", str(a.batch), "--steps", str(a.steps), "--vocab", str(a.vocab)]
+    if a.baseline:
+        cmd.append("--baseline")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    burn = re.search(r"burn_nn_tokens_per_s: ([0-9.]+)", out)
+    return float(re.search(r"^tokens_per_s: ([0-9.]+)", out, re.M).group(1)), burn and float(burn.group(1))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--vocab", type=int, default=256)
+    p.add_argument("--baseline", action="store_true", help="also time burn-nn's TransformerEncoder GPT")
+    p.add_argument("--binary", default="target/release/examples/bench_gpt")
+    a = p.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    kiln, burn, pt = [], [], []
+    for r in range(a.rounds):
+        k, b = kiln_tokens_per_s(a)
+        t = torch_tokens_per_s(a)
+        kiln.append(k)
+        pt.append(t)
+        if b:
+            burn.append(b)
+        print(f"round {r + 1}: kiln {k:,.0f} tokens/s" + (f" | burn-nn {b:,.0f}" if b else "") + f" | pytorch {t:,.0f}")
+    km, tm = statistics.median(kiln), statistics.median(pt)
+    print(f"median: kiln {km:,.0f} tokens/s, pytorch {tm:,.0f} tokens/s, kiln/pytorch {km / tm:.2f}x")
+    if burn:
+        bm = statistics.median(burn)
+        print(f"median: burn-nn {bm:,.0f} tokens/s, kiln/burn-nn {km / bm:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
