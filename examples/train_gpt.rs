@@ -105,7 +105,7 @@ fn is_held_out(a: usize, b: usize) -> bool {
     let mut x = (a * 1000 + b) as u64 ^ 0x9E37_79B9_7F4A_7C15;
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (x ^ (x >> 31)) % 50 == 0
+    (x ^ (x >> 31)).is_multiple_of(50)
 }
 
 fn digits(n: usize, len: usize) -> Vec<usize> {
@@ -210,7 +210,7 @@ fn train(
         let loss = gpt.loss(logits, targets, Some(IGNORE));
         let grads = GradientsParams::from_grads(loss.backward(), &gpt);
         gpt = optim.step(lr, gpt, grads);
-        if (step + 1) % args.log_every == 0 || step + 1 == args.steps {
+        if (step + 1).is_multiple_of(args.log_every) || step + 1 == args.steps {
             loss_mean.update(loss.into_scalar::<f32>() as f64);
             println!(
                 "step {:>5}/{} | loss {:.4} | lr {:.2e} | {:.1}s",
@@ -220,7 +220,7 @@ fn train(
                 lr,
                 start.elapsed().as_secs_f64()
             );
-        } else if step % 10 == 0 {
+        } else if step.is_multiple_of(10) {
             loss_mean.update(loss.into_scalar::<f32>() as f64);
         }
     }

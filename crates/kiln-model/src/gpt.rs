@@ -153,13 +153,15 @@ impl GptConfig {
                 return Err(ModelError::config(format!("{name} must be > 0")));
             }
         }
-        if self.d_model % self.n_head != 0 {
+        if !self.d_model.is_multiple_of(self.n_head) {
             return Err(ModelError::config(format!(
                 "d_model {} is not divisible by n_head {}",
                 self.d_model, self.n_head
             )));
         }
-        if self.positions == PositionEncoding::Rotary && (self.d_model / self.n_head) % 2 != 0 {
+        if self.positions == PositionEncoding::Rotary
+            && !(self.d_model / self.n_head).is_multiple_of(2)
+        {
             return Err(ModelError::config(
                 "rotary positions need an even head width",
             ));
@@ -250,14 +252,14 @@ impl Gpt {
         padding: Option<Tensor<2, Bool>>,
     ) -> Result<Tensor<3>> {
         check_token_ids(&ids, self.vocab_size, self.block_size)?;
-        if let Some(mask) = &padding {
-            if mask.dims() != ids.dims() {
-                return Err(ModelError::BadInput(format!(
-                    "padding mask has shape {:?}, ids have {:?}",
-                    mask.dims(),
-                    ids.dims()
-                )));
-            }
+        if let Some(mask) = &padding
+            && mask.dims() != ids.dims()
+        {
+            return Err(ModelError::BadInput(format!(
+                "padding mask has shape {:?}, ids have {:?}",
+                mask.dims(),
+                ids.dims()
+            )));
         }
         Ok(self.logits(ids, padding.as_ref(), None))
     }
@@ -343,7 +345,9 @@ impl Gpt {
         config: &GenerateConfig,
     ) -> Result<Vec<Vec<usize>>> {
         config.validate()?;
-        let device = self.token_embedding.weight.device();
+        // Inference only: no dropout, no autodiff graph.
+        let model = self.valid();
+        let device = model.token_embedding.weight.device();
         let ids = token_tensor(prompts, &device)?;
         let total = prompts[0].len() + config.max_new_tokens;
         if total > self.block_size {
@@ -352,8 +356,6 @@ impl Gpt {
                 max: self.block_size,
             });
         }
-        // Inference only: no dropout, no autodiff graph.
-        let model = self.valid();
         let mut rng = StdRng::seed_from_u64(config.seed);
         let mut sequences = prompts.to_vec();
         let mut finished = vec![false; prompts.len()];

@@ -42,12 +42,12 @@ impl GenerateConfig {
         if self.top_k == Some(0) {
             return Err(ModelError::config("top_k must be >= 1"));
         }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(ModelError::config(format!(
-                    "top_p must be in (0, 1], got {p}"
-                )));
-            }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(ModelError::config(format!(
+                "top_p must be in (0, 1], got {p}"
+            )));
         }
         Ok(())
     }

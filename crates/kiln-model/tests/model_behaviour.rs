@@ -35,7 +35,11 @@ fn invalid_configs_are_errors_not_panics() {
     let err = small().with_n_head(3).init(&device).unwrap_err();
     assert!(err.to_string().contains("not divisible"), "{err}");
     assert!(matches!(
-        small().with_vocab_size(0).init(&device),
+        GptConfig {
+            vocab_size: 0,
+            ..small()
+        }
+        .init(&device),
         Err(ModelError::InvalidConfig(_))
     ));
     assert!(matches!(

@@ -63,7 +63,7 @@ proptest! {
         for (i, token) in changed.iter_mut().enumerate().skip(cut + 1) {
             *token = (fresh[i] + 1 + *token) % VOCAB; // always a different token
         }
-        let a = model.forward(ids(&[seq.clone()])).unwrap();
+        let a = model.forward(ids(std::slice::from_ref(&seq))).unwrap();
         let b = model.forward(ids(&[changed])).unwrap();
         let keep = cut + 1;
         let a = values(a.narrow(1, 0, keep));
@@ -79,7 +79,7 @@ proptest! {
         let full = values(model.forward(ids(&[seq.clone(), seq.iter().rev().cloned().collect()])).unwrap());
         let reversed: Vec<usize> = seq.iter().rev().cloned().collect();
         let mut cache = model.new_cache();
-        let mut incremental = vec![Vec::new(), Vec::new()];
+        let mut incremental = [Vec::new(), Vec::new()];
         let mut start = 0;
         let mut piece = pieces.iter().cycle();
         while start < seq.len() {
@@ -104,7 +104,7 @@ proptest! {
         let batch = values(model.forward(ids(&rows)).unwrap());
         let per_row = VOCAB * 6;
         for (i, row) in rows.iter().enumerate() {
-            let alone = values(model.forward(ids(&[row.clone()])).unwrap());
+            let alone = values(model.forward(ids(std::slice::from_ref(row))).unwrap());
             prop_assert!(max_diff(&batch[i * per_row..(i + 1) * per_row], &alone) <= 1e-5);
         }
     }

@@ -36,6 +36,8 @@ pub enum HfModel {
 }
 
 /// What an [`HfModel`] returns, named as in transformers.
+// One value per forward call: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum HfOutput {
     /// Token logits `[batch, seq, vocab]` (language models).
