@@ -3,11 +3,12 @@
 //!
 //! ```text
 //! cargo run --release --example bench_gpt -- --d-model 256 --layers 4 --heads 4 --seq 128 \
-//!     --batch 16 --steps 6 [--vocab 256] [--warmup 2] [--baseline] [--device flex]
+//!     --batch 16 --steps 6 [--vocab 256] [--warmup 2] [--baseline] [--rounds 1] [--device NAME]
 //! ```
 //!
-//! The last line is `tokens_per_s: X` for kiln's model (median step time); with `--baseline`,
-//! `burn_nn_tokens_per_s: X` comes just before it.
+//! The last line is `tokens_per_s: X` for kiln's model (median step time). With `--baseline`,
+//! kiln and the burn-nn model alternate for `--rounds` rounds (so drift of the machine hits
+//! both), and `burn_nn_tokens_per_s: X` and `kiln_vs_burn_nn: R` come just before it.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -33,6 +34,7 @@ struct Args {
     warmup: usize,
     vocab: usize,
     baseline: bool,
+    rounds: usize,
     device: String,
 }
 
@@ -47,7 +49,8 @@ fn parse() -> Result<Args, String> {
         warmup: 2,
         vocab: 256,
         baseline: false,
-        device: "flex".into(),
+        rounds: 1,
+        device: std::env::var(kiln::device::DEVICE_ENV).unwrap_or_else(|_| "flex".into()),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,6 +73,7 @@ fn parse() -> Result<Args, String> {
             "--steps" => a.steps = n()?.max(1),
             "--warmup" => a.warmup = n()?,
             "--vocab" => a.vocab = n()?,
+            "--rounds" => a.rounds = n()?.max(1),
             "--device" => a.device = value,
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -145,8 +149,12 @@ fn time_steps<M: Module>(
             times.push(seconds);
         }
     }
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    median(times)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn run() -> Result<(), String> {
@@ -160,26 +168,35 @@ fn run() -> Result<(), String> {
         .with_n_layer(a.layers)
         .with_n_head(a.heads)
         .with_d_model(a.d_model);
-    let gpt = config.init(&device).map_err(|e| e.to_string())?;
+    let params = config
+        .init(&device)
+        .map_err(|e| e.to_string())?
+        .param_count();
     println!(
-        "model: d_model {} layers {} heads {} seq {} batch {} vocab {} ({} parameters), device {:?}",
-        a.d_model,
-        a.layers,
-        a.heads,
-        a.seq,
-        a.batch,
-        a.vocab,
-        gpt.param_count(),
-        device
+        "model: d_model {} layers {} heads {} seq {} batch {} vocab {} ({params} parameters), device {device:?}",
+        a.d_model, a.layers, a.heads, a.seq, a.batch, a.vocab,
     );
-    let kiln_step = time_steps(gpt, &a, &device, |m, ids| {
-        m.forward(ids).expect("valid batch")
-    });
+    let (mut kiln_steps, mut burn_steps) = (Vec::new(), Vec::new());
+    for round in 1..=a.rounds {
+        let gpt = config.init(&device).map_err(|e| e.to_string())?;
+        let kiln = time_steps(gpt, &a, &device, |m, ids| {
+            m.forward(ids).expect("valid batch")
+        });
+        kiln_steps.push(kiln);
+        let mut line = format!("round {round}: kiln {:.1} ms/step", kiln * 1e3);
+        if a.baseline {
+            let burn = time_steps(BurnNnGpt::new(&a, &device), &a, &device, BurnNnGpt::forward);
+            burn_steps.push(burn);
+            line += &format!(", burn-nn {:.1} ms/step", burn * 1e3);
+        }
+        println!("{line}");
+    }
+    let kiln_step = median(kiln_steps);
     if a.baseline {
-        let baseline = BurnNnGpt::new(&a, &device);
-        let burn_step = time_steps(baseline, &a, &device, BurnNnGpt::forward);
+        let burn_step = median(burn_steps);
         println!("burn_nn_step_ms: {:.1}", burn_step * 1e3);
         println!("burn_nn_tokens_per_s: {:.0}", tokens / burn_step);
+        println!("kiln_vs_burn_nn: {:.2}", burn_step / kiln_step);
     }
     println!("kiln_step_ms: {:.1}", kiln_step * 1e3);
     println!("tokens_per_s: {:.0}", tokens / kiln_step);

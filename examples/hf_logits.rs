@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example hf_logits -- --model-dir DIR --input-ids "1,2,3;4,5,6" \
-//!     [--token-type-ids "0,0,1;0,1,1"] [--attention-mask "1,1,1;1,1,0"] [--device flex]
+//!     [--token-type-ids "0,0,1;0,1,1"] [--attention-mask "1,1,1;1,1,0"] [--device NAME]
 //! ```
 //!
 //! Rows are separated by `;`, ids by `,`. Prints `{"logits": [[[...]]]}` (batch × seq × vocab
@@ -53,8 +53,13 @@ fn to_json<const D: usize>(tensor: Tensor<D>) -> Value {
 
 fn run() -> Result<Value, String> {
     let mut args = std::env::args().skip(1);
-    let (mut dir, mut ids, mut types, mut mask, mut device) =
-        (None, None, None, None, "flex".to_owned());
+    let (mut dir, mut ids, mut types, mut mask, mut device) = (
+        None,
+        None,
+        None,
+        None,
+        std::env::var(kiln::device::DEVICE_ENV).unwrap_or_else(|_| "flex".into()),
+    );
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {

@@ -11,7 +11,7 @@
 //! accuracy is exact match on held-out problems the model never saw.
 //!
 //! Options: `--steps N --batch N --lr X --d-model N --layers N --heads N --seed S --device NAME
-//! --log-every N` (and `--block N --samples N` with `--data`).
+//! --log-every N` (and `--block N --samples N` with `--data`). The device defaults to `KILN_DEVICE`, else `flex`.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -53,7 +53,7 @@ impl Args {
             heads: 4,
             block: 64,
             seed: 1337,
-            device: "flex".into(),
+            device: std::env::var(kiln::device::DEVICE_ENV).unwrap_or_else(|_| "flex".into()),
             log_every: 100,
             samples: 3,
         };

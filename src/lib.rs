@@ -21,6 +21,8 @@
 //! assert_eq!(gpt.forward(ids).unwrap().dims(), [1, 3, 50]);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod device;
 
 /// Transformer blocks, GPT and BERT, HuggingFace weight loading (the `kiln-model` crate).

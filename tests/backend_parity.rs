@@ -38,7 +38,9 @@ fn gpt_forward_and_one_training_step_match_flex() {
     flex.seed(5);
     let gpt_flex = gpt_config().init(&flex).unwrap();
     let gpu = wgpu().autodiff();
-    let gpt_gpu = gpt_flex.clone().to_device(&gpu);
+    // `fork`, not `to_device`: the copy must be a trainable leaf on the new device, not a
+    // differentiable view of the flex parameters.
+    let gpt_gpu = gpt_flex.clone().fork(&gpu);
 
     let rows = vec![
         vec![1, 4, 9, 16, 25, 5, 7, 2, 3, 0],

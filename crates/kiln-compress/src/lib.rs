@@ -4,6 +4,8 @@
 //! reports. Magnitude pruning (unstructured, structured, N:M) and int8 quantization come with
 //! the compression issue.
 
+#![warn(missing_docs)]
+
 mod sparsity;
 
 pub use sparsity::{ParamSparsity, sparsity};

@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 /// How sparse one float parameter is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamSparsity {
-    /// The parameter's path in the module (`blocks.0.attn.qkv.weight`).
+    /// The parameter's path in the module (`blocks.0.attn.query.weight`).
     pub path: String,
     /// Number of elements.
     pub numel: usize,

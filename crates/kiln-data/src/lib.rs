@@ -3,6 +3,8 @@
 //! For now: [`CharTokenizer`], a character-level vocabulary built from a corpus. Cleaning,
 //! deduplication, BPE/WordPiece and the datasets come with the data issue.
 
+#![warn(missing_docs)]
+
 mod char_tokenizer;
 
 pub use char_tokenizer::{CharTokenizer, DataError};

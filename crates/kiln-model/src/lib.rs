@@ -20,6 +20,8 @@
 //! assert_eq!(logits.dims(), [2, 3, 100]);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod activation;
 pub mod attention;
 pub mod bert;

@@ -190,13 +190,13 @@ fn gpt2_init_scales_residual_projections() {
         let mean = v.iter().sum::<f32>() / v.len() as f32;
         (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32).sqrt()
     };
-    let qkv = std(gpt.blocks[0].attn.qkv.weight.val());
+    let qkv = std(gpt.blocks[0].attn.query.weight.val());
     let out = std(gpt.blocks[0].ffn.down.weight.val());
     assert!((qkv - 0.02).abs() < 0.002, "{qkv}");
     assert!((out - 0.02 / 4.0).abs() < 0.0007, "{out}");
     let bias: f32 = gpt.blocks[0]
         .attn
-        .qkv
+        .query
         .bias
         .as_ref()
         .unwrap()

@@ -4,6 +4,8 @@
 //! accumulation, mixed precision, early stopping, recomputation and resume comes with the
 //! training issue.
 
+#![warn(missing_docs)]
+
 mod running_mean;
 
 pub use running_mean::RunningMean;

@@ -2,8 +2,7 @@
 //! into kiln's BERT models.
 //!
 //! HF's `nn.Linear` stores weights `[out, in]`; Burn's `Linear` is `[in, out]`, so every dense
-//! weight is transposed. The separate query/key/value projections are concatenated into kiln's
-//! fused q|k|v matrix.
+//! weight is transposed.
 
 use std::path::Path;
 
@@ -117,20 +116,20 @@ fn load_encoder(bert: &mut Bert, weights: &HfWeights, device: &Device) -> Result
 
     for (i, layer) in bert.layers.iter_mut().enumerate() {
         let name = |s: &str| format!("encoder.layer.{i}.{s}");
-        let (mut ws, mut bs) = (Vec::new(), Vec::new());
-        for part in ["query", "key", "value"] {
-            let (w, b) = dense(
-                weights,
-                &name(&format!("attention.self.{part}")),
-                d,
-                d,
-                device,
-            )?;
-            ws.push(w);
-            bs.push(b);
-        }
-        layer.attn.qkv.weight = Param::from_tensor(Tensor::cat(ws, 1));
-        layer.attn.qkv.bias = Some(Param::from_tensor(Tensor::cat(bs, 0)));
+        let attn = &mut layer.attn;
+        load_dense(
+            &mut attn.query,
+            weights,
+            &name("attention.self.query"),
+            device,
+        )?;
+        load_dense(&mut attn.key, weights, &name("attention.self.key"), device)?;
+        load_dense(
+            &mut attn.value,
+            weights,
+            &name("attention.self.value"),
+            device,
+        )?;
         load_dense(
             &mut layer.attn.out,
             weights,

@@ -1,7 +1,7 @@
 //! HF `gpt2` checkpoints (`GPT2LMHeadModel`, `GPT2Model`) into a kiln [`Gpt`].
 //!
 //! GPT-2's `Conv1D` stores weights `[in, out]`, which is Burn's `Linear` layout, so they load
-//! untransposed; `c_attn` is the fused q|k|v projection, which kiln keeps fused too.
+//! untransposed; `c_attn` is the fused q|k|v projection, split into kiln's three.
 
 use std::path::Path;
 
@@ -80,8 +80,18 @@ pub fn load_gpt2(config: &GptConfig, weights: &mut HfWeights, device: &Device) -
         };
         block.attn_norm.gamma = vector("ln_1.weight", d)?;
         block.attn_norm.beta = Some(vector("ln_1.bias", d)?);
-        block.attn.qkv.weight = matrix("attn.c_attn.weight", [d, 3 * d])?;
-        block.attn.qkv.bias = Some(vector("attn.c_attn.bias", 3 * d)?);
+        // `c_attn` is q|k|v fused along the output dimension.
+        let qkv_weight = matrix("attn.c_attn.weight", [d, 3 * d])?.val();
+        let qkv_bias = vector("attn.c_attn.bias", 3 * d)?.val();
+        let projections = [
+            &mut block.attn.query,
+            &mut block.attn.key,
+            &mut block.attn.value,
+        ];
+        for (i, proj) in projections.into_iter().enumerate() {
+            proj.weight = Param::from_tensor(qkv_weight.clone().narrow(1, i * d, d));
+            proj.bias = Some(Param::from_tensor(qkv_bias.clone().narrow(0, i * d, d)));
+        }
         block.attn.out.weight = matrix("attn.c_proj.weight", [d, d])?;
         block.attn.out.bias = Some(vector("attn.c_proj.bias", d)?);
         block.ffn_norm.gamma = vector("ln_2.weight", d)?;

@@ -5,13 +5,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
+use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{ModelError, Result};
 
 /// The tensors of one checkpoint, read lazily by name.
 pub struct HfWeights {
-    files: Vec<(PathBuf, Vec<u8>)>,
+    /// Each file, memory-mapped: a checkpoint is never copied whole into memory.
+    files: Vec<(PathBuf, Mmap)>,
     /// Tensor name -> index into `files`.
     index: HashMap<String, usize>,
     /// Prefix the model class put before every name (`transformer.`, `bert.`), or "".
@@ -51,7 +53,11 @@ impl HfWeights {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for path in paths {
-            let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
+            let file = std::fs::File::open(&path).map_err(|e| ModelError::io(&path, e))?;
+            // SAFETY: the map is only read, and lives as long as `self`. As with every mmap,
+            // another process truncating the file while it is mapped would fault; checkpoints
+            // are not rewritten in place while a model loads from them.
+            let bytes = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
             let names: Vec<String> = SafeTensors::deserialize(&bytes)
                 .map_err(|e| ModelError::format(&path, e))?
                 .names()
