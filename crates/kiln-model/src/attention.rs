@@ -77,16 +77,16 @@ impl LayerKvCache {
     }
 }
 
-/// What each query may attend to.
-#[derive(Debug, Clone, Default)]
-pub struct AttentionMask {
+/// What each query may attend to, handed down through the blocks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttentionMask<'a> {
     /// Whether a query is blocked from later positions (decoder) or not (encoder).
     pub causal: bool,
     /// `[batch, keys]`, `true` where the key is padding and must be ignored.
-    pub padding: Option<Tensor<2, Bool>>,
+    pub padding: Option<&'a Tensor<2, Bool>>,
 }
 
-impl AttentionMaskRef<'_> {
+impl AttentionMask<'_> {
     fn expanded(&self, batch: usize, heads: usize, q: usize, k: usize) -> Option<Tensor<4, Bool>> {
         self.padding.map(|padding| {
             padding
@@ -94,25 +94,6 @@ impl AttentionMaskRef<'_> {
                 .reshape([batch, 1, 1, k])
                 .expand([batch, heads, q, k])
         })
-    }
-}
-
-/// A borrowed [`AttentionMask`], handed down through the blocks.
-#[derive(Debug, Clone, Copy)]
-pub struct AttentionMaskRef<'a> {
-    /// See [`AttentionMask::causal`].
-    pub causal: bool,
-    /// See [`AttentionMask::padding`].
-    pub padding: Option<&'a Tensor<2, Bool>>,
-}
-
-impl AttentionMask {
-    /// Borrows the mask.
-    pub fn as_ref(&self) -> AttentionMaskRef<'_> {
-        AttentionMaskRef {
-            causal: self.causal,
-            padding: self.padding.as_ref(),
-        }
     }
 }
 
@@ -141,7 +122,7 @@ impl MultiHeadAttention {
     pub fn forward(
         &self,
         x: Tensor<3>,
-        mask: AttentionMaskRef<'_>,
+        mask: AttentionMask<'_>,
         rope: Option<&RotaryEmbedding>,
         cache: Option<&mut LayerKvCache>,
     ) -> Tensor<3> {

@@ -10,7 +10,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::activation::Activation;
-use crate::attention::AttentionMaskRef;
+use crate::attention::AttentionMask;
 use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
 use crate::error::{ModelError, Result};
 use crate::gpt::check_probability;
@@ -293,7 +293,7 @@ impl Bert {
         x = x + emb.position.forward(positions).expand([batch, seq, hidden]);
         let mut x = emb.dropout.forward(emb.norm.forward(x));
 
-        let mask = AttentionMaskRef {
+        let mask = AttentionMask {
             causal: false,
             padding: padding.as_ref(),
         };

@@ -6,9 +6,7 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Tensor};
 
 use crate::activation::Activation;
-use crate::attention::{
-    AttentionMaskRef, LayerKvCache, MultiHeadAttention, MultiHeadAttentionConfig,
-};
+use crate::attention::{AttentionMask, LayerKvCache, MultiHeadAttention, MultiHeadAttentionConfig};
 use crate::feed_forward::{FeedForward, FeedForwardConfig, FeedForwardKind};
 use crate::rotary::RotaryEmbedding;
 
@@ -113,7 +111,7 @@ impl TransformerBlock {
     pub fn forward(
         &self,
         x: Tensor<3>,
-        mask: AttentionMaskRef<'_>,
+        mask: AttentionMask<'_>,
         rope: Option<&RotaryEmbedding>,
         cache: Option<&mut LayerKvCache>,
     ) -> Tensor<3> {

@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::activation::Activation;
-use crate::attention::{AttentionMaskRef, LayerKvCache};
+use crate::attention::{AttentionMask, LayerKvCache};
 use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
 use crate::error::{ModelError, Result};
 use crate::feed_forward::FeedForwardKind;
@@ -282,7 +282,7 @@ impl Gpt {
         }
         let mut x = self.embedding_dropout.forward(x);
 
-        let mask = AttentionMaskRef {
+        let mask = AttentionMask {
             causal: true,
             padding,
         };

@@ -361,3 +361,52 @@ fn bert_heads_train_and_mask_the_loss() {
     let norm: f32 = grad.abs().sum().into_scalar();
     assert!(norm > 0.0);
 }
+
+#[test]
+fn training_attention_path_equals_the_fused_inference_op() {
+    // On an autodiff device attention is spelled out (softmax); on a plain one it is Burn's fused
+    // op. Same weights, same inputs: same outputs, for causal and for padding masks.
+    let plain = Device::flex();
+    plain.seed(4);
+    let gpt = small().with_init_std(0.4).init(&plain).unwrap();
+    let trained = gpt.clone().fork(&plain.clone().autodiff());
+    let x = [vec![1, 5, 9, 2, 3, 3, 0], vec![16, 2, 8, 8, 1, 0, 4]];
+    let a = values(gpt.forward(ids(&x, &plain)).unwrap());
+    let b = values(trained.forward(ids(&x, &plain.clone().autodiff())).unwrap());
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "gpt: {diff}");
+
+    let config = BertConfig::new(17)
+        .with_hidden_size(8)
+        .with_num_attention_heads(2)
+        .with_num_hidden_layers(2)
+        .with_intermediate_size(16)
+        .with_max_position_embeddings(8)
+        .with_hidden_dropout_prob(0.0)
+        .with_attention_probs_dropout_prob(0.0)
+        .with_initializer_range(0.4);
+    let bert = config.init(true, &plain).unwrap();
+    let bert_ad = bert.clone().fork(&plain.clone().autodiff());
+    let input = |device: &Device| BertInput {
+        input_ids: ids(&[vec![3, 4, 5, 6], vec![7, 8, 0, 0]], device),
+        token_type_ids: None,
+        attention_mask: Some(ids(&[vec![1, 1, 1, 1], vec![1, 1, 0, 0]], device)),
+    };
+    let a = values(bert.forward(input(&plain)).unwrap().last_hidden_state);
+    let b = values(
+        bert_ad
+            .forward(input(&plain.clone().autodiff()))
+            .unwrap()
+            .last_hidden_state,
+    );
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "bert: {diff}");
+}
