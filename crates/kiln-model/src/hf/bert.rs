@@ -8,7 +8,7 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use serde_json::Value;
 
 use super::config::{read_f64, read_usize, read_usize_or};
@@ -56,22 +56,12 @@ pub fn num_labels(json: &Value) -> usize {
         .unwrap_or(2)
 }
 
-fn dense(
-    weights: &HfWeights,
-    name: &str,
-    d_in: usize,
-    d_out: usize,
-    device: &Device,
-) -> Result<(Tensor<2>, Tensor<1>)> {
-    let weight = weights.tensor(&format!("{name}.weight"), [d_out, d_in], device)?;
-    let bias = weights.tensor(&format!("{name}.bias"), [d_out], device)?;
-    Ok((weight.transpose(), bias))
-}
-
+/// Loads an `nn.Linear` (`[out, in]` weight and bias) into a Burn `Linear` (`[in, out]`).
 fn load_dense(linear: &mut Linear, weights: &HfWeights, name: &str, device: &Device) -> Result<()> {
     let [d_in, d_out] = linear.weight.dims();
-    let (weight, bias) = dense(weights, name, d_in, d_out, device)?;
-    linear.weight = Param::from_tensor(weight);
+    let weight = weights.tensor(&format!("{name}.weight"), [d_out, d_in], device)?;
+    let bias = weights.tensor(&format!("{name}.bias"), [d_out], device)?;
+    linear.weight = Param::from_tensor(weight.transpose());
     linear.bias = Some(Param::from_tensor(bias));
     Ok(())
 }

@@ -81,8 +81,8 @@ pub fn load_gpt2(config: &GptConfig, weights: &mut HfWeights, device: &Device) -
         block.attn_norm.gamma = vector("ln_1.weight", d)?;
         block.attn_norm.beta = Some(vector("ln_1.bias", d)?);
         // `c_attn` is q|k|v fused along the output dimension.
-        let qkv_weight = matrix("attn.c_attn.weight", [d, 3 * d])?.val();
-        let qkv_bias = vector("attn.c_attn.bias", 3 * d)?.val();
+        let qkv_weight = weights.tensor(&name("attn.c_attn.weight"), [d, 3 * d], device)?;
+        let qkv_bias = weights.tensor(&name("attn.c_attn.bias"), [3 * d], device)?;
         let projections = [
             &mut block.attn.query,
             &mut block.attn.key,
