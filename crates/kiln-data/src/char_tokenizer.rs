@@ -2,19 +2,7 @@
 
 use std::collections::BTreeSet;
 
-/// Errors of kiln-data.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DataError {
-    /// The corpus had no characters to build a vocabulary from.
-    #[error("cannot build a vocabulary from an empty corpus")]
-    EmptyCorpus,
-    /// A character is not in the vocabulary.
-    #[error("character {0:?} is not in the vocabulary")]
-    UnknownChar(char),
-    /// An id is not in the vocabulary.
-    #[error("token id {0} is not in the vocabulary")]
-    UnknownId(usize),
-}
+use crate::DataError;
 
 /// Maps each distinct character of a corpus to an id, in sorted character order (so the same
 /// corpus always gives the same ids).
@@ -35,6 +23,21 @@ impl CharTokenizer {
             return Err(DataError::EmptyCorpus);
         }
         Ok(Self { chars })
+    }
+
+    /// A vocabulary of exactly these characters (sorted and deduplicated here), as saved by
+    /// [`CharTokenizer::chars`].
+    pub fn from_chars(chars: impl IntoIterator<Item = char>) -> Result<Self, DataError> {
+        let chars: Vec<char> = chars.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
+        if chars.is_empty() {
+            return Err(DataError::EmptyCorpus);
+        }
+        Ok(Self { chars })
+    }
+
+    /// The vocabulary: the character of id `i` is `chars()[i]`.
+    pub fn chars(&self) -> &[char] {
+        &self.chars
     }
 
     /// Number of distinct characters.

@@ -271,17 +271,8 @@ impl Gpt {
         padding: Option<&Tensor<2, Bool>>,
         mut cache: Option<&mut GptKvCache>,
     ) -> Tensor<3> {
-        let [batch, seq] = ids.dims();
         let offset = cache.as_ref().map_or(0, |c| c.len());
-        let mut x = self.token_embedding.forward(ids);
-        let d_model = x.dims()[2];
-        if let Some(positions) = &self.position_embedding {
-            let pos = Tensor::<1, Int>::arange(offset as i64..(offset + seq) as i64, &x.device())
-                .reshape([1, seq]);
-            x = x + positions.forward(pos).expand([batch, seq, d_model]);
-        }
-        let mut x = self.embedding_dropout.forward(x);
-
+        let mut x = self.embed(ids, offset);
         let mask = AttentionMask {
             causal: true,
             padding,
@@ -295,6 +286,30 @@ impl Gpt {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = block.forward(x, mask, self.rope.as_ref(), layer_cache);
         }
+        self.head(x)
+    }
+
+    /// The first stage of the forward pass, without input checks: token embeddings, plus
+    /// learned positions starting at `offset`, then dropout. The result feeds `blocks[0]`.
+    ///
+    /// [`embed`](Self::embed), the blocks (with a causal [`AttentionMask`] and
+    /// `self.rope`) and [`head`](Self::head) compose to [`forward`](Self::forward); training
+    /// loops that recompute activations block by block call them separately.
+    pub fn embed(&self, ids: Tensor<2, Int>, offset: usize) -> Tensor<3> {
+        let [batch, seq] = ids.dims();
+        let mut x = self.token_embedding.forward(ids);
+        let d_model = x.dims()[2];
+        if let Some(positions) = &self.position_embedding {
+            let pos = Tensor::<1, Int>::arange(offset as i64..(offset + seq) as i64, &x.device())
+                .reshape([1, seq]);
+            x = x + positions.forward(pos).expand([batch, seq, d_model]);
+        }
+        self.embedding_dropout.forward(x)
+    }
+
+    /// The last stage of the forward pass: final norm and the LM head (the token embedding,
+    /// transposed, when tied), from the last block's output to logits `[batch, seq, vocab]`.
+    pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
         let x = self.final_norm.forward(x);
         match &self.lm_head {
             Some(head) => head.forward(x),
