@@ -1,0 +1,163 @@
+//! Pruning masks that live beside the module: the effective weight is `w ⊙ mask`.
+//!
+//! A mask is a 0/1 tensor per parameter, keyed by the parameter's path. [`PruningMasks::apply`]
+//! zeroes the pruned weights; calling it after every optimizer step (see
+//! [`PruningHook`](crate::PruningHook)) keeps them exactly zero while fine-tuning, since AdamW's
+//! momentum and weight decay would otherwise move them off zero. [`PruningMasks::remove`] makes
+//! the pruning permanent (the zeros stay, the masks go), like `torch.nn.utils.prune.remove`.
+
+use std::collections::BTreeMap;
+
+use burn::module::Module;
+
+use crate::error::{CompressError, Result};
+use crate::params::{WriteMode, read_params, write_params};
+use crate::schedule::PruningHook;
+
+/// The masks of one model: parameter path -> (shape, 0/1 values).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PruningMasks {
+    masks: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+/// How much of one mask is pruned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskSparsity {
+    /// The parameter's path.
+    pub path: String,
+    /// Number of elements.
+    pub numel: usize,
+    /// Number of pruned (masked-out) elements.
+    pub pruned: usize,
+}
+
+impl PruningMasks {
+    /// No masks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the mask of `path` (`keep[i]` is whether element `i` survives), combining with an
+    /// existing mask by AND: once pruned, a weight stays pruned.
+    pub fn insert(&mut self, path: &str, shape: &[usize], keep: &[bool]) -> Result<()> {
+        let numel: usize = shape.iter().product();
+        if keep.len() != numel {
+            return Err(CompressError::ShapeMismatch {
+                path: path.into(),
+                expected: shape.to_vec(),
+                found: vec![keep.len()],
+            });
+        }
+        let values: Vec<f32> = keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
+        match self.masks.get_mut(path) {
+            Some((old_shape, old)) => {
+                if old_shape != shape {
+                    return Err(CompressError::ShapeMismatch {
+                        path: path.into(),
+                        expected: old_shape.clone(),
+                        found: shape.to_vec(),
+                    });
+                }
+                old.iter_mut().zip(values).for_each(|(o, v)| *o *= v);
+            }
+            None => {
+                self.masks.insert(path.into(), (shape.to_vec(), values));
+            }
+        }
+        Ok(())
+    }
+
+    /// Combines every mask of `other` into these (AND).
+    pub fn merge(&mut self, other: &PruningMasks) -> Result<()> {
+        for (path, (shape, values)) in &other.masks {
+            let keep: Vec<bool> = values.iter().map(|&v| v != 0.0).collect();
+            self.insert(path, shape, &keep)?;
+        }
+        Ok(())
+    }
+
+    /// The mask of `path` as 0/1 values, if there is one.
+    pub fn get(&self, path: &str) -> Option<&[f32]> {
+        self.masks.get(path).map(|(_, v)| v.as_slice())
+    }
+
+    /// The masked parameters' paths.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.masks.keys().map(String::as_str)
+    }
+
+    /// Number of masked parameters.
+    pub fn len(&self) -> usize {
+        self.masks.len()
+    }
+
+    /// Whether there are no masks.
+    pub fn is_empty(&self) -> bool {
+        self.masks.is_empty()
+    }
+
+    /// Pruned fraction per masked parameter.
+    pub fn sparsity(&self) -> Vec<MaskSparsity> {
+        self.masks
+            .iter()
+            .map(|(path, (_, v))| MaskSparsity {
+                path: path.clone(),
+                numel: v.len(),
+                pruned: v.iter().filter(|&&x| x == 0.0).count(),
+            })
+            .collect()
+    }
+
+    /// Pruned fraction over all masked elements.
+    pub fn total_sparsity(&self) -> f64 {
+        let rows = self.sparsity();
+        let numel: usize = rows.iter().map(|r| r.numel).sum();
+        let pruned: usize = rows.iter().map(|r| r.pruned).sum();
+        if numel == 0 {
+            0.0
+        } else {
+            pruned as f64 / numel as f64
+        }
+    }
+
+    /// Checks that every mask names a parameter of `model` with the same shape.
+    pub fn check<M: Module>(&self, model: &M) -> Result<()> {
+        let params = read_params(model, &|path, _| self.masks.contains_key(path));
+        for (path, (shape, _)) in &self.masks {
+            match params.iter().find(|p| &p.path == path) {
+                None => {
+                    return Err(CompressError::arg(format!(
+                        "mask for `{path}`, which the model does not have"
+                    )));
+                }
+                Some(p) if &p.shape != shape => {
+                    return Err(CompressError::ShapeMismatch {
+                        path: path.clone(),
+                        expected: p.shape.clone(),
+                        found: shape.clone(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// `w ⊙ mask` for every masked parameter; the others are untouched. Parameter ids are kept,
+    /// so an optimizer's state still matches the returned model.
+    pub fn apply<M: Module>(&self, model: M) -> M {
+        write_params(model, &self.masks, WriteMode::Multiply)
+    }
+
+    /// Makes the pruning permanent: applies the masks and drops them.
+    pub fn remove<M: Module>(self, model: M) -> M {
+        self.apply(model)
+    }
+}
+
+impl<M: Module> PruningHook<M> for PruningMasks {
+    /// Fixed masks: re-applies them, whatever the step.
+    fn after_optimizer_step(&mut self, _step: usize, model: M) -> M {
+        self.apply(model)
+    }
+}
