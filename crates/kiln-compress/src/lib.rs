@@ -13,20 +13,34 @@
 
 #![warn(missing_docs)]
 
+pub mod archive;
 mod error;
+pub mod int_gemm;
 pub mod magnitude;
 mod mask;
 pub mod n_m;
 mod params;
+pub mod quantize;
+pub mod quantized_gpt;
+pub mod quantized_linear;
 pub mod schedule;
 mod sparsity;
 pub mod structured;
 
+pub use archive::{
+    Archive, StoredTensor, config_of, load_gpt, load_quantized_gpt, save_gpt, save_quantized_gpt,
+};
 pub use error::{CompressError, Result};
+pub use int_gemm::int8_kernel_name;
 pub use magnitude::{Amount, PruningScope, magnitude_masks};
 pub use mask::{MaskSparsity, PruningMasks};
 pub use n_m::{n_m_masks, satisfies_n_m};
 pub use params::{NamedParam, ParamFilter, linear_weights, read_params};
+pub use quantize::{
+    Calibration, Granularity, QuantConfig, QuantMode, QuantParams, QuantizedTensor, calibrate,
+};
+pub use quantized_gpt::{QuantizedBlock, QuantizedGpt};
+pub use quantized_linear::{ActivationQuant, QuantizedLinear};
 pub use schedule::{GradualPruning, GradualPruningConfig, PruningHook};
 pub use sparsity::{ParamSparsity, sparsity};
 pub use structured::{

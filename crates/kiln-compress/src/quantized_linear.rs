@@ -1,0 +1,221 @@
+//! A linear layer with int8 weights: 1 byte per weight plus a scale (and zero point) per output
+//! channel, 4x smaller than f32.
+
+use burn::nn::Linear;
+use burn::tensor::module::linear;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CompressError, Result};
+use crate::int_gemm::gemm_i8;
+use crate::quantize::{Granularity, QuantConfig, QuantMode, QuantParams, QuantizedTensor};
+
+/// What happens to the activations entering a [`QuantizedLinear`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum ActivationQuant {
+    /// Weight-only: the weights are dequantized to f32 and Burn's f32 matmul runs (the fallback
+    /// for backends without an integer product; it saves memory, not time).
+    None,
+    /// Dynamic: each input row (token) gets its own symmetric scale at run time, then the int8 ×
+    /// int8 → i32 product runs on the host.
+    Dynamic,
+    /// Static: one calibrated range for all inputs (see
+    /// [`QuantizedGpt::calibrate`](crate::QuantizedGpt::calibrate)), then the integer product.
+    Static(QuantParams),
+}
+
+/// `y = x·W + b` with `W` in int8.
+///
+/// The weight is stored transposed, `[d_out, d_in]`, so each output channel's weights are
+/// contiguous: per-channel scales are per row and the integer kernel reads both operands along
+/// the reduction dimension.
+#[derive(Debug, Clone)]
+pub struct QuantizedLinear {
+    /// The int8 weight, `[d_out, d_in]`.
+    pub weight: QuantizedTensor,
+    /// The f32 bias, `[d_out]`.
+    pub bias: Option<Vec<f32>>,
+    /// How activations are treated.
+    pub activations: ActivationQuant,
+    weight_sums: Vec<i32>,
+}
+
+impl QuantizedLinear {
+    /// Quantizes a Burn `Linear` (weight `[d_in, d_out]`).
+    pub fn from_linear(
+        layer: &Linear,
+        config: &QuantConfig,
+        activations: ActivationQuant,
+    ) -> Result<Self> {
+        let w = layer.weight.val();
+        let [d_in, d_out] = w.dims();
+        let transposed = to_host(w.transpose());
+        let bias = layer.bias.as_ref().map(|b| to_host(b.val()));
+        Self::new(&transposed, [d_out, d_in], bias, config, activations)
+    }
+
+    /// Quantizes a weight given as `[d_out, d_in]` row-major.
+    pub fn new(
+        weight_t: &[f32],
+        shape: [usize; 2],
+        bias: Option<Vec<f32>>,
+        config: &QuantConfig,
+        activations: ActivationQuant,
+    ) -> Result<Self> {
+        if let Some(b) = &bias
+            && b.len() != shape[0]
+        {
+            return Err(CompressError::ShapeMismatch {
+                path: "bias".into(),
+                expected: vec![shape[0]],
+                found: vec![b.len()],
+            });
+        }
+        let weight = QuantizedTensor::quantize(weight_t, shape, config)?;
+        Ok(Self::from_parts(weight, bias, activations))
+    }
+
+    /// Assembles a layer from an already quantized weight (`[d_out, d_in]`).
+    pub fn from_parts(
+        weight: QuantizedTensor,
+        bias: Option<Vec<f32>>,
+        activations: ActivationQuant,
+    ) -> Self {
+        let weight_sums = weight
+            .values
+            .chunks(weight.shape[1])
+            .map(|row| row.iter().map(|&q| q as i32).sum())
+            .collect();
+        Self {
+            weight,
+            bias,
+            activations,
+            weight_sums,
+        }
+    }
+
+    /// Input width.
+    pub fn d_in(&self) -> usize {
+        self.weight.shape[1]
+    }
+
+    /// Output width.
+    pub fn d_out(&self) -> usize {
+        self.weight.shape[0]
+    }
+
+    /// The weight back in f32, as Burn stores it (`[d_in, d_out]`).
+    pub fn dequantized_weight(&self, device: &Device) -> Tensor<2> {
+        let [d_out, d_in] = self.weight.shape;
+        Tensor::<2>::from_data(
+            TensorData::new(self.weight.dequantize(), [d_out, d_in]),
+            device,
+        )
+        .transpose()
+    }
+
+    /// `[.., d_in] -> [.., d_out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let device = x.device();
+        let dims = x.dims();
+        let bias = || {
+            self.bias
+                .as_ref()
+                .map(|b| Tensor::<1>::from_data(TensorData::new(b.clone(), [b.len()]), &device))
+        };
+        if self.activations == ActivationQuant::None {
+            return linear(x, self.dequantized_weight(&device), bias());
+        }
+        let (d_in, d_out) = (self.d_in(), self.d_out());
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let y = self.forward_host(&to_host(x), rows);
+        let mut out_dims = dims;
+        out_dims[D - 1] = d_out;
+        debug_assert_eq!(dims[D - 1], d_in);
+        Tensor::from_data(TensorData::new(y, out_dims), &device)
+    }
+
+    /// The integer path on host rows `x: [rows, d_in]`.
+    pub fn forward_host(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let (d_in, d_out) = (self.d_in(), self.d_out());
+        // Quantize the activations, one (scale, zero point) per row.
+        let mut xq = vec![0i8; rows * d_in];
+        let mut row_params = Vec::with_capacity(rows);
+        for (row, q) in x.chunks_exact(d_in).zip(xq.chunks_exact_mut(d_in)) {
+            let p = match self.activations {
+                ActivationQuant::Static(p) => p,
+                _ => {
+                    let bound = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    QuantParams::from_range(-bound, bound, QuantMode::Symmetric)
+                }
+            };
+            let mode = if p.zero_point == 0 {
+                QuantMode::Symmetric
+            } else {
+                QuantMode::Asymmetric
+            };
+            q.iter_mut()
+                .zip(row)
+                .for_each(|(q, &v)| *q = p.quantize(v, mode));
+            row_params.push(p);
+        }
+        let acc = gemm_i8(
+            &xq,
+            &self.weight.values,
+            &self.weight_sums,
+            rows,
+            d_out,
+            d_in,
+        );
+        let w_params: Vec<QuantParams> = (0..d_out).map(|o| self.weight.params_of(o)).collect();
+        let any_w_zero_point = w_params.iter().any(|p| p.zero_point != 0);
+        let mut y = vec![0f32; rows * d_out];
+        for (r, (out, acc)) in y
+            .chunks_exact_mut(d_out)
+            .zip(acc.chunks_exact(d_out))
+            .enumerate()
+        {
+            let px = row_params[r];
+            let zx = px.zero_point;
+            // Σ (x - zx)(w - zw) = Σ x·w - zw·Σx - zx·Σw + k·zx·zw
+            let row_sum: i32 = if any_w_zero_point {
+                xq[r * d_in..(r + 1) * d_in].iter().map(|&q| q as i32).sum()
+            } else {
+                0
+            };
+            for o in 0..d_out {
+                let pw = w_params[o];
+                let zw = pw.zero_point;
+                let exact = acc[o] as i64
+                    - zw as i64 * row_sum as i64
+                    - zx as i64 * self.weight_sums[o] as i64
+                    + d_in as i64 * zx as i64 * zw as i64;
+                out[o] =
+                    px.scale * pw.scale * exact as f32 + self.bias.as_ref().map_or(0.0, |b| b[o]);
+            }
+        }
+        y
+    }
+
+    /// Bytes of weights, scales, zero points and bias.
+    pub fn nbytes(&self) -> usize {
+        self.weight.nbytes() + 4 * self.bias.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Number of parameters (weights and bias).
+    pub fn num_params(&self) -> usize {
+        self.weight.values.len() + self.bias.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// The default weight quantization of [`QuantizedLinear`]: per-channel symmetric.
+pub fn default_weight_config() -> QuantConfig {
+    QuantConfig::new().with_granularity(Granularity::PerChannel)
+}
+
+pub(crate) fn to_host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default()
+}
