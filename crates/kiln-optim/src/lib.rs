@@ -10,6 +10,8 @@
 //! - [`regularization`]: coupled L2, decoupled decay, L1 (subgradient / proximal), elastic net.
 //! - [`clip`]: whole-model gradient utilities: [`grad_norm`], [`scale_grads`], [`add_grads`],
 //!   [`clip_grad_norm`] (torch `clip_grad_norm_` semantics).
+//! - [`schedule`]: HF warmup schedules, SGDR, step, exponential, one-cycle as Burn
+//!   `LrScheduler`s.
 //! - [`OptimError`]: every refused hyperparameter.
 //! - [`warmup_cosine`]: the GPT-3 schedule as a pure function.
 
@@ -21,6 +23,7 @@ mod error;
 pub mod groups;
 pub mod lamb;
 pub mod regularization;
+pub mod schedule;
 pub mod sgd;
 mod state;
 mod warmup_cosine;
@@ -31,5 +34,9 @@ pub use error::OptimError;
 pub use groups::{DEFAULT_NO_DECAY, GroupRule, GroupSettings, param_paths};
 pub use lamb::LambConfig;
 pub use regularization::{L1Mode, Regularization};
+pub use schedule::{
+    CosineWarmRestartsConfig, DecayShape, ExponentialDecayConfig, LrCurve, OneCycleConfig,
+    Scheduler, StepDecayConfig, WarmupDecayConfig, validate_lr,
+};
 pub use sgd::SgdConfig;
 pub use warmup_cosine::warmup_cosine;

@@ -1,0 +1,90 @@
+//! Learning-rate schedules as Burn `LrScheduler`s (so they also plug into burn-train).
+//!
+//! Every schedule is a pure curve `lr_at(step)` ([`LrCurve`]) wrapped in a [`Scheduler`], whose
+//! `step()` returns `lr_at(n)` for the n-th optimizer step (0-based) and advances `n`: exactly the
+//! learning rate PyTorch's `optimizer.step(); scheduler.step()` loop uses at that step. So with
+//! HF's warmup, the very first step has learning rate 0.
+//!
+//! - [`WarmupDecayConfig`] ([`warmup`]): HF `get_{constant,linear,cosine,polynomial_decay,
+//!   inverse_sqrt}_schedule_with_warmup` (cosine also with a floor, HF's `min_lr_rate`).
+//! - [`CosineWarmRestartsConfig`] ([`sgdr`]): PyTorch `CosineAnnealingWarmRestarts` (SGDR).
+//! - [`StepDecayConfig`], [`ExponentialDecayConfig`] ([`decay`]): PyTorch `StepLR`, `ExponentialLR`.
+//! - [`OneCycleConfig`] ([`one_cycle`]): PyTorch `OneCycleLR` (learning rate only).
+
+pub mod decay;
+pub mod one_cycle;
+pub mod sgdr;
+pub mod warmup;
+
+pub use decay::{ExponentialDecay, ExponentialDecayConfig, StepDecay, StepDecayConfig};
+pub use one_cycle::{Anneal, OneCycle, OneCycleConfig};
+pub use sgdr::{CosineWarmRestarts, CosineWarmRestartsConfig};
+pub use warmup::{DecayShape, WarmupDecay, WarmupDecayConfig};
+
+use burn::optim::LearningRate;
+use burn::optim::lr_scheduler::{LrScheduler, LrSchedulerRecord};
+
+use crate::error::OptimError;
+
+/// A learning rate as a pure function of the 0-based optimizer step.
+pub trait LrCurve: Clone + Send + Sync + 'static {
+    /// The learning rate of step `step`.
+    fn lr_at(&self, step: usize) -> f64;
+}
+
+/// A curve plus the step counter: Burn's stateful scheduler. Its record is the counter.
+#[derive(Clone, Debug)]
+pub struct Scheduler<C> {
+    curve: C,
+    step: usize,
+}
+
+impl<C: LrCurve> Scheduler<C> {
+    /// Starts `curve` at step 0.
+    pub fn new(curve: C) -> Self {
+        Self { curve, step: 0 }
+    }
+
+    /// The curve.
+    pub fn curve(&self) -> &C {
+        &self.curve
+    }
+
+    /// How many times `step()` has been called (the next step's index).
+    pub fn current_step(&self) -> usize {
+        self.step
+    }
+
+    /// The learning rate the next `step()` will return, without advancing.
+    pub fn peek(&self) -> f64 {
+        self.curve.lr_at(self.step)
+    }
+}
+
+impl<C: LrCurve> LrScheduler for Scheduler<C> {
+    fn step(&mut self) -> LearningRate {
+        let lr = self.curve.lr_at(self.step);
+        self.step += 1;
+        lr
+    }
+
+    fn to_record(&self) -> LrSchedulerRecord {
+        LrSchedulerRecord::new().with_scalar("step", self.step as u64)
+    }
+
+    fn load_record(&mut self, record: LrSchedulerRecord) {
+        if let Some(step) = record.scalar::<u64>("step") {
+            self.step = step as usize;
+        }
+    }
+}
+
+/// A learning rate must be finite and `>= 0`.
+pub(crate) fn check_lr(name: &'static str, lr: f64) -> Result<(), OptimError> {
+    crate::error::non_negative(name, lr)
+}
+
+/// Validates a learning rate handed to `ModuleOptimizer::step` by other means than a schedule.
+pub fn validate_lr(lr: f64) -> Result<(), OptimError> {
+    check_lr("lr", lr)
+}
