@@ -157,7 +157,11 @@ mod tests {
     fn splits_are_disjoint_and_cover_every_pair() {
         let (train, held_out) = (AdditionDataset::train(), AdditionDataset::held_out());
         assert_eq!(train.len() + held_out.len(), 1_000_000);
-        assert!((15_000..25_000).contains(&held_out.len()), "{}", held_out.len());
+        assert!(
+            (15_000..25_000).contains(&held_out.len()),
+            "{}",
+            held_out.len()
+        );
         assert!(held_out.problems().iter().all(|p| p.is_held_out()));
         assert!(train.problems().iter().all(|p| !p.is_held_out()));
     }
@@ -178,11 +182,21 @@ mod tests {
     fn batches_take_loss_only_on_the_answer() {
         let device = Device::flex();
         let batch = AdditionBatcher.batch(vec![AdditionProblem { a: 999, b: 1 }], &device);
-        let targets: Vec<i64> = batch.targets.to_data().convert::<i64>().try_into_vec().unwrap();
-        let inputs: Vec<i64> = batch.inputs.to_data().convert::<i64>().try_into_vec().unwrap();
+        let targets: Vec<i64> = batch
+            .targets
+            .to_data()
+            .convert::<i64>()
+            .try_into_vec()
+            .unwrap();
+        let inputs: Vec<i64> = batch
+            .inputs
+            .to_data()
+            .convert::<i64>()
+            .try_into_vec()
+            .unwrap();
         assert_eq!(inputs, vec![9, 9, 9, 10, 0, 0, 1, 11, 0, 0, 0]);
         let i = IGNORE_INDEX;
-        assert_eq!(targets, vec![i, i, i, i, i, i, 0, 0, 0, 0, 1]);
+        assert_eq!(targets, vec![i, i, i, i, i, i, i, 0, 0, 0, 1]);
         assert_eq!(batch.target_tokens(), 4);
     }
 }

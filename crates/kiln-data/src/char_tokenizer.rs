@@ -28,7 +28,11 @@ impl CharTokenizer {
     /// A vocabulary of exactly these characters (sorted and deduplicated here), as saved by
     /// [`CharTokenizer::chars`].
     pub fn from_chars(chars: impl IntoIterator<Item = char>) -> Result<Self, DataError> {
-        let chars: Vec<char> = chars.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
+        let chars: Vec<char> = chars
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         if chars.is_empty() {
             return Err(DataError::EmptyCorpus);
         }

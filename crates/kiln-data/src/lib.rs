@@ -1,14 +1,61 @@
-//! kiln-data: turning text into training batches.
+//! kiln-data: turning raw text into training batches, at scales larger than memory.
 //!
-//! - [`batch`]: the batch types kiln's models train on ([`LmBatch`]).
-//! - [`addition`]: the 3-digit addition task of the main job, as a Burn `Dataset` and `Batcher`.
-//! - [`CharTokenizer`]: a character-level vocabulary built from a corpus.
+//! From raw files to batches:
+//!
+//! 1. [`input`]: read text (blank-line-separated documents) or JSONL files as a stream of
+//!    documents; bad files and lines are reported with file and line, counted, and skipped
+//!    (or fatal in strict mode).
+//! 2. [`clean`]: NFKC, control/invisible characters, whitespace, lowercasing, length limits,
+//!    repetition and boilerplate filters, stop words ([`CleanConfig`], [`Cleaner`]).
+//! 3. [`dedup`]: exact and MinHash-LSH near-duplicate removal, streaming
+//!    ([`DedupConfig`], [`Deduplicator`]); [`minhash`] holds the signatures and banding.
+//!    [`pipeline`] runs cleaning and dedup on all cores ([`CorpusPipeline`]).
+//! 4. [`tokenizer`]: one [`Tokenizer`] over HuggingFace `tokenizers` (load `tokenizer.json`,
+//!    train byte-level BPE or WordPiece) and the character-level [`CharTokenizer`].
+//! 5. [`shards`]: token shards, memory-mapped `u16`/`u32` files with a `meta.json`.
+//! 6. Datasets (Burn `Dataset`) and batchers (Burn `Batcher`):
+//!    - [`packed_lm`]: packed causal LM windows ([`PackedLmDataset`], [`LmBatcher`] → [`LmBatch`]);
+//!    - [`mlm`]: BERT masked LM, masking fixed by `(seed, index)` ([`MlmDataset`],
+//!      [`MlmBatcher`] → [`MlmBatch`]);
+//!    - [`classification`]: text classification from JSONL/CSV ([`ClassificationDataset`],
+//!      [`ClassificationBatcher`] → [`ClassificationBatch`]);
+//!    - [`addition`]: the 3-digit addition task of the main job.
+//!
+//! Also: [`batch`] (the batch types), [`synthetic`] (corpora with planted duplicates for
+//! tests and benchmarks), [`hash`] (stable hashing), [`DataError`]. `examples/prepare_data.rs`
+//! runs steps 1-5 from the command line; `docs/data.md` is the guide.
 
 #![warn(missing_docs)]
 
 pub mod addition;
 pub mod batch;
 mod char_tokenizer;
+pub mod classification;
+pub mod clean;
+pub mod dedup;
+mod error;
+pub mod hash;
+pub mod input;
+pub mod minhash;
+pub mod mlm;
+pub mod packed_lm;
+pub mod pipeline;
+pub mod shards;
+pub mod synthetic;
+pub mod tokenizer;
 
-pub use batch::{IGNORE_INDEX, LmBatch};
-pub use char_tokenizer::{CharTokenizer, DataError};
+pub use batch::{ClassificationBatch, IGNORE_INDEX, LmBatch, MlmBatch};
+pub use char_tokenizer::CharTokenizer;
+pub use classification::{
+    ClassificationBatcher, ClassificationData, ClassificationDataset, ClassificationExample,
+    ClassificationItem,
+};
+pub use clean::{CleanConfig, CleanReport, Cleaner};
+pub use dedup::{DedupConfig, DedupMode, DedupStats, Deduplicator, Verdict};
+pub use error::DataError;
+pub use input::{DocumentReader, InputFormat, InputReport};
+pub use mlm::{MlmBatcher, MlmConfig, MlmDataset, MlmItem, WithSpecialTokens};
+pub use packed_lm::{LmBatcher, PackedLmDataset};
+pub use pipeline::{CorpusPipeline, PipelineReport};
+pub use shards::{ShardMeta, ShardWriter, TokenDtype, TokenShards};
+pub use tokenizer::{BertSpecialTokens, Tokenizer};

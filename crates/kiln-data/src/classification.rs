@@ -1,0 +1,476 @@
+//! Text classification from JSONL (`{"text": ..., "label": ...}` per line) or CSV (a header
+//! row naming `text` and `label` columns; RFC 4180 quoting), tokenized on access and padded
+//! per batch.
+//!
+//! Labels may be non-negative integers (used as class ids) or strings (sorted, then numbered).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::{Dataset, DatasetError};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use crate::DataError;
+use crate::batch::ClassificationBatch;
+use crate::tokenizer::Tokenizer;
+
+/// One labeled text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassificationExample {
+    /// The text.
+    pub text: String,
+    /// The class id.
+    pub label: usize,
+}
+
+/// Labeled texts read from a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassificationData {
+    /// The examples, in file order.
+    pub examples: Vec<ClassificationExample>,
+    /// Class names by id (the integers themselves, as text, for integer labels).
+    pub label_names: Vec<String>,
+    /// Lines or records skipped as malformed (only when not strict).
+    pub skipped: Vec<DataError>,
+}
+
+enum RawLabel {
+    Int(usize),
+    Name(String),
+}
+
+impl ClassificationData {
+    /// Reads JSONL (`.jsonl`/`.json`) or CSV (`.csv`, or any other name whose first line is not
+    /// a JSON object). With `strict`, the first malformed line is the error; otherwise such
+    /// lines are skipped and listed in [`ClassificationData::skipped`].
+    pub fn load(path: impl AsRef<Path>, strict: bool) -> Result<Self, DataError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        let name = path.display().to_string();
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            DataError::InvalidUtf8 {
+                path: name.clone(),
+                line: 1 + valid.iter().filter(|&&b| b == b'\n').count(),
+            }
+        })?;
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let jsonl = match ext.as_str() {
+            "jsonl" | "json" => true,
+            "csv" => false,
+            _ => text.trim_start().starts_with('{'),
+        };
+        let mut skipped = Vec::new();
+        let mut raw = Vec::new();
+        let mut keep = |r: Result<(String, RawLabel), DataError>| -> Result<(), DataError> {
+            match r {
+                Ok(x) => raw.push(x),
+                Err(e) if strict => return Err(e),
+                Err(e) => skipped.push(e),
+            }
+            Ok(())
+        };
+        if jsonl {
+            for (i, line) in text.lines().enumerate() {
+                if !line.trim().is_empty() {
+                    keep(parse_json_example(line, &name, i + 1))?;
+                }
+            }
+        } else {
+            let records = parse_csv(&text, &name)?;
+            let Some(((_, header), rows)) = records.split_first() else {
+                return Err(DataError::MalformedCsv {
+                    path: name,
+                    line: 1,
+                    message: "empty file".into(),
+                });
+            };
+            let col = |want: &str| {
+                header
+                    .iter()
+                    .position(|h| h.trim().eq_ignore_ascii_case(want))
+                    .ok_or_else(|| DataError::MalformedCsv {
+                        path: name.clone(),
+                        line: 1,
+                        message: format!("no {want:?} column in header {header:?}"),
+                    })
+            };
+            let (ti, li) = (col("text")?, col("label")?);
+            for (line, fields) in rows {
+                if fields.len() == 1 && fields[0].is_empty() {
+                    continue;
+                }
+                keep(match (fields.get(ti), fields.get(li)) {
+                    (Some(t), Some(l)) => Ok((t.clone(), raw_label_of_str(l))),
+                    _ => Err(DataError::MalformedCsv {
+                        path: name.clone(),
+                        line: *line,
+                        message: format!("{} fields, header has {}", fields.len(), header.len()),
+                    }),
+                })?;
+            }
+        }
+        let (examples, label_names) = number_labels(raw);
+        Ok(Self {
+            examples,
+            label_names,
+            skipped,
+        })
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.label_names.len()
+    }
+}
+
+fn raw_label_of_str(s: &str) -> RawLabel {
+    s.trim()
+        .parse::<usize>()
+        .map_or_else(|_| RawLabel::Name(s.trim().to_string()), RawLabel::Int)
+}
+
+fn parse_json_example(line: &str, path: &str, n: usize) -> Result<(String, RawLabel), DataError> {
+    let err = |message: String| DataError::MalformedJson {
+        path: path.into(),
+        line: n,
+        message,
+    };
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| err(e.to_string()))?;
+    let text = v
+        .get("text")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| err("no string \"text\" field".into()))?;
+    let label = match v.get("label") {
+        Some(serde_json::Value::Number(x)) => RawLabel::Int(
+            x.as_u64()
+                .ok_or_else(|| err(format!("label {x} is not a non-negative integer")))?
+                as usize,
+        ),
+        Some(serde_json::Value::String(s)) => raw_label_of_str(s),
+        Some(serde_json::Value::Bool(b)) => RawLabel::Int(*b as usize),
+        _ => return Err(err("no \"label\" field (integer or string)".into())),
+    };
+    Ok((text.to_string(), label))
+}
+
+fn number_labels(raw: Vec<(String, RawLabel)>) -> (Vec<ClassificationExample>, Vec<String>) {
+    let all_int = raw.iter().all(|(_, l)| matches!(l, RawLabel::Int(_)));
+    let names: Vec<String> = if all_int {
+        let max = raw
+            .iter()
+            .map(|(_, l)| if let RawLabel::Int(i) = l { *i } else { 0 })
+            .max();
+        max.map_or(Vec::new(), |m| (0..=m).map(|i| i.to_string()).collect())
+    } else {
+        let mut n: Vec<String> = raw
+            .iter()
+            .map(|(_, l)| match l {
+                RawLabel::Int(i) => i.to_string(),
+                RawLabel::Name(s) => s.clone(),
+            })
+            .collect();
+        n.sort();
+        n.dedup();
+        n
+    };
+    let examples = raw
+        .into_iter()
+        .map(|(text, l)| {
+            let label = match l {
+                RawLabel::Int(i) if all_int => i,
+                RawLabel::Int(i) => names.binary_search(&i.to_string()).expect("named"),
+                RawLabel::Name(s) => names.binary_search(&s).expect("named"),
+            };
+            ClassificationExample { text, label }
+        })
+        .collect();
+    (examples, names)
+}
+
+/// RFC 4180 records with the line each starts on: comma-separated, fields optionally in
+/// double quotes (`""` escapes a quote; quoted fields may hold commas and newlines).
+pub fn parse_csv(text: &str, path: &str) -> Result<Vec<(usize, Vec<String>)>, DataError> {
+    let mut records = Vec::new();
+    let (mut fields, mut field) = (Vec::new(), String::new());
+    let (mut line, mut start_line) = (1usize, 1usize);
+    let (mut in_quotes, mut was_quoted) = (false, false);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_quotes {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => in_quotes = false,
+                '\n' => {
+                    line += 1;
+                    field.push('\n');
+                }
+                _ => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' if field.is_empty() && !was_quoted => {
+                in_quotes = true;
+                was_quoted = true;
+            }
+            '"' => {
+                return Err(DataError::MalformedCsv {
+                    path: path.into(),
+                    line,
+                    message: "quote inside an unquoted field".into(),
+                });
+            }
+            ',' => {
+                fields.push(std::mem::take(&mut field));
+                was_quoted = false;
+            }
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' => {
+                fields.push(std::mem::take(&mut field));
+                records.push((start_line, std::mem::take(&mut fields)));
+                was_quoted = false;
+                line += 1;
+                start_line = line;
+            }
+            _ => field.push(c),
+        }
+    }
+    if in_quotes {
+        return Err(DataError::MalformedCsv {
+            path: path.into(),
+            line: start_line,
+            message: "unterminated quoted field".into(),
+        });
+    }
+    if !field.is_empty() || !fields.is_empty() || was_quoted {
+        fields.push(field);
+        records.push((start_line, fields));
+    }
+    Ok(records)
+}
+
+/// A tokenized example.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassificationItem {
+    /// Token ids (`[CLS] … [SEP]` when the vocabulary has them).
+    pub input_ids: Vec<u32>,
+    /// The class id.
+    pub label: usize,
+}
+
+/// Examples tokenized on access, truncated to `max_len` tokens (special tokens included).
+#[derive(Clone, Debug)]
+pub struct ClassificationDataset {
+    examples: Arc<Vec<ClassificationExample>>,
+    tokenizer: Arc<Tokenizer>,
+    max_len: usize,
+    cls: Option<u32>,
+    sep: Option<u32>,
+}
+
+impl ClassificationDataset {
+    /// Wraps `examples`; `[CLS]`/`[SEP]` are added when the tokenizer has them.
+    pub fn new(
+        examples: Vec<ClassificationExample>,
+        tokenizer: Arc<Tokenizer>,
+        max_len: usize,
+    ) -> Result<Self, DataError> {
+        let (cls, sep) = (
+            tokenizer.token_to_id("[CLS]"),
+            tokenizer.token_to_id("[SEP]"),
+        );
+        let specials = cls.is_some() as usize + sep.is_some() as usize;
+        if max_len <= specials {
+            return Err(DataError::InvalidConfig(format!(
+                "max_len {max_len} leaves no room for text"
+            )));
+        }
+        Ok(Self {
+            examples: Arc::new(examples),
+            tokenizer,
+            max_len,
+            cls,
+            sep,
+        })
+    }
+
+    /// The tokenized example at `index`.
+    pub fn item(&self, index: usize) -> Result<ClassificationItem, DataError> {
+        let ex = self.examples.get(index).ok_or(DataError::IndexOutOfRange {
+            index,
+            len: self.examples.len(),
+        })?;
+        let mut body = self.tokenizer.encode(&ex.text)?;
+        body.truncate(self.max_len - self.cls.is_some() as usize - self.sep.is_some() as usize);
+        let mut input_ids = Vec::with_capacity(body.len() + 2);
+        input_ids.extend(self.cls);
+        input_ids.extend(body);
+        input_ids.extend(self.sep);
+        Ok(ClassificationItem {
+            input_ids,
+            label: ex.label,
+        })
+    }
+}
+
+impl Dataset<ClassificationItem> for ClassificationDataset {
+    fn get(&self, index: usize) -> Result<ClassificationItem, DatasetError> {
+        self.item(index).map_err(DatasetError::new)
+    }
+
+    fn len(&self) -> usize {
+        self.examples.len()
+    }
+}
+
+/// Pads tokenized examples to the longest of the batch.
+#[derive(Clone, Copy, Debug)]
+pub struct ClassificationBatcher {
+    /// The `[PAD]` id.
+    pub pad_id: u32,
+}
+
+impl ClassificationBatcher {
+    /// A batcher padding with `pad_id`.
+    pub fn new(pad_id: u32) -> Self {
+        Self { pad_id }
+    }
+}
+
+impl Batcher<ClassificationItem, ClassificationBatch> for ClassificationBatcher {
+    fn batch(&self, items: Vec<ClassificationItem>, device: &Device) -> ClassificationBatch {
+        let (b, seq) = (
+            items.len(),
+            items.iter().map(|i| i.input_ids.len()).max().unwrap_or(0),
+        );
+        let mut ids = vec![self.pad_id as i64; b * seq];
+        let mut padding = vec![true; b * seq];
+        for (r, item) in items.iter().enumerate() {
+            for (t, &id) in item.input_ids.iter().enumerate() {
+                ids[r * seq + t] = id as i64;
+                padding[r * seq + t] = false;
+            }
+        }
+        let labels: Vec<i64> = items.iter().map(|i| i.label as i64).collect();
+        ClassificationBatch {
+            input_ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [b, seq]), device),
+            token_type_ids: Tensor::<2, Int>::zeros([b, seq], device),
+            padding_mask: Tensor::<2, Bool>::from_data(TensorData::new(padding, [b, seq]), device),
+            labels: Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), device),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(ext: &str, content: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
+        f.write_all(content).unwrap();
+        f
+    }
+
+    #[test]
+    fn reads_jsonl_with_string_labels_and_reports_bad_lines() {
+        let f = file(
+            ".jsonl",
+            b"{\"text\": \"good film\", \"label\": \"pos\"}\n\n{\"text\": \"bad\", \"label\": \"neg\"}\n{oops\n{\"label\": \"pos\"}\n",
+        );
+        let data = ClassificationData::load(f.path(), false).unwrap();
+        assert_eq!(data.label_names, vec!["neg", "pos"]);
+        assert_eq!(
+            data.examples.iter().map(|e| e.label).collect::<Vec<_>>(),
+            vec![1, 0]
+        );
+        assert_eq!(data.skipped.len(), 2);
+        assert!(matches!(
+            data.skipped[0],
+            DataError::MalformedJson { line: 4, .. }
+        ));
+        assert!(matches!(
+            data.skipped[1],
+            DataError::MalformedJson { line: 5, .. }
+        ));
+        let strict = ClassificationData::load(f.path(), true).unwrap_err();
+        assert!(
+            matches!(strict, DataError::MalformedJson { line: 4, .. }),
+            "{strict}"
+        );
+    }
+
+    #[test]
+    fn reads_csv_with_quotes_and_integer_labels() {
+        let f = file(
+            ".csv",
+            b"id,text,label\r\n1,\"hello, \"\"world\"\"\",2\r\n2,\"two\nlines\",0\n3,plain,1\n4,short\n",
+        );
+        let data = ClassificationData::load(f.path(), false).unwrap();
+        assert_eq!(
+            data.examples[0],
+            ClassificationExample {
+                text: "hello, \"world\"".into(),
+                label: 2
+            }
+        );
+        assert_eq!(data.examples[1].text, "two\nlines");
+        assert_eq!(data.num_classes(), 3);
+        assert!(matches!(
+            data.skipped[..],
+            [DataError::MalformedCsv { line: 6, .. }]
+        ));
+        let bad = file(".csv", b"text,label\n\"unterminated,1\n");
+        assert!(ClassificationData::load(bad.path(), false).is_err());
+        let no_col = file(".csv", b"body,label\nx,1\n");
+        assert!(ClassificationData::load(no_col.path(), false).is_err());
+        let utf8 = file(".csv", b"text,label\nok,1\n\xff\xfe,0\n");
+        assert_eq!(
+            ClassificationData::load(utf8.path(), false).unwrap_err(),
+            DataError::InvalidUtf8 {
+                path: utf8.path().display().to_string(),
+                line: 3
+            }
+        );
+    }
+
+    #[test]
+    fn tokenizes_truncates_and_batches() {
+        let tok = Arc::new(Tokenizer::char_level("abcdefgh ").unwrap());
+        let examples = vec![
+            ClassificationExample {
+                text: "abc".into(),
+                label: 1,
+            },
+            ClassificationExample {
+                text: "abcdefgh".into(),
+                label: 0,
+            },
+        ];
+        let ds = ClassificationDataset::new(examples, tok, 5).unwrap();
+        assert_eq!(ds.get(1).unwrap().input_ids.len(), 5);
+        let batch = ClassificationBatcher::new(0).batch(
+            vec![ds.get(0).unwrap(), ds.get(1).unwrap()],
+            &Device::flex(),
+        );
+        assert_eq!(batch.input_ids.dims(), [2, 5]);
+        let labels: Vec<i64> = batch.labels.to_data().convert::<i64>().into_vec().unwrap();
+        assert_eq!(labels, vec![1, 0]);
+        let pad: Vec<bool> = batch.padding_mask.to_data().into_vec().unwrap();
+        assert_eq!(
+            pad,
+            vec![
+                false, false, false, true, true, false, false, false, false, false
+            ]
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! [`DataError`], the error type of kiln-data.
+//!
+//! Every variant carries plain strings and numbers (no `std::io::Error`), so errors compare
+//! with `==` in tests and cross thread and `DatasetError` boundaries unchanged.
+
+use std::path::Path;
+
+/// Errors of kiln-data.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DataError {
+    /// The corpus had no characters to build a vocabulary from.
+    #[error("cannot build a vocabulary from an empty corpus")]
+    EmptyCorpus,
+    /// A character is not in the vocabulary.
+    #[error("character {0:?} is not in the vocabulary")]
+    UnknownChar(char),
+    /// An id is not in the vocabulary.
+    #[error("token id {0} is not in the vocabulary")]
+    UnknownId(usize),
+    /// A named token (such as `[MASK]`) is not in the vocabulary.
+    #[error("token {0:?} is not in the vocabulary")]
+    UnknownToken(String),
+    /// A dataset index past the end.
+    #[error("index {index} is out of range for a dataset of {len} items")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// The dataset's length.
+        len: usize,
+    },
+    /// A file could not be opened, read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the operating system said.
+        message: String,
+    },
+    /// A line of a text or JSONL file is not valid UTF-8.
+    #[error("{path}:{line}: invalid UTF-8")]
+    InvalidUtf8 {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A JSONL line is not a JSON object with the expected fields.
+    #[error("{path}:{line}: malformed JSON line: {message}")]
+    MalformedJson {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// What was wrong.
+        message: String,
+    },
+    /// A CSV record is malformed or lacks a field.
+    #[error("{path}:{line}: malformed CSV: {message}")]
+    MalformedCsv {
+        /// The file.
+        path: String,
+        /// 1-based line number where the record starts.
+        line: usize,
+        /// What was wrong.
+        message: String,
+    },
+    /// The HuggingFace tokenizer failed (loading, training, encoding or decoding).
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A configuration value is out of its valid range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// A token-shard directory is missing files or inconsistent.
+    #[error("{path}: bad token shards: {message}")]
+    BadShards {
+        /// The directory or file.
+        path: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// Too few tokens for even one training window.
+    #[error("{tokens} tokens cannot fill one window of {needed}")]
+    NotEnoughTokens {
+        /// Tokens available.
+        tokens: usize,
+        /// Tokens one window needs.
+        needed: usize,
+    },
+}
+
+impl DataError {
+    /// An [`DataError::Io`] for `path`.
+    pub fn io(path: impl AsRef<Path>, err: impl std::fmt::Display) -> Self {
+        Self::Io {
+            path: path.as_ref().display().to_string(),
+            message: err.to_string(),
+        }
+    }
+
+    /// A [`DataError::Tokenizer`] from any error of the `tokenizers` crate.
+    pub fn tokenizer(err: impl std::fmt::Display) -> Self {
+        Self::Tokenizer(err.to_string())
+    }
+}

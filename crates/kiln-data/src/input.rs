@@ -1,0 +1,402 @@
+//! Reading raw corpora as a stream of documents: plain text (one document per block of lines,
+//! blocks separated by blank lines) or JSONL (one JSON object with a string `text` field per
+//! line). Files are read line by line, never whole. Every problem (a file that cannot be
+//! opened or read, a line that is not UTF-8, a malformed JSONL line) is reported with its file
+//! and line and counted, then skipped, or returned as the error in strict mode.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::DataError;
+
+/// How a file's documents are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputFormat {
+    /// Blank-line-separated blocks of text.
+    Text,
+    /// One JSON object with a `text` field per line.
+    Jsonl,
+}
+
+impl InputFormat {
+    /// `.jsonl`/`.json`/`.ndjson` are JSONL; otherwise JSONL if the first non-blank line parses
+    /// as a JSON object with a string `text` field, else text.
+    pub fn detect(path: &Path, first_line: Option<&str>) -> Self {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if matches!(ext.as_str(), "jsonl" | "json" | "ndjson") {
+            return Self::Jsonl;
+        }
+        let looks_json = first_line.is_some_and(|l| {
+            l.trim_start().starts_with('{')
+                && serde_json::from_str::<serde_json::Value>(l)
+                    .is_ok_and(|v| v.get("text").is_some_and(|t| t.is_string()))
+        });
+        if looks_json { Self::Jsonl } else { Self::Text }
+    }
+}
+
+/// Counts of what the reader saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputReport {
+    /// Files given.
+    pub files: usize,
+    /// Files that could not be opened or read to the end.
+    pub unreadable_files: usize,
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Lines read.
+    pub lines: u64,
+    /// Documents produced.
+    pub documents: usize,
+    /// Lines that were not UTF-8 (the text document holding one is skipped whole).
+    pub invalid_utf8_lines: usize,
+    /// Text documents skipped because of such a line.
+    pub invalid_utf8_documents: usize,
+    /// JSONL lines that were not an object with a string `text` field.
+    pub malformed_json_lines: usize,
+    /// The first problems, with file and line (at most [`MAX_LISTED_ISSUES`]).
+    pub issues: Vec<String>,
+}
+
+/// How many problems [`InputReport::issues`] lists (all are counted).
+pub const MAX_LISTED_ISSUES: usize = 100;
+
+struct OpenFile {
+    path: PathBuf,
+    name: String,
+    reader: BufReader<File>,
+    format: InputFormat,
+    line: usize,
+    /// A line read while sniffing the format, to hand out first.
+    pending: Option<Vec<u8>>,
+}
+
+/// An iterator over the documents of several files. Items are `Ok(text)`, or in strict mode
+/// the first problem as `Err` (after which the iterator ends).
+pub struct DocumentReader {
+    files: VecDeque<PathBuf>,
+    current: Option<OpenFile>,
+    strict: bool,
+    failed: bool,
+    report: InputReport,
+    buf: Vec<u8>,
+}
+
+impl DocumentReader {
+    /// Reads `files` in order.
+    pub fn new(files: impl IntoIterator<Item = impl Into<PathBuf>>, strict: bool) -> Self {
+        let files: VecDeque<PathBuf> = files.into_iter().map(Into::into).collect();
+        let report = InputReport {
+            files: files.len(),
+            ..Default::default()
+        };
+        Self {
+            files,
+            current: None,
+            strict,
+            failed: false,
+            report,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The counts so far.
+    pub fn report(&self) -> &InputReport {
+        &self.report
+    }
+
+    /// Records a problem; in strict mode returns it as the error to yield.
+    fn issue(&mut self, err: DataError) -> Option<DataError> {
+        if self.report.issues.len() < MAX_LISTED_ISSUES {
+            self.report.issues.push(err.to_string());
+        }
+        if self.strict {
+            self.failed = true;
+            Some(err)
+        } else {
+            None
+        }
+    }
+
+    fn open_next(&mut self) -> Option<Result<(), DataError>> {
+        let path = self.files.pop_front()?;
+        let name = path.display().to_string();
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.report.unreadable_files += 1;
+                return Some(self.issue(DataError::io(&path, e)).map_or(Ok(()), Err));
+            }
+        };
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        // Sniff the first non-blank line (kept to hand out first).
+        let mut first = Vec::new();
+        let mut skipped_lines = Vec::new();
+        loop {
+            first.clear();
+            match reader.read_until(b'\n', &mut first) {
+                Ok(0) => break,
+                Ok(_) if first.iter().all(|b| b.is_ascii_whitespace()) => {
+                    skipped_lines.push(first.clone());
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    self.report.unreadable_files += 1;
+                    return Some(self.issue(DataError::io(&path, e)).map_or(Ok(()), Err));
+                }
+            }
+        }
+        let first_str = std::str::from_utf8(&first).ok();
+        let format = InputFormat::detect(&path, first_str);
+        // Blank lines before the first content only separate nothing; count them as read.
+        for l in &skipped_lines {
+            self.report.bytes_in += l.len() as u64;
+            self.report.lines += 1;
+        }
+        self.current = Some(OpenFile {
+            path,
+            name,
+            reader,
+            format,
+            line: skipped_lines.len(),
+            pending: (!first.is_empty()).then_some(first),
+        });
+        Some(Ok(()))
+    }
+
+    /// The next raw line of the current file into `self.buf`; `Ok(false)` at its end.
+    fn next_line(&mut self) -> Result<bool, DataError> {
+        let f = self.current.as_mut().expect("a file is open");
+        self.buf.clear();
+        if let Some(p) = f.pending.take() {
+            self.buf = p;
+        } else {
+            match f.reader.read_until(b'\n', &mut self.buf) {
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                Err(e) => return Err(DataError::io(&f.path, e)),
+            }
+        }
+        f.line += 1;
+        self.report.lines += 1;
+        self.report.bytes_in += self.buf.len() as u64;
+        while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
+            self.buf.pop();
+        }
+        Ok(true)
+    }
+
+    fn next_in_file(&mut self) -> Option<Result<String, DataError>> {
+        let format = self.current.as_ref()?.format;
+        match format {
+            InputFormat::Jsonl => self.next_jsonl(),
+            InputFormat::Text => self.next_text(),
+        }
+    }
+
+    fn end_file(&mut self, err: Option<DataError>) -> Option<Result<String, DataError>> {
+        self.current = None;
+        let err = err?;
+        self.report.unreadable_files += 1;
+        self.issue(err).map(Err)
+    }
+
+    fn next_jsonl(&mut self) -> Option<Result<String, DataError>> {
+        loop {
+            match self.next_line() {
+                Ok(true) => {}
+                Ok(false) => return self.end_file(None),
+                Err(e) => return self.end_file(Some(e)),
+            }
+            let f = self.current.as_ref().expect("open");
+            let (name, line) = (f.name.clone(), f.line);
+            let Ok(s) = std::str::from_utf8(&self.buf) else {
+                self.report.invalid_utf8_lines += 1;
+                match self.issue(DataError::InvalidUtf8 { path: name, line }) {
+                    Some(e) => return Some(Err(e)),
+                    None => continue,
+                }
+            };
+            if s.trim().is_empty() {
+                continue;
+            }
+            let parsed = serde_json::from_str::<serde_json::Value>(s)
+                .map_err(|e| e.to_string())
+                .and_then(|v| match v.get("text") {
+                    Some(serde_json::Value::String(t)) => Ok(t.clone()),
+                    _ => Err("no string \"text\" field".to_string()),
+                });
+            match parsed {
+                Ok(text) => {
+                    self.report.documents += 1;
+                    return Some(Ok(text));
+                }
+                Err(message) => {
+                    self.report.malformed_json_lines += 1;
+                    if let Some(e) = self.issue(DataError::MalformedJson {
+                        path: name,
+                        line,
+                        message,
+                    }) {
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_text(&mut self) -> Option<Result<String, DataError>> {
+        let mut doc = String::new();
+        let mut bad_line: Option<usize> = None;
+        loop {
+            let more = match self.next_line() {
+                Ok(m) => m,
+                Err(e) => return self.end_file(Some(e)),
+            };
+            let blank = !more || self.buf.iter().all(|b| b.is_ascii_whitespace());
+            if blank {
+                if let Some(line) = bad_line.take() {
+                    self.report.invalid_utf8_documents += 1;
+                    let name = self.current.as_ref().expect("open").name.clone();
+                    doc.clear();
+                    if let Some(e) = self.issue(DataError::InvalidUtf8 { path: name, line }) {
+                        return Some(Err(e));
+                    }
+                } else if !doc.is_empty() {
+                    self.report.documents += 1;
+                    if !more {
+                        self.current = None;
+                    }
+                    return Some(Ok(doc));
+                }
+                if !more {
+                    return self.end_file(None);
+                }
+                continue;
+            }
+            match std::str::from_utf8(&self.buf) {
+                Ok(s) if bad_line.is_none() => {
+                    if !doc.is_empty() {
+                        doc.push('\n');
+                    }
+                    doc.push_str(s);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    self.report.invalid_utf8_lines += 1;
+                    bad_line.get_or_insert(self.current.as_ref().expect("open").line);
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for DocumentReader {
+    type Item = Result<String, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.failed {
+                return None;
+            }
+            if self.current.is_none() {
+                match self.open_next()? {
+                    Ok(()) => continue,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            if let Some(item) = self.next_in_file() {
+                return Some(item);
+            }
+        }
+    }
+}
+
+/// Reads a whole file's documents (for small inputs and tests).
+pub fn read_documents(
+    path: impl AsRef<Path>,
+    strict: bool,
+) -> Result<(Vec<String>, InputReport), DataError> {
+    let mut reader = DocumentReader::new([path.as_ref()], strict);
+    let docs = reader.by_ref().collect::<Result<Vec<_>, _>>()?;
+    Ok((docs, reader.report().clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(ext: &str, content: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
+        f.write_all(content).unwrap();
+        f
+    }
+
+    #[test]
+    fn text_blocks_are_documents_and_bad_utf8_is_counted() {
+        let f = file(
+            ".txt",
+            b"\n\nfirst doc\nsecond line\n\n\n\nsecond \xff doc\nmore\n  \nthird\r\n",
+        );
+        let (docs, report) = read_documents(f.path(), false).unwrap();
+        assert_eq!(docs, vec!["first doc\nsecond line", "third"]);
+        assert_eq!(report.invalid_utf8_lines, 1);
+        assert_eq!(report.invalid_utf8_documents, 1);
+        assert_eq!(report.documents, 2);
+        assert_eq!(report.bytes_in, std::fs::metadata(f.path()).unwrap().len());
+        assert!(
+            report.issues[0].ends_with(":8: invalid UTF-8"),
+            "{:?}",
+            report.issues
+        );
+        let err = read_documents(f.path(), true).unwrap_err();
+        assert!(
+            matches!(err, DataError::InvalidUtf8 { line: 8, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn jsonl_by_extension_or_content_with_malformed_lines() {
+        let body = b"{\"text\": \"one\"}\n{\"text\": 5}\nnot json\n\n{\"text\": \"two\", \"id\": 3}\n\xff\n";
+        for ext in [".jsonl", ".data"] {
+            let f = file(ext, body);
+            let (docs, report) = read_documents(f.path(), false).unwrap();
+            assert_eq!(docs, vec!["one", "two"], "{ext}");
+            assert_eq!(report.malformed_json_lines, 2);
+            assert_eq!(report.invalid_utf8_lines, 1);
+            assert!(
+                report.issues[0].contains(":2: malformed JSON line"),
+                "{:?}",
+                report.issues
+            );
+        }
+    }
+
+    #[test]
+    fn unreadable_files_are_reported_and_the_rest_is_read() {
+        let good = file(".txt", b"kept\n");
+        let mut reader = DocumentReader::new(
+            [
+                PathBuf::from("/nonexistent/corpus.txt"),
+                good.path().to_path_buf(),
+            ],
+            false,
+        );
+        let docs: Vec<_> = reader.by_ref().collect::<Result<_, _>>().unwrap();
+        assert_eq!(docs, vec!["kept"]);
+        assert_eq!(reader.report().unreadable_files, 1);
+        let mut strict = DocumentReader::new([PathBuf::from("/nonexistent/corpus.txt")], true);
+        assert!(matches!(strict.next(), Some(Err(DataError::Io { .. }))));
+        assert!(strict.next().is_none());
+    }
+}
