@@ -22,7 +22,8 @@
 //!    - [`addition`]: the 3-digit addition task of the main job.
 //!
 //! Also: [`batch`] (the batch types), [`synthetic`] (corpora with planted duplicates for
-//! tests and benchmarks), [`hash`] (stable hashing), [`DataError`]. `examples/prepare_data.rs`
+//! tests and benchmarks), [`hash`] (stable hashing), [`prepare`] (the whole preparation of a
+//! corpus into a shard directory), [`DataError`]. `examples/prepare_data.rs`
 //! runs steps 1-5 from the command line; `docs/data.md` is the guide.
 
 #![warn(missing_docs)]
@@ -40,6 +41,7 @@ pub mod minhash;
 pub mod mlm;
 pub mod packed_lm;
 pub mod pipeline;
+pub mod prepare;
 pub mod shards;
 pub mod synthetic;
 pub mod tokenizer;

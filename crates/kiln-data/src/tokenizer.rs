@@ -268,6 +268,23 @@ impl Tokenizer {
             .find_map(|t| self.token_to_id(t))
     }
 
+    /// [`Tokenizer::document_separator`], adding [`END_OF_TEXT`] as a special token to a
+    /// HuggingFace vocabulary that has none. A character vocabulary has no room for one: error.
+    pub fn ensure_document_separator(&mut self) -> Result<u32, DataError> {
+        if let Some(id) = self.document_separator() {
+            return Ok(id);
+        }
+        match self {
+            Self::Hf(t) => {
+                t.add_special_tokens(added_tokens(&[END_OF_TEXT]))
+                    .map_err(DataError::tokenizer)?;
+                t.token_to_id(END_OF_TEXT)
+                    .ok_or_else(|| DataError::UnknownToken(END_OF_TEXT.into()))
+            }
+            Self::Char(_) => Err(DataError::UnknownToken(END_OF_TEXT.into())),
+        }
+    }
+
     /// The ids of `[PAD]`, `[UNK]`, `[CLS]`, `[SEP]` and `[MASK]`; an error naming the first
     /// one missing.
     pub fn bert_special_tokens(&self) -> Result<BertSpecialTokens, DataError> {
@@ -330,6 +347,12 @@ mod tests {
             "no merges learned: {ids:?}"
         );
         assert_eq!(tok.document_separator(), tok.token_to_id(END_OF_TEXT));
+        let texts = ["aa bb aa bb cc", "aa bb cc dd"];
+        let mut plain = Tokenizer::train_byte_level_bpe(texts.iter(), 300, &[]).unwrap();
+        assert_eq!(plain.document_separator(), None);
+        let sep = plain.ensure_document_separator().unwrap();
+        assert_eq!(plain.document_separator(), Some(sep));
+        assert_eq!(plain.decode(&[sep]).unwrap(), END_OF_TEXT);
         let again = Tokenizer::from_json(&tok.to_json().unwrap()).unwrap();
         assert_eq!(
             again.encode("lazy dog 🦀").unwrap(),

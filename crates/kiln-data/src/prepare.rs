@@ -1,0 +1,281 @@
+//! The whole preparation of a corpus, as `examples/prepare_data.rs` runs it: read → clean →
+//! deduplicate → write the kept documents (`documents.jsonl`) → load or train a tokenizer →
+//! tokenize into `train`/`val` token shards → `meta.json`, `tokenizer.json`, `stats.json`.
+//!
+//! Memory stays bounded by the batch size and the deduplication index (hashes and
+//! signatures), never by the corpus: documents stream from the inputs to `documents.jsonl`,
+//! and from there to the shards.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::DataError;
+use crate::clean::{CleanConfig, CleanReport};
+use crate::dedup::{DedupConfig, DedupMode, DedupStats};
+use crate::hash::hash64;
+use crate::input::{DocumentReader, InputReport};
+use crate::pipeline::CorpusPipeline;
+use crate::shards::{ShardMeta, ShardWriter};
+use crate::tokenizer::{END_OF_TEXT, Tokenizer};
+
+/// The cleaned, deduplicated documents, one `{"text": ...}` per line.
+pub const DOCUMENTS_FILE: &str = "documents.jsonl";
+/// The tokenizer, HuggingFace format.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The counts of a preparation.
+pub const STATS_FILE: &str = "stats.json";
+
+/// Where the tokenizer comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenizerSource {
+    /// A `tokenizer.json` (HuggingFace) or a kiln character vocabulary.
+    Load(PathBuf),
+    /// Byte-level BPE trained on the kept documents, with `<|endoftext|>` as separator.
+    TrainBpe(usize),
+    /// WordPiece trained on the kept documents, with BERT's special tokens.
+    TrainWordPiece {
+        /// Vocabulary size.
+        vocab_size: usize,
+        /// Lowercase (uncased BERT).
+        lowercase: bool,
+    },
+}
+
+/// Everything a preparation needs.
+#[derive(Clone, Debug)]
+pub struct PrepareConfig {
+    /// Text or JSONL files.
+    pub inputs: Vec<PathBuf>,
+    /// The output directory (created).
+    pub output: PathBuf,
+    /// Cleaning.
+    pub clean: CleanConfig,
+    /// Deduplication.
+    pub dedup: DedupConfig,
+    /// The tokenizer.
+    pub tokenizer: TokenizerSource,
+    /// Fraction of documents (chosen by a hash of their text) for the `val` split.
+    pub val_fraction: f64,
+    /// Tokens per shard file.
+    pub shard_tokens: u64,
+    /// Make the first bad file or line fatal instead of skipping and counting it.
+    pub strict: bool,
+    /// Documents per parallel batch.
+    pub batch_docs: usize,
+}
+
+impl PrepareConfig {
+    /// Defaults: default cleaning, near dedup at 0.8, byte-level BPE of 8,192, 1% validation,
+    /// 100M tokens per shard, skip-and-count bad input.
+    pub fn new(inputs: Vec<PathBuf>, output: impl Into<PathBuf>) -> Self {
+        Self {
+            inputs,
+            output: output.into(),
+            clean: CleanConfig::new(),
+            dedup: DedupConfig::new(),
+            tokenizer: TokenizerSource::TrainBpe(8192),
+            val_fraction: 0.01,
+            shard_tokens: 100_000_000,
+            strict: false,
+            batch_docs: 4096,
+        }
+    }
+}
+
+/// `stats.json`: what was read, removed and written. The counts add up:
+/// `documents_in = removed_by_cleaning + exact_duplicates + near_duplicates + documents_out`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrepareStats {
+    /// Documents read (after skipping bad lines).
+    pub documents_in: usize,
+    /// Documents dropped by the cleaning filters (see `clean`).
+    pub removed_by_cleaning: usize,
+    /// Exact duplicates removed.
+    pub exact_duplicates: usize,
+    /// Near duplicates removed.
+    pub near_duplicates: usize,
+    /// Documents written.
+    pub documents_out: usize,
+    /// Tokens written (separators included), both splits.
+    pub tokens: u64,
+    /// Bytes read from the inputs.
+    pub bytes_in: u64,
+    /// UTF-8 bytes of the kept, cleaned documents.
+    pub bytes_out: u64,
+    /// Tokens of the `train` split.
+    pub train_tokens: u64,
+    /// Tokens of the `val` split.
+    pub val_tokens: u64,
+    /// Documents in `train`.
+    pub train_documents: usize,
+    /// Documents in `val`.
+    pub val_documents: usize,
+    /// Input files that could not be read.
+    pub unreadable_files: usize,
+    /// Lines that were not UTF-8.
+    pub invalid_utf8_lines: usize,
+    /// JSONL lines skipped as malformed.
+    pub malformed_lines: usize,
+    /// The tokenizer's vocabulary size.
+    pub vocab_size: usize,
+    /// The document separator id.
+    pub separator: u32,
+    /// `none`, `exact` or `near`.
+    pub dedup_mode: DedupMode,
+    /// The near-duplicate threshold.
+    pub jaccard_threshold: f64,
+    /// LSH bands × rows.
+    pub lsh_bands: usize,
+    /// Rows per band.
+    pub lsh_rows: usize,
+    /// Wall-clock seconds of reading, cleaning and deduplication.
+    pub clean_dedup_seconds: f64,
+    /// Wall-clock seconds of the whole preparation.
+    pub total_seconds: f64,
+    /// Reader details, with the first problems listed by file and line.
+    pub input: InputReport,
+    /// Cleaning details.
+    pub clean: CleanReport,
+    /// Deduplication details.
+    pub dedup: DedupStats,
+}
+
+/// Runs a preparation.
+pub fn prepare_corpus(config: &PrepareConfig) -> Result<PrepareStats, DataError> {
+    let start = Instant::now();
+    if !(0.0..1.0).contains(&config.val_fraction) {
+        return Err(DataError::InvalidConfig(format!(
+            "val_fraction {} must be in [0, 1)",
+            config.val_fraction
+        )));
+    }
+    if config.inputs.is_empty() {
+        return Err(DataError::InvalidConfig("no input files".into()));
+    }
+    let out = &config.output;
+    std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
+
+    // Pass 1: read, clean, dedup, write the kept documents.
+    let mut pipeline = CorpusPipeline::new(config.clean.clone(), config.dedup.clone())?;
+    let docs_path = out.join(DOCUMENTS_FILE);
+    let mut docs_out =
+        BufWriter::new(File::create(&docs_path).map_err(|e| DataError::io(&docs_path, e))?);
+    let mut reader = DocumentReader::new(config.inputs.iter().cloned(), config.strict);
+    let mut batch = Vec::with_capacity(config.batch_docs);
+    loop {
+        let next = reader.next().transpose()?;
+        let done = next.is_none();
+        batch.extend(next);
+        if batch.len() >= config.batch_docs.max(1) || (done && !batch.is_empty()) {
+            for doc in pipeline.process(std::mem::take(&mut batch)) {
+                let line = serde_json::json!({ "text": doc }).to_string();
+                writeln!(docs_out, "{line}").map_err(|e| DataError::io(&docs_path, e))?;
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    docs_out.flush().map_err(|e| DataError::io(&docs_path, e))?;
+    drop(docs_out);
+    let clean_dedup_seconds = start.elapsed().as_secs_f64();
+    let report = pipeline.report();
+    let input = reader.report().clone();
+
+    // The tokenizer.
+    let mut tokenizer = match &config.tokenizer {
+        TokenizerSource::Load(path) => Tokenizer::from_file(path)?,
+        TokenizerSource::TrainBpe(vocab) => {
+            Tokenizer::train_byte_level_bpe(kept_texts(&docs_path)?, *vocab, &[END_OF_TEXT])?
+        }
+        TokenizerSource::TrainWordPiece {
+            vocab_size,
+            lowercase,
+        } => Tokenizer::train_wordpiece(kept_texts(&docs_path)?, *vocab_size, *lowercase)?,
+    };
+    let separator = tokenizer.ensure_document_separator()?;
+    let vocab_size = tokenizer.vocab_size();
+    tokenizer.save(out.join(TOKENIZER_FILE))?;
+
+    // Pass 2: tokenize into shards.
+    let mut train = ShardWriter::new(out, "train", vocab_size, config.shard_tokens)?;
+    let mut val = ShardWriter::new(out, "val", vocab_size, config.shard_tokens)?;
+    let (mut train_documents, mut val_documents) = (0usize, 0usize);
+    let mut texts = kept_texts(&docs_path)?.peekable();
+    while texts.peek().is_some() {
+        let chunk: Vec<String> = texts.by_ref().take(config.batch_docs.max(1)).collect();
+        let encoded = tokenizer.encode_batch(&chunk)?;
+        for (text, mut ids) in chunk.iter().zip(encoded) {
+            ids.push(separator);
+            // A fixed hash of the text picks the split, so it never depends on order.
+            let u = (hash64(text.as_bytes(), 0x7661_6c) >> 11) as f64 / (1u64 << 53) as f64;
+            if u < config.val_fraction {
+                val.write(&ids)?;
+                val_documents += 1;
+            } else {
+                train.write(&ids)?;
+                train_documents += 1;
+            }
+        }
+    }
+    let mut meta = ShardMeta::new(vocab_size, Some(separator));
+    meta.splits.insert("train".into(), train.finish()?);
+    meta.splits.insert("val".into(), val.finish()?);
+    meta.save(out)?;
+
+    let (train_tokens, val_tokens) = (meta.tokens("train"), meta.tokens("val"));
+    let bands = pipeline.deduplicator().bands();
+    let stats = PrepareStats {
+        documents_in: report.clean.documents_in,
+        removed_by_cleaning: report.clean.dropped(),
+        exact_duplicates: report.dedup.exact_duplicates,
+        near_duplicates: report.dedup.near_duplicates,
+        documents_out: report.dedup.documents_out,
+        tokens: train_tokens + val_tokens,
+        bytes_in: input.bytes_in,
+        bytes_out: report.clean.bytes_out as u64,
+        train_tokens,
+        val_tokens,
+        train_documents,
+        val_documents,
+        unreadable_files: input.unreadable_files,
+        invalid_utf8_lines: input.invalid_utf8_lines,
+        malformed_lines: input.malformed_json_lines,
+        vocab_size,
+        separator,
+        dedup_mode: config.dedup.mode,
+        jaccard_threshold: config.dedup.jaccard_threshold,
+        lsh_bands: bands.bands,
+        lsh_rows: bands.rows,
+        clean_dedup_seconds,
+        total_seconds: start.elapsed().as_secs_f64(),
+        input,
+        clean: report.clean,
+        dedup: report.dedup,
+    };
+    let stats_path = out.join(STATS_FILE);
+    let json = serde_json::to_string_pretty(&stats).map_err(|e| DataError::io(&stats_path, e))?;
+    std::fs::write(&stats_path, json).map_err(|e| DataError::io(&stats_path, e))?;
+    Ok(stats)
+}
+
+/// The texts of a `documents.jsonl`, streamed.
+fn kept_texts(path: &Path) -> Result<impl Iterator<Item = String> + Send + use<>, DataError> {
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    Ok(BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(
+            |line| match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(serde_json::Value::Object(mut o)) => match o.remove("text") {
+                    Some(serde_json::Value::String(s)) => Some(s),
+                    _ => None,
+                },
+                _ => None,
+            },
+        ))
+}
