@@ -107,13 +107,17 @@ impl ModuleMapper for Writer<'_> {
         param.map(|tensor| {
             let device = tensor.device();
             let require_grad = tensor.is_require_grad();
+            let autodiff = tensor.is_autodiff();
             let given =
-                Tensor::<D>::from_data(TensorData::new(values.clone(), shape.clone()), &device);
-            // Detached: the masked weight is a new leaf, not a node hanging off last step's graph.
+                Tensor::<D>::from_data(TensorData::new(values.clone(), shape.clone()), &device)
+                    .without_autodiff();
+            // Computed off the autodiff graph: the result is a fresh leaf, as after an
+            // optimizer step, not a node hanging off the previous step's graph.
             let out = match mode {
                 WriteMode::Replace => given,
-                WriteMode::Multiply => tensor.detach() * given,
+                WriteMode::Multiply => tensor.without_autodiff() * given,
             };
+            let out = if autodiff { out.autodiff() } else { out };
             if require_grad {
                 out.require_grad()
             } else {
@@ -136,4 +140,21 @@ pub(crate) fn write_params<M: Module>(
         mode,
     };
     module.map(&mut writer)
+}
+
+/// Applies `f` to a parameter's value off the autodiff graph and returns a fresh leaf with the
+/// same autodiff and require-grad state (what an optimizer step produces).
+pub(crate) fn off_graph<const D: usize>(
+    tensor: Tensor<D>,
+    f: impl FnOnce(Tensor<D>) -> Tensor<D>,
+) -> Tensor<D> {
+    let require_grad = tensor.is_require_grad();
+    let autodiff = tensor.is_autodiff();
+    let out = f(tensor.without_autodiff());
+    let out = if autodiff { out.autodiff() } else { out };
+    if require_grad {
+        out.require_grad()
+    } else {
+        out
+    }
 }

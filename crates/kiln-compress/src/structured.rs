@@ -16,7 +16,7 @@ use kiln_model::gpt::Gpt;
 use crate::error::{CompressError, Result};
 use crate::magnitude::Amount;
 use crate::mask::PruningMasks;
-use crate::params::{ParamFilter, read_params};
+use crate::params::{ParamFilter, off_graph, read_params};
 
 /// Which norm ranks a structure.
 #[derive(burn::config::Config, Debug, Copy, PartialEq, Eq)]
@@ -207,19 +207,27 @@ pub fn remove_ffn_neurons(mut gpt: Gpt, kept: &[Vec<usize>]) -> Result<Gpt> {
     check_kept(&gpt, kept, |b| gpt.blocks[b].ffn.up.weight.dims()[1])?;
     for (block, kept) in gpt.blocks.iter_mut().zip(kept) {
         let device = block.ffn.up.weight.device();
-        let idx = index_tensor(kept, &device);
+        let idx = index_tensor(kept, &device.without_autodiff());
         let ffn = &mut block.ffn;
-        ffn.up.weight = ffn.up.weight.clone().map(|w| w.select(1, idx.clone()));
+        ffn.up.weight = ffn
+            .up
+            .weight
+            .clone()
+            .map(|w| off_graph(w, |w| w.select(1, idx.clone())));
         ffn.up.bias = ffn
             .up
             .bias
             .take()
-            .map(|b| b.map(|b| b.select(0, idx.clone())));
+            .map(|b| b.map(|b| off_graph(b, |b| b.select(0, idx.clone()))));
         ffn.gate = ffn.gate.take().map(|mut g| {
-            g.weight = g.weight.map(|w| w.select(1, idx.clone()));
+            g.weight = g.weight.map(|w| off_graph(w, |w| w.select(1, idx.clone())));
             g
         });
-        ffn.down.weight = ffn.down.weight.clone().map(|w| w.select(0, idx.clone()));
+        ffn.down.weight = ffn
+            .down
+            .weight
+            .clone()
+            .map(|w| off_graph(w, |w| w.select(0, idx.clone())));
     }
     Ok(gpt)
 }
