@@ -1,0 +1,330 @@
+//! Checkpoints for exact resume, written atomically, the last K kept.
+//!
+//! A checkpoint is a folder `step-00000100/` holding the model (`model.bpk`), the optimizer
+//! state (`optimizer.bpk`), the schedule (`scheduler.bpk`), the loop's own state
+//! (`trainer.json`: step, data position, loss scaler, early stopping) and, written last, a
+//! `manifest.json` with the length and SHA-256 of each file. The folder is written under a
+//! temporary name, every file is fsynced, and only then is it renamed into place, so a run
+//! killed at any moment leaves either a complete checkpoint or none. On resume, a folder whose
+//! files do not match their manifest is reported by name and the previous one is used.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::lr_scheduler::{LrScheduler, LrSchedulerRecord};
+use burn::optim::{ModuleOptimizer, OptimizerRecord};
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::tensor::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::data_order::DataPosition;
+use crate::early_stopping::EarlyStopping;
+use crate::error::{Result, TrainError};
+use crate::loss_scale::LossScaler;
+use crate::param_ids::stable_param_ids;
+
+const MODEL: &str = "model.bpk";
+const OPTIMIZER: &str = "optimizer.bpk";
+const SCHEDULER: &str = "scheduler.bpk";
+const TRAINER: &str = "trainer.json";
+const MANIFEST: &str = "manifest.json";
+const PREFIX: &str = "step-";
+
+/// The loop's own state: everything besides model, optimizer and schedule that a resumed run
+/// needs to continue exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// Position in the training data.
+    pub position: DataPosition,
+    /// Loss-carrying units (tokens) trained on.
+    pub units_seen: u64,
+    /// Steps skipped for a non-finite loss or an f16 overflow.
+    pub skipped_steps: usize,
+    /// The dynamic loss scaler, in f16 runs.
+    pub scaler: Option<LossScaler>,
+    /// The early-stopping tracker, when early stopping is on.
+    pub early_stopping: Option<EarlyStopping>,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    step: usize,
+    files: Vec<ManifestEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ManifestEntry {
+    name: String,
+    len: u64,
+    sha256: String,
+}
+
+/// A checkpoint read back from disk, checked against its manifest.
+pub struct Checkpoint {
+    /// Its folder.
+    pub path: PathBuf,
+    /// The loop state.
+    pub state: TrainerState,
+    model: Vec<u8>,
+    optimizer: Vec<u8>,
+    scheduler: Vec<u8>,
+}
+
+impl Checkpoint {
+    /// Loads the weights into `model` (built with the same config), with stable parameter ids.
+    pub fn load_model<M: Module>(&self, model: M) -> Result<M> {
+        load_weights(model, self.model.clone(), &self.path.join(MODEL))
+    }
+
+    /// Restores an optimizer built with the same config.
+    pub fn load_optimizer(&self, optimizer: ModuleOptimizer) -> Result<ModuleOptimizer> {
+        let record = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(self.optimizer.clone()))
+            .map_err(|e| TrainError::corrupt(self.path.join(OPTIMIZER), format!("{e:?}")))?;
+        Ok(optimizer.load_record(record))
+    }
+
+    /// Restores a schedule built with the same config.
+    pub fn load_scheduler(&self, scheduler: &mut dyn LrScheduler) -> Result<()> {
+        let record =
+            LrSchedulerRecord::from_bytes(Bytes::from_bytes_vec(self.scheduler.clone()))
+                .map_err(|e| TrainError::corrupt(self.path.join(SCHEDULER), format!("{e:?}")))?;
+        scheduler.load_record(record);
+        Ok(())
+    }
+}
+
+/// Model weights as burnpack bytes.
+pub fn model_bytes<M: Module>(model: &M) -> Result<Vec<u8>> {
+    let mut store = BurnpackStore::from_bytes(None);
+    model
+        .save_into(&mut store)
+        .map_err(|e| TrainError::Data(format!("serializing the model: {e:?}")))?;
+    let bytes = store
+        .get_bytes()
+        .map_err(|e| TrainError::Data(format!("serializing the model: {e:?}")))?;
+    Ok(bytes.to_vec())
+}
+
+/// Loads burnpack `bytes` (read from `path`, named in errors) into `model`.
+pub fn load_weights<M: Module>(mut model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
+    let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes)));
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| TrainError::corrupt(path, format!("{e:?}")))?;
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        return Err(TrainError::corrupt(
+            path,
+            format!(
+                "missing tensors {:?}, errors {:?}",
+                result.missing, result.errors
+            ),
+        ));
+    }
+    Ok(stable_param_ids(model))
+}
+
+/// Writes and finds checkpoints in one folder.
+#[derive(Clone, Debug)]
+pub struct CheckpointDir {
+    dir: PathBuf,
+    keep: usize,
+}
+
+impl CheckpointDir {
+    /// Checkpoints in `dir`, keeping the newest `keep` (at least 1).
+    pub fn new(dir: impl Into<PathBuf>, keep: usize) -> Self {
+        Self {
+            dir: dir.into(),
+            keep: keep.max(1),
+        }
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a checkpoint atomically and removes the ones beyond the newest `keep`.
+    pub fn save<M: Module>(
+        &self,
+        model: &M,
+        optimizer: &ModuleOptimizer,
+        scheduler: &dyn LrScheduler,
+        state: &TrainerState,
+    ) -> Result<PathBuf> {
+        fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
+        let name = format!("{PREFIX}{:08}", state.step);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let final_path = self.dir.join(&name);
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        }
+        fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+
+        let optimizer_bytes = optimizer
+            .into_bytes()
+            .map_err(|e| TrainError::Data(format!("serializing the optimizer: {e:?}")))?;
+        let scheduler_bytes = scheduler
+            .to_record()
+            .into_bytes()
+            .map_err(|e| TrainError::Data(format!("serializing the schedule: {e:?}")))?;
+        let trainer = serde_json::to_vec_pretty(state)
+            .map_err(|e| TrainError::Data(format!("serializing the trainer state: {e}")))?;
+        let files: [(&str, &[u8]); 4] = [
+            (MODEL, &model_bytes(model)?),
+            (OPTIMIZER, &optimizer_bytes),
+            (SCHEDULER, &scheduler_bytes),
+            (TRAINER, &trainer),
+        ];
+        let mut manifest = Manifest {
+            step: state.step,
+            files: Vec::new(),
+        };
+        for (file, bytes) in files {
+            write_synced(&tmp.join(file), bytes)?;
+            manifest.files.push(ManifestEntry {
+                name: file.into(),
+                len: bytes.len() as u64,
+                sha256: sha256_hex(bytes),
+            });
+        }
+        let manifest = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+        write_synced(&tmp.join(MANIFEST), &manifest)?;
+        sync_dir(&tmp);
+
+        if final_path.exists() {
+            fs::remove_dir_all(&final_path).map_err(|e| TrainError::io(&final_path, e))?;
+        }
+        fs::rename(&tmp, &final_path).map_err(|e| TrainError::io(&final_path, e))?;
+        sync_dir(&self.dir);
+        self.prune()?;
+        Ok(final_path)
+    }
+
+    /// Checkpoint folders, newest first.
+    pub fn list(&self) -> Result<Vec<(usize, PathBuf)>> {
+        if !self.dir.exists() {
+            return Ok(Vec::new());
+        }
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| TrainError::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| TrainError::io(&self.dir, e))?;
+            let name = entry.file_name();
+            if let Some(step) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(PREFIX))
+                .and_then(|s| s.parse::<usize>().ok())
+            {
+                found.push((step, entry.path()));
+            }
+        }
+        found.sort_by(|a, b| b.0.cmp(&a.0));
+        Ok(found)
+    }
+
+    /// The newest checkpoint that passes its manifest, and the reasons the newer ones were
+    /// rejected. `Ok(None)` when the folder holds no checkpoint at all; an error when it holds
+    /// some but none is usable.
+    pub fn latest(&self) -> Result<Option<(Checkpoint, Vec<String>)>> {
+        let candidates = self.list()?;
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let mut skipped = Vec::new();
+        for (_, path) in candidates {
+            match read_checkpoint(&path) {
+                Ok(checkpoint) => return Ok(Some((checkpoint, skipped))),
+                Err(e) => skipped.push(e.to_string()),
+            }
+        }
+        Err(TrainError::NoCheckpoint {
+            dir: self.dir.clone(),
+            skipped,
+        })
+    }
+
+    fn prune(&self) -> Result<()> {
+        for (_, path) in self.list()?.into_iter().skip(self.keep) {
+            fs::remove_dir_all(&path).map_err(|e| TrainError::io(&path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a checkpoint folder and checks every file against the manifest.
+pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let manifest_path = path.join(MANIFEST);
+    let manifest = fs::read(&manifest_path).map_err(|e| TrainError::io(&manifest_path, e))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&manifest).map_err(|e| TrainError::corrupt(&manifest_path, e))?;
+    let mut contents = std::collections::HashMap::new();
+    for entry in &manifest.files {
+        let file = path.join(&entry.name);
+        let bytes = fs::read(&file).map_err(|e| TrainError::io(&file, e))?;
+        if bytes.len() as u64 != entry.len {
+            return Err(TrainError::corrupt(
+                &file,
+                format!("{} bytes, the manifest says {}", bytes.len(), entry.len),
+            ));
+        }
+        if sha256_hex(&bytes) != entry.sha256 {
+            return Err(TrainError::corrupt(
+                &file,
+                "SHA-256 does not match the manifest",
+            ));
+        }
+        contents.insert(entry.name.clone(), bytes);
+    }
+    let mut take = |name: &str| {
+        contents
+            .remove(name)
+            .ok_or_else(|| TrainError::corrupt(&manifest_path, format!("{name} is not listed")))
+    };
+    let trainer = take(TRAINER)?;
+    let state: TrainerState =
+        serde_json::from_slice(&trainer).map_err(|e| TrainError::corrupt(path.join(TRAINER), e))?;
+    if state.step != manifest.step {
+        return Err(TrainError::corrupt(
+            path.join(TRAINER),
+            format!(
+                "step {} but the manifest says {}",
+                state.step, manifest.step
+            ),
+        ));
+    }
+    Ok(Checkpoint {
+        path: path.to_path_buf(),
+        state,
+        model: take(MODEL)?,
+        optimizer: take(OPTIMIZER)?,
+        scheduler: take(SCHEDULER)?,
+    })
+}
+
+/// Writes `bytes` to `path` and fsyncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = File::create(path).map_err(|e| TrainError::io(path, e))?;
+    file.write_all(bytes).map_err(|e| TrainError::io(path, e))?;
+    file.sync_all().map_err(|e| TrainError::io(path, e))
+}
+
+/// Makes a folder's entries (renames, new files) durable.
+fn sync_dir(dir: &Path) {
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,454 @@
+//! The training loop. It reads top to bottom: build the micro-batches, run forward and
+//! backward (in the configured precision, with the configured recomputation), average the
+//! gradients, unscale, check, clip, step; then log, evaluate, stop early, checkpoint.
+
+use std::path::PathBuf;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::lr_scheduler::LrScheduler;
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, GradientCheckpointingStrategy, Tensor};
+use kiln_optim::{grad_norm, scale_grads};
+
+use crate::batch_source::BatchSource;
+use crate::checkpoint::{CheckpointDir, TrainerState, load_weights, model_bytes};
+use crate::config::{NonFinitePolicy, TrainerConfig};
+use crate::data_order::{DataOrder, DataPosition};
+use crate::early_stopping::Verdict;
+use crate::error::{Result, TrainError};
+use crate::evaluate::{EvalMetrics, evaluate};
+use crate::metrics_log::{MetricsLog, MetricsRecord};
+use crate::param_ids::stable_param_ids;
+use crate::plot::training_plot;
+use crate::progress::Progress;
+use crate::recompute::Recompute;
+use crate::train_model::{Batch, TrainModel};
+
+/// Called after every optimizer step with the updated model (gradual pruning re-applies its
+/// masks here, for example). Closures `FnMut(usize, M) -> M` are hooks.
+pub trait StepHook<M>: Send {
+    /// `step` is the number of optimizer steps taken so far (1 after the first).
+    fn after_optimizer_step(&mut self, step: usize, model: M) -> M;
+}
+
+impl<M, F: FnMut(usize, M) -> M + Send> StepHook<M> for F {
+    fn after_optimizer_step(&mut self, step: usize, model: M) -> M {
+        self(step, model)
+    }
+}
+
+/// How a run ended.
+pub struct TrainOutcome<M> {
+    /// The trained model: the best one by the early-stopping metric when early stopping is on.
+    pub model: M,
+    /// The loop state at the end.
+    pub state: TrainerState,
+    /// The last evaluation.
+    pub last_eval: Option<EvalMetrics>,
+    /// The best early-stopping value and its step.
+    pub best: Option<(usize, f64)>,
+    /// The step the run resumed from.
+    pub resumed_from: Option<usize>,
+}
+
+/// kiln's training loop: a model, Burn's `ModuleOptimizer` and `LrScheduler`, data as Burn
+/// `Dataset` + `Batcher`, and the [`TrainerConfig`].
+pub struct Trainer<M, B> {
+    config: TrainerConfig,
+    optimizer: ModuleOptimizer,
+    scheduler: Box<dyn LrScheduler>,
+    train: BatchSource<B>,
+    eval: Option<BatchSource<B>>,
+    hooks: Vec<Box<dyn StepHook<M>>>,
+}
+
+impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
+    /// A trainer; the config is validated here.
+    pub fn new(
+        config: TrainerConfig,
+        optimizer: ModuleOptimizer,
+        scheduler: impl LrScheduler + 'static,
+        train: BatchSource<B>,
+    ) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            optimizer,
+            scheduler: Box::new(scheduler),
+            train,
+            eval: None,
+            hooks: Vec::new(),
+        })
+    }
+
+    /// Evaluation data: loss, perplexity and accuracy every `eval_every` steps.
+    pub fn with_eval(mut self, eval: BatchSource<B>) -> Self {
+        self.eval = Some(eval);
+        self
+    }
+
+    /// A hook called after every optimizer step.
+    pub fn with_hook(mut self, hook: impl StepHook<M> + 'static) -> Self {
+        self.hooks.push(Box::new(hook));
+        self
+    }
+
+    /// Optimizer steps the run will take at most, for sizing a schedule before calling
+    /// [`fit`](Self::fit).
+    pub fn total_steps(&self) -> Result<usize> {
+        total_steps(&self.config, self.train.len())
+    }
+
+    /// Trains `model` (built on `device` with autodiff) and returns it with the run's outcome.
+    pub fn fit(mut self, model: M, device: &Device) -> Result<TrainOutcome<M>> {
+        let config = self.config.clone();
+        if config.early_stopping.is_some() && self.eval.is_none() {
+            return Err(TrainError::InvalidConfig(
+                "early stopping needs evaluation data (with_eval)".into(),
+            ));
+        }
+        let device = config.recompute.training_device(device);
+        let mut model = prepare(model, config.recompute);
+        let mut order = DataOrder::new(
+            self.train.len(),
+            config.batch_size,
+            config.seed,
+            config.shuffle,
+        )
+        .ok_or_else(|| {
+            TrainError::InvalidConfig(format!(
+                "the training data has {} items, fewer than one batch of {}",
+                self.train.len(),
+                config.batch_size
+            ))
+        })?;
+        let total = total_steps(&config, self.train.len())?;
+        let checkpoints = config
+            .checkpoint_path()
+            .map(|dir| CheckpointDir::new(dir, config.keep_checkpoints));
+        let best_path = checkpoints.as_ref().map(|c| c.path().join("best.bpk"));
+
+        let mut state = TrainerState {
+            step: 0,
+            position: DataPosition::default(),
+            units_seen: 0,
+            skipped_steps: 0,
+            scaler: config
+                .precision
+                .needs_loss_scaling()
+                .then(|| config.loss_scale.init()),
+            early_stopping: config.early_stopping.as_ref().map(|c| c.init()),
+            stopped_early: false,
+        };
+        let mut progress = Progress::new(0, total, config.quiet);
+        let mut resumed_from = None;
+        let mut best_model: Option<M> = None;
+        if config.resume
+            && let Some(dir) = &checkpoints
+            && let Some((checkpoint, skipped)) = dir.latest()?
+        {
+            for reason in skipped {
+                progress.println(&format!("skipping checkpoint: {reason}"));
+            }
+            model = checkpoint.load_model(model)?;
+            self.optimizer = checkpoint.load_optimizer(self.optimizer)?;
+            checkpoint.load_scheduler(self.scheduler.as_mut())?;
+            state = checkpoint.state.clone();
+            resumed_from = Some(state.step);
+            progress = Progress::new(state.step, total, config.quiet);
+            progress.println(&format!(
+                "resumed from {} (step {})",
+                checkpoint.path.display(),
+                state.step
+            ));
+            if let Some(path) = best_path.as_ref().filter(|p| p.exists()) {
+                let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+                best_model = Some(load_weights(model.clone(), bytes, path)?);
+            }
+        }
+        let log = config
+            .run_dir
+            .as_ref()
+            .map(|dir| MetricsLog::open(PathBuf::from(dir).as_path(), resumed_from))
+            .transpose()?;
+
+        let mut last_eval = None;
+        let mut loss_since_log = (0.0, 0usize);
+        while state.step < total && !state.stopped_early {
+            // Dropout draws from the device generator: seeding it per step makes a resumed run
+            // draw what the uninterrupted one drew.
+            device.seed(config.seed ^ (state.step as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let epoch_before = state.position.epoch;
+
+            // 1. Micro-batches and their weights.
+            let mut batches = Vec::with_capacity(config.grad_accumulation);
+            for _ in 0..config.grad_accumulation {
+                let indices = order.next_batch(&mut state.position);
+                batches.push(self.train.batch(&indices, &device)?);
+            }
+            let weights: Vec<usize> = batches.iter().map(Batch::weight).collect();
+            let total_weight = weights.iter().sum::<usize>().max(1) as f64;
+
+            // 2. Forward and backward of each, gradients averaged by weight.
+            let loss_scale = state.scaler.as_ref().map_or(1.0, |s| s.scale());
+            let compute = config.precision.compute_model(&model);
+            let mut accumulated = GradientsAccumulator::<M>::new();
+            let mut loss = 0.0;
+            for (batch, weight) in batches.iter().zip(&weights) {
+                let share = *weight as f64 / total_weight;
+                let (out, grads) = match config.recompute {
+                    Recompute::PerBlock => compute
+                        .backward_per_block(batch, loss_scale * share, &model)
+                        .ok_or_else(|| {
+                            TrainError::InvalidConfig(
+                                "this model does not support Recompute::PerBlock".into(),
+                            )
+                        })??,
+                    _ => {
+                        let out = compute.forward_step(batch)?;
+                        let backward = (out.loss.clone() * (loss_scale * share)).backward();
+                        (out, GradientsParams::from_grads(backward, &model))
+                    }
+                };
+                loss += out.loss.into_scalar::<f64>() * share;
+                accumulated.accumulate(&model, grads);
+            }
+            drop(compute);
+            let mut grads = accumulated.grads();
+
+            // 3. Unscale, check, clip.
+            if loss_scale != 1.0 {
+                grads = scale_grads(&model, grads, 1.0 / loss_scale);
+            }
+            let norm = grad_norm(&model, &grads);
+            let lr = self.scheduler.step();
+            state.step += 1;
+            state.units_seen += total_weight as u64;
+            let finite = loss.is_finite() && norm.is_finite();
+            if let Some(scaler) = &mut state.scaler {
+                scaler.update(!finite);
+            }
+            if finite {
+                if let Some(max) = config.clip_grad_norm
+                    && norm > max
+                {
+                    grads = scale_grads(&model, grads, max / (norm + 1e-6));
+                }
+                // 4. Step, then the hooks.
+                model = self.optimizer.step(lr, model, grads);
+                if !self.hooks.is_empty() {
+                    for hook in &mut self.hooks {
+                        model = hook.after_optimizer_step(state.step, model);
+                    }
+                    // Whatever a hook computed, parameters enter the next step as leaves.
+                    model = model.map(&mut AsLeaves);
+                }
+                loss_since_log = (loss_since_log.0 + loss, loss_since_log.1 + 1);
+            } else {
+                state.skipped_steps += 1;
+                if state.scaler.is_none() && config.non_finite == NonFinitePolicy::Error {
+                    return Err(TrainError::NonFinite {
+                        step: state.step,
+                        loss,
+                        grad_norm: norm,
+                    });
+                }
+                progress.println(&format!(
+                    "step {}: skipped (loss {loss}, gradient norm {norm})",
+                    state.step
+                ));
+            }
+
+            // 5. Log.
+            let last_step = state.step == total;
+            if state.step.is_multiple_of(config.log_every) || last_step {
+                let mean = loss_since_log.0 / loss_since_log.1.max(1) as f64;
+                loss_since_log = (0.0, 0);
+                let rate = progress.update(state.step, mean, lr, state.units_seen);
+                if let Some(log) = &log {
+                    log.append(&MetricsRecord {
+                        step: state.step,
+                        split: "train".into(),
+                        loss: mean,
+                        lr: Some(lr),
+                        grad_norm: Some(norm),
+                        loss_scale: state.scaler.as_ref().map(|s| s.scale()),
+                        units_per_s: rate,
+                        perplexity: None,
+                        accuracy: None,
+                    })?;
+                }
+            }
+
+            // 6. Evaluate, stop early.
+            let epoch_ended = state.position.epoch != epoch_before
+                || state.position.batch >= order.batches_per_epoch();
+            let due = match config.eval_every {
+                0 => epoch_ended,
+                every => state.step.is_multiple_of(every),
+            };
+            if let Some(eval) = self.eval.as_ref().filter(|_| due || last_step) {
+                let metrics = evaluate(
+                    &model,
+                    eval,
+                    config.eval_batch_size,
+                    config.eval_items,
+                    &device,
+                )?;
+                let accuracy = metrics
+                    .accuracy
+                    .map_or(String::new(), |a| format!(" | accuracy {a:.4}"));
+                progress.println(&format!(
+                    "eval at step {} | loss {:.4} | perplexity {:.3}{accuracy}",
+                    state.step, metrics.loss, metrics.perplexity
+                ));
+                if let Some(log) = &log {
+                    log.append(&MetricsRecord {
+                        step: state.step,
+                        split: "eval".into(),
+                        loss: metrics.loss,
+                        lr: None,
+                        grad_norm: None,
+                        loss_scale: None,
+                        units_per_s: None,
+                        perplexity: Some(metrics.perplexity),
+                        accuracy: metrics.accuracy,
+                    })?;
+                }
+                if let Some(es) = &mut state.early_stopping {
+                    let value = es.metric().of(&metrics).ok_or_else(|| {
+                        TrainError::InvalidConfig(format!(
+                            "early stopping on {:?}, which this model does not report",
+                            es.metric()
+                        ))
+                    })?;
+                    match es.update(state.step, value) {
+                        Verdict::Improved => {
+                            if let Some(path) = &best_path {
+                                std::fs::create_dir_all(path.parent().expect("has a parent"))
+                                    .map_err(|e| TrainError::io(path, e))?;
+                                kiln_model::store::write_atomic(path, &model_bytes(&model)?)?;
+                            }
+                            best_model = Some(model.clone());
+                        }
+                        Verdict::NoImprovement => {}
+                        Verdict::Stop => {
+                            state.stopped_early = true;
+                            progress.println(&format!(
+                                "early stopping at step {}: best {:?}",
+                                state.step,
+                                es.best()
+                            ));
+                        }
+                    }
+                }
+                last_eval = Some(metrics);
+            }
+
+            // 7. Checkpoint.
+            let checkpoint_due = config.checkpoint_every > 0
+                && (state.step.is_multiple_of(config.checkpoint_every)
+                    || last_step
+                    || state.stopped_early);
+            if let Some(dir) = checkpoints.as_ref().filter(|_| checkpoint_due) {
+                if !params_finite(&model) {
+                    return Err(TrainError::NonFiniteWeights { step: state.step });
+                }
+                dir.save(&model, &self.optimizer, self.scheduler.as_ref(), &state)?;
+            }
+        }
+        progress.finish();
+
+        if let Some(dir) = &config.run_dir
+            && let Some(log) = &log
+        {
+            let svg = training_plot(&log.records()?);
+            kiln_model::store::write_atomic(&PathBuf::from(dir).join("plot.svg"), svg.as_bytes())?;
+        }
+        let best = state.early_stopping.as_ref().and_then(|es| es.best());
+        if let Some(best_model) = best_model.filter(|_| best.is_some()) {
+            model = best_model;
+        }
+        Ok(TrainOutcome {
+            model,
+            state,
+            last_eval,
+            best,
+            resumed_from,
+        })
+    }
+}
+
+/// Optimizer steps of a run over `items` training items.
+fn total_steps(config: &TrainerConfig, items: usize) -> Result<usize> {
+    let per_epoch = (items / config.batch_size.max(1)) / config.grad_accumulation.max(1);
+    if per_epoch == 0 {
+        return Err(TrainError::InvalidConfig(format!(
+            "{items} training items make no full step of {} x {} examples",
+            config.grad_accumulation, config.batch_size
+        )));
+    }
+    Ok(match (config.max_steps, config.max_epochs) {
+        (Some(steps), Some(epochs)) => steps.min(epochs * per_epoch),
+        (Some(steps), None) => steps,
+        (None, Some(epochs)) => epochs * per_epoch,
+        (None, None) => unreachable!("validated"),
+    })
+}
+
+/// Stable parameter ids (so optimizer state survives a restart) and the autodiff strategy of
+/// the recomputation mode on every parameter.
+fn prepare<M: Module>(model: M, recompute: Recompute) -> M {
+    let strategy = match recompute {
+        Recompute::Balanced => GradientCheckpointingStrategy::Balanced,
+        _ => GradientCheckpointingStrategy::Disabled,
+    };
+    stable_param_ids(model.map(&mut WithStrategy(strategy)))
+}
+
+struct WithStrategy(GradientCheckpointingStrategy);
+
+impl ModuleMapper for WithStrategy {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let strategy = self.0;
+        param.map(|t| {
+            if t.is_autodiff() {
+                t.with_gradient_checkpointing_strategy(strategy)
+            } else {
+                t
+            }
+        })
+    }
+}
+
+struct AsLeaves;
+
+impl ModuleMapper for AsLeaves {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|t| {
+            if t.is_tracked() && !t.is_require_grad() {
+                t.detach().require_grad()
+            } else {
+                t
+            }
+        })
+    }
+}
+
+/// Whether every parameter is finite (one value read back).
+pub fn params_finite<M: Module>(model: &M) -> bool {
+    struct Poison(Option<Tensor<1>>);
+    impl ModuleVisitor for Poison {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            // inf·0 and NaN·0 are NaN: one NaN anywhere poisons the sum.
+            let t = param.val().detach().mul_scalar(0.0).sum();
+            self.0 = Some(match self.0.take() {
+                Some(acc) => acc + t,
+                None => t,
+            });
+        }
+    }
+    let mut poison = Poison(None);
+    model.visit(&mut poison);
+    poison.0.is_none_or(|t| t.into_scalar::<f64>().is_finite())
+}

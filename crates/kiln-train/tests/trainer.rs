@@ -1,0 +1,380 @@
+//! The training loop's invariants: accumulation, resume, loss scaling, non-finite handling,
+//! early stopping and recomputation.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use burn::optim::lr_scheduler::constant::ConstantLr;
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::tensor::Device;
+use common::*;
+use kiln_data::LmBatch;
+use kiln_model::gpt::Gpt;
+use kiln_train::checkpoint::CheckpointDir;
+use kiln_train::{
+    BatchSource, EarlyStoppingConfig, LossScaleConfig, Metric, NonFinitePolicy, Precision,
+    Recompute, TrainError, TrainModel, Trainer, TrainerConfig,
+};
+use proptest::prelude::*;
+
+fn source(len: usize, seed: u64) -> BatchSource<LmBatch> {
+    BatchSource::new(RandomLm::new(len, seed), RandomLmBatcher)
+}
+
+fn sgd_trainer(
+    config: TrainerConfig,
+    data: BatchSource<LmBatch>,
+    lr: f64,
+) -> Trainer<Gpt, LmBatch> {
+    Trainer::new(config, SgdConfig::new().init(), ConstantLr::new(lr), data).unwrap()
+}
+
+fn quiet(steps: usize) -> TrainerConfig {
+    TrainerConfig::new()
+        .with_max_steps(Some(steps))
+        .with_clip_grad_norm(None)
+        .with_quiet(true)
+        .with_shuffle(false)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+
+    /// k micro-batches of b examples give the update of one batch of k·b, even though the
+    /// micro-batches carry different numbers of loss tokens.
+    #[test]
+    fn accumulation_equals_one_large_batch(k in 1usize..4, b in 1usize..4, seed in 0u64..1000) {
+        let device = Device::flex().autodiff();
+        let data = source(k * b, seed);
+        let one = sgd_trainer(quiet(1).with_batch_size(k * b), data.clone(), 0.5)
+            .fit(tiny_gpt(&device, 7), &device).unwrap().model;
+        let accumulated = sgd_trainer(
+            quiet(1).with_batch_size(b).with_grad_accumulation(k), data, 0.5)
+            .fit(tiny_gpt(&device, 7), &device).unwrap().model;
+        let initial = param_values(&tiny_gpt(&device, 7));
+        let (one, accumulated) = (param_values(&one), param_values(&accumulated));
+        prop_assert!(max_abs_diff(&initial, &one) > 1e-4, "the step must move the weights");
+        prop_assert!(max_abs_diff(&one, &accumulated) <= 1e-5,
+            "diff {}", max_abs_diff(&one, &accumulated));
+    }
+}
+
+fn adamw_trainer(config: TrainerConfig, data: BatchSource<LmBatch>) -> Trainer<Gpt, LmBatch> {
+    let optimizer = burn::optim::AdamWConfig::new().init();
+    Trainer::new(config, optimizer, ConstantLr::new(1e-2), data).unwrap()
+}
+
+#[test]
+fn resuming_from_a_middle_checkpoint_ends_bit_identical() {
+    let device = Device::flex().autodiff();
+    let dir = tempfile::tempdir().unwrap();
+    let full_dir = dir.path().join("full");
+    let config = |ckpt: &std::path::Path| {
+        quiet(6)
+            .with_batch_size(4)
+            .with_grad_accumulation(2)
+            .with_shuffle(true)
+            .with_clip_grad_norm(Some(0.5))
+            .with_checkpoint_every(2)
+            .with_keep_checkpoints(10)
+            .with_checkpoint_dir(Some(ckpt.display().to_string()))
+    };
+    let data = source(40, 3);
+    let full = adamw_trainer(config(&full_dir), data.clone())
+        .fit(tiny_gpt(&device, 11), &device)
+        .unwrap();
+    let expected = param_values(&full.model);
+
+    // A run "killed" after step 4: its folder holds the checkpoints up to step 4.
+    let resumed_dir = dir.path().join("resumed");
+    std::fs::create_dir_all(&resumed_dir).unwrap();
+    for step in [2, 4] {
+        let name = format!("step-{step:08}");
+        copy_dir(&full_dir.join(&name), &resumed_dir.join(&name));
+    }
+    // The resumed process builds a fresh model with other random weights and parameter ids.
+    let resumed = adamw_trainer(config(&resumed_dir).with_resume(true), data)
+        .fit(tiny_gpt(&device, 99), &device)
+        .unwrap();
+    assert_eq!(resumed.resumed_from, Some(4));
+    assert_eq!(resumed.state.step, 6);
+    assert_eq!(
+        param_values(&resumed.model),
+        expected,
+        "bit-identical parameters"
+    );
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_named_and_the_previous_one_is_used() {
+    let device = Device::flex().autodiff();
+    let dir = tempfile::tempdir().unwrap();
+    let config = quiet(4)
+        .with_batch_size(4)
+        .with_checkpoint_every(2)
+        .with_checkpoint_dir(Some(dir.path().display().to_string()));
+    adamw_trainer(config.clone(), source(16, 1))
+        .fit(tiny_gpt(&device, 1), &device)
+        .unwrap();
+    let bad = dir.path().join("step-00000004").join("model.bpk");
+    let bytes = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+
+    let (checkpoint, skipped) = CheckpointDir::new(dir.path(), 3).latest().unwrap().unwrap();
+    assert_eq!(checkpoint.state.step, 2);
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].contains("model.bpk"), "{}", skipped[0]);
+
+    let resumed = adamw_trainer(config.with_resume(true), source(16, 1))
+        .fit(tiny_gpt(&device, 1), &device)
+        .unwrap();
+    assert_eq!(resumed.resumed_from, Some(2));
+}
+
+#[test]
+fn no_usable_checkpoint_is_an_error_naming_the_files() {
+    let device = Device::flex().autodiff();
+    let dir = tempfile::tempdir().unwrap();
+    let config = quiet(2)
+        .with_batch_size(4)
+        .with_checkpoint_every(2)
+        .with_checkpoint_dir(Some(dir.path().display().to_string()));
+    adamw_trainer(config.clone(), source(16, 1))
+        .fit(tiny_gpt(&device, 1), &device)
+        .unwrap();
+    let manifest = dir.path().join("step-00000002").join("manifest.json");
+    std::fs::write(&manifest, b"{ torn").unwrap();
+    let err = adamw_trainer(config.with_resume(true), source(16, 1))
+        .fit(tiny_gpt(&device, 1), &device)
+        .err()
+        .expect("resume must fail");
+    assert!(matches!(err, TrainError::NoCheckpoint { .. }));
+    assert!(err.to_string().contains("manifest.json"), "{err}");
+}
+
+#[test]
+fn an_f16_overflow_skips_the_step_and_halves_the_scale() {
+    let device = Device::flex().autodiff();
+    let model = tiny_gpt(&device, 5);
+    let before = param_values(&model);
+    // A scale past f16's range makes every scaled gradient infinite.
+    let config = quiet(1)
+        .with_batch_size(4)
+        .with_precision(Precision::F16)
+        .with_loss_scale(LossScaleConfig::new().with_init_scale(1e9));
+    let outcome = sgd_trainer(config, source(8, 2), 0.1)
+        .fit(model, &device)
+        .unwrap();
+    assert_eq!(outcome.state.skipped_steps, 1);
+    assert_eq!(outcome.state.scaler.unwrap().scale(), 5e8);
+    assert_eq!(
+        param_values(&outcome.model),
+        before,
+        "a skipped step changes nothing"
+    );
+}
+
+#[test]
+fn f16_training_with_a_sane_scale_moves_like_f32() {
+    let device = Device::flex().autodiff();
+    let run = |precision| {
+        let config = quiet(3).with_batch_size(4).with_precision(precision);
+        sgd_trainer(config, source(12, 4), 0.5)
+            .fit(tiny_gpt(&device, 5), &device)
+            .unwrap()
+    };
+    let (full, half) = (run(Precision::F32), run(Precision::F16));
+    assert_eq!(half.state.skipped_steps, 0);
+    let initial = param_values(&tiny_gpt(&device, 5));
+    let moved = max_abs_diff(&initial, &param_values(&full.model));
+    let diff = max_abs_diff(&param_values(&full.model), &param_values(&half.model));
+    assert!(
+        diff < 0.05 * moved,
+        "f16 off by {diff}, the step moved {moved}"
+    );
+}
+
+/// A hook that poisons the weights after `at` steps.
+fn poison_after(at: usize) -> impl FnMut(usize, Gpt) -> Gpt + Send {
+    move |step, model: Gpt| {
+        if step == at {
+            let mut model = model;
+            model.final_norm.gamma = model.final_norm.gamma.map(|g| g.mul_scalar(f32::NAN));
+            model
+        } else {
+            model
+        }
+    }
+}
+
+#[test]
+fn a_non_finite_loss_stops_with_the_step_or_is_skipped() {
+    let device = Device::flex().autodiff();
+    let err = sgd_trainer(quiet(4).with_batch_size(4), source(16, 1), 0.1)
+        .with_hook(poison_after(2))
+        .fit(tiny_gpt(&device, 1), &device)
+        .err()
+        .expect("NaN must stop the run");
+    assert!(
+        matches!(err, TrainError::NonFinite { step: 3, .. }),
+        "{err}"
+    );
+
+    let skipping = quiet(4)
+        .with_batch_size(4)
+        .with_non_finite(NonFinitePolicy::Skip);
+    let outcome = sgd_trainer(skipping, source(16, 1), 0.1)
+        .with_hook(poison_after(2))
+        .fit(tiny_gpt(&device, 1), &device)
+        .unwrap();
+    assert_eq!(outcome.state.skipped_steps, 2);
+}
+
+#[test]
+fn nan_weights_are_never_checkpointed() {
+    let device = Device::flex().autodiff();
+    let dir = tempfile::tempdir().unwrap();
+    let config = quiet(4)
+        .with_batch_size(4)
+        .with_non_finite(NonFinitePolicy::Skip)
+        .with_checkpoint_every(1)
+        .with_checkpoint_dir(Some(dir.path().display().to_string()));
+    let err = sgd_trainer(config, source(16, 1), 0.1)
+        .with_hook(poison_after(2))
+        .fit(tiny_gpt(&device, 1), &device)
+        .err()
+        .expect("must refuse");
+    assert!(
+        matches!(err, TrainError::NonFiniteWeights { step: 2 }),
+        "{err}"
+    );
+    let saved = CheckpointDir::new(dir.path(), 3).list().unwrap();
+    assert_eq!(saved.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1]);
+}
+
+#[test]
+fn early_stopping_restores_the_best_weights() {
+    let device = Device::flex().autodiff();
+    let snapshots = Arc::new(Mutex::new(Vec::new()));
+    let record = snapshots.clone();
+    // After step 3 the weights are scaled up, which ruins the eval loss from then on.
+    let hook = move |step: usize, model: Gpt| {
+        let model = if step >= 3 {
+            let mut model = model;
+            model.lm_head = None;
+            model.token_embedding.weight = model.token_embedding.weight.map(|w| w.mul_scalar(3.0));
+            model
+        } else {
+            model
+        };
+        record.lock().unwrap().push(param_values(&model));
+        model
+    };
+    let config = quiet(20)
+        .with_batch_size(4)
+        .with_eval_every(1)
+        .with_early_stopping(Some(
+            EarlyStoppingConfig::new()
+                .with_metric(Metric::Loss)
+                .with_patience(2),
+        ));
+    let outcome = sgd_trainer(config, source(64, 9), 0.05)
+        .with_eval(source(16, 10))
+        .with_hook(hook)
+        .fit(tiny_gpt(&device, 2), &device)
+        .unwrap();
+    assert!(outcome.state.stopped_early);
+    let (best_step, _) = outcome.best.unwrap();
+    assert!(outcome.state.step < 20 && best_step < outcome.state.step);
+    let snapshots = snapshots.lock().unwrap();
+    assert_eq!(param_values(&outcome.model), snapshots[best_step - 1]);
+}
+
+fn grads_of(model: &Gpt, batch: &LmBatch, recompute: Recompute) -> Vec<f32> {
+    let grads = match recompute {
+        Recompute::PerBlock => {
+            model
+                .backward_per_block(batch, 1.0, model)
+                .unwrap()
+                .unwrap()
+                .1
+        }
+        _ => {
+            let out = model.forward_step(batch).unwrap();
+            GradientsParams::from_grads(out.loss.backward(), model)
+        }
+    };
+    struct Collect<'a>(&'a GradientsParams, Vec<f32>);
+    impl burn::module::ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(
+            &mut self,
+            p: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            let g = self
+                .0
+                .get::<D>(p.id)
+                .expect("every parameter has a gradient");
+            self.1
+                .extend(g.to_data().convert::<f32>().try_into_vec::<f32>().unwrap());
+        }
+    }
+    let mut collect = Collect(&grads, Vec::new());
+    burn::module::Module::visit(model, &mut collect);
+    collect.1
+}
+
+#[test]
+fn recomputation_gives_the_same_gradients() {
+    use burn::data::dataloader::batcher::Batcher;
+    use burn::data::dataset::Dataset;
+    let data = RandomLm::new(3, 8);
+    let items: Vec<_> = (0..3).map(|i| data.get(i).unwrap()).collect();
+    for recompute in [Recompute::Balanced, Recompute::PerBlock] {
+        let plain_device = Device::flex().autodiff();
+        let batch = RandomLmBatcher.batch(items.clone(), &plain_device);
+        let reference = grads_of(&tiny_gpt(&plain_device, 4), &batch, Recompute::None);
+
+        let device = recompute.training_device(&Device::flex());
+        let batch = RandomLmBatcher.batch(items.clone(), &device);
+        let grads = grads_of(&tiny_gpt(&device, 4), &batch, recompute);
+        let diff = max_abs_diff(&reference, &grads);
+        assert!(diff <= 1e-5, "{recompute:?}: gradients differ by {diff}");
+    }
+}
+
+#[test]
+fn bad_settings_are_errors() {
+    let data = source(8, 1);
+    let make = |config: TrainerConfig| {
+        Trainer::<Gpt, LmBatch>::new(
+            config,
+            SgdConfig::new().init(),
+            ConstantLr::new(0.1),
+            data.clone(),
+        )
+        .err()
+    };
+    assert!(
+        make(TrainerConfig::new()).is_some(),
+        "no max_steps nor max_epochs"
+    );
+    assert!(make(quiet(1).with_grad_accumulation(0)).is_some());
+    assert!(make(quiet(1).with_clip_grad_norm(Some(f64::NAN))).is_some());
+    assert!(
+        make(quiet(1).with_resume(true)).is_some(),
+        "resume without a folder"
+    );
+    let device = Device::flex().autodiff();
+    let too_big = sgd_trainer(quiet(1).with_batch_size(100), data.clone(), 0.1)
+        .fit(tiny_gpt(&device, 1), &device);
+    assert!(matches!(too_big, Err(TrainError::InvalidConfig(_))));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
