@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfkc_quick};
 
 use crate::DataError;
+use crate::hash::BuildPreHashed;
 
 /// What the [`Cleaner`] does.
 #[derive(Config, Debug, PartialEq)]
@@ -225,7 +226,7 @@ impl Cleaner {
 
         let normalized;
         let mut text = text;
-        if cfg.nfkc && is_nfkc_quick(text.chars()) != IsNormalized::Yes {
+        if cfg.nfkc && !text.is_ascii() && is_nfkc_quick(text.chars()) != IsNormalized::Yes {
             normalized = text.nfkc().collect::<String>();
             if normalized != text {
                 report.nfkc_changed += 1;
@@ -264,6 +265,9 @@ impl Cleaner {
     /// One pass over the characters: control/invisible removal, lowercasing, whitespace.
     fn clean_chars(&self, text: &str, report: &mut CleanReport) -> String {
         let cfg = &self.config;
+        if cfg.collapse_whitespace && text.is_ascii() {
+            return self.clean_ascii(text.as_bytes(), report);
+        }
         let mut out = String::with_capacity(text.len());
         // Whitespace state: a pending space, and newlines seen since the last visible char.
         let mut pending_space = false;
@@ -304,10 +308,47 @@ impl Cleaner {
         out
     }
 
+    /// [`Cleaner::clean_chars`] for ASCII text with whitespace collapse on: the same rules on
+    /// bytes (most of a typical corpus), several times faster than decoding characters.
+    fn clean_ascii(&self, text: &[u8], report: &mut CleanReport) -> String {
+        let cfg = &self.config;
+        let mut out: Vec<u8> = Vec::with_capacity(text.len());
+        let (mut pending_space, mut newlines) = (false, 0usize);
+        for &b in text {
+            let control = b < 0x20 && b != b'\n' && b != b'\t' || b == 0x7f;
+            if control && cfg.remove_control {
+                report.control_chars_removed += 1;
+                continue;
+            }
+            if b == b'\n' {
+                newlines += 1;
+                pending_space = false;
+            } else if b.is_ascii_whitespace() || b == 0x0b {
+                pending_space = true;
+            } else {
+                if !out.is_empty() {
+                    if newlines > 0 {
+                        out.extend_from_slice(if newlines > 1 { b"\n\n" } else { b"\n" });
+                    } else if pending_space {
+                        out.push(b' ');
+                    }
+                }
+                newlines = 0;
+                pending_space = false;
+                out.push(if cfg.lowercase {
+                    b.to_ascii_lowercase()
+                } else {
+                    b
+                });
+            }
+        }
+        String::from_utf8(out).expect("ASCII in, ASCII out")
+    }
+
     /// Boilerplate lines, duplicate-line and character-run filters. `None` if dropped.
     fn filter_lines(&self, text: &str, report: &mut CleanReport) -> Option<String> {
         let cfg = &self.config;
-        let mut seen = HashSet::new();
+        let mut seen: HashSet<&str, BuildPreHashed> = HashSet::default();
         let (mut lines, mut duplicate_lines) = (0usize, 0usize);
         let mut out = String::with_capacity(text.len());
         let mut removed = 0usize;
@@ -319,13 +360,16 @@ impl Cleaner {
                     duplicate_lines += 1;
                 }
                 if cfg.boilerplate_filter && !self.phrases.is_empty() {
-                    let lower = trimmed.to_lowercase();
-                    if lower.contains("lorem ipsum") {
+                    if contains_ignoring_case(trimmed, "lorem ipsum") {
                         report.dropped_boilerplate += 1;
                         return None;
                     }
-                    if trimmed.split_whitespace().count() <= cfg.boilerplate_max_words
-                        && self.phrases.iter().any(|p| lower.contains(p.as_str()))
+                    let max = cfg.boilerplate_max_words;
+                    if trimmed.split_whitespace().take(max + 1).count() <= max
+                        && self
+                            .phrases
+                            .iter()
+                            .any(|p| contains_ignoring_case(trimmed, p))
                     {
                         removed += 1;
                         continue;
@@ -378,6 +422,29 @@ impl Cleaner {
     }
 }
 
+/// Whether `hay` contains `needle_lower` (a lowercase needle), ignoring case; without
+/// allocating when the needle is ASCII.
+fn contains_ignoring_case(hay: &str, needle_lower: &str) -> bool {
+    if !needle_lower.is_ascii() {
+        return hay.to_lowercase().contains(needle_lower);
+    }
+    let (h, n) = (hay.as_bytes(), needle_lower.as_bytes());
+    let Some((&first, rest)) = n.split_first() else {
+        return true;
+    };
+    if h.len() < n.len() {
+        return false;
+    }
+    (0..=h.len() - n.len()).any(|i| {
+        h[i].to_ascii_lowercase() == first
+            && h[i + 1..i + n.len()]
+                .iter()
+                .zip(rest)
+                .all(|(a, b)| a.to_ascii_lowercase() == *b)
+    })
+}
+
+#[inline]
 fn push_case(out: &mut String, c: char, lowercase: bool) {
     if lowercase {
         out.extend(c.to_lowercase());

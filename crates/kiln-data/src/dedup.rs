@@ -271,6 +271,9 @@ impl Deduplicator {
 /// every whitespace run collapsed to one space; for near matching, additionally only letters
 /// and digits, every other run of characters becoming one space.
 pub fn normalize_for_dedup(text: &str) -> (String, String) {
+    if text.is_ascii() {
+        return normalize_ascii(text.as_bytes());
+    }
     let nfkc;
     let text = if is_nfkc_quick(text.chars()) == IsNormalized::Yes {
         text
@@ -316,6 +319,37 @@ pub fn normalize_for_dedup(text: &str) -> (String, String) {
     (exact, near)
 }
 
+/// [`normalize_for_dedup`] on bytes, for ASCII text (already NFKC).
+fn normalize_ascii(text: &[u8]) -> (String, String) {
+    let mut exact = Vec::with_capacity(text.len());
+    let mut near = Vec::with_capacity(text.len());
+    let (mut exact_gap, mut near_gap) = (false, false);
+    for &b in text {
+        if b.is_ascii_whitespace() || b == 0x0b {
+            exact_gap = !exact.is_empty();
+            near_gap = !near.is_empty();
+            continue;
+        }
+        if exact_gap {
+            exact.push(b' ');
+            exact_gap = false;
+        }
+        let l = b.to_ascii_lowercase();
+        exact.push(l);
+        if b.is_ascii_alphanumeric() {
+            if near_gap {
+                near.push(b' ');
+                near_gap = false;
+            }
+            near.push(l);
+        } else {
+            near_gap = !near.is_empty();
+        }
+    }
+    let ascii = |v: Vec<u8>| String::from_utf8(v).expect("ASCII in, ASCII out");
+    (ascii(exact), ascii(near))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +362,11 @@ mod tests {
         assert_eq!(e1, "hello, world!");
         assert_eq!(n1, "hello world");
         assert_eq!(n2, "hello world");
+        // The ASCII fast path agrees with the general path.
+        let ascii = "  Mixed\tCASE, punctuation!!  and\n\x0bspaces ";
+        let (e, n) = normalize_for_dedup(ascii);
+        let (e2, n2) = normalize_for_dedup(&format!("{ascii}\u{e9}"));
+        assert_eq!((format!("{e} \u{e9}"), format!("{n} \u{e9}")), (e2, n2));
         // Composed and decomposed é.
         assert_eq!(
             normalize_for_dedup("caf\u{e9}").0,

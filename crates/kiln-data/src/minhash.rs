@@ -40,34 +40,84 @@ impl MinHasher {
     /// The signature of `text`'s set of `shingle_chars`-character shingles (a text shorter
     /// than one shingle is one shingle). Pass text normalized by the caller.
     pub fn signature(&self, text: &str) -> Vec<u32> {
-        let mut sig = vec![u32::MAX; self.num_perm()];
-        for_each_shingle(text, self.shingle_chars, |x| self.update(&mut sig, x));
-        sig
+        let mut hashes = Vec::with_capacity(text.len());
+        for_each_shingle(text, self.shingle_chars, |x| hashes.push(x));
+        self.signature_of_mixed(&hashes)
     }
 
-    /// The signature of a set given as 64-bit element hashes.
+    /// The signature of a set given as 64-bit element hashes (any hashes: they are mixed
+    /// again here).
     pub fn signature_of_hashes(&self, hashes: impl IntoIterator<Item = u64>) -> Vec<u32> {
-        let mut sig = vec![u32::MAX; self.num_perm()];
-        for x in hashes {
-            self.update(&mut sig, fmix64(x));
-        }
-        sig
+        let hashes: Vec<u64> = hashes.into_iter().map(fmix64).collect();
+        self.signature_of_mixed(&hashes)
     }
 
-    #[inline]
-    fn update(&self, sig: &mut [u32], x: u64) {
-        update_signature(sig, &self.mul, &self.add, x);
+    /// The signature of well-mixed 64-bit hashes. The arithmetic is the same on every CPU; on
+    /// x86-64 the same code is compiled for AVX-512 and AVX2 too, and picked at run time.
+    fn signature_of_mixed(&self, hashes: &[u64]) -> Vec<u32> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+            {
+                // SAFETY: the CPU has AVX-512F/DQ/VL (checked just above).
+                return unsafe { signature_avx512(&self.mul, &self.add, hashes) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                return unsafe { signature_avx2(&self.mul, &self.add, hashes) };
+            }
+        }
+        signature_portable(&self.mul, &self.add, hashes)
     }
 }
 
-/// The inner loop, written so the compiler vectorizes it (a multiply, an add, a shift and a
-/// minimum per slot).
-#[inline]
-fn update_signature(sig: &mut [u32], mul: &[u64], add: &[u64], x: u64) {
-    for ((s, &a), &b) in sig.iter_mut().zip(mul).zip(add) {
-        let v = (a.wrapping_mul(x).wrapping_add(b) >> 32) as u32;
-        *s = (*s).min(v);
+/// Slots computed together: the running minima of one block stay in registers while every
+/// shingle streams past.
+const BLOCK: usize = 16;
+
+/// Slot `i` of the signature is `min over x of hi32(mul[i]·x + add[i])`.
+#[inline(always)]
+fn signature_portable(mul: &[u64], add: &[u64], hashes: &[u64]) -> Vec<u32> {
+    let n = mul.len();
+    let mut sig = vec![u32::MAX; n];
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        if end - start == BLOCK {
+            let a: [u64; BLOCK] = mul[start..end].try_into().expect("a full block");
+            let b: [u64; BLOCK] = add[start..end].try_into().expect("a full block");
+            let mut m = [u32::MAX; BLOCK];
+            for &x in hashes {
+                for j in 0..BLOCK {
+                    let v = (a[j].wrapping_mul(x).wrapping_add(b[j]) >> 32) as u32;
+                    m[j] = m[j].min(v);
+                }
+            }
+            sig[start..end].copy_from_slice(&m);
+        } else {
+            for i in start..end {
+                for &x in hashes {
+                    let v = (mul[i].wrapping_mul(x).wrapping_add(add[i]) >> 32) as u32;
+                    sig[i] = sig[i].min(v);
+                }
+            }
+        }
+        start = end;
     }
+    sig
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn signature_avx2(mul: &[u64], add: &[u64], hashes: &[u64]) -> Vec<u32> {
+    signature_portable(mul, add, hashes)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+unsafe fn signature_avx512(mul: &[u64], add: &[u64], hashes: &[u64]) -> Vec<u32> {
+    signature_portable(mul, add, hashes)
 }
 
 /// Calls `f` with a 64-bit hash of every run of `k` consecutive characters (a rolling
@@ -76,23 +126,23 @@ fn update_signature(sig: &mut [u32], mul: &[u64], add: &[u64], x: u64) {
 pub fn for_each_shingle(text: &str, k: usize, mut f: impl FnMut(u64)) {
     const BASE: u64 = 0x100_0000_01b3;
     let base_k = (1..k).fold(1u64, |acc, _| acc.wrapping_mul(BASE)); // BASE^(k-1)
-    let mut window = std::collections::VecDeque::with_capacity(k);
-    let mut h = 0u64;
-    let mut emitted = false;
+    // A ring of the last k characters (k is small: a few characters).
+    let mut ring = vec![0u64; k.max(1)];
+    let (mut h, mut seen) = (0u64, 0usize);
     for c in text.chars() {
         let c = c as u64 + 1;
-        if window.len() == k {
-            let out: u64 = window.pop_front().expect("full window");
-            h = h.wrapping_sub(out.wrapping_mul(base_k));
+        let slot = seen % k;
+        if seen >= k {
+            h = h.wrapping_sub(ring[slot].wrapping_mul(base_k));
         }
         h = h.wrapping_mul(BASE).wrapping_add(c);
-        window.push_back(c);
-        if window.len() == k {
+        ring[slot] = c;
+        seen += 1;
+        if seen >= k {
             f(mum(h, 0x9e37_79b9_7f4a_7c15) ^ h);
-            emitted = true;
         }
     }
-    if !emitted && !window.is_empty() {
+    if seen > 0 && seen < k {
         f(mum(h, 0x9e37_79b9_7f4a_7c15) ^ h);
     }
 }
@@ -186,6 +236,21 @@ mod tests {
         assert_eq!((b.bands, b.rows), (21, 6));
         assert!(b.probability(0.8) >= 0.99);
         assert!(b.probability(0.2) < 2e-3);
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_signature() {
+        let m = MinHasher::new(128 + 5, 5, 3); // a partial last block too
+        let mut hashes = Vec::new();
+        for_each_shingle(
+            "some text to shingle, long enough for many shingles",
+            5,
+            |h| hashes.push(h),
+        );
+        assert_eq!(
+            m.signature_of_mixed(&hashes),
+            signature_portable(&m.mul, &m.add, &hashes)
+        );
     }
 
     #[test]
