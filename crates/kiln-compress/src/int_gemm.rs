@@ -102,22 +102,26 @@ fn gemm_avx2(a: &[i8], b: &[i8], n: usize, k: usize, out: &mut [i32]) {
 mod vnni {
     use std::arch::x86_64::*;
 
-    /// 64 bytes of `p[..len]` (zeros past `len`).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn load(p: *const i8, len: usize) -> __m512i {
-        if len >= 64 {
-            // SAFETY: 64 readable bytes.
-            unsafe { _mm512_loadu_si512(p as *const _) }
-        } else {
-            let mask: __mmask64 = (1u64 << len) - 1;
-            // SAFETY: the mask only reads the first `len` bytes.
-            unsafe { _mm512_maskz_loadu_epi8(mask, p) }
+    /// Output columns per tile: 4 registers of 16 i32 lanes.
+    const COLS: usize = 64;
+    /// Rows per tile: 4 × 4 = 16 accumulator registers.
+    const ROWS: usize = 4;
+
+    /// `b: [n, k]` repacked as `[k/4][n_pad][4]`: for each group of 4 reduction indices, the 4
+    /// bytes of output `o` are adjacent, so one 64-byte load holds 16 outputs × 4 weights, the
+    /// operand `vpdpbusd` multiplies against 4 broadcast activation bytes. No horizontal sums.
+    fn pack(b: &[i8], n: usize, k: usize) -> (Vec<i8>, usize, usize) {
+        let k4 = k.div_ceil(4);
+        let n_pad = n.next_multiple_of(COLS);
+        let mut packed = vec![0i8; k4 * n_pad * 4];
+        for o in 0..n {
+            for i in 0..k {
+                packed[((i / 4) * n_pad + o) * 4 + i % 4] = b[o * k + i];
+            }
         }
+        (packed, k4, n_pad)
     }
 
-    /// Rows of `a` (i8, shifted to u8 by flipping the sign bit) against every row of `b`, in
-    /// 4 × 4 tiles: 16 accumulators, each a-load and b-load reused four times.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn gemm(
         a: &[i8],
@@ -128,46 +132,65 @@ mod vnni {
         out: &mut [i32],
     ) {
         let rows = a.len() / k;
-        let flip = _mm512_set1_epi8(i8::MIN);
-        let mut r = 0;
-        while r < rows {
-            let rr = (rows - r).min(4);
-            let mut o = 0;
-            while o < n {
-                let oo = (n - o).min(4);
-                let mut acc = [[_mm512_setzero_si512(); 4]; 4];
-                let mut i = 0;
-                while i < k {
-                    let len = k - i;
-                    let mut av = [_mm512_setzero_si512(); 4];
-                    let mut bv = [_mm512_setzero_si512(); 4];
-                    for (x, v) in av.iter_mut().enumerate().take(rr) {
-                        // SAFETY: row r + x exists and has k - i bytes from i.
-                        let raw = unsafe { load(a.as_ptr().add((r + x) * k + i), len) };
-                        // Zero-padded tail bytes flip to 128; the matching b bytes are zero.
-                        *v = _mm512_xor_si512(raw, flip);
+        let (packed, k4, n_pad) = pack(b, n, k);
+        // Activations shifted to u8 (x + 128), each row padded to whole groups of 4 with the
+        // zero-weight padding making the pad bytes irrelevant.
+        let mut a_u8 = vec![0u8; rows * k4 * 4];
+        for r in 0..rows {
+            for i in 0..k {
+                a_u8[r * k4 * 4 + i] = (a[r * k + i] as u8) ^ 0x80;
+            }
+        }
+        let mut tile = [0i32; 16];
+        let mut r0 = 0;
+        while r0 < rows {
+            let rr = (rows - r0).min(ROWS);
+            let mut o0 = 0;
+            while o0 < n {
+                let mut acc = [[_mm512_setzero_si512(); 4]; ROWS];
+                for i in 0..k4 {
+                    let mut w = [_mm512_setzero_si512(); 4];
+                    for (c, w) in w.iter_mut().enumerate() {
+                        // SAFETY: o0 + 16c + 16 <= n_pad, so 64 bytes are in bounds.
+                        *w = unsafe {
+                            _mm512_loadu_si512(
+                                packed.as_ptr().add((i * n_pad + o0 + 16 * c) * 4) as *const _
+                            )
+                        };
                     }
-                    for (y, v) in bv.iter_mut().enumerate().take(oo) {
-                        // SAFETY: row o + y of b exists and has k - i bytes from i.
-                        *v = unsafe { load(b.as_ptr().add((o + y) * k + i), len) };
-                    }
-                    for x in 0..rr {
-                        for y in 0..oo {
-                            acc[x][y] = _mm512_dpbusd_epi32(acc[x][y], av[x], bv[y]);
+                    for (x, acc) in acc.iter_mut().enumerate().take(rr) {
+                        let at = (r0 + x) * k4 * 4 + i * 4;
+                        let group = i32::from_le_bytes([
+                            a_u8[at],
+                            a_u8[at + 1],
+                            a_u8[at + 2],
+                            a_u8[at + 3],
+                        ]);
+                        let xb = _mm512_set1_epi32(group);
+                        for c in 0..4 {
+                            acc[c] = _mm512_dpbusd_epi32(acc[c], xb, w[c]);
                         }
                     }
-                    i += 64;
                 }
-                for x in 0..rr {
-                    for y in 0..oo {
-                        // Σ (a + 128)·b = Σ a·b + 128·Σ b.
-                        out[(r + x) * n + o + y] =
-                            _mm512_reduce_add_epi32(acc[x][y]) - 128 * b_sums[o + y];
+                for (x, acc) in acc.iter().enumerate().take(rr) {
+                    for (c, acc) in acc.iter().enumerate() {
+                        let first = o0 + 16 * c;
+                        if first >= n {
+                            break;
+                        }
+                        // SAFETY: `tile` has 16 i32.
+                        unsafe { _mm512_storeu_si512(tile.as_mut_ptr() as *mut _, *acc) };
+                        let len = (n - first).min(16);
+                        let row = &mut out[(r0 + x) * n + first..(r0 + x) * n + first + len];
+                        for (j, y) in row.iter_mut().enumerate() {
+                            // Σ (a + 128)·b = Σ a·b + 128·Σ b.
+                            *y = tile[j] - 128 * b_sums[first + j];
+                        }
                     }
                 }
-                o += 4;
+                o0 += COLS;
             }
-            r += 4;
+            r0 += ROWS;
         }
     }
 }

@@ -204,8 +204,9 @@ impl QuantizedTensor {
             .collect()
     }
 
-    /// Bytes the codes and parameters take (1 per code, 8 per scale + zero point).
+    /// Bytes the codes and parameters take as stored: 1 per code, 5 per channel (an f32 scale
+    /// and an i8 zero point).
     pub fn nbytes(&self) -> usize {
-        self.values.len() + 8 * self.params.len()
+        self.values.len() + 5 * self.params.len()
     }
 }

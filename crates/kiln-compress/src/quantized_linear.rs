@@ -149,14 +149,14 @@ impl QuantizedLinear {
                     QuantParams::from_range(-bound, bound, QuantMode::Symmetric)
                 }
             };
-            let mode = if p.zero_point == 0 {
-                QuantMode::Symmetric
-            } else {
-                QuantMode::Asymmetric
-            };
-            q.iter_mut()
-                .zip(row)
-                .for_each(|(q, &v)| *q = p.quantize(v, mode));
+            let lo = if p.zero_point == 0 { -127.0 } else { -128.0 };
+            let (inv, zp) = (1.0 / p.scale, p.zero_point as f32);
+            // Round half away from zero by truncation (`f32::round` is a libm call on the
+            // baseline x86-64 target, and this loop touches every activation).
+            q.iter_mut().zip(row).for_each(|(q, &v)| {
+                let t = v * inv;
+                *q = ((t + 0.5f32.copysign(t)).trunc() + zp).clamp(lo, 127.0) as i8
+            });
             row_params.push(p);
         }
         let acc = gemm_i8(
@@ -167,8 +167,13 @@ impl QuantizedLinear {
             d_out,
             d_in,
         );
-        let w_params: Vec<QuantParams> = (0..d_out).map(|o| self.weight.params_of(o)).collect();
-        let any_w_zero_point = w_params.iter().any(|p| p.zero_point != 0);
+        let w_scale: Vec<f32> = (0..d_out).map(|o| self.weight.params_of(o).scale).collect();
+        let w_zero: Vec<i32> = (0..d_out)
+            .map(|o| self.weight.params_of(o).zero_point)
+            .collect();
+        let any_w_zero_point = w_zero.iter().any(|&z| z != 0);
+        let zeros = vec![0f32; d_out];
+        let bias = self.bias.as_deref().unwrap_or(&zeros);
         let mut y = vec![0f32; rows * d_out];
         for (r, (out, acc)) in y
             .chunks_exact_mut(d_out)
@@ -177,21 +182,22 @@ impl QuantizedLinear {
         {
             let px = row_params[r];
             let zx = px.zero_point;
+            if zx == 0 && !any_w_zero_point {
+                // Symmetric both sides: y = sx·sw·acc + b.
+                for o in 0..d_out {
+                    out[o] = px.scale * w_scale[o] * acc[o] as f32 + bias[o];
+                }
+                continue;
+            }
             // Σ (x - zx)(w - zw) = Σ x·w - zw·Σx - zx·Σw + k·zx·zw
-            let row_sum: i32 = if any_w_zero_point {
-                xq[r * d_in..(r + 1) * d_in].iter().map(|&q| q as i32).sum()
-            } else {
-                0
-            };
+            let row_sum: i32 = xq[r * d_in..(r + 1) * d_in].iter().map(|&q| q as i32).sum();
             for o in 0..d_out {
-                let pw = w_params[o];
-                let zw = pw.zero_point;
+                let zw = w_zero[o];
                 let exact = acc[o] as i64
                     - zw as i64 * row_sum as i64
                     - zx as i64 * self.weight_sums[o] as i64
                     + d_in as i64 * zx as i64 * zw as i64;
-                out[o] =
-                    px.scale * pw.scale * exact as f32 + self.bias.as_ref().map_or(0.0, |b| b[o]);
+                out[o] = px.scale * w_scale[o] * exact as f32 + bias[o];
             }
         }
         y
