@@ -287,8 +287,7 @@ fn run_text(path: &str, args: &Args, device: &Device) -> Result<Gpt, String> {
             .map_err(|e| format!("{e} (prepare_data writes a `val` split)"))?;
         (tokenizer, train_set, eval_set)
     } else {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
         let tokenizer = Tokenizer::char_level(&text).map_err(|e| e.to_string())?;
         let ids = tokenizer.encode(&text).map_err(|e| e.to_string())?;
         let cut = ids.len() - ids.len() / 20;

@@ -2,7 +2,8 @@
 
 use burn::module::Module;
 use burn::tensor::{Int, Tensor};
-use kiln_data::{IGNORE_INDEX, LmBatch};
+use kiln_data::{ClassificationBatch, IGNORE_INDEX, LmBatch, MlmBatch};
+use kiln_model::bert::{BertForMaskedLm, BertForSequenceClassification, BertInput};
 use kiln_model::gpt::Gpt;
 
 use crate::error::Result;
@@ -28,6 +29,18 @@ pub trait Batch: Clone + Send {
 impl Batch for LmBatch {
     fn weight(&self) -> usize {
         self.target_tokens()
+    }
+}
+
+impl Batch for MlmBatch {
+    fn weight(&self) -> usize {
+        self.masked_tokens()
+    }
+}
+
+impl Batch for ClassificationBatch {
+    fn weight(&self) -> usize {
+        self.batch_size()
     }
 }
 
@@ -82,5 +95,38 @@ impl TrainModel<LmBatch> for Gpt {
             batch,
             loss_factor,
         ))
+    }
+}
+
+impl TrainModel<MlmBatch> for BertForMaskedLm {
+    fn forward_step(&self, batch: &MlmBatch) -> Result<StepOutput> {
+        let input = BertInput {
+            input_ids: batch.input_ids.clone(),
+            token_type_ids: Some(batch.token_type_ids.clone()),
+            attention_mask: Some(batch.attention_mask()),
+        };
+        let logits = self.forward(input)?.cast(burn::tensor::FloatDType::F32);
+        let correct = correct_tokens(logits.clone(), batch.labels.clone());
+        Ok(StepOutput {
+            loss: self.loss(logits, batch.labels.clone()),
+            correct: Some(correct),
+        })
+    }
+}
+
+impl TrainModel<ClassificationBatch> for BertForSequenceClassification {
+    fn forward_step(&self, batch: &ClassificationBatch) -> Result<StepOutput> {
+        let input = BertInput {
+            input_ids: batch.input_ids.clone(),
+            token_type_ids: Some(batch.token_type_ids.clone()),
+            attention_mask: Some(batch.attention_mask()),
+        };
+        let logits = self.forward(input)?.cast(burn::tensor::FloatDType::F32);
+        let predicted = logits.clone().argmax(1).squeeze_dim::<1>(1);
+        let correct = predicted.equal(batch.labels.clone()).int().sum();
+        Ok(StepOutput {
+            loss: self.loss(logits, batch.labels.clone()),
+            correct: Some(correct),
+        })
     }
 }
