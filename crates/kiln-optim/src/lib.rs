@@ -1,19 +1,51 @@
-//! kiln-optim: optimizers, regularization, gradient clipping and learning-rate schedules.
+//! kiln-optim: optimizers, regularization, gradient clipping and learning-rate schedules, with
+//! the defaults of the papers and PyTorch (see `docs/optimizers.md`).
 //!
-//! Optimizer configs build Burn `ModuleOptimizer`s for a given model (parameter groups are
-//! resolved from the model's parameter paths):
+//! Optimizer configs build Burn `ModuleOptimizer`s for a given model; parameter groups are
+//! resolved from the model's parameter paths at `init`:
 //!
 //! - [`AdamWConfig`], [`AdamConfig`] ([`adam`]): PyTorch's AdamW and Adam (+ coupled L2).
 //! - [`SgdConfig`] ([`sgd`]): momentum, dampening (PyTorch's default 0), Nesterov.
-//! - [`LambConfig`] ([`lamb`]): LAMB / NVLAMB with trust-ratio clamping and global clipping.
-//! - [`groups`]: parameter groups by path, [`DEFAULT_NO_DECAY`], [`GroupRule`] overrides.
-//! - [`regularization`]: coupled L2, decoupled decay, L1 (subgradient / proximal), elastic net.
+//! - [`LambConfig`] ([`lamb`]): LAMB / NVLAMB: trust-ratio clamping, exclusions, global clipping.
+//! - [`groups`]: parameter groups by path, [`DEFAULT_NO_DECAY`], [`GroupRule`] overrides,
+//!   per-group learning-rate multipliers.
+//! - [`regularization`]: coupled L2, decoupled decay, L1 (subgradient or proximal), elastic net.
 //! - [`clip`]: whole-model gradient utilities: [`grad_norm`], [`scale_grads`], [`add_grads`],
-//!   [`clip_grad_norm`] (torch `clip_grad_norm_` semantics).
-//! - [`schedule`]: HF warmup schedules, SGDR, step, exponential, one-cycle as Burn
+//!   [`clip_grad_norm`] (torch `clip_grad_norm_` semantics), [`clip_grad_norm_lamb`].
+//! - [`schedule`]: HF warmup schedules, SGDR, step, exponential and one-cycle, as Burn
 //!   `LrScheduler`s.
 //! - [`OptimError`]: every refused hyperparameter.
-//! - [`warmup_cosine`]: the GPT-3 schedule as a pure function.
+//! - [`warmup_cosine`]: the GPT-3 schedule as a pure function (used by `examples/train_gpt.rs`).
+//!
+//! ```
+//! use burn::module::{Module, Param};
+//! use burn::optim::GradientsParams;
+//! use burn::optim::lr_scheduler::LrScheduler;
+//! use burn::tensor::{Device, Tensor};
+//! use kiln_optim::{AdamWConfig, WarmupDecayConfig, clip_grad_norm};
+//!
+//! #[derive(Module, Debug)]
+//! struct Affine {
+//!     weight: Param<Tensor<2>>,
+//!     bias: Param<Tensor<1>>,
+//! }
+//!
+//! let device = Device::flex().autodiff();
+//! let mut model = Affine {
+//!     weight: Param::from_tensor(Tensor::ones([2, 2], &device)),
+//!     bias: Param::from_tensor(Tensor::zeros([2], &device)),
+//! };
+//! // `bias` is in the default no-decay group.
+//! let mut optim = AdamWConfig::new().with_weight_decay(0.1).init(&model).unwrap();
+//! let mut schedule = WarmupDecayConfig::cosine(1e-2, 2, 10).init().unwrap();
+//! for _ in 0..3 {
+//!     let x = Tensor::<2>::ones([4, 2], &device);
+//!     let loss = (x.matmul(model.weight.val()) + model.bias.val().unsqueeze()).powi_scalar(2).mean();
+//!     let grads = GradientsParams::from_grads(loss.backward(), &model);
+//!     let (grads, _norm) = clip_grad_norm(&model, grads, 1.0).unwrap();
+//!     model = optim.step(schedule.step(), model, grads);
+//! }
+//! ```
 
 #![warn(missing_docs)]
 
