@@ -4,7 +4,7 @@
 //! + exact + MinHash-LSH near dedup (the default).
 //!
 //! ```text
-//! cargo run --release --example bench_data -- [--mb 32] [--rounds 3] [--batch-docs 4096]
+//! cargo run --release --example bench_data -- [--mb 32] [--rounds 3] [--batch-docs 4096] [--num-perm 128]
 //! ```
 //!
 //! The corpus is generated in code (`kiln::data::synthetic`): English-like documents of 60-300
@@ -33,6 +33,7 @@ fn main() {
         arg("--rounds", 3),
         arg("--batch-docs", 4096),
     );
+    let num_perm = arg("--num-perm", DedupConfig::new().num_perm);
     // About 1.1 KB per document at the default lengths.
     let unique = mb * 1_000_000 / 1100 * 10 / 12;
     let corpus = planted_corpus(&SyntheticConfig {
@@ -56,9 +57,11 @@ fn main() {
     let mut results = vec![Vec::new(); modes.len()];
     for round in 1..=rounds {
         for (m, (name, mode)) in modes.iter().enumerate() {
-            let mut pipeline =
-                CorpusPipeline::new(CleanConfig::new(), DedupConfig::new().with_mode(*mode))
-                    .expect("default configs are valid");
+            let mut pipeline = CorpusPipeline::new(
+                CleanConfig::new(),
+                DedupConfig::new().with_mode(*mode).with_num_perm(num_perm),
+            )
+            .expect("default configs are valid");
             let start = Instant::now();
             let mut kept = 0;
             for chunk in corpus.documents.chunks(batch) {
