@@ -34,8 +34,8 @@ fn main() {
         arg("--batch-docs", 4096),
     );
     let num_perm = arg("--num-perm", DedupConfig::new().num_perm);
-    // About 1.1 KB per document at the default lengths.
-    let unique = mb * 1_000_000 / 1100 * 10 / 12;
+    // About 1.6 KB per document at the default lengths; copies add 20%.
+    let unique = mb * 1_000_000 / 1600 * 10 / 12;
     let corpus = planted_corpus(&SyntheticConfig {
         unique_docs: unique,
         exact_copies: unique / 10,

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Inputs are text files (one document per block of lines, blocks separated by blank lines)
-//! or JSONL with a `text` field (by extension `.jsonl`/`.json`/`.ndjson`, or by content).
+//! or JSONL with a `text` field (by extension `.jsonl`/`.json`/`.ndjson`, or by content); a
+//! directory stands for the files under it.
 //! Writes `DIR/train-*.bin`, `DIR/val-*.bin` (memory-mapped u16/u32 token shards),
 //! `DIR/meta.json`, `DIR/tokenizer.json`, `DIR/documents.jsonl` (the kept, cleaned documents)
 //! and `DIR/stats.json` (`documents_in`, `exact_duplicates`, `near_duplicates`,

@@ -46,7 +46,7 @@ impl InputFormat {
 /// Counts of what the reader saw.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputReport {
-    /// Files given.
+    /// Files given (a directory counts as the files under it).
     pub files: usize,
     /// Files that could not be opened or read to the end.
     pub unreadable_files: usize,
@@ -128,6 +128,25 @@ impl DocumentReader {
 
     fn open_next(&mut self) -> Option<Result<(), DataError>> {
         let path = self.files.pop_front()?;
+        if path.is_dir() {
+            // A directory stands for the files under it, in name order.
+            return Some(match std::fs::read_dir(&path) {
+                Ok(entries) => {
+                    let mut inner: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+                    inner.sort();
+                    self.report.files += inner.len();
+                    self.report.files -= 1;
+                    for p in inner.into_iter().rev() {
+                        self.files.push_front(p);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    self.report.unreadable_files += 1;
+                    self.issue(DataError::io(&path, e)).map_or(Ok(()), Err)
+                }
+            });
+        }
         let name = path.display().to_string();
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -380,6 +399,19 @@ mod tests {
                 report.issues
             );
         }
+    }
+
+    #[test]
+    fn directories_stand_for_their_files_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("b.txt"), "second\n").unwrap();
+        std::fs::write(dir.path().join("a.jsonl"), "{\"text\": \"first\"}\n").unwrap();
+        std::fs::write(dir.path().join("sub/c.txt"), "third\n\nfourth").unwrap();
+        let mut reader = DocumentReader::new([dir.path()], true);
+        let docs: Vec<_> = reader.by_ref().collect::<Result<_, _>>().unwrap();
+        assert_eq!(docs, vec!["first", "second", "third", "fourth"]);
+        assert_eq!(reader.report().files, 3);
     }
 
     #[test]
