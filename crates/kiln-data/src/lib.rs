@@ -25,6 +25,25 @@
 //! tests and benchmarks), [`hash`] (stable hashing), [`prepare`] (the whole preparation of a
 //! corpus into a shard directory), [`DataError`]. `examples/prepare_data.rs`
 //! runs steps 1-5 from the command line; `docs/data.md` is the guide.
+//!
+//! ```
+//! use burn::data::dataloader::DataLoaderBuilder;
+//! use burn::tensor::Device;
+//! use kiln_data::{LmBatcher, PackedLmDataset};
+//!
+//! // Two tokenized documents, separator id 0, windows of 3 inputs (+1 target).
+//! let dataset = PackedLmDataset::from_documents(&[vec![5, 6, 7, 8], vec![9, 10, 11]], 0, 3)?;
+//! let loader = DataLoaderBuilder::new(LmBatcher)
+//!     .batch_size(2)
+//!     .shuffle(42)
+//!     .set_device(Device::flex())
+//!     .build(dataset);
+//! for batch in loader.iter() {
+//!     let batch = batch?;
+//!     assert_eq!(batch.inputs.dims()[1], 3);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![warn(missing_docs)]
 

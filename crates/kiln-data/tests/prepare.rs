@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use burn::tensor::Device;
@@ -177,9 +178,21 @@ fn wordpiece_shards_feed_the_bert_batcher() {
             .iter()
             .all(|i| i.input_ids.len() == max_len && i.input_ids[0] == special.cls)
     );
-    let batch = MlmBatcher::new(special.pad).batch(items, &Device::flex());
+    let batch = MlmBatcher::new(special.pad).batch(items.clone(), &Device::flex());
     assert_eq!(batch.input_ids.dims(), [4, max_len]);
     assert!(batch.masked_tokens() >= 4 * 8);
+
+    // Through Burn's loader, with worker threads: the same masks as direct access.
+    let loader = DataLoaderBuilder::new(MlmBatcher::new(special.pad))
+        .batch_size(4)
+        .num_workers(2)
+        .set_device(Device::flex())
+        .build(mlm);
+    let first = loader.iter().next().unwrap().unwrap();
+    let ids = |b: &kiln_data::MlmBatch| -> Vec<i64> {
+        b.input_ids.to_data().convert::<i64>().into_vec().unwrap()
+    };
+    assert_eq!(ids(&first), ids(&batch));
 }
 
 #[test]
