@@ -7,6 +7,7 @@
 //! - [`AdamWConfig`], [`AdamConfig`] ([`adam`]): PyTorch's AdamW and Adam (+ coupled L2).
 //! - [`SgdConfig`] ([`sgd`]): momentum, dampening (PyTorch's default 0), Nesterov.
 //! - [`LambConfig`] ([`lamb`]): LAMB / NVLAMB: trust-ratio clamping, exclusions, global clipping.
+//! - [`OptimizerConfig`]: any of them, serializable (for training configs).
 //! - [`groups`]: parameter groups by path, [`DEFAULT_NO_DECAY`], [`GroupRule`] overrides,
 //!   per-group learning-rate multipliers.
 //! - [`regularization`]: coupled L2, decoupled decay, L1 (subgradient or proximal), elastic net.
@@ -54,6 +55,7 @@ pub mod clip;
 mod error;
 pub mod groups;
 pub mod lamb;
+mod optimizer;
 pub mod regularization;
 pub mod schedule;
 pub mod sgd;
@@ -65,10 +67,11 @@ pub use clip::{add_grads, clip_grad_norm, clip_grad_norm_lamb, grad_norm, scale_
 pub use error::OptimError;
 pub use groups::{DEFAULT_NO_DECAY, GroupRule, GroupSettings, param_paths};
 pub use lamb::LambConfig;
+pub use optimizer::OptimizerConfig;
 pub use regularization::{L1Mode, Regularization};
 pub use schedule::{
     CosineWarmRestartsConfig, DecayShape, ExponentialDecayConfig, LrCurve, OneCycleConfig,
-    Scheduler, StepDecayConfig, WarmupDecayConfig, validate_lr,
+    ScheduleConfig, Scheduler, StepDecayConfig, WarmupDecayConfig, validate_lr,
 };
 pub use sgd::SgdConfig;
 pub use warmup_cosine::warmup_cosine;

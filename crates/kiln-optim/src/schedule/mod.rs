@@ -10,12 +10,15 @@
 //! - [`CosineWarmRestartsConfig`] ([`sgdr`]): PyTorch `CosineAnnealingWarmRestarts` (SGDR).
 //! - [`StepDecayConfig`], [`ExponentialDecayConfig`] ([`decay`]): PyTorch `StepLR`, `ExponentialLR`.
 //! - [`OneCycleConfig`] ([`one_cycle`]): PyTorch `OneCycleLR` (learning rate only).
+//! - [`ScheduleConfig`]: any of them (or a constant), serializable, built boxed.
 
+mod any;
 pub mod decay;
 pub mod one_cycle;
 pub mod sgdr;
 pub mod warmup;
 
+pub use any::{Constant, ScheduleConfig};
 pub use decay::{ExponentialDecay, ExponentialDecayConfig, StepDecay, StepDecayConfig};
 pub use one_cycle::{Anneal, OneCycle, OneCycleConfig};
 pub use sgdr::{CosineWarmRestarts, CosineWarmRestartsConfig};

@@ -1,0 +1,72 @@
+//! One serializable choice of schedule, for training configs that pick it at run time.
+
+use burn::config::Config;
+use burn::optim::lr_scheduler::LrScheduler;
+
+use super::{
+    CosineWarmRestartsConfig, ExponentialDecayConfig, LrCurve, OneCycleConfig, Scheduler,
+    StepDecayConfig, WarmupDecayConfig, check_lr,
+};
+use crate::error::OptimError;
+
+/// A constant learning rate (no warmup).
+#[derive(Clone, Debug)]
+pub struct Constant(f64);
+
+impl LrCurve for Constant {
+    fn lr_at(&self, _step: usize) -> f64 {
+        self.0
+    }
+}
+
+/// Any of kiln's schedules. `From` each config.
+#[derive(Config, Debug)]
+pub enum ScheduleConfig {
+    /// The same learning rate at every step.
+    Constant(f64),
+    /// [`WarmupDecayConfig`].
+    WarmupDecay(WarmupDecayConfig),
+    /// [`CosineWarmRestartsConfig`].
+    CosineWarmRestarts(CosineWarmRestartsConfig),
+    /// [`StepDecayConfig`].
+    Step(StepDecayConfig),
+    /// [`ExponentialDecayConfig`].
+    Exponential(ExponentialDecayConfig),
+    /// [`OneCycleConfig`].
+    OneCycle(OneCycleConfig),
+}
+
+impl ScheduleConfig {
+    /// Validates and builds the scheduler (boxed: the curve type depends on the variant).
+    pub fn init(&self) -> Result<Box<dyn LrScheduler>, OptimError> {
+        Ok(match self {
+            Self::Constant(lr) => {
+                check_lr("lr", *lr)?;
+                Box::new(Scheduler::new(Constant(*lr)))
+            }
+            Self::WarmupDecay(c) => Box::new(c.init()?),
+            Self::CosineWarmRestarts(c) => Box::new(c.init()?),
+            Self::Step(c) => Box::new(c.init()?),
+            Self::Exponential(c) => Box::new(c.init()?),
+            Self::OneCycle(c) => Box::new(c.init()?),
+        })
+    }
+}
+
+macro_rules! from_config {
+    ($($variant:ident($config:ident)),*) => {
+        $(impl From<$config> for ScheduleConfig {
+            fn from(c: $config) -> Self {
+                Self::$variant(c)
+            }
+        })*
+    };
+}
+
+from_config!(
+    WarmupDecay(WarmupDecayConfig),
+    CosineWarmRestarts(CosineWarmRestartsConfig),
+    Step(StepDecayConfig),
+    Exponential(ExponentialDecayConfig),
+    OneCycle(OneCycleConfig)
+);
