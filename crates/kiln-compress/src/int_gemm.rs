@@ -6,6 +6,8 @@
 //! taken back out with the precomputed weight sums); elsewhere a portable loop, compiled for
 //! AVX2 where the CPU has it. Rows are split across threads for large products.
 
+use crate::error::{CompressError, Result};
+
 /// Which kernel [`gemm_i8`] uses on this CPU.
 pub fn int8_kernel_name() -> &'static str {
     #[cfg(target_arch = "x86_64")]
@@ -20,6 +22,116 @@ pub fn int8_kernel_name() -> &'static str {
     "portable"
 }
 
+use crate::quantize::{QuantMode, QuantParams};
+
+/// A weight `[n, k]` repacked once for the VNNI kernel (see `vnni::pack`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Packed {
+    data: Vec<i8>,
+    k4: usize,
+    n_pad: usize,
+}
+
+/// The packed weight, or `None` where the CPU has no VNNI (the caller then uses [`gemm_i8`]).
+pub(crate) fn pack_for_vnni(b: &[i8], n: usize, k: usize) -> Option<Packed> {
+    #[cfg(target_arch = "x86_64")]
+    if has_vnni() {
+        let (data, k4, n_pad) = vnni::pack(b, n, k);
+        return Some(Packed { data, k4, n_pad });
+    }
+    let _ = (b, n, k);
+    None
+}
+
+/// Per-output-channel terms of the rescaling: weight scale and zero point, the sum of the
+/// weight codes, and the bias.
+pub(crate) struct Columns<'a> {
+    pub scale: &'a [f32],
+    pub zero: &'a [i32],
+    pub sums: &'a [i32],
+    pub bias: &'a [f32],
+}
+
+/// The quantized linear layer in one pass over row blocks: quantize 4 input rows (with
+/// `fixed` parameters, or a symmetric scale per row when `None`), multiply them against the
+/// packed weight with VNNI, rescale to f32 and add the bias. No intermediate buffer larger than
+/// 4 rows. Returns `false` (doing nothing) where the CPU lacks VNNI.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fused_linear(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    n: usize,
+    packed: &Packed,
+    fixed: Option<QuantParams>,
+    cols: &Columns<'_>,
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if has_vnni() {
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        let threads = if rows * n * k < (1 << 20) {
+            1
+        } else {
+            threads.min(rows.div_ceil(4)).max(1)
+        };
+        let rows_per = rows.div_ceil(threads).next_multiple_of(4);
+        std::thread::scope(|scope| {
+            for (x, out) in x.chunks(rows_per * k).zip(out.chunks_mut(rows_per * n)) {
+                // SAFETY: the CPU has the features the function is compiled for.
+                scope.spawn(move || unsafe { vnni::fused(x, k, n, packed, fixed, cols, out) });
+            }
+        });
+        return true;
+    }
+    let _ = (x, rows, k, n, packed, fixed, cols, out);
+    false
+}
+
+/// The (scale, zero point) a row is quantized with: `fixed`, or symmetric over its max |x|.
+#[inline(always)]
+pub(crate) fn row_params(row: &[f32], fixed: Option<QuantParams>) -> QuantParams {
+    fixed.unwrap_or_else(|| {
+        let bound = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        QuantParams::from_range(-bound, bound, QuantMode::Symmetric)
+    })
+}
+
+/// Quantizes `row` with `p` into `q`, returning the sum of the codes. Rounds half away from
+/// zero with a truncating cast (`f32::round` is a libm call on baseline x86-64).
+#[inline(always)]
+pub(crate) fn quantize_row(row: &[f32], p: QuantParams, q: &mut [i8]) -> i32 {
+    let lo = if p.zero_point == 0 { -127.0 } else { -128.0 };
+    let (inv, zp) = (1.0 / p.scale, p.zero_point as f32);
+    let mut sum = 0i32;
+    for (q, &v) in q.iter_mut().zip(row) {
+        let t = v * inv;
+        let c = ((t + 0.5f32.copysign(t)) as i32 as f32 + zp).clamp(lo, 127.0) as i32;
+        sum += c;
+        *q = c as i8;
+    }
+    sum
+}
+
+/// `y = sx·sw·(acc - zw·Σx - zx·Σw + k·zx·zw) + b` for one output.
+#[inline(always)]
+pub(crate) fn rescale(
+    acc: i32,
+    k: usize,
+    row: (QuantParams, i32),
+    cols: &Columns<'_>,
+    o: usize,
+) -> f32 {
+    let (p, row_sum) = row;
+    let (zx, zw) = (p.zero_point, cols.zero[o]);
+    let exact = if zx == 0 && zw == 0 {
+        acc
+    } else {
+        acc - zw * row_sum - zx * cols.sums[o] + k as i32 * zx * zw
+    };
+    p.scale * cols.scale[o] * exact as f32 + cols.bias[o]
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_vnni() -> bool {
     std::is_x86_feature_detected!("avx512vnni")
@@ -28,18 +140,24 @@ fn has_vnni() -> bool {
 }
 
 /// `acc[r·n + o] = Σ_k a[r·k + i] · b[o·k + i]` for `a: [rows, k]`, `b: [n, k]`;
-/// `b_sums[o] = Σ_i b[o·k + i]` (the VNNI kernel needs it). Panics only on inconsistent
-/// lengths, which callers inside the crate rule out.
-pub(crate) fn gemm_i8(
+/// `b_sums[o] = Σ_i b[o·k + i]` (the VNNI kernel needs it). Errors when a length does not fit
+/// the sizes.
+pub fn gemm_i8(
     a: &[i8],
     b: &[i8],
     b_sums: &[i32],
     rows: usize,
     n: usize,
     k: usize,
-) -> Vec<i32> {
-    assert_eq!(a.len(), rows * k);
-    assert_eq!(b.len(), n * k);
+) -> Result<Vec<i32>> {
+    if a.len() != rows * k || b.len() != n * k || b_sums.len() != n || k == 0 {
+        return Err(CompressError::arg(format!(
+            "gemm_i8: a has {} values, b {}, b_sums {}, for rows {rows}, n {n}, k {k}",
+            a.len(),
+            b.len(),
+            b_sums.len()
+        )));
+    }
     let mut out = vec![0i32; rows * n];
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
     // Below ~1M multiply-adds a thread costs more than it saves.
@@ -50,7 +168,7 @@ pub(crate) fn gemm_i8(
     };
     if threads == 1 {
         gemm_rows(a, b, b_sums, n, k, &mut out);
-        return out;
+        return Ok(out);
     }
     let rows_per = rows.div_ceil(threads).next_multiple_of(4);
     std::thread::scope(|scope| {
@@ -58,7 +176,7 @@ pub(crate) fn gemm_i8(
             scope.spawn(move || gemm_rows(chunk, b, b_sums, n, k, out));
         }
     });
-    out
+    Ok(out)
 }
 
 fn gemm_rows(a: &[i8], b: &[i8], b_sums: &[i32], n: usize, k: usize, out: &mut [i32]) {
@@ -110,7 +228,7 @@ mod vnni {
     /// `b: [n, k]` repacked as `[k/4][n_pad][4]`: for each group of 4 reduction indices, the 4
     /// bytes of output `o` are adjacent, so one 64-byte load holds 16 outputs × 4 weights, the
     /// operand `vpdpbusd` multiplies against 4 broadcast activation bytes. No horizontal sums.
-    fn pack(b: &[i8], n: usize, k: usize) -> (Vec<i8>, usize, usize) {
+    pub(super) fn pack(b: &[i8], n: usize, k: usize) -> (Vec<i8>, usize, usize) {
         let k4 = k.div_ceil(4);
         let n_pad = n.next_multiple_of(COLS);
         let mut packed = vec![0i8; k4 * n_pad * 4];
@@ -193,6 +311,143 @@ mod vnni {
             r0 += ROWS;
         }
     }
+    /// Quantizes one row into u8 codes shifted by +128, 16 values per step: the activation
+    /// quantization of the fused kernel. Rounds to nearest (ties to even). Returns the row's
+    /// parameters and the sum of its signed codes.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn quantize_row_u8(
+        row: &[f32],
+        fixed: Option<super::QuantParams>,
+        dst: &mut [u8],
+    ) -> (super::QuantParams, i32) {
+        let k = row.len();
+        let mask_of = |i: usize| -> __mmask16 {
+            if k - i >= 16 {
+                0xFFFF
+            } else {
+                ((1u32 << (k - i)) - 1) as __mmask16
+            }
+        };
+        let p = match fixed {
+            Some(p) => p,
+            None => {
+                let mut m = _mm512_setzero_ps();
+                let mut i = 0;
+                while i < k {
+                    // SAFETY: the mask reads only elements inside the row.
+                    let v = unsafe { _mm512_maskz_loadu_ps(mask_of(i), row.as_ptr().add(i)) };
+                    m = _mm512_max_ps(m, _mm512_abs_ps(v));
+                    i += 16;
+                }
+                let bound = _mm512_reduce_max_ps(m);
+                super::QuantParams::from_range(-bound, bound, super::QuantMode::Symmetric)
+            }
+        };
+        let lo = if p.zero_point == 0 { -127 } else { -128 };
+        let inv = _mm512_set1_ps(1.0 / p.scale);
+        let (zp, lo, hi) = (
+            _mm512_set1_epi32(p.zero_point),
+            _mm512_set1_epi32(lo),
+            _mm512_set1_epi32(127),
+        );
+        let flip = _mm_set1_epi8(i8::MIN);
+        let mut sum = _mm512_setzero_si512();
+        let mut i = 0;
+        while i < k {
+            let mask = mask_of(i);
+            // SAFETY: masked to the row.
+            let v = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(i)) };
+            let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));
+            let q = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, zp), lo), hi);
+            let q = _mm512_maskz_mov_epi32(mask, q);
+            sum = _mm512_add_epi32(sum, q);
+            let bytes = _mm_xor_si128(_mm512_cvtepi32_epi8(q), flip);
+            // SAFETY: masked to the destination's `k` bytes.
+            unsafe { _mm_mask_storeu_epi8(dst.as_mut_ptr().add(i) as *mut i8, mask, bytes) };
+            i += 16;
+        }
+        (p, _mm512_reduce_add_epi32(sum))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    pub(super) unsafe fn fused(
+        x: &[f32],
+        k: usize,
+        n: usize,
+        packed: &super::Packed,
+        fixed: Option<super::QuantParams>,
+        cols: &super::Columns<'_>,
+        out: &mut [f32],
+    ) {
+        let rows = x.len() / k;
+        let (k4, n_pad) = (packed.k4, packed.n_pad);
+        let mut a_u8 = vec![0u8; ROWS * k4 * 4];
+        let mut row_info = [(
+            super::QuantParams {
+                scale: 1.0,
+                zero_point: 0,
+            },
+            0i32,
+        ); ROWS];
+        let mut tile = [0i32; 16];
+        let mut r0 = 0;
+        while r0 < rows {
+            let rr = (rows - r0).min(ROWS);
+            for xr in 0..rr {
+                let row = &x[(r0 + xr) * k..(r0 + xr + 1) * k];
+                // SAFETY: the features are enabled on this function.
+                row_info[xr] =
+                    unsafe { quantize_row_u8(row, fixed, &mut a_u8[xr * k4 * 4..xr * k4 * 4 + k]) };
+            }
+            let mut o0 = 0;
+            while o0 < n {
+                let mut acc = [[_mm512_setzero_si512(); 4]; ROWS];
+                for i in 0..k4 {
+                    let mut w = [_mm512_setzero_si512(); 4];
+                    for (c, w) in w.iter_mut().enumerate() {
+                        // SAFETY: o0 + 16c + 16 <= n_pad.
+                        *w = unsafe {
+                            _mm512_loadu_si512(
+                                packed.data.as_ptr().add((i * n_pad + o0 + 16 * c) * 4) as *const _,
+                            )
+                        };
+                    }
+                    for (xr, acc) in acc.iter_mut().enumerate().take(rr) {
+                        let at = xr * k4 * 4 + i * 4;
+                        let group = i32::from_le_bytes([
+                            a_u8[at],
+                            a_u8[at + 1],
+                            a_u8[at + 2],
+                            a_u8[at + 3],
+                        ]);
+                        let xb = _mm512_set1_epi32(group);
+                        for c in 0..4 {
+                            acc[c] = _mm512_dpbusd_epi32(acc[c], xb, w[c]);
+                        }
+                    }
+                }
+                for (xr, acc) in acc.iter().enumerate().take(rr) {
+                    for (c, acc) in acc.iter().enumerate() {
+                        let first = o0 + 16 * c;
+                        if first >= n {
+                            break;
+                        }
+                        // SAFETY: `tile` has 16 i32.
+                        unsafe { _mm512_storeu_si512(tile.as_mut_ptr() as *mut _, *acc) };
+                        let len = (n - first).min(16);
+                        let y = &mut out[(r0 + xr) * n + first..(r0 + xr) * n + first + len];
+                        for (j, y) in y.iter_mut().enumerate() {
+                            // Σ (x + 128)·w = Σ x·w + 128·Σ w.
+                            let acc = tile[j] - 128 * cols.sums[first + j];
+                            *y = super::rescale(acc, k, row_info[xr], cols, first + j);
+                        }
+                    }
+                }
+                o0 += COLS;
+            }
+            r0 += ROWS;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -212,7 +467,7 @@ mod tests {
                 .chunks(k)
                 .map(|c| c.iter().map(|&x| x as i32).sum())
                 .collect();
-            let got = gemm_i8(&a, &b, &sums, rows, n, k);
+            let got = gemm_i8(&a, &b, &sums, rows, n, k).unwrap();
             let mut want = vec![0i32; rows * n];
             for r in 0..rows {
                 for o in 0..n {

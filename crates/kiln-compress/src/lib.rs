@@ -31,7 +31,7 @@ pub use archive::{
     Archive, StoredTensor, config_of, load_gpt, load_quantized_gpt, save_gpt, save_quantized_gpt,
 };
 pub use error::{CompressError, Result};
-pub use int_gemm::int8_kernel_name;
+pub use int_gemm::{gemm_i8, int8_kernel_name};
 pub use magnitude::{Amount, PruningScope, magnitude_masks};
 pub use mask::{MaskSparsity, PruningMasks};
 pub use n_m::{n_m_masks, satisfies_n_m};

@@ -7,8 +7,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CompressError, Result};
-use crate::int_gemm::gemm_i8;
-use crate::quantize::{Granularity, QuantConfig, QuantMode, QuantParams, QuantizedTensor};
+use crate::int_gemm::{
+    Columns, Packed, fused_linear, gemm_i8, pack_for_vnni, quantize_row, rescale, row_params,
+};
+use crate::quantize::{Granularity, QuantConfig, QuantParams, QuantizedTensor};
 
 /// What happens to the activations entering a [`QuantizedLinear`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -38,6 +40,8 @@ pub struct QuantizedLinear {
     /// How activations are treated.
     pub activations: ActivationQuant,
     weight_sums: Vec<i32>,
+    /// The weight repacked for the VNNI kernel (`None` on CPUs without it).
+    packed: Option<Packed>,
 }
 
 impl QuantizedLinear {
@@ -86,11 +90,13 @@ impl QuantizedLinear {
             .chunks(weight.shape[1])
             .map(|row| row.iter().map(|&q| q as i32).sum())
             .collect();
+        let packed = pack_for_vnni(&weight.values, weight.shape[0], weight.shape[1]);
         Self {
             weight,
             bias,
             activations,
             weight_sums,
+            packed,
         }
     }
 
@@ -138,27 +144,35 @@ impl QuantizedLinear {
     /// The integer path on host rows `x: [rows, d_in]`.
     pub fn forward_host(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let (d_in, d_out) = (self.d_in(), self.d_out());
-        // Quantize the activations, one (scale, zero point) per row.
-        let mut xq = vec![0i8; rows * d_in];
-        let mut row_params = Vec::with_capacity(rows);
-        for (row, q) in x.chunks_exact(d_in).zip(xq.chunks_exact_mut(d_in)) {
-            let p = match self.activations {
-                ActivationQuant::Static(p) => p,
-                _ => {
-                    let bound = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    QuantParams::from_range(-bound, bound, QuantMode::Symmetric)
-                }
-            };
-            let lo = if p.zero_point == 0 { -127.0 } else { -128.0 };
-            let (inv, zp) = (1.0 / p.scale, p.zero_point as f32);
-            // Round half away from zero by truncation (`f32::round` is a libm call on the
-            // baseline x86-64 target, and this loop touches every activation).
-            q.iter_mut().zip(row).for_each(|(q, &v)| {
-                let t = v * inv;
-                *q = ((t + 0.5f32.copysign(t)).trunc() + zp).clamp(lo, 127.0) as i8
-            });
-            row_params.push(p);
+        let fixed = match self.activations {
+            ActivationQuant::Static(p) => Some(p),
+            _ => None,
+        };
+        let w_scale: Vec<f32> = (0..d_out).map(|o| self.weight.params_of(o).scale).collect();
+        let w_zero: Vec<i32> = (0..d_out)
+            .map(|o| self.weight.params_of(o).zero_point)
+            .collect();
+        let zeros = vec![0f32; d_out];
+        let cols = Columns {
+            scale: &w_scale,
+            zero: &w_zero,
+            sums: &self.weight_sums,
+            bias: self.bias.as_deref().unwrap_or(&zeros),
+        };
+        let mut y = vec![0f32; rows * d_out];
+        if let Some(packed) = &self.packed
+            && fused_linear(x, rows, d_in, d_out, packed, fixed, &cols, &mut y)
+        {
+            return y;
         }
+        // Portable path: quantize every row, one integer product, then rescale.
+        let mut xq = vec![0i8; rows * d_in];
+        let mut row_info = Vec::with_capacity(rows);
+        for (row, q) in x.chunks_exact(d_in).zip(xq.chunks_exact_mut(d_in)) {
+            let p = row_params(row, fixed);
+            row_info.push((p, quantize_row(row, p, q)));
+        }
+        // The sizes are consistent by construction.
         let acc = gemm_i8(
             &xq,
             &self.weight.values,
@@ -166,38 +180,15 @@ impl QuantizedLinear {
             rows,
             d_out,
             d_in,
-        );
-        let w_scale: Vec<f32> = (0..d_out).map(|o| self.weight.params_of(o).scale).collect();
-        let w_zero: Vec<i32> = (0..d_out)
-            .map(|o| self.weight.params_of(o).zero_point)
-            .collect();
-        let any_w_zero_point = w_zero.iter().any(|&z| z != 0);
-        let zeros = vec![0f32; d_out];
-        let bias = self.bias.as_deref().unwrap_or(&zeros);
-        let mut y = vec![0f32; rows * d_out];
+        )
+        .unwrap_or_else(|_| vec![0; rows * d_out]);
         for (r, (out, acc)) in y
             .chunks_exact_mut(d_out)
             .zip(acc.chunks_exact(d_out))
             .enumerate()
         {
-            let px = row_params[r];
-            let zx = px.zero_point;
-            if zx == 0 && !any_w_zero_point {
-                // Symmetric both sides: y = sx·sw·acc + b.
-                for o in 0..d_out {
-                    out[o] = px.scale * w_scale[o] * acc[o] as f32 + bias[o];
-                }
-                continue;
-            }
-            // Σ (x - zx)(w - zw) = Σ x·w - zw·Σx - zx·Σw + k·zx·zw
-            let row_sum: i32 = xq[r * d_in..(r + 1) * d_in].iter().map(|&q| q as i32).sum();
-            for o in 0..d_out {
-                let zw = w_zero[o];
-                let exact = acc[o] as i64
-                    - zw as i64 * row_sum as i64
-                    - zx as i64 * self.weight_sums[o] as i64
-                    + d_in as i64 * zx as i64 * zw as i64;
-                out[o] = px.scale * w_scale[o] * exact as f32 + bias[o];
+            for (o, (y, &a)) in out.iter_mut().zip(acc).enumerate() {
+                *y = rescale(a, d_in, row_info[r], &cols, o);
             }
         }
         y
