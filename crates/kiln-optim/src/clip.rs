@@ -115,7 +115,9 @@ pub fn add_grads<M: Module>(module: &M, a: GradientsParams, b: GradientsParams) 
 /// (possibly) clipped gradients and the norm BEFORE clipping (log it: spikes show instability).
 ///
 /// Gradients whose global norm is `<= max_norm` are returned untouched (no multiplication at
-/// all, so bit-identical). `max_norm` must be finite and `> 0`.
+/// all, so bit-identical). `max_norm` must be finite and `> 0`. A non-finite norm (an inf or
+/// NaN gradient) is returned as is with the gradients untouched: check `norm.is_finite()` and
+/// skip the step (what loss-scaling trainers do) instead of spreading NaN into every weight.
 pub fn clip_grad_norm<M: Module>(
     module: &M,
     grads: GradientsParams,
