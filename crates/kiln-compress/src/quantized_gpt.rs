@@ -18,7 +18,9 @@ use kiln_model::loss::{check_token_ids, token_tensor};
 use kiln_model::rotary::RotaryEmbedding;
 
 use crate::error::{CompressError, Result};
-use crate::quantize::{Calibration, QuantConfig, QuantMode, QuantParams, calibrate};
+use crate::quantize::{
+    Calibration, QuantConfig, QuantMode, QuantParams, QuantizedTensor, calibrate,
+};
 use crate::quantized_linear::{ActivationQuant, QuantizedLinear, to_host};
 
 /// One Transformer block with int8 linear layers.
@@ -329,6 +331,43 @@ impl QuantizedGpt {
         Ok(sequences)
     }
 
+    /// Physically removes every attention head not in `kept` (per block, sorted indices): the
+    /// query/key/value layers lose those output channels, the output projection those input
+    /// columns. The result computes what the model with those heads masked
+    /// ([`head_masks`](crate::head_masks)) computes, with fewer parameters and FLOPs. (kiln-model's
+    /// `Gpt` cannot hold blocks with fewer heads, see `docs/compression.md`; this model can.)
+    pub fn remove_heads(mut self, kept: &[Vec<usize>]) -> Result<Self> {
+        if kept.len() != self.blocks.len() {
+            return Err(CompressError::arg(format!(
+                "{} head lists for {} blocks",
+                kept.len(),
+                self.blocks.len()
+            )));
+        }
+        for (b, (block, kept)) in self.blocks.iter_mut().zip(kept).enumerate() {
+            let heads = block.n_heads;
+            if kept.is_empty()
+                || kept.iter().any(|&h| h >= heads)
+                || kept.windows(2).any(|w| w[0] >= w[1])
+            {
+                return Err(CompressError::arg(format!(
+                    "block {b}: kept heads must be non-empty, sorted, unique and < {heads}"
+                )));
+            }
+            let head_dim = block.query.d_out() / heads;
+            let channels: Vec<usize> = kept
+                .iter()
+                .flat_map(|&h| h * head_dim..(h + 1) * head_dim)
+                .collect();
+            for layer in [&mut block.query, &mut block.key, &mut block.value] {
+                *layer = keep_rows(layer, &channels);
+            }
+            block.out = keep_columns(&block.out, &channels);
+            block.n_heads = kept.len();
+        }
+        Ok(self)
+    }
+
     /// Parameters (weights, biases, embeddings, norms).
     pub fn num_params(&self) -> usize {
         let linear: usize = self.linears().iter().map(|(_, l)| l.num_params()).sum();
@@ -358,4 +397,46 @@ fn run(
         obs[slot].extend(to_host(x.clone()));
     }
     layer.forward(x)
+}
+
+/// The layer with only the given output channels (rows of its `[d_out, d_in]` weight).
+fn keep_rows(layer: &QuantizedLinear, rows: &[usize]) -> QuantizedLinear {
+    let w = &layer.weight;
+    let d_in = w.shape[1];
+    let values = rows
+        .iter()
+        .flat_map(|&r| w.values[r * d_in..(r + 1) * d_in].iter().copied())
+        .collect();
+    let params = if w.params.len() == 1 {
+        w.params.clone()
+    } else {
+        rows.iter().map(|&r| w.params[r]).collect()
+    };
+    let weight = QuantizedTensor {
+        shape: [rows.len(), d_in],
+        values,
+        params,
+        mode: w.mode,
+    };
+    let bias = layer
+        .bias
+        .as_ref()
+        .map(|b| rows.iter().map(|&r| b[r]).collect());
+    QuantizedLinear::from_parts(weight, bias, layer.activations)
+}
+
+/// The layer with only the given input columns (its per-output-channel parameters stay).
+fn keep_columns(layer: &QuantizedLinear, cols: &[usize]) -> QuantizedLinear {
+    let w = &layer.weight;
+    let d_in = w.shape[1];
+    let values = (0..w.shape[0])
+        .flat_map(|r| cols.iter().map(move |&c| w.values[r * d_in + c]))
+        .collect();
+    let weight = QuantizedTensor {
+        shape: [w.shape[0], cols.len()],
+        values,
+        params: w.params.clone(),
+        mode: w.mode,
+    };
+    QuantizedLinear::from_parts(weight, layer.bias.clone(), layer.activations)
 }

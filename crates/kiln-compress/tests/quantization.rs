@@ -98,10 +98,10 @@ fn per_channel_error_is_at_most_per_tensor_error() {
         };
         let (pt, pt_err) = err(Granularity::PerTensor);
         let (pc, pc_err) = err(Granularity::PerChannel);
-        for c in 0..channels {
+        for (c, err) in pc_err.iter().enumerate() {
             // Each channel's own range is inside the tensor's: a finer step, a smaller bound.
             assert!(pc.params_of(c).scale <= pt.params_of(c).scale * (1.0 + 1e-6));
-            assert!(pc_err[c] <= pt.params_of(c).scale / 2.0 * (1.0 + 1e-4));
+            assert!(*err <= pt.params_of(c).scale / 2.0 * (1.0 + 1e-4));
         }
         let total = |e: &[f32]| e.iter().sum::<f32>();
         assert!(total(&pc_err) < total(&pt_err), "{mode:?}");
@@ -245,4 +245,37 @@ fn int8_weights_take_a_quarter_of_f32() {
         .unwrap();
     let f32_bytes = 4 * 256 * 128;
     assert!(q.nbytes() as f64 <= f32_bytes as f64 / 3.9);
+}
+
+#[test]
+fn removing_heads_gives_the_outputs_of_masking_them() {
+    let device = Device::flex();
+    device.seed(13);
+    let gpt = GptConfig::new(12)
+        .with_block_size(12)
+        .with_n_layer(2)
+        .with_n_head(4)
+        .with_d_model(32)
+        .init(&device)
+        .unwrap();
+    let kept = kiln_compress::select_heads(&gpt, 0.5, kiln_compress::Norm::L2).unwrap();
+    let masked = kiln_compress::head_masks(&gpt, &kept)
+        .unwrap()
+        .apply(gpt.clone());
+    for act in [ActivationQuant::None, ActivationQuant::Dynamic] {
+        let from_masked = QuantizedGpt::from_gpt(&masked, &QuantConfig::new(), act).unwrap();
+        // The same int8 weights, with the silenced heads dropped instead of zeroed.
+        let removed = from_masked.clone().remove_heads(&kept).unwrap();
+        assert_eq!(removed.blocks[0].n_heads, 2);
+        assert_eq!(removed.blocks[1].query.d_out(), 16);
+        assert_eq!(removed.blocks[1].out.d_in(), 16);
+        assert!(removed.num_params() < from_masked.num_params());
+        let a = from_masked.forward(ids(&device)).unwrap();
+        let b = removed.forward(ids(&device)).unwrap();
+        a.into_data()
+            .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-5));
+    }
+    let q = QuantizedGpt::from_gpt(&gpt, &QuantConfig::new(), ActivationQuant::Dynamic).unwrap();
+    assert!(q.clone().remove_heads(&[vec![0]]).is_err());
+    assert!(q.remove_heads(&[vec![], vec![0]]).is_err());
 }
