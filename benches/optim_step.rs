@@ -49,8 +49,15 @@ fn optimizer_step(c: &mut Criterion) {
     let gpt = config.init(&device).unwrap();
     let mut shapes = Shapes::default();
     gpt.visit(&mut shapes);
-    let params: usize = shapes.0.iter().map(|(_, d)| d.iter().product::<usize>()).sum();
-    eprintln!("optim_step: Gpt with {params} parameters in {} tensors", shapes.0.len());
+    let params: usize = shapes
+        .0
+        .iter()
+        .map(|(_, d)| d.iter().product::<usize>())
+        .sum();
+    eprintln!(
+        "optim_step: Gpt with {params} parameters in {} tensors",
+        shapes.0.len()
+    );
 
     let lamb = LambConfig::new().with_max_grad_norm(Some(1.0));
     let candidates: Vec<(&str, ModuleOptimizer, bool)> = vec![

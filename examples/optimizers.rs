@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example optimizers                      # table + target/optimizers.svg
-//! cargo run --release --example optimizers -- --steps 300 --out curves.svg
+//! cargo run --release --example optimizers -- --steps 300 --seed 1 --out curves.svg
 //! ```
 //!
 //! Prints a table of the final training loss (mean of the last 20 steps) and the held-out loss
@@ -126,7 +126,11 @@ fn runs(gpt: &Gpt, steps: usize) -> Result<Vec<Run>, Box<dyn Error>> {
         Run {
             name: "SGD momentum + step",
             optim: SgdConfig::new().with_momentum(0.9).init(gpt)?,
-            schedule: Box::new(StepDecayConfig::new(0.1, steps / 3).with_gamma(0.3).init()?),
+            schedule: Box::new(
+                StepDecayConfig::new(0.1, steps / 3)
+                    .with_gamma(0.3)
+                    .init()?,
+            ),
             clip: Clip::Torch(1.0),
         },
     ])
@@ -140,12 +144,14 @@ fn loss_of(gpt: &Gpt, batch: LmBatch) -> Result<Tensor<1>, ModelError> {
 fn main() -> Result<(), Box<dyn Error>> {
     let mut steps = 600usize;
     let mut out = String::from("target/optimizers.svg");
+    let mut seed = 42u64;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--steps" => steps = value.parse()?,
             "--out" => out = value,
+            "--seed" => seed = value.parse()?,
             other => return Err(format!("unknown argument `{other}`").into()),
         }
     }
@@ -154,6 +160,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
 
     let device = Device::flex().autodiff();
+    // The same initial weights for every run, and from one invocation to the next.
+    device.seed(seed);
     let config = GptConfig::new(VOCAB_SIZE)
         .with_block_size(SEQ_LEN + 1)
         .with_n_layer(2)
@@ -163,7 +171,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // The same batches, in the same order, for every run.
     let (train, held_out) = (AdditionDataset::train(), AdditionDataset::held_out());
-    let mut rng = StdRng::seed_from_u64(7);
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut sample = |set: &AdditionDataset, n: usize| -> Result<LmBatch, Box<dyn Error>> {
         let items = (0..n)
             .map(|_| set.get(rng.random_range(0..set.len())))
