@@ -72,7 +72,10 @@ fn values(gpt: &Gpt) -> Values {
     v
 }
 
-fn optimizers() -> Vec<(&'static str, Box<dyn Fn(&Gpt) -> ModuleOptimizer>)> {
+/// Builds a fresh optimizer for a model.
+type MakeOptim = Box<dyn Fn(&Gpt) -> ModuleOptimizer>;
+
+fn optimizers() -> Vec<(&'static str, MakeOptim)> {
     vec![
         (
             "adamw",
