@@ -13,8 +13,9 @@
 //! decay nor the ratio (apex/timm default). `φ` is the identity by default (γ_l = 0, γ_u = ∞), as in
 //! apex and timm.
 //!
-//! Burn's `Lamb` has none of: switchable bias correction, φ clamping, the zero-norm rule,
-//! exclusions, global clipping. The trust ratio is computed on the device (no read-back).
+//! Burn's `Lamb` has the same update and zero-norm rule, but no switchable bias correction, no φ
+//! clamping, one setting for every parameter (no exclusions) and no global clipping. The trust
+//! ratio is computed on the device (no read-back).
 //!
 //! The global gradient clipping needs every gradient at once, which Burn's per-tensor optimizer
 //! never sees: call [`LambConfig::clip_gradients`] on the gradients before `step`.
