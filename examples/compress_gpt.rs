@@ -21,12 +21,13 @@
 //!
 //! Sparsity is the fraction of exact zeros among the Transformer linear weights (the pruned
 //! tensors). Tokens/s is a full forward pass of one fixed batch of held-out sequences, after a
-//! warm-up, the median of several repetitions with the variants interleaved (so a busy moment
-//! of the machine hits them all alike).
+//! warm-up, the median of several repetitions; each variant is timed right after a dense run
+//! and its speedup is the median of those pairs' ratios (a busy moment of a shared machine hits
+//! both halves of a pair alike).
 //!
 //! Options: `--steps N` (training, default 1800), `--finetune-steps N` (default 300),
 //! `--eval N` (held-out problems, default 1000), `--bench-batch N` (default 512),
-//! `--reps N` (default 7), `--seed S`, `--out DIR` (archives, default
+//! `--reps N` (default 9), `--seed S`, `--out DIR` (archives, default
 //! `target/compress_gpt`), `--load DIR`, `--save-dense DIR`, `--report FILE`.
 
 use std::path::PathBuf;
@@ -75,7 +76,7 @@ impl Args {
             finetune_steps: 300,
             eval: 1000,
             bench_batch: 512,
-            reps: 7,
+            reps: 9,
             seed: 1337,
             out: PathBuf::from("target/compress_gpt"),
             load: None,
@@ -257,6 +258,9 @@ struct Row {
     model: Model,
     flops: Option<f64>,
     samples: Vec<f64>,
+    /// Dense time / this variant's time, each pair measured back to back.
+    speedups: Vec<f64>,
+    speedup: f64,
 }
 
 fn main() -> ExitCode {
@@ -311,6 +315,8 @@ fn run() -> Result<(), Failure> {
             flops: Some(flops_per_token(&gpt, SEQ_LEN)),
             model,
             samples: Vec::new(),
+            speedups: Vec::new(),
+            speedup: 1.0,
         })
     };
 
@@ -385,6 +391,8 @@ fn run() -> Result<(), Failure> {
                 flops: None,
                 model,
                 samples: Vec::new(),
+                speedups: Vec::new(),
+                speedup: 1.0,
             })
         };
     rows.push(int8_row(
@@ -434,22 +442,39 @@ fn run() -> Result<(), Failure> {
             let _ = row.model.forward(ids.clone())?.into_data();
         }
     }
+    let time = |model: &Model| -> Result<f64, Failure> {
+        let start = Instant::now();
+        let _ = model.forward(ids.clone())?.into_data();
+        Ok(start.elapsed().as_secs_f64())
+    };
+    // Each variant right after a dense run: the pair sees the same load on a shared machine,
+    // and the speedup is the median of the pairs' ratios.
     for _ in 0..args.reps {
-        for row in &mut rows {
-            let start = Instant::now();
-            let _ = row.model.forward(ids.clone())?.into_data();
-            row.samples.push(tokens / start.elapsed().as_secs_f64());
+        for i in 1..rows.len() {
+            let dense_time = time(&rows[0].model)?;
+            rows[0].samples.push(tokens / dense_time);
+            let t = time(&rows[i].model)?;
+            rows[i].samples.push(tokens / t);
+            rows[i].speedups.push(dense_time / t);
         }
     }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(1.0)
+    };
     for row in &mut rows {
-        row.samples.sort_by(f64::total_cmp);
-        row.tokens_per_s = row.samples[row.samples.len() / 2];
+        row.tokens_per_s = median(&mut row.samples);
+        if !row.speedups.is_empty() {
+            row.speedup = median(&mut row.speedups);
+        }
     }
 
     // The table.
     let dense_row = &rows[0];
     println!();
-    println!("| variant | sparsity | params | bytes on disk | held-out accuracy | tokens/s |");
+    println!(
+        "| variant | sparsity | params | bytes on disk | held-out accuracy | tokens/s (speedup vs dense, paired) |"
+    );
     println!("|---|---|---|---|---|---|");
     for r in &rows {
         println!(
@@ -461,13 +486,13 @@ fn run() -> Result<(), Failure> {
             dense_row.bytes as f64 / r.bytes as f64,
             r.accuracy,
             r.tokens_per_s,
-            r.tokens_per_s / dense_row.tokens_per_s,
+            r.speedup,
         );
     }
     if let Some(s) = rows.iter().find(|r| r.variant.starts_with("structured")) {
         let (fd, fs) = (dense_row.flops.unwrap_or(1.0), s.flops.unwrap_or(1.0));
         let flop_saving = 1.0 - fs / fd;
-        let time_saving = 1.0 - dense_row.tokens_per_s / s.tokens_per_s;
+        let time_saving = 1.0 - 1.0 / s.speedup;
         println!(
             "\nstructured: FLOPs/token {:.0} -> {:.0} ({:.1}% fewer, {:.3}x); time per token {:.1}% less ({:.3}x); realized {:.0}% of the FLOP saving",
             fd,
@@ -475,7 +500,7 @@ fn run() -> Result<(), Failure> {
             100.0 * flop_saving,
             fd / fs,
             100.0 * time_saving,
-            s.tokens_per_s / dense_row.tokens_per_s,
+            s.speedup,
             100.0 * time_saving / flop_saving
         );
     }
