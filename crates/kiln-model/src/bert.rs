@@ -14,7 +14,7 @@ use crate::attention::AttentionMask;
 use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
 use crate::error::{ModelError, Result};
 use crate::gpt::check_probability;
-use crate::init::normal_linear;
+use crate::init::{materialize, normal_linear};
 use crate::loss::{check_id_range, check_token_ids, cross_entropy};
 
 /// Configuration of a [`Bert`] encoder; field names and defaults are HF's `BertConfig`
@@ -177,7 +177,7 @@ impl BertConfig {
         .with_layer_norm_eps(self.layer_norm_eps)
         .with_init_std(std)
         .with_out_init_std(std);
-        Ok(Bert {
+        Ok(materialize(Bert {
             embeddings: BertEmbeddings {
                 word: embedding(self.vocab_size),
                 position: embedding(self.max_position_embeddings),
@@ -193,7 +193,7 @@ impl BertConfig {
             vocab_size: self.vocab_size,
             type_vocab_size: self.type_vocab_size,
             max_positions: self.max_position_embeddings,
-        })
+        }))
     }
 
     fn layer_norm(&self, device: &Device) -> LayerNorm {
@@ -204,7 +204,7 @@ impl BertConfig {
 
     /// Builds the masked-LM model (encoder without pooler, transform head, tied decoder).
     pub fn init_masked_lm(&self, device: &Device) -> Result<BertForMaskedLm> {
-        Ok(BertForMaskedLm {
+        Ok(materialize(BertForMaskedLm {
             bert: self.init(false, device)?,
             transform: normal_linear(
                 self.hidden_size,
@@ -216,7 +216,7 @@ impl BertConfig {
             transform_norm: self.layer_norm(device),
             decoder_bias: Param::from_tensor(Tensor::zeros([self.vocab_size], device)),
             activation: self.hidden_act,
-        })
+        }))
     }
 
     /// Builds a sequence classifier over `num_labels` classes on the pooled `[CLS]` state.
@@ -228,7 +228,7 @@ impl BertConfig {
         if num_labels == 0 {
             return Err(ModelError::config("num_labels must be > 0"));
         }
-        Ok(BertForSequenceClassification {
+        Ok(materialize(BertForSequenceClassification {
             bert: self.init(true, device)?,
             dropout: DropoutConfig::new(self.hidden_dropout_prob).init(),
             classifier: normal_linear(
@@ -239,7 +239,7 @@ impl BertConfig {
                 device,
             ),
             num_labels,
-        })
+        }))
     }
 }
 

@@ -20,7 +20,7 @@ use crate::attention::{AttentionMask, LayerKvCache};
 use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
 use crate::error::{ModelError, Result};
 use crate::feed_forward::FeedForwardKind;
-use crate::init::normal_linear;
+use crate::init::{materialize, normal_linear};
 use crate::loss::{check_token_ids, cross_entropy, token_tensor};
 use crate::rotary::RotaryEmbedding;
 use crate::sampling::{GenerateConfig, sample_token};
@@ -200,7 +200,7 @@ impl GptConfig {
             .with_init_std(self.init_std)
             .with_out_init_std(self.init_std / (2.0 * self.n_layer as f64).sqrt());
         let learned = self.positions == PositionEncoding::Learned;
-        Ok(Gpt {
+        Ok(materialize(Gpt {
             token_embedding: embedding(self.vocab_size),
             position_embedding: learned.then(|| embedding(self.block_size)),
             rope: (!learned).then(|| {
@@ -221,7 +221,7 @@ impl GptConfig {
             }),
             vocab_size: self.vocab_size,
             block_size: self.block_size,
-        })
+        }))
     }
 }
 

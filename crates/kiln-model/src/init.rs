@@ -1,6 +1,6 @@
 //! GPT-2 style initialization: weights from N(0, std), biases zero.
 
-use burn::module::{Initializer, Param};
+use burn::module::{Initializer, Module, ModuleVisitor, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
@@ -16,4 +16,20 @@ pub fn normal_linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &D
         linear.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
     }
     linear
+}
+
+/// Draws every lazily initialized parameter of `module` now, in declaration order.
+///
+/// Burn initializes parameters on first use, from the device generator's state at that moment;
+/// a model built right after `device.seed(s)` would otherwise get weights that depend on
+/// whatever drew random numbers between construction and the first forward pass.
+pub fn materialize<M: Module>(module: M) -> M {
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
 }

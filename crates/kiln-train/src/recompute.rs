@@ -63,6 +63,16 @@ impl ModuleMapper for Detached {
     }
 }
 
+/// Whether any dropout of the model is active.
+fn has_dropout(model: &Gpt) -> bool {
+    model.embedding_dropout.prob > 0.0
+        || model.blocks.iter().any(|b| {
+            b.attn.attn_dropout.prob > 0.0
+                || b.attn.resid_dropout.prob > 0.0
+                || b.ffn.dropout.prob > 0.0
+        })
+}
+
 /// Per-block recomputation for kiln's [`Gpt`] on a language-modeling batch: returns the loss
 /// and the gradients of `loss · loss_factor` with respect to the parameters of `params` (the
 /// master copy; `model` may be a lower-precision cast of it, see [`crate::precision`]).
@@ -84,17 +94,30 @@ pub fn gpt_per_block(
     };
     let rope = model.rope.as_ref();
 
-    // Pass 1, no graph: every block's input.
-    let frozen = model.clone().map(&mut Detached);
-    reseed(&device, seed, 0);
-    let mut x = frozen.embed(batch.inputs.clone(), 0).detach();
+    // Pass 1, no graph: every block's input. Without dropout it runs on the plain backend,
+    // where nothing is retained; with dropout it must draw the masks the recomputation will
+    // draw, so it runs on the autodiff device with detached parameters (Burn 0.22.1 keeps such
+    // untracked activations alive until the step ends, so the memory saving is then lost).
     let mut inputs = Vec::with_capacity(model.blocks.len());
-    for (i, block) in frozen.blocks.iter().enumerate() {
-        inputs.push(x.clone());
-        reseed(&device, seed, i + 1);
-        x = block.forward(x, mask, rope, None).detach();
-    }
-    drop(frozen);
+    let x = if has_dropout(model) {
+        let frozen = model.clone().map(&mut Detached);
+        reseed(&device, seed, 0);
+        let mut x = frozen.embed(batch.inputs.clone(), 0).detach();
+        for (i, block) in frozen.blocks.iter().enumerate() {
+            inputs.push(x.clone());
+            reseed(&device, seed, i + 1);
+            x = block.forward(x, mask, rope, None).detach();
+        }
+        x
+    } else {
+        let frozen = model.valid();
+        let mut x = frozen.embed(batch.inputs.clone().without_autodiff(), 0);
+        for block in &frozen.blocks {
+            inputs.push(Tensor::from_inner(x.clone()));
+            x = block.forward(x, mask, frozen.rope.as_ref(), None);
+        }
+        Tensor::from_inner(x)
+    };
 
     // Head: loss and the gradient flowing into the last block's output.
     let mut grads = GradientsAccumulator::<Gpt>::new();

@@ -65,45 +65,51 @@ fn adamw_trainer(config: TrainerConfig, data: BatchSource<LmBatch>) -> Trainer<G
     Trainer::new(config, optimizer, ConstantLr::new(1e-2), data).unwrap()
 }
 
-#[test]
-fn resuming_from_a_middle_checkpoint_ends_bit_identical() {
-    let device = Device::flex().autodiff();
-    let dir = tempfile::tempdir().unwrap();
-    let full_dir = dir.path().join("full");
-    let config = |ckpt: &std::path::Path| {
-        quiet(6)
-            .with_batch_size(4)
-            .with_grad_accumulation(2)
-            .with_shuffle(true)
-            .with_clip_grad_norm(Some(0.5))
-            .with_checkpoint_every(2)
-            .with_keep_checkpoints(10)
-            .with_checkpoint_dir(Some(ckpt.display().to_string()))
-    };
-    let data = source(40, 3);
-    let full = adamw_trainer(config(&full_dir), data.clone())
-        .fit(tiny_gpt(&device, 11), &device)
-        .unwrap();
-    let expected = param_values(&full.model);
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(6))]
 
-    // A run "killed" after step 4: its folder holds the checkpoints up to step 4.
-    let resumed_dir = dir.path().join("resumed");
-    std::fs::create_dir_all(&resumed_dir).unwrap();
-    for step in [2, 4] {
-        let name = format!("step-{step:08}");
-        copy_dir(&full_dir.join(&name), &resumed_dir.join(&name));
+    /// A run killed after any checkpoint and resumed in a fresh process (new model, new
+    /// random parameter ids, new optimizer) ends with bit-identical parameters.
+    #[test]
+    fn resuming_from_any_checkpoint_ends_bit_identical(
+        killed_at in 1usize..6,
+        accumulation in 1usize..3,
+        shuffle_seed in 0u64..100,
+    ) {
+        let device = Device::flex().autodiff();
+        let dir = tempfile::tempdir().unwrap();
+        let full_dir = dir.path().join("full");
+        let config = |ckpt: &std::path::Path| {
+            quiet(6)
+                .with_batch_size(4)
+                .with_grad_accumulation(accumulation)
+                .with_shuffle(true)
+                .with_seed(shuffle_seed)
+                .with_clip_grad_norm(Some(0.5))
+                .with_checkpoint_every(1)
+                .with_keep_checkpoints(10)
+                .with_checkpoint_dir(Some(ckpt.display().to_string()))
+        };
+        let data = source(40, 3);
+        let full = adamw_trainer(config(&full_dir), data.clone())
+            .fit(tiny_gpt(&device, 11), &device)
+            .unwrap();
+        let expected = param_values(&full.model);
+
+        // The killed run's folder holds the checkpoints up to `killed_at`.
+        let resumed_dir = dir.path().join("resumed");
+        std::fs::create_dir_all(&resumed_dir).unwrap();
+        for step in 1..=killed_at {
+            let name = format!("step-{step:08}");
+            copy_dir(&full_dir.join(&name), &resumed_dir.join(&name));
+        }
+        let resumed = adamw_trainer(config(&resumed_dir).with_resume(true), data)
+            .fit(tiny_gpt(&device, 99), &device)
+            .unwrap();
+        prop_assert_eq!(resumed.resumed_from, Some(killed_at));
+        prop_assert_eq!(resumed.state.step, 6);
+        prop_assert_eq!(param_values(&resumed.model), expected, "bit-identical parameters");
     }
-    // The resumed process builds a fresh model with other random weights and parameter ids.
-    let resumed = adamw_trainer(config(&resumed_dir).with_resume(true), data)
-        .fit(tiny_gpt(&device, 99), &device)
-        .unwrap();
-    assert_eq!(resumed.resumed_from, Some(4));
-    assert_eq!(resumed.state.step, 6);
-    assert_eq!(
-        param_values(&resumed.model),
-        expected,
-        "bit-identical parameters"
-    );
 }
 
 #[test]
