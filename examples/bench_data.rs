@@ -27,6 +27,18 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat` (Linux;
+/// `None` elsewhere). Wall-clock MB/s depends on what else the machine runs; MB per CPU-second
+/// does much less.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
 fn main() {
     let (mb, rounds, batch) = (
         arg("--mb", 32),
@@ -62,24 +74,36 @@ fn main() {
                 DedupConfig::new().with_mode(*mode).with_num_perm(num_perm),
             )
             .expect("default configs are valid");
-            let start = Instant::now();
+            let (start, cpu_start) = (Instant::now(), cpu_seconds());
             let mut kept = 0;
             for chunk in corpus.documents.chunks(batch) {
                 kept += pipeline.process(chunk.to_vec()).len();
             }
             let secs = start.elapsed().as_secs_f64();
             let rate = bytes as f64 / 1e6 / secs;
+            let cpu = cpu_seconds().zip(cpu_start).map(|(b, a)| b - a);
             let r = pipeline.report();
             println!(
-                "round {round} {name:<28} {secs:6.2} s {rate:7.1} MB/s  kept {kept} (exact {}, near {})",
-                r.dedup.exact_duplicates, r.dedup.near_duplicates
+                "round {round} {name:<28} {secs:6.2} s {rate:7.1} MB/s  {:6.1} MB per CPU-s  kept {kept} \
+                 (exact {}, near {})",
+                cpu.map_or(f64::NAN, |c| bytes as f64 / 1e6 / c.max(0.01)),
+                r.dedup.exact_duplicates,
+                r.dedup.near_duplicates
             );
-            results[m].push(rate);
+            results[m].push((
+                rate,
+                cpu.map_or(f64::NAN, |c| bytes as f64 / 1e6 / c.max(0.01)),
+            ));
         }
     }
     println!();
-    for ((name, _), mut rates) in modes.iter().zip(results) {
-        rates.sort_by(f64::total_cmp);
-        println!("median {name:<28} {:7.1} MB/s", rates[rates.len() / 2]);
+    for ((name, _), runs) in modes.iter().zip(results) {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let wall = median(runs.iter().map(|r| r.0).collect());
+        let per_cpu = median(runs.iter().map(|r| r.1).collect());
+        println!("median {name:<28} {wall:7.1} MB/s  {per_cpu:6.1} MB per CPU-s");
     }
 }

@@ -463,9 +463,14 @@ mod tests {
             &Device::flex(),
         );
         assert_eq!(batch.input_ids.dims(), [2, 5]);
-        let labels: Vec<i64> = batch.labels.to_data().convert::<i64>().into_vec().unwrap();
+        let labels: Vec<i64> = batch
+            .labels
+            .to_data()
+            .convert::<i64>()
+            .try_into_vec()
+            .unwrap();
         assert_eq!(labels, vec![1, 0]);
-        let pad: Vec<bool> = batch.padding_mask.to_data().into_vec().unwrap();
+        let pad: Vec<bool> = batch.padding_mask.to_data().try_into_vec().unwrap();
         assert_eq!(
             pad,
             vec![

@@ -352,28 +352,41 @@ impl Cleaner {
         let (mut lines, mut duplicate_lines) = (0usize, 0usize);
         let mut out = String::with_capacity(text.len());
         let mut removed = 0usize;
+        let boilerplate = cfg.boilerplate_filter && !self.phrases.is_empty();
+        // One ASCII-lowercased copy (same byte offsets) serves every case-insensitive search.
+        let lower = if boilerplate {
+            text.to_ascii_lowercase()
+        } else {
+            String::new()
+        };
+        if boilerplate && lower.contains("lorem ipsum") {
+            report.dropped_boilerplate += 1;
+            return None;
+        }
+        let mut offset = 0;
         for line in text.split('\n') {
+            let start = offset;
+            offset += line.len() + 1;
             let trimmed = line.trim();
             if !trimmed.is_empty() {
                 lines += 1;
                 if !seen.insert(trimmed) {
                     duplicate_lines += 1;
                 }
-                if cfg.boilerplate_filter && !self.phrases.is_empty() {
-                    if contains_ignoring_case(trimmed, "lorem ipsum") {
-                        report.dropped_boilerplate += 1;
-                        return None;
-                    }
-                    let max = cfg.boilerplate_max_words;
-                    if trimmed.split_whitespace().take(max + 1).count() <= max
-                        && self
-                            .phrases
-                            .iter()
-                            .any(|p| contains_ignoring_case(trimmed, p))
-                    {
-                        removed += 1;
-                        continue;
-                    }
+                let max = cfg.boilerplate_max_words;
+                if boilerplate
+                    && trimmed.split_whitespace().take(max + 1).count() <= max
+                    && self.phrases.iter().any(|p| {
+                        let lower_line = &lower[start..start + line.len()];
+                        if p.is_ascii() {
+                            lower_line.contains(p.as_str())
+                        } else {
+                            trimmed.to_lowercase().contains(p.as_str())
+                        }
+                    })
+                {
+                    removed += 1;
+                    continue;
                 }
             }
             if !out.is_empty() || !trimmed.is_empty() {
@@ -422,28 +435,6 @@ impl Cleaner {
     }
 }
 
-/// Whether `hay` contains `needle_lower` (a lowercase needle), ignoring case; without
-/// allocating when the needle is ASCII.
-fn contains_ignoring_case(hay: &str, needle_lower: &str) -> bool {
-    if !needle_lower.is_ascii() {
-        return hay.to_lowercase().contains(needle_lower);
-    }
-    let (h, n) = (hay.as_bytes(), needle_lower.as_bytes());
-    let Some((&first, rest)) = n.split_first() else {
-        return true;
-    };
-    if h.len() < n.len() {
-        return false;
-    }
-    (0..=h.len() - n.len()).any(|i| {
-        h[i].to_ascii_lowercase() == first
-            && h[i + 1..i + n.len()]
-                .iter()
-                .zip(rest)
-                .all(|(a, b)| a.to_ascii_lowercase() == *b)
-    })
-}
-
 #[inline]
 fn push_case(out: &mut String, c: char, lowercase: bool) {
     if lowercase {
@@ -456,10 +447,17 @@ fn push_case(out: &mut String, c: char, lowercase: bool) {
 /// The fraction of characters that sit in runs of at least `run` identical non-whitespace
 /// characters (`!!!!!!!!!!`, `==========`).
 pub fn char_run_fraction(text: &str, run: usize) -> f64 {
+    if text.is_ascii() {
+        return run_fraction(text.bytes(), run);
+    }
+    run_fraction(text.chars(), run)
+}
+
+fn run_fraction<T: PartialEq + Copy + IsSpace>(items: impl Iterator<Item = T>, run: usize) -> f64 {
     let (mut total, mut in_runs, mut current, mut len) = (0usize, 0usize, None, 0usize);
-    for c in text.chars() {
+    for c in items {
         total += 1;
-        if Some(c) == current && !c.is_whitespace() {
+        if Some(c) == current && !c.is_space() {
             len += 1;
         } else {
             if len >= run {
@@ -476,6 +474,22 @@ pub fn char_run_fraction(text: &str, run: usize) -> f64 {
         0.0
     } else {
         in_runs as f64 / total as f64
+    }
+}
+
+trait IsSpace {
+    fn is_space(self) -> bool;
+}
+
+impl IsSpace for u8 {
+    fn is_space(self) -> bool {
+        self.is_ascii_whitespace() || self == 0x0b
+    }
+}
+
+impl IsSpace for char {
+    fn is_space(self) -> bool {
+        self.is_whitespace()
     }
 }
 

@@ -11,11 +11,11 @@
 use crate::hash::{SplitMix64, fmix64, mum};
 
 /// Computes MinHash signatures. Slot `i` is the minimum over the document's shingles of
-/// `hi32(a_i·x + b_i)`, multiply-shift hashing of each shingle's 64-bit hash `x`.
+/// `(a_i·x + b_i) mod 2^32` for the high 32 bits `x` of each shingle's 64-bit hash.
 #[derive(Clone, Debug)]
 pub struct MinHasher {
-    mul: Vec<u64>,
-    add: Vec<u64>,
+    mul: Vec<u32>,
+    add: Vec<u32>,
     shingle_chars: usize,
 }
 
@@ -23,8 +23,12 @@ impl MinHasher {
     /// `num_perm` hash functions drawn from `seed`, over shingles of `shingle_chars` characters.
     pub fn new(num_perm: usize, shingle_chars: usize, seed: u64) -> Self {
         let mut rng = SplitMix64::new(seed);
-        let mul = (0..num_perm).map(|_| rng.next_u64() | 1).collect();
-        let add = (0..num_perm).map(|_| rng.next_u64()).collect();
+        let mul = (0..num_perm)
+            .map(|_| (rng.next_u64() >> 32) as u32 | 1)
+            .collect();
+        let add = (0..num_perm)
+            .map(|_| (rng.next_u64() >> 32) as u32)
+            .collect();
         Self {
             mul,
             add,
@@ -41,20 +45,23 @@ impl MinHasher {
     /// than one shingle is one shingle). Pass text normalized by the caller.
     pub fn signature(&self, text: &str) -> Vec<u32> {
         let mut hashes = Vec::with_capacity(text.len());
-        for_each_shingle(text, self.shingle_chars, |x| hashes.push(x));
+        for_each_shingle(text, self.shingle_chars, |x| hashes.push((x >> 32) as u32));
         self.signature_of_mixed(&hashes)
     }
 
     /// The signature of a set given as 64-bit element hashes (any hashes: they are mixed
     /// again here).
     pub fn signature_of_hashes(&self, hashes: impl IntoIterator<Item = u64>) -> Vec<u32> {
-        let hashes: Vec<u64> = hashes.into_iter().map(fmix64).collect();
+        let hashes: Vec<u32> = hashes
+            .into_iter()
+            .map(|x| (fmix64(x) >> 32) as u32)
+            .collect();
         self.signature_of_mixed(&hashes)
     }
 
     /// The signature of well-mixed 64-bit hashes. The arithmetic is the same on every CPU; on
     /// x86-64 the same code is compiled for AVX-512 and AVX2 too, and picked at run time.
-    fn signature_of_mixed(&self, hashes: &[u64]) -> Vec<u32> {
+    fn signature_of_mixed(&self, hashes: &[u32]) -> Vec<u32> {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512dq")
@@ -74,23 +81,27 @@ impl MinHasher {
 
 /// Slots computed together: the running minima of one block stay in registers while every
 /// shingle streams past.
-const BLOCK: usize = 16;
+const BLOCK: usize = 32;
 
-/// Slot `i` of the signature is `min over x of hi32(mul[i]·x + add[i])`.
+/// Slot `i` of the signature is `min over x of (mul[i]·x + add[i]) mod 2^32`: each slot is a
+/// bijection of the 32-bit shingle hashes (`mul[i]` is odd), so its minimum falls on any element
+/// of the union of two sets with equal probability, and the slots' rankings are nearly
+/// independent because the multipliers scramble the high bits differently. 32-bit lanes let
+/// one AVX-512 instruction handle 16 slots.
 #[inline(always)]
-fn signature_portable(mul: &[u64], add: &[u64], hashes: &[u64]) -> Vec<u32> {
+fn signature_portable(mul: &[u32], add: &[u32], hashes: &[u32]) -> Vec<u32> {
     let n = mul.len();
     let mut sig = vec![u32::MAX; n];
     let mut start = 0;
     while start < n {
         let end = (start + BLOCK).min(n);
         if end - start == BLOCK {
-            let a: [u64; BLOCK] = mul[start..end].try_into().expect("a full block");
-            let b: [u64; BLOCK] = add[start..end].try_into().expect("a full block");
+            let a: [u32; BLOCK] = mul[start..end].try_into().expect("a full block");
+            let b: [u32; BLOCK] = add[start..end].try_into().expect("a full block");
             let mut m = [u32::MAX; BLOCK];
             for &x in hashes {
                 for j in 0..BLOCK {
-                    let v = (a[j].wrapping_mul(x).wrapping_add(b[j]) >> 32) as u32;
+                    let v = a[j].wrapping_mul(x).wrapping_add(b[j]);
                     m[j] = m[j].min(v);
                 }
             }
@@ -98,7 +109,7 @@ fn signature_portable(mul: &[u64], add: &[u64], hashes: &[u64]) -> Vec<u32> {
         } else {
             for i in start..end {
                 for &x in hashes {
-                    let v = (mul[i].wrapping_mul(x).wrapping_add(add[i]) >> 32) as u32;
+                    let v = mul[i].wrapping_mul(x).wrapping_add(add[i]);
                     sig[i] = sig[i].min(v);
                 }
             }
@@ -110,13 +121,13 @@ fn signature_portable(mul: &[u64], add: &[u64], hashes: &[u64]) -> Vec<u32> {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn signature_avx2(mul: &[u64], add: &[u64], hashes: &[u64]) -> Vec<u32> {
+unsafe fn signature_avx2(mul: &[u32], add: &[u32], hashes: &[u32]) -> Vec<u32> {
     signature_portable(mul, add, hashes)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-unsafe fn signature_avx512(mul: &[u64], add: &[u64], hashes: &[u64]) -> Vec<u32> {
+unsafe fn signature_avx512(mul: &[u32], add: &[u32], hashes: &[u32]) -> Vec<u32> {
     signature_portable(mul, add, hashes)
 }
 
@@ -253,7 +264,7 @@ mod tests {
         for_each_shingle(
             "some text to shingle, long enough for many shingles",
             5,
-            |h| hashes.push(h),
+            |h| hashes.push((h >> 32) as u32),
         );
         assert_eq!(
             m.signature_of_mixed(&hashes),

@@ -310,13 +310,13 @@ mod tests {
         let batch = MlmBatcher::new(0).batch(items, &Device::flex());
         assert_eq!(batch.input_ids.dims(), [2, 64]);
         assert_eq!(batch.masked_tokens(), expected);
-        let pad: Vec<bool> = batch.padding_mask.to_data().into_vec().unwrap();
+        let pad: Vec<bool> = batch.padding_mask.to_data().try_into_vec().unwrap();
         assert_eq!(pad.iter().filter(|&&p| p).count(), 54);
         let mask: Vec<i64> = batch
             .attention_mask()
             .to_data()
             .convert::<i64>()
-            .into_vec()
+            .try_into_vec()
             .unwrap();
         assert_eq!(mask.iter().sum::<i64>(), 64 + 10);
     }

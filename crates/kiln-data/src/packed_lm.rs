@@ -187,8 +187,18 @@ mod tests {
             vec![ds.get(0).unwrap(), ds.get(2).unwrap()],
             &Device::flex(),
         );
-        let inputs: Vec<i64> = batch.inputs.to_data().convert::<i64>().into_vec().unwrap();
-        let targets: Vec<i64> = batch.targets.to_data().convert::<i64>().into_vec().unwrap();
+        let inputs: Vec<i64> = batch
+            .inputs
+            .to_data()
+            .convert::<i64>()
+            .try_into_vec()
+            .unwrap();
+        let targets: Vec<i64> = batch
+            .targets
+            .to_data()
+            .convert::<i64>()
+            .try_into_vec()
+            .unwrap();
         assert_eq!(inputs, vec![1, 2, 4, 5]);
         assert_eq!(targets, vec![2, 3, 5, 0]);
         assert_eq!(batch.target_tokens(), 4);
@@ -209,7 +219,12 @@ mod tests {
     #[test]
     fn ragged_windows_are_padded_without_loss() {
         let batch = LmBatcher.batch(vec![vec![7, 8, 9], vec![5, 6]], &Device::flex());
-        let targets: Vec<i64> = batch.targets.to_data().convert::<i64>().into_vec().unwrap();
+        let targets: Vec<i64> = batch
+            .targets
+            .to_data()
+            .convert::<i64>()
+            .try_into_vec()
+            .unwrap();
         assert_eq!(targets, vec![8, 9, 6, IGNORE_INDEX]);
         assert_eq!(batch.target_tokens(), 3);
     }
