@@ -143,10 +143,14 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
         let mut progress = Progress::new(0, total, config.quiet);
         let mut resumed_from = None;
         let mut best_model: Option<M> = None;
-        if config.resume
-            && let Some(dir) = &checkpoints
-            && let Some((checkpoint, skipped)) = dir.latest()?
-        {
+        let latest = match (&checkpoints, config.resume) {
+            (Some(dir), true) => dir.latest()?,
+            _ => None,
+        };
+        if config.resume && latest.is_none() {
+            progress.println("no checkpoint to resume from: starting at step 0");
+        }
+        if let Some((checkpoint, skipped)) = latest {
             for reason in skipped {
                 progress.println(&format!("skipping checkpoint: {reason}"));
             }
@@ -412,11 +416,13 @@ impl ModuleMapper for WithStrategy {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let strategy = self.0;
         param.map(|t| {
-            if t.is_autodiff() {
-                t.with_gradient_checkpointing_strategy(strategy)
-            } else {
+            // A model built on a plain device is lifted onto autodiff to be trained.
+            let t = if t.is_autodiff() {
                 t
-            }
+            } else {
+                t.autodiff().require_grad()
+            };
+            t.with_gradient_checkpointing_strategy(strategy)
         })
     }
 }

@@ -384,3 +384,14 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
+
+#[test]
+fn a_model_built_on_a_plain_device_is_trained() {
+    let device = Device::flex().autodiff();
+    let plain = tiny_gpt(&Device::flex(), 3);
+    let before = param_values(&plain);
+    let outcome = sgd_trainer(quiet(2).with_batch_size(4), source(8, 1), 0.5)
+        .fit(plain, &device)
+        .unwrap();
+    assert!(max_abs_diff(&before, &param_values(&outcome.model)) > 1e-4);
+}
