@@ -16,7 +16,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::module::Module;
 use burn::tensor::Device;
 use kiln_model::gpt::{Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
@@ -497,9 +496,4 @@ pub fn load_quantized_gpt(path: impl AsRef<Path>, device: &Device) -> Result<Qua
             .unwrap_or(ActivationQuant::Dynamic);
         Ok(QuantizedLinear::from_parts(weight, bias, act))
     })
-}
-
-/// The total size of a module's f32 parameters, in bytes (4 per element).
-pub fn f32_bytes<M: Module>(module: &M) -> usize {
-    4 * module.num_params()
 }

@@ -1,15 +1,39 @@
-//! kiln-compress: pruning and int8 quantization for kiln models.
+//! kiln-compress: pruning and int8 quantization for kiln models (`docs/compression.md`).
 //!
-//! Pruning (masks live beside the model, see [`PruningMasks`]):
+//! Pruning (masks live beside the model: [`PruningMasks`], effective weight `w ⊙ mask`):
 //! - [`magnitude`]: unstructured magnitude pruning, per layer or global, by fraction or count.
 //! - [`n_m`]: N:M semi-structured sparsity (2:4).
 //! - [`structured`]: rows/columns, FFN neurons and attention heads by L1/L2 norm, with physical
-//!   removal of FFN neurons ([`remove_ffn_neurons`]).
+//!   removal of FFN neurons ([`remove_ffn_neurons`]; heads: [`QuantizedGpt::remove_heads`]).
 //! - [`schedule`]: gradual pruning on Zhu & Gupta's cubic schedule, as a [`PruningHook`] a
 //!   training loop calls after each optimizer step.
 //! - [`sparsity()`]: the per-parameter sparsity report.
 //!
-//! Errors: every fallible call returns a [`CompressError`].
+//! Quantization (int8):
+//! - [`quantize`]: symmetric/asymmetric, per-tensor/per-channel, min-max/percentile
+//!   ([`QuantConfig`], [`QuantizedTensor`]).
+//! - [`quantized_linear`]: [`QuantizedLinear`], weight-only, dynamic or static activations.
+//! - [`int_gemm`]: the int8 × int8 → i32 product (AVX-512 VNNI where the CPU has it).
+//! - [`quantized_gpt`]: [`QuantizedGpt`], a `Gpt` with int8 linear layers, with generation.
+//!
+//! Storage: [`archive`] saves and loads pruned and quantized models in files whose size is the
+//! compressed size. Errors: every fallible call returns a [`CompressError`].
+//!
+//! ```
+//! use burn::tensor::Device;
+//! use kiln_compress::{Amount, PruningScope, linear_weights, magnitude_masks, sparsity};
+//! use kiln_model::gpt::GptConfig;
+//!
+//! let device = Device::flex();
+//! let gpt = GptConfig::new(12).with_block_size(8).with_n_layer(1).with_n_head(2).with_d_model(16)
+//!     .init(&device)
+//!     .unwrap();
+//! let masks = magnitude_masks(&gpt, &linear_weights, Amount::Fraction(0.5), PruningScope::Layerwise)
+//!     .unwrap();
+//! let pruned = masks.remove(gpt);
+//! let query = sparsity(&pruned).into_iter().find(|r| r.path == "blocks.0.attn.query.weight").unwrap();
+//! assert_eq!(query.fraction(), 0.5);
+//! ```
 
 #![warn(missing_docs)]
 

@@ -10,7 +10,7 @@ use crate::error::{CompressError, Result};
 use crate::int_gemm::{
     Columns, Packed, fused_linear, gemm_i8, pack_for_vnni, quantize_row, rescale, row_params,
 };
-use crate::quantize::{Granularity, QuantConfig, QuantParams, QuantizedTensor};
+use crate::quantize::{QuantConfig, QuantParams, QuantizedTensor};
 
 /// What happens to the activations entering a [`QuantizedLinear`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -203,11 +203,6 @@ impl QuantizedLinear {
     pub fn num_params(&self) -> usize {
         self.weight.values.len() + self.bias.as_ref().map_or(0, Vec::len)
     }
-}
-
-/// The default weight quantization of [`QuantizedLinear`]: per-channel symmetric.
-pub fn default_weight_config() -> QuantConfig {
-    QuantConfig::new().with_granularity(Granularity::PerChannel)
 }
 
 pub(crate) fn to_host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
