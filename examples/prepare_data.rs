@@ -145,7 +145,7 @@ fn main() -> ExitCode {
         "read {} documents ({mb:.1} MB) from {} file(s); removed {} in cleaning, {} exact and {} near \
          duplicates; kept {}",
         stats.documents_in,
-        config.inputs.len(),
+        stats.input.files,
         stats.removed_by_cleaning,
         stats.exact_duplicates,
         stats.near_duplicates,

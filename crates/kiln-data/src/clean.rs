@@ -235,9 +235,7 @@ impl Cleaner {
         }
 
         let chars = self.clean_chars(text, report);
-        let Some(kept) = self.filter_lines(&chars, report) else {
-            return None;
-        };
+        let kept = self.filter_lines(&chars, report)?;
         let kept = if cfg.remove_stop_words {
             self.remove_stop_words(&kept, report)
         } else {
@@ -453,11 +451,11 @@ pub fn char_run_fraction(text: &str, run: usize) -> f64 {
     run_fraction(text.chars(), run)
 }
 
-fn run_fraction<T: PartialEq + Copy + IsSpace>(items: impl Iterator<Item = T>, run: usize) -> f64 {
+fn run_fraction<T: PartialEq + Copy + Blank>(items: impl Iterator<Item = T>, run: usize) -> f64 {
     let (mut total, mut in_runs, mut current, mut len) = (0usize, 0usize, None, 0usize);
     for c in items {
         total += 1;
-        if Some(c) == current && !c.is_space() {
+        if Some(c) == current && !c.blank() {
             len += 1;
         } else {
             if len >= run {
@@ -477,18 +475,18 @@ fn run_fraction<T: PartialEq + Copy + IsSpace>(items: impl Iterator<Item = T>, r
     }
 }
 
-trait IsSpace {
-    fn is_space(self) -> bool;
+trait Blank {
+    fn blank(self) -> bool;
 }
 
-impl IsSpace for u8 {
-    fn is_space(self) -> bool {
+impl Blank for u8 {
+    fn blank(self) -> bool {
         self.is_ascii_whitespace() || self == 0x0b
     }
 }
 
-impl IsSpace for char {
-    fn is_space(self) -> bool {
+impl Blank for char {
+    fn blank(self) -> bool {
         self.is_whitespace()
     }
 }

@@ -281,7 +281,7 @@ mod tests {
                     4 => masked += 1,
                     x if x == orig[t] => kept += 1,
                     x => {
-                        assert!(x >= 5 && x < 1000);
+                        assert!((5..1000).contains(&x));
                         random += 1
                     }
                 }
@@ -340,10 +340,10 @@ mod tests {
             let inner = PackedLmDataset::from_tokens(vec![5; 10], 4).unwrap();
             let ds = MlmDataset::new(inner, MlmConfig::for_bert(12, SPECIAL, seed)).unwrap();
             let item = ds.mask(&ids, 0);
-            for t in 0..ids.len() {
-                if ids[t] < 5 {
+            for (t, &id) in ids.iter().enumerate() {
+                if id < 5 {
                     prop_assert_eq!(item.labels[t], IGNORE_INDEX);
-                    prop_assert_eq!(item.input_ids[t], ids[t]);
+                    prop_assert_eq!(item.input_ids[t], id);
                 } else if item.labels[t] != IGNORE_INDEX {
                     prop_assert!(item.input_ids[t] >= 4);
                 }

@@ -212,7 +212,7 @@ pub fn prepare_corpus(config: &PrepareConfig) -> Result<PrepareStats, DataError>
         for (text, mut ids) in chunk.iter().zip(encoded) {
             ids.push(separator);
             // A fixed hash of the text picks the split, so it never depends on order.
-            let u = (hash64(text.as_bytes(), 0x7661_6c) >> 11) as f64 / (1u64 << 53) as f64;
+            let u = (hash64(text.as_bytes(), 0x0076_616c) >> 11) as f64 / (1u64 << 53) as f64;
             if u < config.val_fraction {
                 val.write(&ids)?;
                 val_documents += 1;
