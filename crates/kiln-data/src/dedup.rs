@@ -17,7 +17,7 @@ use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfkc_quick};
 
 use crate::DataError;
 use crate::hash::{BuildPreHashed, hash64};
-use crate::minhash::{LshBands, MinHasher, estimate_jaccard};
+use crate::minhash::{LshBands, MinHasher, agreement};
 
 /// Which duplicates to remove.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,7 +248,7 @@ impl Deduplicator {
                     continue;
                 }
                 self.stats.candidates_checked += 1;
-                let j = estimate_jaccard(sig, &self.signatures[idx * n..(idx + 1) * n]);
+                let j = agreement(sig, &self.signatures[idx * n..(idx + 1) * n]);
                 if j >= self.config.jaccard_threshold && best.is_none_or(|(_, b)| j > b) {
                     best = Some((self.kept_numbers[idx], j));
                 }

@@ -8,6 +8,7 @@
 //! candidates when any band agrees entirely, which happens with probability
 //! `1 - (1 - J^r)^b`, an S-curve whose position the threshold picks.
 
+use crate::DataError;
 use crate::hash::{SplitMix64, fmix64, mum};
 
 /// Computes MinHash signatures. Slot `i` is the minimum over the document's shingles of
@@ -161,9 +162,21 @@ pub fn for_each_shingle(text: &str, k: usize, mut f: impl FnMut(u64)) {
     }
 }
 
-/// The fraction of agreeing slots: the MinHash estimate of Jaccard similarity.
-pub fn estimate_jaccard(a: &[u32], b: &[u32]) -> f64 {
-    assert_eq!(a.len(), b.len(), "signatures of different lengths");
+/// The fraction of agreeing slots: the MinHash estimate of Jaccard similarity. Signatures of
+/// different lengths (from different [`MinHasher`]s) are an error.
+pub fn estimate_jaccard(a: &[u32], b: &[u32]) -> Result<f64, DataError> {
+    if a.len() != b.len() {
+        return Err(DataError::InvalidConfig(format!(
+            "signatures of {} and {} slots cannot be compared",
+            a.len(),
+            b.len()
+        )));
+    }
+    Ok(agreement(a, b))
+}
+
+/// The fraction of agreeing slots of two signatures of the same length.
+pub(crate) fn agreement(a: &[u32], b: &[u32]) -> f64 {
     if a.is_empty() {
         return 0.0;
     }
@@ -210,8 +223,9 @@ impl LshBands {
         1.0 - (1.0 - j.powi(self.rows as i32)).powi(self.bands as i32)
     }
 
-    /// The hash of each band of `signature` (one per band).
-    pub fn band_hashes<'a>(&self, signature: &'a [u32]) -> impl Iterator<Item = u64> + 'a {
+    /// The hash of each band of `signature` (one per band; the signature has at least
+    /// `bands × rows` slots).
+    pub(crate) fn band_hashes<'a>(&self, signature: &'a [u32]) -> impl Iterator<Item = u64> + 'a {
         let rows = self.rows;
         (0..self.bands).map(move |band| {
             let slots = &signature[band * rows..(band + 1) * rows];
@@ -273,11 +287,17 @@ mod tests {
     }
 
     #[test]
+    fn signatures_of_different_lengths_are_an_error() {
+        let (a, b) = (MinHasher::new(8, 5, 0), MinHasher::new(16, 5, 0));
+        assert!(estimate_jaccard(&a.signature("text"), &b.signature("text")).is_err());
+    }
+
+    #[test]
     fn identical_sets_have_identical_signatures() {
         let m = MinHasher::new(64, 5, 1);
         assert_eq!(m.signature("the same text"), m.signature("the same text"));
         assert_eq!(
-            estimate_jaccard(&m.signature("abcdefgh"), &m.signature("abcdefgh")),
+            estimate_jaccard(&m.signature("abcdefgh"), &m.signature("abcdefgh")).unwrap(),
             1.0
         );
     }
@@ -301,7 +321,7 @@ mod tests {
             let a: Vec<u64> = common.iter().copied().chain((0..only_a).map(|_| rng.next_u64())).collect();
             let b: Vec<u64> = common.iter().copied().chain((0..only_b).map(|_| rng.next_u64())).collect();
             let truth = shared as f64 / (shared + only_a + only_b) as f64;
-            let est = estimate_jaccard(&m.signature_of_hashes(a), &m.signature_of_hashes(b));
+            let est = estimate_jaccard(&m.signature_of_hashes(a), &m.signature_of_hashes(b)).unwrap();
             let se = (truth * (1.0 - truth) / n as f64).sqrt();
             prop_assert!((est - truth).abs() <= 4.5 * se + 1e-9,
                 "estimate {est} truth {truth} se {se}");
