@@ -279,3 +279,40 @@ fn removing_heads_gives_the_outputs_of_masking_them() {
     assert!(q.clone().remove_heads(&[vec![0]]).is_err());
     assert!(q.remove_heads(&[vec![], vec![0]]).is_err());
 }
+
+/// kiln-compress's symmetric per-tensor int8 is Burn's `Q8S` scheme (scale = max|x| / 127):
+/// the same grid, so Burn's quantize-dequantize and ours agree (up to a step where a value sits
+/// exactly between two levels and the rounding rules differ).
+#[test]
+fn symmetric_per_tensor_matches_burns_q8s() {
+    use burn::tensor::quantization::{QuantScheme, QuantValue};
+    let device = Device::flex();
+    let values: Vec<f32> = (0..256)
+        .map(|i| ((i * 7919 % 997) as f32 / 498.5 - 1.0) * 3.0)
+        .collect();
+    let scheme = QuantScheme::default().with_value(QuantValue::Q8S);
+    let burn: Vec<f32> = Tensor::<2>::from_data(TensorData::new(values.clone(), [16, 16]), &device)
+        .quantize_dynamic(&scheme)
+        .dequantize()
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap();
+    let config = QuantConfig::new().with_granularity(Granularity::PerTensor);
+    let ours = QuantizedTensor::quantize(&values, [16, 16], &config).unwrap();
+    let scale = ours.params_of(0).scale;
+    let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!((scale - max / 127.0).abs() <= 1e-7);
+    let ours = ours.dequantize();
+    let same = ours
+        .iter()
+        .zip(&burn)
+        .filter(|(a, b)| (*a - *b).abs() <= 1e-6 * max)
+        .count();
+    assert!(same >= 250, "{same} of 256 agree");
+    assert!(
+        ours.iter()
+            .zip(&burn)
+            .all(|(a, b)| (a - b).abs() <= scale * 1.001)
+    );
+}
