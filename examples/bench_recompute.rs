@@ -17,7 +17,7 @@ use std::time::Instant;
 use burn::optim::GradientsParams;
 use kiln::data::LmBatch;
 use kiln::prelude::*;
-use kiln::train::{Recompute, TrainModel};
+use kiln::train::{Precision, Recompute, TrainModel};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -117,7 +117,7 @@ fn child(args: &Args, recompute: Recompute) -> Result<(), String> {
         let grads = match recompute {
             Recompute::PerBlock => {
                 let (out, grads) = gpt
-                    .backward_per_block(&batch, 1.0, &gpt)
+                    .backward_per_block(&batch, 1.0, Precision::F32)
                     .expect("Gpt supports per-block")
                     .map_err(|e| e.to_string())?;
                 loss = out.loss.into_scalar::<f64>();

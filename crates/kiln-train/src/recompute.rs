@@ -23,6 +23,7 @@ use kiln_model::attention::AttentionMask;
 use kiln_model::gpt::Gpt;
 
 use crate::error::Result as TrainResult;
+use crate::precision::Precision;
 use crate::train_model::{StepOutput, correct_tokens};
 
 /// Which activations the backward pass recomputes instead of keeping.
@@ -75,13 +76,17 @@ fn has_dropout(model: &Gpt) -> bool {
 
 /// Per-block recomputation for kiln's [`Gpt`] on a language-modeling batch: returns the loss
 /// and the gradients of `loss · loss_factor` with respect to the parameters of `params` (the
-/// master copy; `model` may be a lower-precision cast of it, see [`crate::precision`]).
+/// f32 master copy), computing in `precision`.
+///
+/// Each stage casts the master weights afresh: a backward pass consumes the graph of the cast,
+/// so one cast cannot serve several backward passes.
 pub fn gpt_per_block(
-    model: &Gpt,
     params: &Gpt,
     batch: &LmBatch,
     loss_factor: f64,
+    precision: Precision,
 ) -> TrainResult<(StepOutput, GradientsParams)> {
+    let model = &precision.compute_model(params);
     kiln_model::loss::check_token_ids(&batch.inputs, model.vocab_size, model.block_size)?;
     let device = batch.inputs.device();
     // Drawn from the device generator, which the trainer seeds every step: deterministic.
@@ -122,6 +127,7 @@ pub fn gpt_per_block(
     // Head: loss and the gradient flowing into the last block's output.
     let mut grads = GradientsAccumulator::<Gpt>::new();
     let top = x.require_grad();
+    let model = &precision.compute_model(params);
     let logits = model.head(top.clone()).cast(burn::tensor::FloatDType::F32);
     let correct = correct_tokens(logits.clone(), batch.targets.clone());
     let loss = model.loss(logits, batch.targets.clone(), Some(IGNORE_INDEX));
@@ -130,11 +136,12 @@ pub fn gpt_per_block(
     grads.accumulate(params, GradientsParams::from_grads(backward, params));
 
     // Blocks, top down, each recomputed with its graph.
-    for (i, block) in model.blocks.iter().enumerate().rev() {
+    for i in (0..params.blocks.len()).rev() {
         let Some(g) = upstream.take() else { break };
         let input = inputs.pop().expect("one input per block").require_grad();
+        let model = precision.compute_model(params);
         reseed(&device, seed, i + 1);
-        let out = block.forward(input.clone(), mask, rope, None);
+        let out = model.blocks[i].forward(input.clone(), mask, model.rope.as_ref(), None);
         let backward = (out * Tensor::from_inner(g)).sum().backward();
         upstream = input.grad(&backward);
         grads.accumulate(params, GradientsParams::from_grads(backward, params));
@@ -142,6 +149,7 @@ pub fn gpt_per_block(
 
     // Embeddings.
     if let Some(g) = upstream {
+        let model = precision.compute_model(params);
         reseed(&device, seed, 0);
         let x = model.embed(batch.inputs.clone(), 0);
         let backward = (x * Tensor::from_inner(g)).sum().backward();

@@ -7,6 +7,7 @@ use kiln_model::bert::{BertForMaskedLm, BertForSequenceClassification, BertInput
 use kiln_model::gpt::Gpt;
 
 use crate::error::Result;
+use crate::precision::Precision;
 
 /// What one forward pass on a batch gives the loop.
 #[derive(Clone, Debug)]
@@ -49,15 +50,15 @@ pub trait TrainModel<B: Batch>: Module + Clone + Send + 'static {
     /// The forward pass: mean loss and, optionally, the count of correct predictions.
     fn forward_step(&self, batch: &B) -> Result<StepOutput>;
 
-    /// The same forward pass for per-block activation recomputation
-    /// ([`Recompute::PerBlock`](crate::Recompute)): returns the gradients of
-    /// `loss · loss_factor` with respect to `params` (the f32 master copy of `self`).
-    /// `None` means the model does not support it; the default.
+    /// Forward and backward with per-block activation recomputation
+    /// ([`Recompute::PerBlock`](crate::Recompute)), computing in `precision`: returns the
+    /// output and the gradients of `loss · loss_factor` with respect to `self` (the f32 master
+    /// weights). `None` means the model does not support it; the default.
     fn backward_per_block(
         &self,
         _batch: &B,
         _loss_factor: f64,
-        _params: &Self,
+        _precision: Precision,
     ) -> Option<Result<(StepOutput, burn::optim::GradientsParams)>> {
         None
     }
@@ -87,13 +88,13 @@ impl TrainModel<LmBatch> for Gpt {
         &self,
         batch: &LmBatch,
         loss_factor: f64,
-        params: &Self,
+        precision: Precision,
     ) -> Option<Result<(StepOutput, burn::optim::GradientsParams)>> {
         Some(crate::recompute::gpt_per_block(
             self,
-            params,
             batch,
             loss_factor,
+            precision,
         ))
     }
 }

@@ -195,20 +195,21 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
 
             // 2. Forward and backward of each, gradients averaged by weight.
             let loss_scale = state.scaler.as_ref().map_or(1.0, |s| s.scale());
-            let compute = config.precision.compute_model(&model);
             let mut accumulated = GradientsAccumulator::<M>::new();
             let mut loss = 0.0;
             for (batch, weight) in batches.iter().zip(&weights) {
                 let share = *weight as f64 / total_weight;
                 let (out, grads) = match config.recompute {
-                    Recompute::PerBlock => compute
-                        .backward_per_block(batch, loss_scale * share, &model)
+                    Recompute::PerBlock => model
+                        .backward_per_block(batch, loss_scale * share, config.precision)
                         .ok_or_else(|| {
                             TrainError::InvalidConfig(
                                 "this model does not support Recompute::PerBlock".into(),
                             )
                         })??,
                     _ => {
+                        // Cast per micro-batch: a backward pass consumes the cast's graph.
+                        let compute = config.precision.compute_model(&model);
                         let out = compute.forward_step(batch)?;
                         let backward = (out.loss.clone() * (loss_scale * share)).backward();
                         (out, GradientsParams::from_grads(backward, &model))
@@ -217,7 +218,6 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 loss += out.loss.into_scalar::<f64>() * share;
                 accumulated.accumulate(&model, grads);
             }
-            drop(compute);
             let mut grads = accumulated.grads();
 
             // 3. Unscale, check, clip.

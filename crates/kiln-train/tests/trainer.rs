@@ -185,7 +185,10 @@ fn an_f16_overflow_skips_the_step_and_halves_the_scale() {
 fn f16_training_with_a_sane_scale_moves_like_f32() {
     let device = Device::flex().autodiff();
     let run = |precision| {
-        let config = quiet(3).with_batch_size(4).with_precision(precision);
+        let config = quiet(3)
+            .with_batch_size(2)
+            .with_grad_accumulation(2)
+            .with_precision(precision);
         sgd_trainer(config, source(12, 4), 0.5)
             .fit(tiny_gpt(&device, 5), &device)
             .unwrap()
@@ -301,7 +304,7 @@ fn grads_of(model: &Gpt, batch: &LmBatch, recompute: Recompute) -> Vec<f32> {
     let grads = match recompute {
         Recompute::PerBlock => {
             model
-                .backward_per_block(batch, 1.0, model)
+                .backward_per_block(batch, 1.0, Precision::F32)
                 .unwrap()
                 .unwrap()
                 .1
@@ -394,4 +397,24 @@ fn a_model_built_on_a_plain_device_is_trained() {
         .fit(plain, &device)
         .unwrap();
     assert!(max_abs_diff(&before, &param_values(&outcome.model)) > 1e-4);
+}
+
+#[test]
+fn per_block_recomputation_trains_like_none_in_f16_with_accumulation() {
+    let run = |recompute: Recompute| {
+        let device = recompute.training_device(&Device::flex());
+        let config = quiet(2)
+            .with_batch_size(2)
+            .with_grad_accumulation(2)
+            .with_precision(Precision::F16)
+            .with_recompute(recompute);
+        let outcome = sgd_trainer(config, source(8, 6), 0.5)
+            .fit(tiny_gpt(&device, 8), &device)
+            .unwrap();
+        assert_eq!(outcome.state.skipped_steps, 0);
+        param_values(&outcome.model)
+    };
+    let (plain, per_block) = (run(Recompute::None), run(Recompute::PerBlock));
+    let diff = max_abs_diff(&plain, &per_block);
+    assert!(diff < 1e-3, "per-block f16 differs by {diff}");
 }
