@@ -16,7 +16,8 @@
 //!   fine-tune (the masks re-applied after every optimizer step);
 //! - 2:4 semi-structured, then fine-tuned under the masks;
 //! - structured: 30% of the FFN neurons of every block removed (the layers shrink), fine-tuned;
-//! - int8 per-channel weights, weight-only (dequantize fallback) and dynamic (int8 GEMM);
+//! - int8 per-channel weights, weight-only (dequantize fallback), dynamic (int8 GEMM, a scale per
+//!   token at run time) and static (activation ranges calibrated on sample batches);
 //! - 50% unstructured + int8 dynamic.
 //!
 //! Sparsity is the fraction of exact zeros among the Transformer linear weights (the pruned
@@ -39,9 +40,10 @@ use burn::data::dataset::Dataset;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::Int;
 use kiln::compress::{
-    ActivationQuant, Amount, GradualPruningConfig, Norm, PruningHook, PruningMasks, PruningScope,
-    QuantConfig, QuantizedGpt, int8_kernel_name, linear_weights, magnitude_masks, n_m_masks,
-    read_params, remove_ffn_neurons, save_gpt, save_quantized_gpt, select_ffn_neurons,
+    ActivationQuant, Amount, Calibration, GradualPruningConfig, Norm, PruningHook, PruningMasks,
+    PruningScope, QuantConfig, QuantMode, QuantizedGpt, int8_kernel_name, linear_weights,
+    magnitude_masks, n_m_masks, read_params, remove_ffn_neurons, save_gpt, save_quantized_gpt,
+    select_ffn_neurons,
 };
 use kiln::data::addition::{
     ANSWER_LEN, AdditionBatcher, AdditionDataset, AdditionProblem, SEQ_LEN,
@@ -378,7 +380,21 @@ fn run() -> Result<(), Failure> {
     let int8_row =
         |name: &str, gpt: &Gpt, act: ActivationQuant, file: &str| -> Result<Row, Failure> {
             println!("{name}");
-            let q = QuantizedGpt::from_gpt(gpt, &QuantConfig::new(), act)?;
+            let mut q = QuantizedGpt::from_gpt(gpt, &QuantConfig::new(), act)?;
+            if name.contains("static") {
+                // Static activation ranges: percentile calibration on 8 training batches.
+                let train = AdditionDataset::train();
+                let mut rng = StdRng::seed_from_u64(args.seed ^ 0xCA1);
+                let device = Device::flex();
+                let batches: Vec<Tensor<2, Int>> = (0..8)
+                    .map(|_| random_batch(&train, &mut rng, 64, &device).inputs)
+                    .collect();
+                q.calibrate(
+                    &batches,
+                    Calibration::Percentile(99.99),
+                    QuantMode::Asymmetric,
+                )?;
+            }
             let bytes = save_quantized_gpt(&q, &config, args.out.join(file))?;
             let model = Model::Int8(q);
             Ok(Row {
@@ -406,6 +422,12 @@ fn run() -> Result<(), Failure> {
         &dense,
         ActivationQuant::Dynamic,
         "int8_dynamic.kcz",
+    )?);
+    rows.push(int8_row(
+        "int8 per-channel static (asymmetric activations, 99.99th percentile calibration)",
+        &dense,
+        ActivationQuant::Dynamic,
+        "int8_static.kcz",
     )?);
     rows.push(int8_row(
         "50% unstructured + int8 dynamic",
