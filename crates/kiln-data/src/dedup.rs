@@ -195,8 +195,15 @@ impl Deduplicator {
         &self.stats
     }
 
-    /// Hashes and, in `Near` mode, the MinHash signature of `text`.
+    /// Hashes and, in `Near` mode, the MinHash signature of `text` (nothing in `None` mode).
     pub fn fingerprint(&self, text: &str) -> Fingerprint {
+        if self.config.mode == DedupMode::None {
+            // Nothing will be compared: skip the normalization and hashing.
+            return Fingerprint {
+                exact: 0,
+                signature: None,
+            };
+        }
         let (exact_text, near_text) = normalize_for_dedup(text);
         let bytes = exact_text.as_bytes();
         let exact = ((hash64(bytes, 1) as u128) << 64) | hash64(bytes, 2) as u128;
