@@ -296,7 +296,7 @@ fn symmetric_per_tensor_matches_burns_q8s() {
         .dequantize()
         .into_data()
         .convert::<f32>()
-        .to_vec()
+        .try_to_vec()
         .unwrap();
     let config = QuantConfig::new().with_granularity(Granularity::PerTensor);
     let ours = QuantizedTensor::quantize(&values, [16, 16], &config).unwrap();
