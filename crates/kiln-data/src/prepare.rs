@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -190,12 +191,20 @@ pub fn prepare_corpus(config: &PrepareConfig) -> Result<PrepareStats, DataError>
     let mut tokenizer = match &config.tokenizer {
         TokenizerSource::Load(path) => Tokenizer::from_file(path)?,
         TokenizerSource::TrainBpe(vocab) => {
-            Tokenizer::train_byte_level_bpe(kept_texts(&docs_path)?, *vocab, &[END_OF_TEXT])?
+            let (texts, error) = KeptTexts::open(&docs_path)?;
+            let tokenizer = Tokenizer::train_byte_level_bpe(texts, *vocab, &[END_OF_TEXT])?;
+            check(&error)?;
+            tokenizer
         }
         TokenizerSource::TrainWordPiece {
             vocab_size,
             lowercase,
-        } => Tokenizer::train_wordpiece(kept_texts(&docs_path)?, *vocab_size, *lowercase)?,
+        } => {
+            let (texts, error) = KeptTexts::open(&docs_path)?;
+            let tokenizer = Tokenizer::train_wordpiece(texts, *vocab_size, *lowercase)?;
+            check(&error)?;
+            tokenizer
+        }
     };
     let separator = tokenizer.ensure_document_separator()?;
     let vocab_size = tokenizer.vocab_size();
@@ -205,7 +214,8 @@ pub fn prepare_corpus(config: &PrepareConfig) -> Result<PrepareStats, DataError>
     let mut train = ShardWriter::new(out, "train", vocab_size, config.shard_tokens)?;
     let mut val = ShardWriter::new(out, "val", vocab_size, config.shard_tokens)?;
     let (mut train_documents, mut val_documents) = (0usize, 0usize);
-    let mut texts = kept_texts(&docs_path)?.peekable();
+    let (texts, texts_error) = KeptTexts::open(&docs_path)?;
+    let mut texts = texts.peekable();
     while texts.peek().is_some() {
         let chunk: Vec<String> = texts.by_ref().take(config.batch_docs.max(1)).collect();
         let encoded = tokenizer.encode_batch(&chunk)?;
@@ -222,6 +232,7 @@ pub fn prepare_corpus(config: &PrepareConfig) -> Result<PrepareStats, DataError>
             }
         }
     }
+    check(&texts_error)?;
     let mut meta = ShardMeta::new(vocab_size, Some(separator));
     meta.splits.insert("train".into(), train.finish()?);
     meta.splits.insert("val".into(), val.finish()?);
@@ -263,19 +274,71 @@ pub fn prepare_corpus(config: &PrepareConfig) -> Result<PrepareStats, DataError>
     Ok(stats)
 }
 
-/// The texts of a `documents.jsonl`, streamed.
-fn kept_texts(path: &Path) -> Result<impl Iterator<Item = String> + Send + use<>, DataError> {
-    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    Ok(BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(
-            |line| match serde_json::from_str::<serde_json::Value>(&line) {
-                Ok(serde_json::Value::Object(mut o)) => match o.remove("text") {
-                    Some(serde_json::Value::String(s)) => Some(s),
-                    _ => None,
-                },
-                _ => None,
+/// Where a [`KeptTexts`] stream leaves the error that ended it.
+type ErrorSlot = Arc<Mutex<Option<DataError>>>;
+
+/// The texts of a `documents.jsonl`, streamed. A read or parse failure ends the stream and is
+/// left in the [`ErrorSlot`] for the caller to check afterwards (the tokenizer trainers take
+/// plain iterators of strings).
+struct KeptTexts {
+    lines: std::io::Lines<BufReader<File>>,
+    path: PathBuf,
+    line: usize,
+    error: ErrorSlot,
+}
+
+impl Iterator for KeptTexts {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        let fail = |this: &Self, err: DataError| {
+            if let Ok(mut slot) = this.error.lock() {
+                slot.get_or_insert(err);
+            }
+            None
+        };
+        self.line += 1;
+        let line = match self.lines.next()? {
+            Ok(l) => l,
+            Err(e) => return fail(self, DataError::io(&self.path, e)),
+        };
+        match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(serde_json::Value::Object(mut o)) => match o.remove("text") {
+                Some(serde_json::Value::String(s)) => Some(s),
+                _ => fail(self, self.malformed("no string \"text\" field")),
             },
-        ))
+            Ok(_) => fail(self, self.malformed("not a JSON object")),
+            Err(e) => fail(self, self.malformed(&e.to_string())),
+        }
+    }
+}
+
+impl KeptTexts {
+    fn open(path: &Path) -> Result<(Self, ErrorSlot), DataError> {
+        let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+        let error = ErrorSlot::default();
+        let texts = Self {
+            lines: BufReader::new(file).lines(),
+            path: path.to_path_buf(),
+            line: 0,
+            error: error.clone(),
+        };
+        Ok((texts, error))
+    }
+
+    fn malformed(&self, message: &str) -> DataError {
+        DataError::MalformedJson {
+            path: self.path.display().to_string(),
+            line: self.line,
+            message: message.into(),
+        }
+    }
+}
+
+/// The error a [`KeptTexts`] stream ended with, if any.
+fn check(slot: &ErrorSlot) -> Result<(), DataError> {
+    match slot.lock().ok().and_then(|mut s| s.take()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
