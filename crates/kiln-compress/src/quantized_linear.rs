@@ -120,7 +120,25 @@ impl QuantizedLinear {
         .transpose()
     }
 
+    /// `[.., d_in] -> [.., d_out]`; an input of another width is an error.
+    pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
+        let dims = x.dims();
+        if D == 0 || dims[D - 1] != self.d_in() {
+            return Err(CompressError::ShapeMismatch {
+                path: "input".into(),
+                expected: vec![self.d_in()],
+                found: dims.to_vec(),
+            });
+        }
+        Ok(self.forward(x))
+    }
+
     /// `[.., d_in] -> [.., d_out]`.
+    ///
+    /// # Panics
+    ///
+    /// When the input's last dimension is not `d_in` (as Burn's `Linear` does); use
+    /// [`try_forward`](Self::try_forward) for an error instead.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let device = x.device();
         let dims = x.dims();
@@ -134,15 +152,28 @@ impl QuantizedLinear {
         }
         let (d_in, d_out) = (self.d_in(), self.d_out());
         let rows = dims[..D - 1].iter().product::<usize>();
-        let y = self.forward_host(&to_host(x), rows);
+        assert_eq!(dims[D - 1], d_in, "QuantizedLinear: input width");
+        let y = self.forward_rows(&to_host(x), rows);
         let mut out_dims = dims;
         out_dims[D - 1] = d_out;
-        debug_assert_eq!(dims[D - 1], d_in);
         Tensor::from_data(TensorData::new(y, out_dims), &device)
     }
 
-    /// The integer path on host rows `x: [rows, d_in]`.
-    pub fn forward_host(&self, x: &[f32], rows: usize) -> Vec<f32> {
+    /// The integer path on host rows `x: [rows, d_in]` (row-major), whatever
+    /// [`activations`](Self::activations) says (weight-only layers quantize their inputs
+    /// dynamically here). Errors when `x` does not hold `rows · d_in` values.
+    pub fn forward_host(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        if x.len() != rows * self.d_in() {
+            return Err(CompressError::ShapeMismatch {
+                path: "input".into(),
+                expected: vec![rows, self.d_in()],
+                found: vec![x.len()],
+            });
+        }
+        Ok(self.forward_rows(x, rows))
+    }
+
+    fn forward_rows(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let (d_in, d_out) = (self.d_in(), self.d_out());
         let fixed = match self.activations {
             ActivationQuant::Static(p) => Some(p),

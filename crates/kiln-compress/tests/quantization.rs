@@ -316,3 +316,20 @@ fn symmetric_per_tensor_matches_burns_q8s() {
             .all(|(a, b)| (a - b).abs() <= scale * 1.001)
     );
 }
+
+#[test]
+fn quantized_linear_rejects_inputs_of_the_wrong_width() {
+    let device = Device::flex();
+    let layer = LinearConfig::new(8, 4).init(&device);
+    let q = QuantizedLinear::from_linear(&layer, &QuantConfig::new(), ActivationQuant::Dynamic)
+        .unwrap();
+    assert!(q.try_forward(Tensor::<2>::zeros([3, 7], &device)).is_err());
+    assert_eq!(
+        q.try_forward(Tensor::<2>::zeros([3, 8], &device))
+            .unwrap()
+            .dims(),
+        [3, 4]
+    );
+    assert!(q.forward_host(&[0.0; 10], 2).is_err());
+    assert_eq!(q.forward_host(&[0.0; 16], 2).unwrap().len(), 8);
+}
