@@ -1,7 +1,7 @@
 //! The int8 linear layer against Burn's f32 linear on the same input, at the shapes of the
 //! addition GPT's feed-forward layer (512 sequences × 11 tokens, 128 -> 512).
 //!
-//! `cargo bench --bench int8_linear`
+//! `cargo bench --workspace --bench int8_linear`
 
 use burn::nn::LinearConfig;
 use burn::tensor::{Device, Distribution, Tensor};
