@@ -10,6 +10,7 @@
 //! | `f32_sparse` | a bitmap (1 bit per element) + 4 per non-zero |
 //! | `i8` | 1 per element + 5 per channel (f32 scale, i8 zero point) |
 //! | `i8_sparse` | a bitmap + 1 per non-zero + 5 per channel |
+//! | `bits` | 1 bit per element (pruning masks) |
 //!
 //! so a 50%-sparse f32 matrix takes ~53% of its dense size and int8 ~25%.
 
@@ -40,6 +41,13 @@ pub enum StoredTensor {
     },
     /// An int8 tensor with per-row (or per-tensor) parameters.
     Int8(QuantizedTensor),
+    /// A 0/1 tensor (a pruning mask): one bit per element.
+    Bits {
+        /// Shape.
+        shape: Vec<usize>,
+        /// The bits, row-major.
+        values: Vec<bool>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -102,6 +110,10 @@ fn encode(name: &str, tensor: &StoredTensor, blob: &mut Vec<u8>) -> Entry {
                 values.iter().for_each(|v| blob.extend(v.to_le_bytes()));
                 ("f32", shape.clone(), 0, false)
             }
+        }
+        StoredTensor::Bits { shape, values } => {
+            blob.extend(bitmap(values.iter().copied(), values.len()));
+            ("bits", shape.clone(), 0, false)
         }
         StoredTensor::Int8(q) => {
             // The codes of exact zeros: the zero point of their row.
@@ -188,6 +200,13 @@ fn decode(entry: &Entry, bytes: &[u8], file: &Path) -> Result<StoredTensor> {
             Ok(StoredTensor::F32 {
                 shape: entry.shape.clone(),
                 values,
+            })
+        }
+        "bits" => {
+            let bits = take(n.div_ceil(8))?;
+            Ok(StoredTensor::Bits {
+                shape: entry.shape.clone(),
+                values: (0..n).map(|i| bit(bits, i)).collect(),
             })
         }
         "i8" | "i8_sparse" => {
@@ -378,7 +397,7 @@ fn fill_gpt(archive: &Archive, config: &GptConfig, device: &Device, path: &Path)
                 }
                 values.insert(p.path.clone(), (shape.clone(), v.clone()));
             }
-            Some(StoredTensor::Int8(_)) => {}
+            Some(StoredTensor::Int8(_) | StoredTensor::Bits { .. }) => {}
             None => {
                 return Err(CompressError::format(
                     path,

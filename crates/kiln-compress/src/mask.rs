@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use burn::module::Module;
 
+use crate::archive::{Archive, StoredTensor};
 use crate::error::{CompressError, Result};
 use crate::params::{WriteMode, read_params, write_params};
 use crate::schedule::PruningHook;
@@ -151,6 +152,48 @@ impl PruningMasks {
     /// device copy would save the transfer.
     pub fn apply<M: Module>(&self, model: M) -> M {
         write_params(model, &self.masks, WriteMode::Multiply)
+    }
+
+    /// Saves the masks (to resume fine-tuning under them), one bit per weight. Returns the bytes
+    /// written.
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<u64> {
+        let tensors = self
+            .masks
+            .iter()
+            .map(|(p, (shape, values))| {
+                let stored = StoredTensor::Bits {
+                    shape: shape.clone(),
+                    values: values.iter().map(|&v| v != 0.0).collect(),
+                };
+                (p.clone(), stored)
+            })
+            .collect();
+        Archive {
+            meta: serde_json::json!({ "kind": "pruning_masks" }),
+            tensors,
+        }
+        .save(path)
+    }
+
+    /// Loads masks written by [`save`](Self::save).
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let archive = Archive::load(path)?;
+        if archive.meta["kind"] != "pruning_masks" {
+            return Err(CompressError::format(path, "not a pruning-mask archive"));
+        }
+        let mut masks = Self::new();
+        for (name, tensor) in archive.tensors {
+            let StoredTensor::Bits { shape, values } = tensor else {
+                return Err(CompressError::format(
+                    path,
+                    format!("`{name}` is not a mask"),
+                ));
+            };
+            let values = values.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect();
+            masks.masks.insert(name, (shape, values));
+        }
+        Ok(masks)
     }
 
     /// Makes the pruning permanent: applies the masks and drops them.

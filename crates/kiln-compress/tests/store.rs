@@ -58,6 +58,13 @@ fn archive_round_trips_every_encoding_exactly() {
     );
     tensors.insert("int8".to_string(), StoredTensor::Int8(int8));
     tensors.insert("sparse_int8".to_string(), StoredTensor::Int8(sparse_int8));
+    tensors.insert(
+        "mask".to_string(),
+        StoredTensor::Bits {
+            shape: vec![3, 5],
+            values: (0..15).map(|i| i % 3 == 0).collect(),
+        },
+    );
     let archive = Archive {
         meta: serde_json::json!({ "note": "test" }),
         tensors,
@@ -144,4 +151,39 @@ fn quantized_gpt_round_trip_gives_the_same_logits_in_a_quarter_of_the_bytes() {
     assert!(load_gpt(dir.path().join("q.kcz"), &device).is_err());
     assert!(load_quantized_gpt(dir.path().join("dense.kcz"), &device).is_err());
     assert!(load_gpt(dir.path().join("missing.kcz"), &device).is_err());
+}
+
+#[test]
+fn masks_round_trip_in_a_bit_per_weight() {
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let (gpt, _) = tiny(&device);
+    let masks = magnitude_masks(
+        &gpt,
+        &linear_weights,
+        Amount::Fraction(0.5),
+        PruningScope::Global,
+    )
+    .unwrap();
+    let path = dir.path().join("masks.kcz");
+    let bytes = masks.save(&path).unwrap();
+    assert_eq!(kiln_compress::PruningMasks::load(&path).unwrap(), masks);
+    let weights: usize = masks.sparsity().iter().map(|s| s.numel).sum();
+    // One bit per weight, plus the header.
+    assert!(
+        (bytes as usize) < weights / 8 + 2048,
+        "{bytes} for {weights}"
+    );
+    assert!(kiln_compress::PruningMasks::load(dir.path().join("missing")).is_err());
+    save_gpt(
+        &gpt,
+        &GptConfig::new(12)
+            .with_block_size(12)
+            .with_n_layer(2)
+            .with_n_head(2)
+            .with_d_model(32),
+        dir.path().join("g.kcz"),
+    )
+    .unwrap();
+    assert!(kiln_compress::PruningMasks::load(dir.path().join("g.kcz")).is_err());
 }
