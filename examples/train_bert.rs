@@ -175,7 +175,7 @@ fn pretrain(
     let split = corpus.len() * 9 / 10;
     let masked = |ids: Vec<Vec<u32>>, seed: u64| {
         let with_special = WithSpecialTokens::new(InMemDataset::new(ids), special.cls, special.sep);
-        let mlm = MlmConfig::for_bert(tokenizer.vocab_size(), special.clone(), seed);
+        let mlm = MlmConfig::for_bert(tokenizer.vocab_size(), special, seed);
         MlmDataset::new(with_special, mlm).map_err(|e| e.to_string())
     };
     let train = BatchSource::new(

@@ -284,7 +284,7 @@ fn run_text(path: &str, args: &Args, device: &Device) -> Result<Gpt, String> {
             .map_err(|e| e.to_string())?;
         let train_set = PackedLmDataset::open(path, args.block).map_err(|e| e.to_string())?;
         let eval_set = PackedLmDataset::open_split(path, "val", args.block)
-            .map_err(|e| format!("{e} (prepare_data writes a `val` split)"))?;
+            .map_err(|e| format!("{e}: the `val` split is too small for one window; rerun prepare_data with a larger --val-fraction"))?;
         (tokenizer, train_set, eval_set)
     } else {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;

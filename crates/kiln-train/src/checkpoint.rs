@@ -225,7 +225,7 @@ impl CheckpointDir {
                 found.push((step, entry.path()));
             }
         }
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
         Ok(found)
     }
 
