@@ -153,7 +153,12 @@ impl QuantizedLinear {
         let (d_in, d_out) = (self.d_in(), self.d_out());
         let rows = dims[..D - 1].iter().product::<usize>();
         assert_eq!(dims[D - 1], d_in, "QuantizedLinear: input width");
-        let y = self.forward_rows(&to_host(x), rows);
+        // Read the activations in place where they are f32 already (no second copy).
+        let data = x.into_data();
+        let y = match data.as_slice::<f32>() {
+            Ok(values) => self.forward_rows(values, rows),
+            Err(_) => self.forward_rows(&to_host_data(data), rows),
+        };
         let mut out_dims = dims;
         out_dims[D - 1] = d_out;
         Tensor::from_data(TensorData::new(y, out_dims), &device)
@@ -237,8 +242,11 @@ impl QuantizedLinear {
 }
 
 pub(crate) fn to_host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
+    to_host_data(t.into_data())
+}
+
+fn to_host_data(data: TensorData) -> Vec<f32> {
+    data.convert::<f32>()
         .try_into_vec::<f32>()
         .unwrap_or_default()
 }
