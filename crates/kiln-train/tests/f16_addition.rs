@@ -38,6 +38,7 @@ fn held_out_accuracy(precision: Precision) -> f64 {
         .with_precision(precision)
         .with_eval_every(steps)
         .with_eval_items(Some(4000))
+        .with_seed(1337)
         .with_quiet(true);
     let outcome = Trainer::new(
         config,
