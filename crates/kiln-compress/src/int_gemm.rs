@@ -482,6 +482,23 @@ mod tests {
                 "rows {rows} n {n} k {k} on {}",
                 int8_kernel_name()
             );
+            // The fallbacks too, whatever this CPU would pick.
+            let mut portable = vec![0i32; rows * n];
+            gemm_portable(&a, &b, n, k, &mut portable);
+            assert_eq!(portable, want);
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                let mut avx2 = vec![0i32; rows * n];
+                // SAFETY: the CPU has AVX2.
+                unsafe { gemm_avx2(&a, &b, n, k, &mut avx2) };
+                assert_eq!(avx2, want);
+            }
         }
+    }
+
+    #[test]
+    fn gemm_rejects_inconsistent_lengths() {
+        assert!(gemm_i8(&[1, 2, 3], &[1, 2], &[3], 1, 1, 2).is_err());
+        assert!(gemm_i8(&[], &[], &[], 0, 0, 0).is_err());
     }
 }

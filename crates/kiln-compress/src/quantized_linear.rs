@@ -250,3 +250,66 @@ fn to_host_data(data: TensorData) -> Vec<f32> {
         .try_into_vec::<f32>()
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quantize::{Granularity, QuantMode};
+
+    /// The fused VNNI path (where this CPU has it) and the portable path agree: they differ only
+    /// in the rounding of exact ties when quantizing activations.
+    #[test]
+    fn fused_and_portable_paths_agree() {
+        let (rows, d_in, d_out) = (9, 70, 37);
+        let w: Vec<f32> = (0..d_out * d_in)
+            .map(|i| ((i * 7919 % 601) as f32 / 300.0) - 1.0)
+            .collect();
+        let bias: Vec<f32> = (0..d_out).map(|o| o as f32 * 0.01).collect();
+        // Values that are not on a grid, so no activation lands exactly between two levels
+        // (where the two paths' rounding rules differ: ties to even against away from zero).
+        let x: Vec<f32> = (0..rows * d_in)
+            .map(|i| (i as f32 * 0.754_877_7).sin() * 1.1)
+            .collect();
+        for mode in [QuantMode::Symmetric, QuantMode::Asymmetric] {
+            for act in [
+                ActivationQuant::Dynamic,
+                ActivationQuant::Static(QuantParams::from_range(-1.2, 1.4, QuantMode::Asymmetric)),
+            ] {
+                let config = QuantConfig::new()
+                    .with_mode(mode)
+                    .with_granularity(Granularity::PerChannel);
+                let fused =
+                    QuantizedLinear::new(&w, [d_out, d_in], Some(bias.clone()), &config, act)
+                        .unwrap();
+                let mut portable = fused.clone();
+                portable.packed = None;
+                let a = fused.forward_host(&x, rows).unwrap();
+                let b = portable.forward_host(&x, rows).unwrap();
+                let step = w.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0 * 2.0;
+                for (p, q) in a.iter().zip(&b) {
+                    assert!((p - q).abs() <= step, "{mode:?} {act:?}: {p} vs {q}");
+                }
+                let exact = a.iter().zip(&b).filter(|(p, q)| p == q).count();
+                assert!(
+                    exact * 10 >= a.len() * 9,
+                    "{exact} of {} identical",
+                    a.len()
+                );
+                // And both are close to the f32 product.
+                for r in 0..rows {
+                    for o in 0..d_out {
+                        let f: f32 = (0..d_in)
+                            .map(|i| x[r * d_in + i] * w[o * d_in + i])
+                            .sum::<f32>()
+                            + bias[o];
+                        assert!(
+                            (a[r * d_out + o] - f).abs() < 0.05 * (1.0 + f.abs()),
+                            "{f} vs {}",
+                            a[r * d_out + o]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
