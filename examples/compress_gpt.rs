@@ -40,10 +40,9 @@ use burn::data::dataset::Dataset;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::Int;
 use kiln::compress::{
-    ActivationQuant, Amount, Calibration, GradualPruningConfig, Norm, PruningHook, PruningMasks,
-    PruningScope, QuantConfig, QuantMode, QuantizedGpt, int8_kernel_name, linear_weights,
-    magnitude_masks, n_m_masks, read_params, remove_ffn_neurons, save_gpt, save_quantized_gpt,
-    select_ffn_neurons,
+    ActivationQuant, Amount, Calibration, GradualPruningConfig, Norm, PruningMasks, PruningScope,
+    QuantConfig, QuantMode, QuantizedGpt, int8_kernel_name, linear_weights, magnitude_masks,
+    n_m_masks, read_params, remove_ffn_neurons, save_gpt, save_quantized_gpt, select_ffn_neurons,
 };
 use kiln::data::addition::{
     ANSWER_LEN, AdditionBatcher, AdditionDataset, AdditionProblem, SEQ_LEN,
@@ -54,6 +53,7 @@ use kiln::model::sampling::GenerateConfig;
 use kiln::model::store::{load_model, save_model};
 use kiln::optim::warmup_cosine;
 use kiln::prelude::*;
+use kiln::train::StepHook;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

@@ -5,8 +5,8 @@
 //! - [`n_m`]: N:M semi-structured sparsity (2:4).
 //! - [`structured`]: rows/columns, FFN neurons and attention heads by L1/L2 norm, with physical
 //!   removal of FFN neurons ([`remove_ffn_neurons`]; heads: [`QuantizedGpt::remove_heads`]).
-//! - [`schedule`]: gradual pruning on Zhu & Gupta's cubic schedule, as a [`PruningHook`] a
-//!   training loop calls after each optimizer step.
+//! - [`schedule`]: gradual pruning on Zhu & Gupta's cubic schedule, as a kiln-train
+//!   [`StepHook`](kiln_train::StepHook) that `Trainer::with_hook` calls after each optimizer step.
 //! - [`sparsity()`]: the per-parameter sparsity report.
 //!
 //! Quantization (int8):
@@ -65,7 +65,7 @@ pub use quantize::{
 };
 pub use quantized_gpt::{QuantizedBlock, QuantizedGpt};
 pub use quantized_linear::{ActivationQuant, QuantizedLinear};
-pub use schedule::{GradualPruning, GradualPruningConfig, PruningHook};
+pub use schedule::{GradualPruning, GradualPruningConfig};
 pub use sparsity::{ParamSparsity, sparsity};
 pub use structured::{
     Axis, Norm, ffn_neuron_masks, ffn_neuron_scores, head_masks, head_scores, remove_ffn_neurons,

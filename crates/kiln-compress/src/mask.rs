@@ -2,7 +2,7 @@
 //!
 //! A mask is a 0/1 tensor per parameter, keyed by the parameter's path. [`PruningMasks::apply`]
 //! zeroes the pruned weights; calling it after every optimizer step (see
-//! [`PruningHook`](crate::PruningHook)) keeps them exactly zero while fine-tuning, since AdamW's
+//! [`StepHook`](kiln_train::StepHook)) keeps them exactly zero while fine-tuning, since AdamW's
 //! momentum and weight decay would otherwise move them off zero. [`PruningMasks::remove`] makes
 //! the pruning permanent (the zeros stay, the masks go), like `torch.nn.utils.prune.remove`.
 
@@ -13,7 +13,7 @@ use burn::module::Module;
 use crate::archive::{Archive, StoredTensor};
 use crate::error::{CompressError, Result};
 use crate::params::{WriteMode, read_params, write_params};
-use crate::schedule::PruningHook;
+use kiln_train::StepHook;
 
 /// The masks of one model: parameter path -> (shape, 0/1 values).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -202,7 +202,7 @@ impl PruningMasks {
     }
 }
 
-impl<M: Module> PruningHook<M> for PruningMasks {
+impl<M: Module> StepHook<M> for PruningMasks {
     /// Fixed masks: re-applies them, whatever the step.
     fn after_optimizer_step(&mut self, _step: usize, model: M) -> M {
         self.apply(model)

@@ -10,18 +10,12 @@
 
 use burn::config::Config;
 use burn::module::Module;
+use kiln_train::StepHook;
 
 use crate::error::{CompressError, Result};
 use crate::magnitude::{Amount, PruningScope, magnitude_masks};
 use crate::mask::PruningMasks;
 use crate::params::linear_weights;
-
-/// What a training loop calls after each optimizer step. kiln-train's `Trainer` (and any
-/// hand-written loop) calls `model = hook.after_optimizer_step(step, model)`.
-pub trait PruningHook<M> {
-    /// Updates masks if the schedule says so, and returns the model with the masks applied.
-    fn after_optimizer_step(&mut self, step: usize, model: M) -> M;
-}
 
 /// Configuration of [`GradualPruning`]; defaults from Zhu & Gupta (2017): start from dense,
 /// prune every 100 steps.
@@ -96,7 +90,8 @@ impl GradualPruningConfig {
     }
 }
 
-/// Gradual magnitude pruning of the linear weights ([`linear_weights`]) as a [`PruningHook`].
+/// Gradual magnitude pruning of the linear weights ([`linear_weights`]) as a kiln-train [`StepHook`]: pass it to `Trainer::with_hook`, or
+/// call `model = pruning.after_optimizer_step(step, model)` in a hand-written loop.
 #[derive(Debug, Clone)]
 pub struct GradualPruning {
     config: GradualPruningConfig,
@@ -129,7 +124,7 @@ impl GradualPruning {
             && ((step - c.begin_step).is_multiple_of(c.frequency) || step == c.end_step)
     }
 
-    /// Like [`PruningHook::after_optimizer_step`], with the error.
+    /// Like [`StepHook::after_optimizer_step`], with the error.
     pub fn try_after_optimizer_step<M: Module>(&mut self, step: usize, model: M) -> Result<M> {
         if self.is_event(step) {
             let target = self.config.sparsity_at(step);
@@ -147,7 +142,7 @@ impl GradualPruning {
     }
 }
 
-impl<M: Module> PruningHook<M> for GradualPruning {
+impl<M: Module> StepHook<M> for GradualPruning {
     fn after_optimizer_step(&mut self, step: usize, model: M) -> M {
         let event = self.is_event(step);
         if event {

@@ -6,12 +6,12 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_compress::{
-    Amount, Axis, CompressError, GradualPruningConfig, Norm, PruningHook, PruningScope,
-    ffn_neuron_masks, head_masks, linear_weights, magnitude_masks, n_m_masks, read_params,
-    remove_ffn_neurons, satisfies_n_m, select_ffn_neurons, select_heads, sparsity,
-    structured_masks,
+    Amount, Axis, CompressError, GradualPruningConfig, Norm, PruningScope, ffn_neuron_masks,
+    head_masks, linear_weights, magnitude_masks, n_m_masks, read_params, remove_ffn_neurons,
+    satisfies_n_m, select_ffn_neurons, select_heads, sparsity, structured_masks,
 };
 use kiln_model::gpt::{Gpt, GptConfig};
+use kiln_train::StepHook;
 
 fn tiny(device: &Device) -> (Gpt, GptConfig) {
     let config = GptConfig::new(12)
@@ -407,5 +407,46 @@ fn sparsity_report_counts_the_pruned_zeros() {
         .filter(|r| linear_weights(&r.path, &[0, 0]) && r.path.contains("blocks"))
     {
         assert_eq!(row.fraction(), 0.5, "{}", row.path);
+    }
+}
+
+/// Gradual pruning hooked into kiln-train's Trainer: the run ends at exactly the final sparsity
+/// in every linear weight, and the pruned weights are zero.
+#[test]
+fn gradual_pruning_runs_inside_the_trainer() {
+    use burn::optim::SgdConfig;
+    use burn::optim::lr_scheduler::constant::ConstantLr;
+    use kiln_compress::{linear_weights, read_params};
+    use kiln_data::addition::{AdditionBatcher, AdditionDataset};
+    use kiln_train::{BatchSource, Trainer, TrainerConfig};
+
+    let device = Device::flex().autodiff();
+    let gpt = GptConfig::new(kiln_data::addition::VOCAB_SIZE)
+        .with_block_size(12)
+        .with_n_layer(1)
+        .with_n_head(2)
+        .with_d_model(16)
+        .init(&device)
+        .unwrap();
+    let pruning = GradualPruningConfig::new(0.5, 20)
+        .with_frequency(5)
+        .init()
+        .unwrap();
+    let config = TrainerConfig::new()
+        .with_max_steps(Some(20))
+        .with_batch_size(8)
+        .with_quiet(true);
+    let data = BatchSource::new(AdditionDataset::held_out(), AdditionBatcher);
+    let outcome = Trainer::new(config, SgdConfig::new().init(), ConstantLr::new(0.1), data)
+        .unwrap()
+        .with_hook(pruning)
+        .fit(gpt, &device)
+        .unwrap();
+    let weights = read_params(&outcome.model, &linear_weights);
+    assert!(!weights.is_empty());
+    for w in weights {
+        let zeros = w.values.iter().filter(|v| **v == 0.0).count();
+        let expected = (w.values.len() as f64 * 0.5).round() as usize;
+        assert_eq!(zeros, expected, "{}", w.path);
     }
 }
