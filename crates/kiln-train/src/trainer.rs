@@ -24,6 +24,9 @@ use crate::progress::Progress;
 use crate::recompute::Recompute;
 use crate::train_model::{Batch, TrainModel};
 
+/// The best weights of early stopping, beside the checkpoints.
+const BEST_WEIGHTS: &str = "best.bpk";
+
 /// Called after every optimizer step with the updated model (gradual pruning re-applies its
 /// masks here, for example). Closures `FnMut(usize, M) -> M` are hooks.
 pub trait StepHook<M>: Send {
@@ -126,7 +129,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
         let checkpoints = config
             .checkpoint_path()
             .map(|dir| CheckpointDir::new(dir, config.keep_checkpoints));
-        let best_path = checkpoints.as_ref().map(|c| c.path().join("best.bpk"));
+        let best_path = checkpoints.as_ref().map(|c| c.path().join(BEST_WEIGHTS));
 
         let mut state = TrainerState {
             step: 0,
@@ -143,32 +146,13 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
         let mut progress = Progress::new(0, total, config.quiet);
         let mut resumed_from = None;
         let mut best_model: Option<M> = None;
-        let latest = match (&checkpoints, config.resume) {
-            (Some(dir), true) => dir.latest()?,
-            _ => None,
-        };
-        if config.resume && latest.is_none() {
-            progress.println("no checkpoint to resume from: starting at step 0");
-        }
-        if let Some((checkpoint, skipped)) = latest {
-            for reason in skipped {
-                progress.println(&format!("skipping checkpoint: {reason}"));
-            }
-            model = checkpoint.load_model(model)?;
-            self.optimizer = checkpoint.load_optimizer(self.optimizer)?;
-            checkpoint.load_scheduler(self.scheduler.as_mut())?;
-            state = checkpoint.state.clone();
+        if let Some(dir) = checkpoints.as_ref().filter(|_| config.resume)
+            && let Some((restored, restored_state, best)) =
+                self.restore(model.clone(), dir, &progress)?
+        {
+            (model, state, best_model) = (restored, restored_state, best);
             resumed_from = Some(state.step);
             progress = Progress::new(state.step, total, config.quiet);
-            progress.println(&format!(
-                "resumed from {} (step {})",
-                checkpoint.path.display(),
-                state.step
-            ));
-            if let Some(path) = best_path.as_ref().filter(|p| p.exists()) {
-                let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
-                best_model = Some(load_weights(model.clone(), bytes, path)?);
-            }
         }
         let log = config
             .run_dir
@@ -190,35 +174,11 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 let indices = order.next_batch(&mut state.position);
                 batches.push(self.train.batch(&indices, &device)?);
             }
-            let weights: Vec<usize> = batches.iter().map(Batch::weight).collect();
-            let total_weight = weights.iter().sum::<usize>().max(1) as f64;
 
             // 2. Forward and backward of each, gradients averaged by weight.
             let loss_scale = state.scaler.as_ref().map_or(1.0, |s| s.scale());
-            let mut accumulated = GradientsAccumulator::<M>::new();
-            let mut loss = 0.0;
-            for (batch, weight) in batches.iter().zip(&weights) {
-                let share = *weight as f64 / total_weight;
-                let (out, grads) = match config.recompute {
-                    Recompute::PerBlock => model
-                        .backward_per_block(batch, loss_scale * share, config.precision)
-                        .ok_or_else(|| {
-                            TrainError::InvalidConfig(
-                                "this model does not support Recompute::PerBlock".into(),
-                            )
-                        })??,
-                    _ => {
-                        // Cast per micro-batch: a backward pass consumes the cast's graph.
-                        let compute = config.precision.compute_model(&model);
-                        let out = compute.forward_step(batch)?;
-                        let backward = (out.loss.clone() * (loss_scale * share)).backward();
-                        (out, GradientsParams::from_grads(backward, &model))
-                    }
-                };
-                loss += out.loss.into_scalar::<f64>() * share;
-                accumulated.accumulate(&model, grads);
-            }
-            let mut grads = accumulated.grads();
+            let (loss, mut grads, units) =
+                accumulate_gradients(&model, &batches, loss_scale, &config)?;
 
             // 3. Unscale, check, clip.
             if loss_scale != 1.0 {
@@ -227,7 +187,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             let norm = grad_norm(&model, &grads);
             let lr = self.scheduler.step();
             state.step += 1;
-            state.units_seen += total_weight as u64;
+            state.units_seen += units as u64;
             let finite = loss.is_finite() && norm.is_finite();
             if let Some(scaler) = &mut state.scaler {
                 scaler.update(!finite);
@@ -383,6 +343,42 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
     }
 }
 
+impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
+    /// Restores model, optimizer, schedule and loop state from the newest usable checkpoint in
+    /// `dir`, with the best weights early stopping kept; reports the checkpoints it skipped.
+    /// `None` when `dir` holds no checkpoint.
+    fn restore(
+        &mut self,
+        model: M,
+        dir: &CheckpointDir,
+        progress: &Progress,
+    ) -> Result<Option<(M, TrainerState, Option<M>)>> {
+        let Some((checkpoint, skipped)) = dir.latest()? else {
+            progress.println("no checkpoint to resume from: starting at step 0");
+            return Ok(None);
+        };
+        for reason in skipped {
+            progress.println(&format!("skipping checkpoint: {reason}"));
+        }
+        let model = checkpoint.load_model(model)?;
+        self.optimizer = checkpoint.load_optimizer(self.optimizer.clone())?;
+        checkpoint.load_scheduler(self.scheduler.as_mut())?;
+        progress.println(&format!(
+            "resumed from {} (step {})",
+            checkpoint.path.display(),
+            checkpoint.state.step
+        ));
+        let best_path = dir.path().join(BEST_WEIGHTS);
+        let best = if best_path.exists() {
+            let bytes = std::fs::read(&best_path).map_err(|e| TrainError::io(&best_path, e))?;
+            Some(load_weights(model.clone(), bytes, &best_path)?)
+        } else {
+            None
+        };
+        Ok(Some((model, checkpoint.state, best)))
+    }
+}
+
 /// Optimizer steps of a run over `items` training items.
 fn total_steps(config: &TrainerConfig, items: usize) -> Result<usize> {
     let per_epoch = (items / config.batch_size.max(1)) / config.grad_accumulation.max(1);
@@ -398,6 +394,44 @@ fn total_steps(config: &TrainerConfig, items: usize) -> Result<usize> {
         (None, Some(epochs)) => epochs * per_epoch,
         (None, None) => unreachable!("validated"),
     })
+}
+
+/// Forward and backward of each micro-batch in the configured precision and recomputation,
+/// its loss weighted by its share of the step's loss-carrying units, so that the summed
+/// gradients are the average over the whole step. Returns the mean loss, the gradients (still
+/// multiplied by `loss_scale`) and the units.
+fn accumulate_gradients<M: TrainModel<B>, B: Batch>(
+    model: &M,
+    batches: &[B],
+    loss_scale: f64,
+    config: &TrainerConfig,
+) -> Result<(f64, GradientsParams, usize)> {
+    let weights: Vec<usize> = batches.iter().map(Batch::weight).collect();
+    let units: usize = weights.iter().sum();
+    let mut accumulated = GradientsAccumulator::<M>::new();
+    let mut loss = 0.0;
+    for (batch, weight) in batches.iter().zip(weights) {
+        let share = weight as f64 / units.max(1) as f64;
+        let (out, grads) = match config.recompute {
+            Recompute::PerBlock => model
+                .backward_per_block(batch, loss_scale * share, config.precision)
+                .ok_or_else(|| {
+                    TrainError::InvalidConfig(
+                        "this model does not support Recompute::PerBlock".into(),
+                    )
+                })??,
+            _ => {
+                // Cast per micro-batch: a backward pass consumes the cast's graph.
+                let compute = config.precision.compute_model(model);
+                let out = compute.forward_step(batch)?;
+                let backward = (out.loss.clone() * (loss_scale * share)).backward();
+                (out, GradientsParams::from_grads(backward, model))
+            }
+        };
+        loss += out.loss.into_scalar::<f64>() * share;
+        accumulated.accumulate(model, grads);
+    }
+    Ok((loss, accumulated.grads(), units))
 }
 
 /// Stable parameter ids (so optimizer state survives a restart) and the autodiff strategy of
