@@ -4,7 +4,8 @@
 //! - [`magnitude`]: unstructured magnitude pruning, per layer or global, by fraction or count.
 //! - [`n_m`]: N:M semi-structured sparsity (2:4).
 //! - [`structured`]: rows/columns, FFN neurons and attention heads by L1/L2 norm, with physical
-//!   removal of FFN neurons ([`remove_ffn_neurons`]; heads: [`QuantizedGpt::remove_heads`]).
+//!   removal of FFN neurons ([`remove_ffn_neurons`]) and heads ([`remove_heads`];
+//!   [`QuantizedGpt::remove_heads`] for the int8 model).
 //! - [`schedule`]: gradual pruning on Zhu & Gupta's cubic schedule, as a kiln-train
 //!   [`StepHook`](kiln_train::StepHook) that `Trainer::with_hook` calls after each optimizer step.
 //! - [`sparsity()`]: the per-parameter sparsity report.
@@ -69,5 +70,5 @@ pub use schedule::{GradualPruning, GradualPruningConfig};
 pub use sparsity::{ParamSparsity, sparsity};
 pub use structured::{
     Axis, Norm, ffn_neuron_masks, ffn_neuron_scores, head_masks, head_scores, remove_ffn_neurons,
-    select_ffn_neurons, select_heads, structured_masks,
+    remove_heads, select_ffn_neurons, select_heads, structured_masks,
 };

@@ -450,3 +450,21 @@ fn gradual_pruning_runs_inside_the_trainer() {
         assert_eq!(zeros, expected, "{}", w.path);
     }
 }
+
+#[test]
+fn removing_heads_computes_what_masking_them_computes() {
+    let device = Device::flex();
+    let (gpt, _) = tiny(&device);
+    let kept = select_heads(&gpt, 0.5, Norm::L2).unwrap();
+    let masked = head_masks(&gpt, &kept).unwrap().apply(gpt.clone());
+    let removed = kiln_compress::remove_heads(gpt.clone(), &kept).unwrap();
+    assert!(removed.param_count() < gpt.param_count());
+    assert!(removed.blocks.iter().all(|b| b.attn.n_heads == 1));
+    let a = masked.forward(ids(&device)).unwrap();
+    let b = removed.forward(ids(&device)).unwrap();
+    a.into_data()
+        .assert_approx_eq::<f32>(&b.into_data(), burn::tensor::Tolerance::absolute(1e-5));
+    // Bad kept lists are errors, not panics.
+    assert!(kiln_compress::remove_heads(gpt.clone(), &[vec![0]]).is_err());
+    assert!(kiln_compress::remove_heads(gpt, &[vec![], vec![0]]).is_err());
+}

@@ -126,9 +126,10 @@ impl MultiHeadAttention {
         rope: Option<&RotaryEmbedding>,
         cache: Option<&mut LayerKvCache>,
     ) -> Tensor<3> {
-        let [batch, seq, d_model] = x.dims();
+        let [batch, seq, _] = x.dims();
         let heads = self.n_heads;
-        let head_dim = d_model / heads;
+        // From the projection, not from `d_model`: structured pruning may have removed heads.
+        let head_dim = self.query.weight.dims()[1] / heads;
 
         // [b, t, d] -> [b, h, t, hd]
         let heads_of = |proj: &Linear| {
@@ -173,7 +174,9 @@ impl MultiHeadAttention {
             attention(q, k, v, padding, None, options)
         };
 
-        let context = context.swap_dims(1, 2).reshape([batch, seq, d_model]);
+        let context = context
+            .swap_dims(1, 2)
+            .reshape([batch, seq, heads * head_dim]);
         self.resid_dropout.forward(self.out.forward(context))
     }
 
