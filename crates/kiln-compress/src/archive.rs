@@ -353,6 +353,17 @@ pub fn config_of(gpt: &Gpt, config: &GptConfig) -> Result<GptConfig> {
             "blocks have different feed-forward widths {widths:?}; a GptConfig has one d_ff"
         )));
     }
+    if let Some(b) = gpt
+        .blocks
+        .iter()
+        .position(|b| b.attn.n_heads != config.n_head)
+    {
+        return Err(CompressError::arg(format!(
+            "block {b} has {} heads, the config {}: a GptConfig has one head count, so a GPT \
+             with heads removed cannot be saved yet",
+            gpt.blocks[b].attn.n_heads, config.n_head
+        )));
+    }
     Ok(config.clone().with_d_ff(Some(d_ff)))
 }
 
