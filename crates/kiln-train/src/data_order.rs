@@ -44,15 +44,17 @@ impl DataOrder {
         self.len / self.batch_size
     }
 
-    /// The indices of the batch at `position`, which then moves on by one batch.
+    /// The indices of the batch at `position`, which then moves on by one batch (to the next
+    /// epoch after the last full batch, so a changed epoch means one just ended).
     pub fn next_batch(&mut self, position: &mut DataPosition) -> Vec<usize> {
+        let (start, size) = (position.batch * self.batch_size, self.batch_size);
+        let indices = self.order(position.epoch)[start..start + size].to_vec();
+        position.batch += 1;
         if position.batch >= self.batches_per_epoch() {
             position.epoch += 1;
             position.batch = 0;
         }
-        let (start, size) = (position.batch * self.batch_size, self.batch_size);
-        position.batch += 1;
-        self.order(position.epoch)[start..start + size].to_vec()
+        indices
     }
 
     fn order(&mut self, epoch: usize) -> &[usize] {
@@ -82,7 +84,7 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), 9, "9 distinct indices, the 10th dropped");
         let epoch1: Vec<usize> = (0..3).flat_map(|_| order.next_batch(&mut pos)).collect();
-        assert_eq!(pos, DataPosition { epoch: 1, batch: 3 });
+        assert_eq!(pos, DataPosition { epoch: 2, batch: 0 });
         assert_ne!(epoch0, epoch1);
     }
 

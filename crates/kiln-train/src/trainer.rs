@@ -245,8 +245,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             }
 
             // 6. Evaluate, stop early.
-            let epoch_ended = state.position.epoch != epoch_before
-                || state.position.batch >= order.batches_per_epoch();
+            let epoch_ended = state.position.epoch != epoch_before;
             let due = match config.eval_every {
                 0 => epoch_ended,
                 every => state.step.is_multiple_of(every),

@@ -418,3 +418,37 @@ fn per_block_recomputation_trains_like_none_in_f16_with_accumulation() {
     let diff = max_abs_diff(&plain, &per_block);
     assert!(diff < 1e-3, "per-block f16 differs by {diff}");
 }
+
+#[test]
+fn epochs_drive_evaluation_and_the_run_folder_gets_metrics_and_a_plot() {
+    let device = Device::flex().autodiff();
+    let dir = tempfile::tempdir().unwrap();
+    // 18 items in batches of 4: 4 full batches per epoch (the last 2 items dropped).
+    let config = TrainerConfig::new()
+        .with_max_epochs(Some(2))
+        .with_batch_size(4)
+        .with_eval_every(0)
+        .with_log_every(1)
+        .with_quiet(true)
+        .with_run_dir(Some(dir.path().display().to_string()));
+    let outcome = sgd_trainer(config, source(18, 2), 0.1)
+        .with_eval(source(8, 3))
+        .fit(tiny_gpt(&device, 1), &device)
+        .unwrap();
+    assert_eq!(outcome.state.step, 8);
+    assert_eq!(outcome.state.position.epoch, 2);
+    let records = kiln_train::metrics_log::read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+    let eval_steps: Vec<usize> = records
+        .iter()
+        .filter(|r| r.split == "eval")
+        .map(|r| r.step)
+        .collect();
+    assert_eq!(eval_steps, vec![4, 8], "evaluated at the end of each epoch");
+    assert_eq!(records.iter().filter(|r| r.split == "train").count(), 8);
+    let svg = std::fs::read_to_string(dir.path().join("plot.svg")).unwrap();
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        3,
+        "train loss, eval loss, lr"
+    );
+}
