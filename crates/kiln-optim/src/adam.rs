@@ -139,6 +139,31 @@ fn validate_adam(beta_1: f64, beta_2: f64, epsilon: f64) -> Result<(), OptimErro
     positive("epsilon", epsilon)
 }
 
+/// The `ModuleOptimizer` of an Adam variant; the regularization is what tells AdamW from
+/// Adam + L2.
+fn adam_optimizer<M: Module>(
+    model: &M,
+    regularization: Regularization,
+    (beta_1, beta_2, epsilon, amsgrad): (f64, f64, f64, bool),
+    no_decay: &[String],
+    groups: &[GroupRule],
+) -> Result<ModuleOptimizer, OptimError> {
+    validate_adam(beta_1, beta_2, epsilon)?;
+    build_module_optimizer(
+        model,
+        GroupSettings::new(regularization),
+        no_decay,
+        groups,
+        |settings| Adam {
+            beta_1,
+            beta_2,
+            epsilon,
+            amsgrad,
+            settings,
+        },
+    )
+}
+
 /// AdamW (decoupled weight decay) with PyTorch's defaults: betas (0.9, 0.999), eps 1e-8,
 /// weight decay 0.01, none on [`DEFAULT_NO_DECAY`](crate::DEFAULT_NO_DECAY) parameters.
 #[derive(Config, Debug)]
@@ -175,25 +200,11 @@ pub struct AdamWConfig {
 impl AdamWConfig {
     /// Validates and builds the `ModuleOptimizer` for `model`'s parameter paths.
     pub fn init<M: Module>(&self, model: &M) -> Result<ModuleOptimizer, OptimError> {
-        validate_adam(self.beta_1, self.beta_2, self.epsilon)?;
         let reg = Regularization::decoupled(self.weight_decay)
             .with_l1(self.l1)
             .with_l1_mode(self.l1_mode);
-        let (beta_1, beta_2, epsilon, amsgrad) =
-            (self.beta_1, self.beta_2, self.epsilon, self.amsgrad);
-        build_module_optimizer(
-            model,
-            GroupSettings::new(reg),
-            &self.no_decay,
-            &self.groups,
-            |settings| Adam {
-                beta_1,
-                beta_2,
-                epsilon,
-                amsgrad,
-                settings,
-            },
-        )
+        let adam = (self.beta_1, self.beta_2, self.epsilon, self.amsgrad);
+        adam_optimizer(model, reg, adam, &self.no_decay, &self.groups)
     }
 }
 
@@ -233,24 +244,10 @@ pub struct AdamConfig {
 impl AdamConfig {
     /// Validates and builds the `ModuleOptimizer` for `model`'s parameter paths.
     pub fn init<M: Module>(&self, model: &M) -> Result<ModuleOptimizer, OptimError> {
-        validate_adam(self.beta_1, self.beta_2, self.epsilon)?;
         let reg = Regularization::coupled_l2(self.weight_decay)
             .with_l1(self.l1)
             .with_l1_mode(self.l1_mode);
-        let (beta_1, beta_2, epsilon, amsgrad) =
-            (self.beta_1, self.beta_2, self.epsilon, self.amsgrad);
-        build_module_optimizer(
-            model,
-            GroupSettings::new(reg),
-            &self.no_decay,
-            &self.groups,
-            |settings| Adam {
-                beta_1,
-                beta_2,
-                epsilon,
-                amsgrad,
-                settings,
-            },
-        )
+        let adam = (self.beta_1, self.beta_2, self.epsilon, self.amsgrad);
+        adam_optimizer(model, reg, adam, &self.no_decay, &self.groups)
     }
 }
