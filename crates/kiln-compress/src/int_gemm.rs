@@ -69,13 +69,7 @@ pub(crate) fn fused_linear(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if has_vnni() {
-        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-        let threads = if rows * n * k < (1 << 20) {
-            1
-        } else {
-            threads.min(rows.div_ceil(4)).max(1)
-        };
-        let rows_per = rows.div_ceil(threads).next_multiple_of(4);
+        let rows_per = rows_per_thread(rows, n, k);
         std::thread::scope(|scope| {
             for (x, out) in x.chunks(rows_per * k).zip(out.chunks_mut(rows_per * n)) {
                 // SAFETY: the CPU has the features the function is compiled for.
@@ -139,6 +133,18 @@ fn has_vnni() -> bool {
         && std::is_x86_feature_detected!("avx512f")
 }
 
+/// Rows each thread multiplies (a multiple of the kernels' 4-row tiles): all of them below
+/// ~1M multiply-adds, where a thread costs more than it saves.
+fn rows_per_thread(rows: usize, n: usize, k: usize) -> usize {
+    let threads = if rows * n * k < (1 << 20) {
+        1
+    } else {
+        let cores = std::thread::available_parallelism().map_or(1, |t| t.get());
+        cores.min(rows.div_ceil(4)).max(1)
+    };
+    rows.div_ceil(threads).next_multiple_of(4)
+}
+
 /// `acc[r·n + o] = Σ_k a[r·k + i] · b[o·k + i]` for `a: [rows, k]`, `b: [n, k]`;
 /// `b_sums[o] = Σ_i b[o·k + i]` (the VNNI kernel needs it). Errors when a length does not fit
 /// the sizes.
@@ -159,18 +165,11 @@ pub fn gemm_i8(
         )));
     }
     let mut out = vec![0i32; rows * n];
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    // Below ~1M multiply-adds a thread costs more than it saves.
-    let threads = if rows * n * k < (1 << 20) {
-        1
-    } else {
-        threads.min(rows.div_ceil(4)).max(1)
-    };
-    if threads == 1 {
+    let rows_per = rows_per_thread(rows, n, k);
+    if rows_per >= rows {
         gemm_rows(a, b, b_sums, n, k, &mut out);
         return Ok(out);
     }
-    let rows_per = rows.div_ceil(threads).next_multiple_of(4);
     std::thread::scope(|scope| {
         for (chunk, out) in a.chunks(rows_per * k).zip(out.chunks_mut(rows_per * n)) {
             scope.spawn(move || gemm_rows(chunk, b, b_sums, n, k, out));
@@ -240,6 +239,47 @@ mod vnni {
         (packed, k4, n_pad)
     }
 
+    /// The micro-kernel shared by [`gemm`] and [`fused`]: the first `rr` (≤ `ROWS`) rows of
+    /// `a_u8` (u8 codes, row stride `k4·4`) against the 64 packed output columns from `o0`.
+    /// `acc[x][c]` holds the i32 sums of row `x` for outputs `o0 + 16c .. o0 + 16c + 16`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 VNNI, and `packed` must hold `k4 × n_pad × 4` bytes with
+    /// `o0 + COLS <= n_pad`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile_products(
+        a_u8: &[u8],
+        rr: usize,
+        packed: &[i8],
+        k4: usize,
+        n_pad: usize,
+        o0: usize,
+    ) -> [[__m512i; 4]; ROWS] {
+        let mut acc = [[_mm512_setzero_si512(); 4]; ROWS];
+        for i in 0..k4 {
+            let mut w = [_mm512_setzero_si512(); 4];
+            for (c, w) in w.iter_mut().enumerate() {
+                // SAFETY: o0 + 16c + 16 <= n_pad, so 64 bytes are in bounds.
+                *w = unsafe {
+                    _mm512_loadu_si512(
+                        packed.as_ptr().add((i * n_pad + o0 + 16 * c) * 4) as *const _
+                    )
+                };
+            }
+            for (x, acc) in acc.iter_mut().enumerate().take(rr) {
+                let at = x * k4 * 4 + i * 4;
+                let group =
+                    i32::from_le_bytes([a_u8[at], a_u8[at + 1], a_u8[at + 2], a_u8[at + 3]]);
+                let xb = _mm512_set1_epi32(group);
+                for c in 0..4 {
+                    acc[c] = _mm512_dpbusd_epi32(acc[c], xb, w[c]);
+                }
+            }
+        }
+        acc
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn gemm(
         a: &[i8],
@@ -265,31 +305,9 @@ mod vnni {
             let rr = (rows - r0).min(ROWS);
             let mut o0 = 0;
             while o0 < n {
-                let mut acc = [[_mm512_setzero_si512(); 4]; ROWS];
-                for i in 0..k4 {
-                    let mut w = [_mm512_setzero_si512(); 4];
-                    for (c, w) in w.iter_mut().enumerate() {
-                        // SAFETY: o0 + 16c + 16 <= n_pad, so 64 bytes are in bounds.
-                        *w = unsafe {
-                            _mm512_loadu_si512(
-                                packed.as_ptr().add((i * n_pad + o0 + 16 * c) * 4) as *const _
-                            )
-                        };
-                    }
-                    for (x, acc) in acc.iter_mut().enumerate().take(rr) {
-                        let at = (r0 + x) * k4 * 4 + i * 4;
-                        let group = i32::from_le_bytes([
-                            a_u8[at],
-                            a_u8[at + 1],
-                            a_u8[at + 2],
-                            a_u8[at + 3],
-                        ]);
-                        let xb = _mm512_set1_epi32(group);
-                        for c in 0..4 {
-                            acc[c] = _mm512_dpbusd_epi32(acc[c], xb, w[c]);
-                        }
-                    }
-                }
+                // SAFETY: the features are enabled on this function; `packed` is `k4 × n_pad × 4`.
+                let acc =
+                    unsafe { tile_products(&a_u8[r0 * k4 * 4..], rr, &packed, k4, n_pad, o0) };
                 for (x, acc) in acc.iter().enumerate().take(rr) {
                     for (c, acc) in acc.iter().enumerate() {
                         let first = o0 + 16 * c;
@@ -401,31 +419,8 @@ mod vnni {
             }
             let mut o0 = 0;
             while o0 < n {
-                let mut acc = [[_mm512_setzero_si512(); 4]; ROWS];
-                for i in 0..k4 {
-                    let mut w = [_mm512_setzero_si512(); 4];
-                    for (c, w) in w.iter_mut().enumerate() {
-                        // SAFETY: o0 + 16c + 16 <= n_pad.
-                        *w = unsafe {
-                            _mm512_loadu_si512(
-                                packed.data.as_ptr().add((i * n_pad + o0 + 16 * c) * 4) as *const _,
-                            )
-                        };
-                    }
-                    for (xr, acc) in acc.iter_mut().enumerate().take(rr) {
-                        let at = xr * k4 * 4 + i * 4;
-                        let group = i32::from_le_bytes([
-                            a_u8[at],
-                            a_u8[at + 1],
-                            a_u8[at + 2],
-                            a_u8[at + 3],
-                        ]);
-                        let xb = _mm512_set1_epi32(group);
-                        for c in 0..4 {
-                            acc[c] = _mm512_dpbusd_epi32(acc[c], xb, w[c]);
-                        }
-                    }
-                }
+                // SAFETY: the features are enabled on this function; `packed` is `k4 × n_pad × 4`.
+                let acc = unsafe { tile_products(&a_u8, rr, &packed.data, k4, n_pad, o0) };
                 for (xr, acc) in acc.iter().enumerate().take(rr) {
                     for (c, acc) in acc.iter().enumerate() {
                         let first = o0 + 16 * c;
