@@ -42,14 +42,7 @@ pub fn save_model<M: Module, C: Config>(
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let weights = dir.join(WEIGHTS_FILE);
-    let mut store = BurnpackStore::from_bytes(None);
-    model
-        .save_into(&mut store)
-        .map_err(|e| ModelError::format(&weights, e))?;
-    let bytes = store
-        .get_bytes()
-        .map_err(|e| ModelError::format(&weights, e))?;
-    write_atomic(&weights, &bytes)?;
+    write_atomic(&weights, &weights_to_bytes(model, &weights)?)?;
     let json = serde_json::to_string_pretty(config)
         .map_err(|e| ModelError::format(dir.join(CONFIG_FILE), e))?;
     write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
@@ -74,18 +67,36 @@ pub fn load_model<M: Module, C: Config>(
             std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
         ));
     }
-    let mut store = BurnpackStore::from_file(&weights);
+    let bytes = std::fs::read(&weights).map_err(|e| ModelError::io(&weights, e))?;
+    model = weights_from_bytes(model, bytes, &weights)?;
+    Ok((model, config))
+}
+
+/// The weights of `model` as burnpack bytes; `path` is where they will go (named in errors).
+pub fn weights_to_bytes<M: Module>(model: &M, path: &Path) -> Result<Vec<u8>> {
+    let mut store = BurnpackStore::from_bytes(None);
+    model
+        .save_into(&mut store)
+        .map_err(|e| ModelError::format(path, e))?;
+    let bytes = store.get_bytes().map_err(|e| ModelError::format(path, e))?;
+    Ok(bytes.to_vec())
+}
+
+/// Fills every parameter of `model` from burnpack `bytes` read from `path` (named in errors).
+/// A missing or mis-shaped tensor is an error.
+pub fn weights_from_bytes<M: Module>(mut model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
+    let mut store = BurnpackStore::from_bytes(Some(burn::tensor::Bytes::from_bytes_vec(bytes)));
     let result = model
         .load_from(&mut store)
-        .map_err(|e| ModelError::format(&weights, e))?;
+        .map_err(|e| ModelError::format(path, e))?;
     if !result.errors.is_empty() || !result.missing.is_empty() {
         return Err(ModelError::format(
-            &weights,
+            path,
             format!(
                 "missing tensors {:?}, errors {:?}",
                 result.missing, result.errors
             ),
         ));
     }
-    Ok((model, config))
+    Ok(model)
 }

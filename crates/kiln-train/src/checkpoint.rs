@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::optim::lr_scheduler::{LrScheduler, LrSchedulerRecord};
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
-use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -102,31 +101,17 @@ impl Checkpoint {
 
 /// Model weights as burnpack bytes.
 pub fn model_bytes<M: Module>(model: &M) -> Result<Vec<u8>> {
-    let mut store = BurnpackStore::from_bytes(None);
-    model
-        .save_into(&mut store)
-        .map_err(|e| TrainError::Data(format!("serializing the model: {e:?}")))?;
-    let bytes = store
-        .get_bytes()
-        .map_err(|e| TrainError::Data(format!("serializing the model: {e:?}")))?;
-    Ok(bytes.to_vec())
+    Ok(kiln_model::store::weights_to_bytes(
+        model,
+        Path::new(MODEL),
+    )?)
 }
 
-/// Loads burnpack `bytes` (read from `path`, named in errors) into `model`.
-pub fn load_weights<M: Module>(mut model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
-    let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes)));
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| TrainError::corrupt(path, format!("{e:?}")))?;
-    if !result.errors.is_empty() || !result.missing.is_empty() {
-        return Err(TrainError::corrupt(
-            path,
-            format!(
-                "missing tensors {:?}, errors {:?}",
-                result.missing, result.errors
-            ),
-        ));
-    }
+/// Loads burnpack `bytes` (read from `path`, named in errors) into `model`, with stable
+/// parameter ids.
+pub fn load_weights<M: Module>(model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
+    let model = kiln_model::store::weights_from_bytes(model, bytes, path)
+        .map_err(|e| TrainError::corrupt(path, e))?;
     Ok(stable_param_ids(model))
 }
 
