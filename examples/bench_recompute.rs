@@ -116,10 +116,14 @@ fn child(args: &Args, recompute: Recompute) -> Result<(), String> {
         let start = Instant::now();
         let grads = match recompute {
             Recompute::PerBlock => {
-                let (out, grads) = gpt
-                    .backward_per_block(&batch, 1.0, Precision::F32)
-                    .expect("Gpt supports per-block")
-                    .map_err(|e| e.to_string())?;
+                let (out, grads) = kiln::train::recompute::per_block_backward(
+                    &gpt,
+                    &batch,
+                    1.0,
+                    Precision::F32,
+                    &device,
+                )
+                .map_err(|e| e.to_string())?;
                 loss = out.loss.into_scalar::<f64>();
                 grads
             }

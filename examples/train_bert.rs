@@ -15,77 +15,59 @@
 //! test accuracy of both.
 //!
 //! With `--data FILE` the masked-LM corpus is a text file (one sequence per line), and with
-//! `--classify FILE` (JSONL or CSV with `text` and `label`) the labeled data, split 80/20.
-//!
-//! Options: `--pretrain-steps N --finetune-steps N --batch N --hidden N --layers N --heads N
-//! --seed S --device NAME`.
+//! `--classify FILE` (JSONL or CSV with `text` and `label`) the labeled data, split 80/20; the
+//! classifier has as many classes as the labels name. `--help` lists the options. Both stages
+//! train with `kiln::recipe::bert`.
 
-use std::process::ExitCode;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use burn::data::dataset::InMemDataset;
+use clap::Parser;
+use kiln::core::seed;
 use kiln::data::{
     ClassificationBatcher, ClassificationData, ClassificationDataset, ClassificationExample,
     MlmBatcher, MlmConfig, MlmDataset, Tokenizer, WithSpecialTokens,
 };
-use kiln::optim::{AdamWConfig, WarmupDecayConfig};
 use kiln::prelude::*;
-use kiln::train::{BatchSource, EvalMetrics, Trainer, TrainerConfig};
-use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore};
 
+/// Pre-train a BERT with masked LM, then fine-tune a classifier, against one from scratch.
+#[derive(Parser, Debug)]
+#[command(version, about)]
 struct Args {
-    data: Option<String>,
-    classify: Option<String>,
+    /// Unlabeled text for pre-training, one sequence per line (with --classify).
+    #[arg(long, requires = "classify")]
+    data: Option<PathBuf>,
+    /// Labeled data (JSONL or CSV with `text` and `label`), split 80/20 (with --data).
+    #[arg(long, requires = "data")]
+    classify: Option<PathBuf>,
+    /// Masked-LM optimizer steps.
+    #[arg(long, default_value_t = 1200)]
     pretrain_steps: usize,
+    /// Fine-tuning optimizer steps.
+    #[arg(long, default_value_t = 150)]
     finetune_steps: usize,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Model width.
+    #[arg(long, default_value_t = 64)]
     hidden: usize,
+    /// Encoder layers.
+    #[arg(long, default_value_t = 2)]
     layers: usize,
+    /// Attention heads per layer.
+    #[arg(long, default_value_t = 4)]
     heads: usize,
+    /// Seed of the corpus, the weights, the masking and the data order.
+    #[arg(long, default_value_t = 7)]
     seed: u64,
-    device: String,
-}
-
-impl Args {
-    fn parse() -> Result<Self, String> {
-        let mut args = Args {
-            data: None,
-            classify: None,
-            pretrain_steps: 1200,
-            finetune_steps: 150,
-            batch: 64,
-            hidden: 64,
-            layers: 2,
-            heads: 4,
-            seed: 7,
-            device: std::env::var(kiln::device::DEVICE_ENV).unwrap_or_else(|_| "flex".into()),
-        };
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            let value = it.next().ok_or(format!("{flag} needs a value"))?;
-            let num = |v: &str| {
-                v.parse::<usize>()
-                    .map_err(|_| format!("{flag}: `{v}` is not a number"))
-            };
-            match flag.as_str() {
-                "--data" => args.data = Some(value),
-                "--classify" => args.classify = Some(value),
-                "--pretrain-steps" => args.pretrain_steps = num(&value)?,
-                "--finetune-steps" => args.finetune_steps = num(&value)?,
-                "--batch" => args.batch = num(&value)?,
-                "--hidden" => args.hidden = num(&value)?,
-                "--layers" => args.layers = num(&value)?,
-                "--heads" => args.heads = num(&value)?,
-                "--seed" => args.seed = num(&value)? as u64,
-                "--device" => args.device = value,
-                other => return Err(format!("unknown argument `{other}`")),
-            }
-        }
-        Ok(args)
-    }
+    /// Backend; defaults to $KILN_DEVICE, else flex.
+    #[arg(long)]
+    device: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -105,8 +87,8 @@ const NOUNS: [&str; 10] = [
 
 /// A sentence whose sentiment words all agree; `half` picks which half of each word list the
 /// sentiment words come from (`None`: any).
-fn sentence(rng: &mut StdRng, positive: bool, half: Option<usize>) -> String {
-    fn pick<'a>(rng: &mut StdRng, words: &[&'a str], half: Option<usize>) -> &'a str {
+fn sentence(rng: &mut impl RngCore, positive: bool, half: Option<usize>) -> String {
+    fn pick<'a>(rng: &mut impl RngCore, words: &[&'a str], half: Option<usize>) -> &'a str {
         let words = match half {
             Some(h) => &words[h * words.len() / 2..(h + 1) * words.len() / 2],
             None => words,
@@ -128,7 +110,7 @@ fn sentence(rng: &mut StdRng, positive: bool, half: Option<usize>) -> String {
     )
 }
 
-fn labeled(rng: &mut StdRng, n: usize, half: usize) -> Vec<ClassificationExample> {
+fn labeled(rng: &mut impl RngCore, n: usize, half: usize) -> Vec<ClassificationExample> {
     (0..n)
         .map(|_| {
             let positive = rng.random_bool(0.5);
@@ -153,30 +135,33 @@ fn bert_config(args: &Args, vocab: usize, max_len: usize) -> BertConfig {
         .with_attention_probs_dropout_prob(0.0)
 }
 
-fn trainer_config(args: &Args, steps: usize) -> TrainerConfig {
-    TrainerConfig::new()
-        .with_max_steps(Some(steps))
+/// BERT's recipe (AdamW, warmup then linear decay), scaled down, for `steps` steps.
+fn bert_run(args: &Args, config: &BertConfig, peak_lr: f64, steps: usize) -> RunConfig<BertConfig> {
+    let mut run = kiln::recipe::bert(config.clone(), (), peak_lr, steps);
+    run.trainer = run
+        .trainer
         .with_batch_size(args.batch)
         .with_eval_every(steps)
         .with_eval_items(Some(2000))
         .with_log_every((steps / 6).max(1))
-        .with_seed(args.seed)
+        .with_seed(args.seed);
+    run
 }
 
-/// Masked-LM pre-training: BERT's recipe (AdamW, warmup then linear decay), scaled down.
+/// Masked-LM pre-training.
 fn pretrain(
     args: &Args,
     config: &BertConfig,
     tokenizer: &Tokenizer,
     corpus: Vec<Vec<u32>>,
     device: &Device,
-) -> Result<BertForMaskedLm, String> {
-    let special = tokenizer.bert_special_tokens().map_err(|e| e.to_string())?;
+) -> kiln::Result<BertForMaskedLm> {
+    let special = tokenizer.bert_special_tokens()?;
     let split = corpus.len() * 9 / 10;
     let masked = |ids: Vec<Vec<u32>>, seed: u64| {
         let with_special = WithSpecialTokens::new(InMemDataset::new(ids), special.cls, special.sep);
         let mlm = MlmConfig::for_bert(tokenizer.vocab_size(), special, seed);
-        MlmDataset::new(with_special, mlm).map_err(|e| e.to_string())
+        MlmDataset::new(with_special, mlm)
     };
     let train = BatchSource::new(
         masked(corpus[..split].to_vec(), args.seed)?,
@@ -187,24 +172,13 @@ fn pretrain(
         MlmBatcher::new(special.pad),
     );
     device.seed(args.seed);
-    let model = config.init_masked_lm(device).map_err(|e| e.to_string())?;
-    let optimizer = AdamWConfig::new().init(&model).map_err(|e| e.to_string())?;
-    let steps = args.pretrain_steps;
-    let schedule = WarmupDecayConfig::new(1e-3, steps / 10, steps)
-        .init()
-        .map_err(|e| e.to_string())?;
-    let outcome = Trainer::new(trainer_config(args, steps), optimizer, schedule, train)
-        .map_err(|e| e.to_string())?
+    let model = config.init_masked_lm(device)?;
+    let run = bert_run(args, config, 1e-3, args.pretrain_steps);
+    let outcome = Trainer::new(&run, train)?
         .with_eval(eval)
-        .fit(model, device)
-        .map_err(|e| e.to_string())?;
-    if let Some(EvalMetrics {
-        loss,
-        accuracy: Some(acc),
-        ..
-    }) = outcome.last_eval
-    {
-        println!("masked-LM held-out: loss {loss:.4}, masked-token accuracy {acc:.4}");
+        .fit(model, device)?;
+    if let Some((_, metrics)) = &outcome.eval {
+        println!("masked-LM held-out: {metrics} (accuracy: of the masked tokens)");
     }
     Ok(outcome.model)
 }
@@ -212,45 +186,53 @@ fn pretrain(
 /// Fine-tunes `model` on `train` and returns the accuracy on `test`.
 fn finetune(
     args: &Args,
+    config: &BertConfig,
     model: BertForSequenceClassification,
     tokenizer: &Arc<Tokenizer>,
-    train: Vec<ClassificationExample>,
-    test: Vec<ClassificationExample>,
-    max_len: usize,
+    (train, test): (Vec<ClassificationExample>, Vec<ClassificationExample>),
     device: &Device,
-) -> Result<f64, String> {
-    let special = tokenizer.bert_special_tokens().map_err(|e| e.to_string())?;
-    let dataset = |examples| {
-        ClassificationDataset::new(examples, tokenizer.clone(), max_len).map_err(|e| e.to_string())
-    };
+) -> kiln::Result<f64> {
+    let special = tokenizer.bert_special_tokens()?;
+    let max_len = config.max_position_embeddings;
+    let dataset = |examples| ClassificationDataset::new(examples, tokenizer.clone(), max_len);
     let batch = args.batch.min(train.len());
     let train = BatchSource::new(dataset(train)?, ClassificationBatcher::new(special.pad));
     let test = BatchSource::new(dataset(test)?, ClassificationBatcher::new(special.pad));
-    let optimizer = AdamWConfig::new().init(&model).map_err(|e| e.to_string())?;
-    let steps = args.finetune_steps;
-    let schedule = WarmupDecayConfig::new(5e-4, steps / 10, steps)
-        .init()
-        .map_err(|e| e.to_string())?;
-    let config = trainer_config(args, steps).with_batch_size(batch);
-    let outcome = Trainer::new(config, optimizer, schedule, train)
-        .map_err(|e| e.to_string())?
+    let mut run = bert_run(args, config, 5e-4, args.finetune_steps);
+    run.trainer = run.trainer.with_batch_size(batch);
+    let outcome = Trainer::new(&run, train)?
         .with_eval(test)
-        .fit(model, device)
-        .map_err(|e| e.to_string())?;
+        .fit(model, device)?;
     outcome
-        .last_eval
-        .and_then(|m| m.accuracy)
-        .ok_or_else(|| "no evaluation ran".to_string())
+        .eval
+        .and_then(|(_, m)| m.accuracy)
+        .ok_or_else(|| kiln::Error::Usage("no evaluation ran".into()))
 }
 
-fn run(args: &Args) -> Result<(), String> {
-    let device = kiln::device::from_name(&args.device)
-        .map_err(|e| e.to_string())?
-        .autodiff();
-    let mut rng = StdRng::seed_from_u64(args.seed);
+fn main() -> kiln::Result<()> {
+    let args = Args::parse();
+    let device_name = args
+        .device
+        .clone()
+        .or_else(|| std::env::var(kiln::device::DEVICE_ENV).ok())
+        .unwrap_or_else(|| "flex".into());
+    let device = kiln::device::from_name(&device_name)?.autodiff();
+    let mut rng = seed::rng(args.seed);
     // Unlabeled text for pre-training, and labeled train/test sets.
     let (corpus_text, train_examples, test_examples) = match (&args.data, &args.classify) {
-        (None, None) => {
+        (Some(data), Some(classify)) => {
+            let text = std::fs::read_to_string(data)?;
+            let corpus: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(String::from)
+                .collect();
+            let mut examples = ClassificationData::load(classify, false)?.examples;
+            let cut = examples.len() * 4 / 5;
+            let test = examples.split_off(cut);
+            (corpus, examples, test)
+        }
+        _ => {
             let corpus: Vec<String> = (0..20_000)
                 .map(|_| {
                     let positive = rng.random_bool(0.5);
@@ -263,35 +245,25 @@ fn run(args: &Args) -> Result<(), String> {
                 labeled(&mut rng, 1000, 1),
             )
         }
-        (Some(data), Some(classify)) => {
-            let text = std::fs::read_to_string(data).map_err(|e| format!("{data}: {e}"))?;
-            let corpus: Vec<String> = text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(String::from)
-                .collect();
-            let mut examples = ClassificationData::load(classify, false)
-                .map_err(|e| e.to_string())?
-                .examples;
-            let cut = examples.len() * 4 / 5;
-            let test = examples.split_off(cut);
-            (corpus, examples, test)
-        }
-        _ => return Err("--data and --classify go together".into()),
     };
+    // As many classes as the labels name.
+    let num_labels = train_examples
+        .iter()
+        .chain(&test_examples)
+        .map(|e| e.label + 1)
+        .max()
+        .unwrap_or(0)
+        .max(2);
 
-    let tokenizer =
-        Tokenizer::train_wordpiece(corpus_text.iter(), 200, true).map_err(|e| e.to_string())?;
-    let tokenizer = Arc::new(tokenizer);
+    let tokenizer = Arc::new(Tokenizer::train_wordpiece(corpus_text.iter(), 200, true)?);
     let corpus: Vec<Vec<u32>> = corpus_text
         .iter()
         .map(|s| tokenizer.encode(s))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+        .collect::<Result<_, _>>()?;
     let max_len = corpus.iter().map(Vec::len).max().unwrap_or(0) + 2;
-    let config = bert_config(args, tokenizer.vocab_size(), max_len.max(8));
+    let config = bert_config(&args, tokenizer.vocab_size(), max_len.max(8));
     println!(
-        "corpus: {} sequences, WordPiece vocabulary {}; {} labeled training and {} test examples",
+        "corpus: {} sequences, WordPiece vocabulary {}; {} labeled training and {} test examples, {num_labels} classes",
         corpus.len(),
         tokenizer.vocab_size(),
         train_examples.len(),
@@ -300,50 +272,28 @@ fn run(args: &Args) -> Result<(), String> {
 
     let start = Instant::now();
     println!("--- masked-LM pre-training ---");
-    let mlm = pretrain(args, &config, &tokenizer, corpus, &device)?;
+    let mlm = pretrain(&args, &config, &tokenizer, corpus, &device)?;
     println!("--- fine-tuning the pre-trained encoder ---");
     device.seed(args.seed + 2);
-    let mut classifier = config
-        .init_classifier(2, &device)
-        .map_err(|e| e.to_string())?;
+    let mut classifier = config.init_classifier(num_labels, &device)?;
     let mut encoder = mlm.bert;
     encoder.pooler = classifier.bert.pooler.clone();
     classifier.bert = encoder;
+    let data = (train_examples, test_examples);
     let pretrained = finetune(
-        args,
+        &args,
+        &config,
         classifier,
         &tokenizer,
-        train_examples.clone(),
-        test_examples.clone(),
-        config.max_position_embeddings,
+        data.clone(),
         &device,
     )?;
     println!("--- the same fine-tuning from scratch ---");
     device.seed(args.seed + 2);
-    let scratch_model = config
-        .init_classifier(2, &device)
-        .map_err(|e| e.to_string())?;
-    let scratch = finetune(
-        args,
-        scratch_model,
-        &tokenizer,
-        train_examples,
-        test_examples,
-        config.max_position_embeddings,
-        &device,
-    )?;
+    let scratch_model = config.init_classifier(num_labels, &device)?;
+    let scratch = finetune(&args, &config, scratch_model, &tokenizer, data, &device)?;
     println!("classification test accuracy, pre-trained: {pretrained:.4}");
     println!("classification test accuracy, from scratch: {scratch:.4}");
     println!("total {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
-}
-
-fn main() -> ExitCode {
-    match Args::parse().and_then(|args| run(&args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
 }

@@ -1,219 +1,345 @@
 //! The main job: train a small GPT from scratch on the CPU, with kiln's Trainer.
 //!
 //! ```text
-//! cargo run --release --example train_gpt                      # 3-digit addition, held-out accuracy
-//! cargo run --release --example train_gpt -- --data DIR         # a folder written by prepare_data
-//! cargo run --release --example train_gpt -- --data FILE.txt    # character-level LM on a text file
+//! cargo run --release --example train_gpt                       # 3-digit addition, held-out accuracy
+//! cargo run --release --example train_gpt -- --data FILE.txt     # character-level LM on a text file
+//! cargo run --release --example train_gpt -- --data DIR          # a folder written by prepare_data
+//! cargo run --release --example train_gpt -- --print-config > run.toml
+//! cargo run --release --example train_gpt -- --config run.toml --max-steps 300
+//! cargo run --release --example train_gpt -- --help
 //! ```
 //!
-//! The addition task (`kiln::data::addition`) is `123+456=` followed by the reversed 4-digit
-//! sum; about 2% of all pairs are held out, and the final accuracy is exact match on held-out
-//! problems, decoded greedily with the KV cache.
+//! The run is one [`RunConfig`]: `kiln::recipe::addition` (GPT-3's recipe scaled down) unless
+//! `--config FILE` (JSON or TOML, complete or partial) says otherwise; every flag overrides one
+//! field of it, `--print-config` prints the result. The addition task (`kiln::data::addition`)
+//! is `123+456=` followed by the reversed 4-digit sum; about 2% of all pairs are held out, and
+//! the final accuracy is exact match on held-out problems, decoded greedily with the KV cache.
 //!
-//! The recipe is GPT-3's, scaled down: AdamW (β2 0.99, weight decay 0.1, none on biases, norms
-//! and position embeddings), linear warmup over 5% of the steps then cosine decay to 10% of the
-//! peak, global gradient clipping at 1.0, evaluation every `--eval-every` steps with early
-//! stopping on the held-out loss, and checkpoints for exact resume.
-//!
-//! Options: `--max-steps N` (alias `--steps`) `--batch N --accum N --lr X --d-model N --layers N
-//! --heads N --block N --seed S --device NAME --precision f32|f16|bf16
-//! --recompute none|balanced|per-block --eval-every N --log-every N --checkpoint-every N
-//! --checkpoint-dir DIR --run-dir DIR --resume --samples N`. The device defaults to
-//! `KILN_DEVICE`, else `flex`. At the end it prints `params_sha256: <hex>`, a hash of every
-//! parameter's bytes: a run killed at any moment and restarted with `--resume` prints the same
-//! hash as an uninterrupted one.
+//! At the end it prints `params_sha256: <hex>`, a hash of every parameter's bytes: a run
+//! killed at any moment and restarted with `--resume` prints the same hash as an uninterrupted
+//! one. Progress goes to stderr, results to stdout.
 
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::data::dataset::Dataset;
 use burn::module::{ModuleVisitor, Param};
-use kiln::data::addition::{
-    ANSWER_LEN, AdditionBatcher, AdditionDataset, AdditionProblem, PROMPT_LEN, VOCAB_SIZE,
-};
-use kiln::data::{LmBatch, LmBatcher, PackedLmDataset, Tokenizer};
-use kiln::optim::{AdamWConfig, DecayShape, WarmupDecayConfig};
+use clap::Parser;
+use kiln::data::addition::{AdditionBatcher, AdditionDataset};
 use kiln::prelude::*;
-use kiln::train::{
-    BatchSource, EarlyStoppingConfig, Metric, Precision, Recompute, Trainer, TrainerConfig,
-};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
-/// Everything the command line can set.
+/// Train a GPT: on 3-digit addition (the default), a text file or a prepared folder.
+#[derive(Parser, Debug)]
+#[command(version, about)]
 struct Args {
-    data: Option<String>,
-    steps: usize,
-    batch: usize,
-    accum: usize,
-    lr: f64,
-    d_model: usize,
-    layers: usize,
-    heads: usize,
-    block: usize,
-    seed: u64,
-    device: String,
-    precision: Precision,
-    recompute: Recompute,
-    eval_every: usize,
-    log_every: usize,
-    checkpoint_every: usize,
+    /// A run config (.json or .toml), complete or partial; the flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the run config (TOML) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Training data: a text file (character-level) or a folder written by prepare_data.
+    /// Without it, the addition task.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Fraction of a text file held out for evaluation.
+    #[arg(long)]
+    val_fraction: Option<f64>,
+    /// Optimizer steps.
+    #[arg(long, alias = "steps")]
+    max_steps: Option<usize>,
+    /// Sequences per micro-batch.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    #[arg(long)]
+    accum: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Model width.
+    #[arg(long)]
+    d_model: Option<usize>,
+    /// Transformer blocks.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Attention heads per block.
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Context length (text data only: the addition task fixes it).
+    #[arg(long)]
+    block: Option<usize>,
+    /// Seed of the weights, the data order and dropout.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Backend: flex, wgpu, vulkan[:N], metal, cuda[:N] or auto; defaults to $KILN_DEVICE, else flex.
+    #[arg(long)]
+    device: Option<String>,
+    /// Compute precision.
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
+    /// Activation recomputation.
+    #[arg(long, value_enum)]
+    recompute: Option<Recompute>,
+    /// Evaluate every N steps.
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Report progress every N steps.
+    #[arg(long)]
+    log_every: Option<usize>,
+    /// Write a checkpoint every N steps.
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Checkpoint folder (default: RUN_DIR/checkpoints, else checkpoints/train_gpt).
+    #[arg(long)]
     checkpoint_dir: Option<String>,
+    /// Run folder: run.json, metrics.jsonl, plot.svg and the checkpoints.
+    #[arg(long)]
     run_dir: Option<String>,
+    /// Continue from the newest usable checkpoint.
+    #[arg(long)]
     resume: bool,
-    samples: usize,
+    /// Text samples to print after training (text data only).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Held-out problems for the final accuracy (addition only).
+    #[arg(long, default_value_t = 1000)]
+    accuracy_problems: usize,
 }
 
-impl Args {
-    fn parse() -> Result<Self, String> {
-        let mut args = Args {
-            data: None,
-            steps: 1800,
-            batch: 64,
-            accum: 1,
-            lr: 3e-3,
-            d_model: 128,
-            layers: 2,
-            heads: 4,
-            block: 64,
-            seed: 1337,
-            device: std::env::var(kiln::device::DEVICE_ENV).unwrap_or_else(|_| "flex".into()),
-            precision: Precision::F32,
-            recompute: Recompute::None,
-            eval_every: 200,
-            log_every: 100,
-            checkpoint_every: 0,
-            checkpoint_dir: None,
-            run_dir: None,
-            resume: false,
-            samples: 3,
+/// Where the run's data comes from: part of the run config.
+#[derive(burn::config::Config, Debug, PartialEq)]
+enum GptData {
+    /// 3-digit addition (`kiln::data::addition`).
+    Addition,
+    /// A text file, character-level, the last `val_fraction` held out.
+    Text {
+        /// The file.
+        path: String,
+        /// Held-out fraction.
+        val_fraction: f64,
+    },
+    /// A folder written by `prepare_data` (token shards, `tokenizer.json`, a `val` split).
+    Prepared {
+        /// The folder.
+        dir: String,
+    },
+}
+
+type GptRun = RunConfig<GptConfig, GptData>;
+
+/// The run: the recipe, the config file over it, the flags over both.
+fn run_config(args: &Args) -> kiln::Result<GptRun> {
+    let recipe = kiln::recipe::addition(1800);
+    let base = GptRun::new(
+        recipe.model,
+        GptData::Addition,
+        recipe.optimizer,
+        recipe.schedule,
+        recipe.trainer,
+    );
+    let mut run = match &args.config {
+        Some(path) => base.merge_file(path)?,
+        None => base,
+    };
+    if let Some(path) = &args.data {
+        let path = path.display().to_string();
+        run.data = if Path::new(&path).is_dir() {
+            GptData::Prepared { dir: path }
+        } else {
+            GptData::Text {
+                path,
+                val_fraction: 0.05,
+            }
         };
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            if flag == "--resume" {
-                args.resume = true;
-                continue;
-            }
-            let value = it.next().ok_or(format!("{flag} needs a value"))?;
-            let num = |v: &str| {
-                v.parse::<usize>()
-                    .map_err(|_| format!("{flag}: `{v}` is not a number"))
-            };
-            match flag.as_str() {
-                "--data" => args.data = Some(value),
-                "--steps" | "--max-steps" => args.steps = num(&value)?,
-                "--batch" => args.batch = num(&value)?,
-                "--accum" => args.accum = num(&value)?,
-                "--lr" => {
-                    args.lr = value
-                        .parse()
-                        .map_err(|_| format!("--lr: bad value `{value}`"))?
-                }
-                "--d-model" => args.d_model = num(&value)?,
-                "--layers" => args.layers = num(&value)?,
-                "--heads" => args.heads = num(&value)?,
-                "--block" => args.block = num(&value)?,
-                "--seed" => args.seed = num(&value)? as u64,
-                "--device" => args.device = value,
-                "--precision" => {
-                    args.precision = Precision::parse(&value)
-                        .ok_or(format!("--precision: `{value}` is not f32, f16 or bf16"))?
-                }
-                "--recompute" => {
-                    args.recompute = match value.as_str() {
-                        "none" => Recompute::None,
-                        "balanced" => Recompute::Balanced,
-                        "per-block" => Recompute::PerBlock,
-                        other => return Err(format!("--recompute: unknown mode `{other}`")),
-                    }
-                }
-                "--eval-every" => args.eval_every = num(&value)?,
-                "--log-every" => args.log_every = num(&value)?.max(1),
-                "--checkpoint-every" => args.checkpoint_every = num(&value)?,
-                "--checkpoint-dir" => args.checkpoint_dir = Some(value),
-                "--run-dir" => args.run_dir = Some(value),
-                "--samples" => args.samples = num(&value)?,
-                other => return Err(format!("unknown argument `{other}`")),
-            }
+    }
+    let text = !matches!(run.data, GptData::Addition);
+    let not_for_addition = [
+        ("--block", args.block.is_some()),
+        ("--samples", args.samples.is_some()),
+        ("--val-fraction", args.val_fraction.is_some()),
+    ];
+    if let Some((flag, _)) = not_for_addition.iter().find(|(_, set)| *set && !text) {
+        return Err(kiln::Error::Usage(format!(
+            "{flag} applies to text data (--data); the addition task fixes its own"
+        )));
+    }
+    match (&mut run.data, args.val_fraction) {
+        (GptData::Text { val_fraction, .. }, Some(f)) => *val_fraction = f,
+        (GptData::Prepared { .. }, Some(_)) => {
+            return Err(kiln::Error::Usage(
+                "--val-fraction applies to a text file; a prepared folder has its own val split"
+                    .into(),
+            ));
         }
-        if args.checkpoint_every > 0 && args.checkpoint_dir.is_none() && args.run_dir.is_none() {
-            args.checkpoint_dir = Some("checkpoints/train_gpt".into());
-        }
-        if args.resume && args.checkpoint_dir.is_none() && args.run_dir.is_none() {
-            args.checkpoint_dir = Some("checkpoints/train_gpt".into());
-        }
-        Ok(args)
+        _ => {}
     }
 
-    fn gpt_config(&self, vocab: usize, block: usize) -> GptConfig {
-        GptConfig::new(vocab)
-            .with_block_size(block)
-            .with_n_layer(self.layers)
-            .with_n_head(self.heads)
-            .with_d_model(self.d_model)
+    let model = &mut run.model;
+    set(&mut model.d_model, args.d_model);
+    set(&mut model.n_layer, args.layers);
+    set(&mut model.n_head, args.heads);
+    set(&mut model.block_size, args.block);
+    let t = &mut run.trainer;
+    if let Some(steps) = args.max_steps {
+        t.max_steps = Some(steps);
     }
+    set(&mut t.batch_size, args.batch);
+    set(&mut t.grad_accumulation, args.accum);
+    set(&mut t.seed, args.seed);
+    set(&mut t.precision, args.precision);
+    set(&mut t.recompute, args.recompute);
+    set(&mut t.eval_every, args.eval_every);
+    set(&mut t.log_every, args.log_every);
+    set(&mut t.checkpoint_every, args.checkpoint_every);
+    if args.checkpoint_dir.is_some() {
+        t.checkpoint_dir = args.checkpoint_dir.clone();
+    }
+    if args.run_dir.is_some() {
+        t.run_dir = args.run_dir.clone();
+    }
+    t.resume |= args.resume;
+    if (t.resume || t.checkpoint_every > 0) && t.checkpoint_dir.is_none() && t.run_dir.is_none() {
+        t.checkpoint_dir = Some("checkpoints/train_gpt".into());
+    }
+    if let Some(lr) = args.lr {
+        run.schedule = run.schedule.with_peak_lr(lr)?;
+    }
+    Ok(run)
+}
 
-    fn trainer_config(&self) -> TrainerConfig {
-        TrainerConfig::new()
-            .with_max_steps(Some(self.steps))
-            .with_batch_size(self.batch)
-            .with_grad_accumulation(self.accum)
-            .with_precision(self.precision)
-            .with_recompute(self.recompute)
-            .with_eval_every(self.eval_every)
-            .with_eval_items(Some(2000))
-            .with_early_stopping(Some(
-                EarlyStoppingConfig::new()
-                    .with_metric(Metric::Loss)
-                    .with_patience(5),
-            ))
-            .with_checkpoint_every(self.checkpoint_every)
-            .with_checkpoint_dir(self.checkpoint_dir.clone())
-            .with_run_dir(self.run_dir.clone())
-            .with_resume(self.resume)
-            .with_log_every(self.log_every)
-            .with_seed(self.seed)
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
     }
 }
 
-/// Trains `gpt` with the GPT-3 recipe on `train`, evaluating on `eval`.
-fn train(
-    gpt: Gpt,
-    args: &Args,
-    train: BatchSource<LmBatch>,
-    eval: BatchSource<LmBatch>,
-    device: &Device,
-) -> Result<Gpt, String> {
-    let optimizer = AdamWConfig::new()
-        .with_beta_2(0.99)
-        .with_weight_decay(0.1)
-        .init(&gpt)
-        .map_err(|e| e.to_string())?;
-    let schedule = WarmupDecayConfig::new(args.lr, (args.steps / 20).max(1), args.steps)
-        .with_shape(DecayShape::Cosine {
-            num_cycles: 0.5,
-            min_lr_ratio: 0.1,
-        })
-        .init()
-        .map_err(|e| e.to_string())?;
-    let trainer = Trainer::new(args.trainer_config(), optimizer, schedule, train)
-        .map_err(|e| e.to_string())?
-        .with_eval(eval);
-    let start = Instant::now();
-    let outcome = trainer.fit(gpt, device).map_err(|e| e.to_string())?;
-    if let Some(step) = outcome.resumed_from {
-        println!("(resumed from step {step})");
+/// Training and held-out data of a text run, with its tokenizer.
+fn text_data(
+    data: &GptData,
+    block: usize,
+) -> kiln::Result<(Tokenizer, PackedLmDataset, PackedLmDataset)> {
+    Ok(match data {
+        GptData::Prepared { dir } => {
+            let tokenizer = Tokenizer::from_file(Path::new(dir).join("tokenizer.json"))?;
+            let train = PackedLmDataset::open(dir, block)?;
+            let eval = PackedLmDataset::open_split(dir, "val", block).map_err(|e| {
+                kiln::Error::Usage(format!(
+                    "{e}: the `val` split is too small for one window; rerun prepare_data with a larger --val-fraction"
+                ))
+            })?;
+            (tokenizer, train, eval)
+        }
+        GptData::Text { path, val_fraction } => {
+            let text = std::fs::read_to_string(path)?;
+            let tokenizer = Tokenizer::char_level(&text)?;
+            let ids = tokenizer.encode(&text)?;
+            let held_out = ((ids.len() as f64 * val_fraction) as usize).min(ids.len());
+            let (train, eval) = ids.split_at(ids.len() - held_out);
+            (
+                tokenizer,
+                PackedLmDataset::from_tokens(train.to_vec(), block)?,
+                PackedLmDataset::from_tokens(eval.to_vec(), block)?,
+            )
+        }
+        GptData::Addition => unreachable!("text_data is called for text runs"),
+    })
+}
+
+fn main() -> kiln::Result<()> {
+    let args = Args::parse();
+    let mut run = run_config(&args)?;
+    let device_name = args
+        .device
+        .clone()
+        .or_else(|| std::env::var(kiln::device::DEVICE_ENV).ok())
+        .unwrap_or_else(|| "flex".into());
+    let device = kiln::device::from_name(&device_name)?;
+
+    // Text runs also keep their tokenizer and the first token of a few training windows, to
+    // start the samples printed at the end.
+    let (train, eval, text, train_len) = match &run.data {
+        GptData::Addition => (
+            BatchSource::new(AdditionDataset::train(), AdditionBatcher),
+            BatchSource::new(AdditionDataset::held_out(), AdditionBatcher),
+            None,
+            AdditionDataset::train().len(),
+        ),
+        data => {
+            let (tokenizer, train, eval) = text_data(data, run.model.block_size)?;
+            // The vocabulary is the data's.
+            run.model.vocab_size = tokenizer.vocab_size();
+            let len = train.len();
+            let starts = (0..args.samples.unwrap_or(3))
+                .map(|i| Ok(train.window(i * 7 % len)?[0]))
+                .collect::<kiln::Result<Vec<u32>>>()?;
+            (
+                BatchSource::new(train, LmBatcher),
+                BatchSource::new(eval, LmBatcher),
+                Some((tokenizer, starts)),
+                len,
+            )
+        }
+    };
+    if args.print_config {
+        print!("{}", run.to_toml()?);
+        return Ok(());
     }
-    if let Some((step, loss)) = outcome.best {
-        println!("best held-out loss {loss:.4} at step {step}");
+
+    device.seed(run.trainer.seed);
+    let gpt = run.model.init(&device)?;
+    println!(
+        "GPT with {} parameters on {} ({train_len} training sequences), {} steps of {} x {}",
+        gpt.num_params(),
+        match &run.data {
+            GptData::Addition => "3-digit addition".to_string(),
+            GptData::Text { path, .. } => path.clone(),
+            GptData::Prepared { dir } => dir.clone(),
+        },
+        run.trainer.max_steps.unwrap_or_default(),
+        run.trainer.grad_accumulation,
+        run.trainer.batch_size
+    );
+    let start = Instant::now();
+    let outcome = Trainer::new(&run, train)?
+        .with_eval(eval)
+        .fit(gpt, &device)?;
+    if let Some(step) = outcome.resumed_from {
+        println!("resumed from step {step}");
+    }
+    if let Some((step, metrics)) = &outcome.eval {
+        println!("held-out at step {step} (the weights kept): {metrics}");
     }
     println!(
         "trained {} steps in {:.1}s",
         outcome.state.step,
         start.elapsed().as_secs_f64()
     );
-    Ok(outcome.model)
+    let gpt = outcome.model;
+
+    match &text {
+        None => {
+            let accuracy =
+                kiln::recipe::addition_accuracy(&gpt, args.accuracy_problems, run.trainer.seed)?;
+            println!("held-out accuracy: {accuracy:.4}");
+        }
+        Some((tokenizer, starts)) => {
+            for (i, &first) in starts.iter().enumerate() {
+                let config = GenerateConfig::new()
+                    .with_max_new_tokens(run.model.block_size - 1)
+                    .with_do_sample(true)
+                    .with_temperature(0.8)
+                    .with_top_k(Some(20))
+                    .with_seed(run.trainer.seed + i as u64);
+                let out = gpt.generate(&[vec![first as usize]], &config)?;
+                let ids: Vec<u32> = out[0].iter().map(|&t| t as u32).collect();
+                println!("--- sample {} ---\n{}", i + 1, tokenizer.decode(&ids)?);
+            }
+        }
+    }
+    println!("params_sha256: {}", params_sha256(&gpt));
+    Ok(())
 }
 
 /// SHA-256 over every parameter's bytes, in module order.
@@ -231,130 +357,4 @@ fn params_sha256(gpt: &Gpt) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Exact-match accuracy on `n` held-out problems, decoded greedily with the KV cache.
-fn held_out_accuracy(gpt: &Gpt, n: usize, seed: u64) -> Result<f64, ModelError> {
-    let held_out = AdditionDataset::held_out();
-    let mut rng = StdRng::seed_from_u64(seed ^ 0xACC);
-    let problems: Vec<AdditionProblem> = (0..n)
-        .map(|_| held_out.problems()[rng.random_range(0..held_out.problems().len())])
-        .collect();
-    let gpt = gpt.valid();
-    let mut correct = 0;
-    for chunk in problems.chunks(250) {
-        let prompts: Vec<Vec<usize>> = chunk.iter().map(|p| p.prompt()).collect();
-        let config = GenerateConfig::new().with_max_new_tokens(ANSWER_LEN);
-        let outputs = gpt.generate(&prompts, &config)?;
-        correct += chunk
-            .iter()
-            .zip(&outputs)
-            .filter(|(p, out)| p.is_solved_by(out))
-            .count();
-    }
-    Ok(correct as f64 / n as f64)
-}
-
-fn run_addition(args: &Args, device: &Device) -> Result<Gpt, String> {
-    device.seed(args.seed);
-    let gpt = args
-        .gpt_config(VOCAB_SIZE, PROMPT_LEN + ANSWER_LEN)
-        .init(device)
-        .map_err(|e| e.to_string())?;
-    println!(
-        "3-digit addition: GPT with {} parameters, {} steps of {} x {}",
-        gpt.param_count(),
-        args.steps,
-        args.accum,
-        args.batch
-    );
-    let train_data = BatchSource::new(AdditionDataset::train(), AdditionBatcher);
-    let eval_data = BatchSource::new(AdditionDataset::held_out(), AdditionBatcher);
-    let gpt = train(gpt, args, train_data, eval_data, device)?;
-    let accuracy = held_out_accuracy(&gpt, 1000, args.seed).map_err(|e| e.to_string())?;
-    println!("held-out accuracy: {accuracy:.4}");
-    Ok(gpt)
-}
-
-/// A language model on a prepared folder (token shards + tokenizer.json) or a raw text file
-/// (character-level, the last 5% held out).
-fn run_text(path: &str, args: &Args, device: &Device) -> Result<Gpt, String> {
-    let (tokenizer, train_set, eval_set) = if std::path::Path::new(path).is_dir() {
-        let tokenizer = Tokenizer::from_file(std::path::Path::new(path).join("tokenizer.json"))
-            .map_err(|e| e.to_string())?;
-        let train_set = PackedLmDataset::open(path, args.block).map_err(|e| e.to_string())?;
-        let eval_set = PackedLmDataset::open_split(path, "val", args.block)
-            .map_err(|e| format!("{e}: the `val` split is too small for one window; rerun prepare_data with a larger --val-fraction"))?;
-        (tokenizer, train_set, eval_set)
-    } else {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-        let tokenizer = Tokenizer::char_level(&text).map_err(|e| e.to_string())?;
-        let ids = tokenizer.encode(&text).map_err(|e| e.to_string())?;
-        let cut = ids.len() - ids.len() / 20;
-        let train_set = PackedLmDataset::from_tokens(ids[..cut].to_vec(), args.block)
-            .map_err(|e| e.to_string())?;
-        let eval_set = PackedLmDataset::from_tokens(ids[cut..].to_vec(), args.block)
-            .map_err(|e| e.to_string())?;
-        (tokenizer, train_set, eval_set)
-    };
-    device.seed(args.seed);
-    let gpt = args
-        .gpt_config(tokenizer.vocab_size(), args.block)
-        .init(device)
-        .map_err(|e| e.to_string())?;
-    println!(
-        "language model on {path}: {} training windows of {} tokens, vocabulary {}, {} parameters",
-        train_set.len(),
-        args.block,
-        tokenizer.vocab_size(),
-        gpt.param_count()
-    );
-    let first_tokens: Vec<u32> = (0..args.samples)
-        .filter_map(|i| train_set.window(i * 7 % train_set.len().max(1)).ok())
-        .filter_map(|w| w.first().copied())
-        .collect();
-    let gpt = train(
-        gpt,
-        args,
-        BatchSource::new(train_set, LmBatcher),
-        BatchSource::new(eval_set, LmBatcher),
-        device,
-    )?;
-    let inference = gpt.valid();
-    for (i, first) in first_tokens.into_iter().enumerate() {
-        let config = GenerateConfig::new()
-            .with_max_new_tokens(args.block - 1)
-            .with_do_sample(true)
-            .with_temperature(0.8)
-            .with_top_k(Some(20))
-            .with_seed(args.seed + i as u64);
-        let out = inference
-            .generate(&[vec![first as usize]], &config)
-            .map_err(|e| e.to_string())?;
-        let ids: Vec<u32> = out[0].iter().map(|&t| t as u32).collect();
-        let sample = tokenizer.decode(&ids).map_err(|e| e.to_string())?;
-        println!("--- sample {} ---\n{sample}", i + 1);
-    }
-    Ok(gpt)
-}
-
-fn main() -> ExitCode {
-    let result = Args::parse().and_then(|args| {
-        let device = kiln::device::from_name(&args.device)
-            .map_err(|e| e.to_string())?
-            .autodiff();
-        let gpt = match &args.data {
-            Some(path) => run_text(path, &args, &device)?,
-            None => run_addition(&args, &device)?,
-        };
-        println!("params_sha256: {}", params_sha256(&gpt));
-        Ok(())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
 }

@@ -65,6 +65,15 @@ pub enum CompressError {
     Model(#[from] kiln_model::ModelError),
 }
 
+impl From<kiln_core::StoreError> for CompressError {
+    fn from(e: kiln_core::StoreError) -> Self {
+        match e {
+            kiln_core::StoreError::Io { path, source } => Self::Io { file: path, source },
+            kiln_core::StoreError::Format { path, reason } => Self::format(path, reason),
+        }
+    }
+}
+
 impl CompressError {
     pub(crate) fn arg(message: impl Into<String>) -> Self {
         Self::InvalidArgument(message.into())

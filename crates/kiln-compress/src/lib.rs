@@ -6,8 +6,8 @@
 //! - [`structured`]: rows/columns, FFN neurons and attention heads by L1/L2 norm, with physical
 //!   removal of FFN neurons ([`remove_ffn_neurons`]) and heads ([`remove_heads`];
 //!   [`QuantizedGpt::remove_heads`] for the int8 model).
-//! - [`schedule`]: gradual pruning on Zhu & Gupta's cubic schedule, as a kiln-train
-//!   [`StepHook`](kiln_train::StepHook) that `Trainer::with_hook` calls after each optimizer step.
+//! - [`schedule`]: gradual pruning on Zhu & Gupta's cubic schedule, applied after each optimizer
+//!   step (from a kiln-train step hook, or any loop).
 //! - [`sparsity()`]: the per-parameter sparsity report.
 //!
 //! Quantization (int8):

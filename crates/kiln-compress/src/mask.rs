@@ -1,8 +1,8 @@
 //! Pruning masks that live beside the module: the effective weight is `w ⊙ mask`.
 //!
 //! A mask is a 0/1 tensor per parameter, keyed by the parameter's path. [`PruningMasks::apply`]
-//! zeroes the pruned weights; calling it after every optimizer step (see
-//! [`StepHook`](kiln_train::StepHook)) keeps them exactly zero while fine-tuning, since AdamW's
+//! zeroes the pruned weights; calling it after every optimizer step (a kiln-train step hook)
+//! keeps them exactly zero while fine-tuning, since AdamW's
 //! momentum and weight decay would otherwise move them off zero. [`PruningMasks::remove`] makes
 //! the pruning permanent (the zeros stay, the masks go), like `torch.nn.utils.prune.remove`.
 
@@ -13,7 +13,6 @@ use burn::module::Module;
 use crate::archive::{Archive, StoredTensor};
 use crate::error::{CompressError, Result};
 use crate::params::{WriteMode, read_params, write_params};
-use kiln_train::StepHook;
 
 /// The masks of one model: parameter path -> (shape, 0/1 values).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -198,13 +197,6 @@ impl PruningMasks {
 
     /// Makes the pruning permanent: applies the masks and drops them.
     pub fn remove<M: Module>(self, model: M) -> M {
-        self.apply(model)
-    }
-}
-
-impl<M: Module> StepHook<M> for PruningMasks {
-    /// Fixed masks: re-applies them, whatever the step.
-    fn after_optimizer_step(&mut self, _step: usize, model: M) -> M {
         self.apply(model)
     }
 }

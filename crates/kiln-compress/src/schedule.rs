@@ -10,7 +10,6 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use kiln_train::StepHook;
 
 use crate::error::{CompressError, Result};
 use crate::magnitude::{Amount, PruningScope, magnitude_masks};
@@ -85,18 +84,21 @@ impl GradualPruningConfig {
         Ok(GradualPruning {
             config: self.clone(),
             masks: PruningMasks::new(),
-            error: None,
         })
     }
 }
 
-/// Gradual magnitude pruning of the linear weights ([`linear_weights`]) as a kiln-train [`StepHook`]: pass it to `Trainer::with_hook`, or
-/// call `model = pruning.after_optimizer_step(step, model)` in a hand-written loop.
+/// Gradual magnitude pruning of the linear weights ([`linear_weights`]): call
+/// [`after_optimizer_step`](Self::after_optimizer_step) after every optimizer step, from a
+/// hand-written loop or as a kiln-train step hook (a closure):
+///
+/// ```text
+/// trainer.with_hook(move |step, model| pruning.after_optimizer_step(step, model))
+/// ```
 #[derive(Debug, Clone)]
 pub struct GradualPruning {
     config: GradualPruningConfig,
     masks: PruningMasks,
-    error: Option<String>,
 }
 
 impl GradualPruning {
@@ -110,12 +112,6 @@ impl GradualPruning {
         &self.config
     }
 
-    /// The error of the last failed mask update, if any (the hook itself cannot return one: the
-    /// model is then returned with the previous masks).
-    pub fn error(&self) -> Option<&str> {
-        self.error.as_deref()
-    }
-
     /// Whether `step` is a pruning event.
     pub fn is_event(&self, step: usize) -> bool {
         let c = &self.config;
@@ -124,8 +120,10 @@ impl GradualPruning {
             && ((step - c.begin_step).is_multiple_of(c.frequency) || step == c.end_step)
     }
 
-    /// Like [`StepHook::after_optimizer_step`], with the error.
-    pub fn try_after_optimizer_step<M: Module>(&mut self, step: usize, model: M) -> Result<M> {
+    /// Recomputes the masks at a pruning event (`step` is the number of optimizer steps taken)
+    /// and applies them: the pruned weights are exactly zero again after the optimizer moved
+    /// them.
+    pub fn after_optimizer_step<M: Module>(&mut self, step: usize, model: M) -> Result<M> {
         if self.is_event(step) {
             let target = self.config.sparsity_at(step);
             // The model already carries the old masks' zeros: they rank smallest, so the new
@@ -139,26 +137,5 @@ impl GradualPruning {
             self.masks.merge(&masks)?;
         }
         Ok(self.masks.apply(model))
-    }
-}
-
-impl<M: Module> StepHook<M> for GradualPruning {
-    fn after_optimizer_step(&mut self, step: usize, model: M) -> M {
-        let event = self.is_event(step);
-        if event {
-            let target = self.config.sparsity_at(step);
-            match magnitude_masks(
-                &model,
-                &linear_weights,
-                Amount::Fraction(target),
-                self.config.scope,
-            )
-            .and_then(|m| self.masks.merge(&m))
-            {
-                Ok(()) => self.error = None,
-                Err(e) => self.error = Some(e.to_string()),
-            }
-        }
-        self.masks.apply(model)
     }
 }

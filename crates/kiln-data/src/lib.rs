@@ -21,7 +21,7 @@
 //!      [`ClassificationBatcher`] → [`ClassificationBatch`]);
 //!    - [`addition`]: the 3-digit addition task of the main job.
 //!
-//! Also: [`batch`] (the batch types), [`synthetic`] (corpora with planted duplicates for
+//! Also: [`batch`] (the batch types, defined in kiln-core), [`synthetic`] (corpora with planted duplicates for
 //! tests and benchmarks), [`hash`] (stable hashing), [`prepare`] (the whole preparation of a
 //! corpus into a shard directory), [`DataError`]. `examples/prepare_data.rs`
 //! runs steps 1-5 from the command line; `docs/data.md` is the guide.
@@ -48,7 +48,6 @@
 #![warn(missing_docs)]
 
 pub mod addition;
-pub mod batch;
 mod char_tokenizer;
 pub mod classification;
 pub mod clean;
@@ -65,7 +64,6 @@ pub mod shards;
 pub mod synthetic;
 pub mod tokenizer;
 
-pub use batch::{ClassificationBatch, IGNORE_INDEX, LmBatch, MlmBatch};
 pub use char_tokenizer::CharTokenizer;
 pub use classification::{
     ClassificationBatcher, ClassificationData, ClassificationDataset, ClassificationExample,
@@ -75,6 +73,9 @@ pub use clean::{CleanConfig, CleanReport, Cleaner};
 pub use dedup::{DedupConfig, DedupMode, DedupStats, Deduplicator, Verdict};
 pub use error::DataError;
 pub use input::{DocumentReader, InputFormat, InputReport};
+/// The batch types (kiln-core's: the models and the training loop share them).
+pub use kiln_core::batch;
+pub use kiln_core::batch::{Batch, ClassificationBatch, IGNORE_INDEX, LmBatch, MlmBatch};
 pub use mlm::{MlmBatcher, MlmConfig, MlmDataset, MlmItem, WithSpecialTokens};
 pub use packed_lm::{LmBatcher, PackedLmDataset};
 pub use pipeline::{CorpusPipeline, PipelineReport};

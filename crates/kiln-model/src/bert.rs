@@ -251,7 +251,7 @@ impl Bert {
         Ok(self.encode(input, padding))
     }
 
-    fn check(&self, input: &BertInput) -> Result<Option<Tensor<2, Bool>>> {
+    pub(crate) fn check(&self, input: &BertInput) -> Result<Option<Tensor<2, Bool>>> {
         let ids = &input.input_ids;
         check_token_ids(ids, self.vocab_size, self.max_positions)?;
         let shape_of = |name: &str, t: &Tensor<2, Int>| {
@@ -280,34 +280,48 @@ impl Bert {
     }
 
     fn encode(&self, input: BertInput, padding: Option<Tensor<2, Bool>>) -> BertOutput {
-        let ids = input.input_ids;
+        let mut x = self.embed(input.input_ids, input.token_type_ids);
+        for layer in &self.layers {
+            x = layer.forward(x, Self::mask(padding.as_ref()), None, None);
+        }
+        BertOutput {
+            pooler_output: self.pool(x.clone()),
+            last_hidden_state: x,
+        }
+    }
+
+    /// The first stage of the forward pass, without input checks: word + token-type + position
+    /// embeddings, LayerNorm and dropout. The result feeds `layers[0]`, which take
+    /// [`Bert::mask`] of the padding; [`pool`](Self::pool) follows the last layer. Training
+    /// loops that recompute activations layer by layer call the pieces separately.
+    pub fn embed(&self, ids: Tensor<2, Int>, token_type_ids: Option<Tensor<2, Int>>) -> Tensor<3> {
         let [batch, seq] = ids.dims();
         let device = ids.device();
         let emb = &self.embeddings;
-        let types = input
-            .token_type_ids
-            .unwrap_or_else(|| Tensor::zeros([batch, seq], &device));
+        let types = token_type_ids.unwrap_or_else(|| Tensor::zeros([batch, seq], &device));
         let positions = Tensor::<1, Int>::arange(0..seq as i64, &device).reshape([1, seq]);
         let mut x = emb.word.forward(ids) + emb.token_type.forward(types);
         let hidden = x.dims()[2];
         x = x + emb.position.forward(positions).expand([batch, seq, hidden]);
-        let mut x = emb.dropout.forward(emb.norm.forward(x));
+        emb.dropout.forward(emb.norm.forward(x))
+    }
 
-        let mask = AttentionMask {
+    /// The encoder layers' attention mask: bidirectional, `padding` `true` at padding keys.
+    pub fn mask(padding: Option<&Tensor<2, Bool>>) -> AttentionMask<'_> {
+        AttentionMask {
             causal: false,
-            padding: padding.as_ref(),
-        };
-        for layer in &self.layers {
-            x = layer.forward(x, mask, None, None);
+            padding,
         }
-        let pooler_output = self.pooler.as_ref().map(|pooler| {
-            let cls = x.clone().narrow(1, 0, 1).reshape([batch, hidden]);
+    }
+
+    /// The pooled `[CLS]` state `tanh(W·h_[CLS] + b)` of the last layer's output, when the
+    /// model has a pooler.
+    pub fn pool(&self, x: Tensor<3>) -> Option<Tensor<2>> {
+        let [batch, _, hidden] = x.dims();
+        self.pooler.as_ref().map(|pooler| {
+            let cls = x.narrow(1, 0, 1).reshape([batch, hidden]);
             pooler.forward(cls).tanh()
-        });
-        BertOutput {
-            last_hidden_state: x,
-            pooler_output,
-        }
+        })
     }
 }
 
@@ -331,12 +345,16 @@ pub struct BertForMaskedLm {
 impl BertForMaskedLm {
     /// Logits `[batch, seq, vocab]`.
     pub fn forward(&self, input: BertInput) -> Result<Tensor<3>> {
-        let hidden = self.bert.forward(input)?.last_hidden_state;
+        Ok(self.head(self.bert.forward(input)?.last_hidden_state))
+    }
+
+    /// The masked-LM head on the encoder's last hidden states: logits `[batch, seq, vocab]`.
+    pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
         let h = self
             .transform_norm
             .forward(self.activation.forward(self.transform.forward(hidden)));
         let decoder = self.bert.embeddings.word.weight.val().transpose();
-        Ok(linear(h, decoder, Some(self.decoder_bias.val())))
+        linear(h, decoder, Some(self.decoder_bias.val()))
     }
 
     /// Mean cross-entropy over the positions whose label is not `-100` (the unmasked ones).
@@ -362,10 +380,15 @@ pub struct BertForSequenceClassification {
 impl BertForSequenceClassification {
     /// Class logits `[batch, num_labels]`.
     pub fn forward(&self, input: BertInput) -> Result<Tensor<2>> {
+        self.head(self.bert.forward(input)?.last_hidden_state)
+    }
+
+    /// The classifier on the encoder's last hidden states (pooler, dropout, linear): class
+    /// logits `[batch, num_labels]`.
+    pub fn head(&self, hidden: Tensor<3>) -> Result<Tensor<2>> {
         let pooled = self
             .bert
-            .forward(input)?
-            .pooler_output
+            .pool(hidden)
             .ok_or_else(|| ModelError::config("the classifier's encoder has no pooler"))?;
         Ok(self.classifier.forward(self.dropout.forward(pooled)))
     }

@@ -91,5 +91,17 @@ impl ModelError {
     }
 }
 
+impl From<kiln_core::StoreError> for ModelError {
+    fn from(e: kiln_core::StoreError) -> Self {
+        match e {
+            kiln_core::StoreError::Io { path, source } => Self::Io { file: path, source },
+            kiln_core::StoreError::Format { path, reason } => Self::Format {
+                file: path,
+                message: reason,
+            },
+        }
+    }
+}
+
 /// Shorthand for results whose error is [`ModelError`].
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -6,6 +6,8 @@
 //! - Models: [`gpt`] (decoder-only language model with KV-cache generation, [`sampling`]) and
 //!   [`bert`] (encoder, masked-LM and sequence-classification heads).
 //! - Weights: [`hf`] loads HuggingFace checkpoints, [`store`] saves and loads kiln's own.
+//! - Training: GPT and both BERT heads are kiln-core `TrainModel`s on kiln's batch types, and
+//!   `BlockStack`s for per-block activation recomputation (`train.rs`).
 //! - Errors: every fallible call returns a [`ModelError`].
 //!
 //! ```
@@ -35,6 +37,7 @@ pub mod loss;
 pub mod rotary;
 pub mod sampling;
 pub mod store;
+mod train;
 
 pub use error::{ModelError, Result};
 pub use hf::padding_mask;

@@ -2,8 +2,9 @@
 //!
 //! A checkpoint is a folder `step-00000100/` holding the model (`model.bpk`), the optimizer
 //! state (`optimizer.bpk`), the schedule (`scheduler.bpk`), the loop's own state
-//! (`trainer.json`: step, data position, loss scaler, early stopping) and, written last, a
-//! `manifest.json` with the length and SHA-256 of each file. The folder is written under a
+//! (`trainer.json`: step, data position, loss scaler, early stopping), the run's config
+//! (`run.json`), the best weights so far when early stopping keeps them (`best.bpk`) and,
+//! written last, a `manifest.json` with the length and SHA-256 of each file. The folder is written under a
 //! temporary name, every file is fsynced, and only then is it renamed into place, so a run
 //! killed at any moment leaves either a complete checkpoint or none. On resume, a folder whose
 //! files do not match their manifest is reported by name and the previous one is used.
@@ -16,12 +17,14 @@ use burn::module::Module;
 use burn::optim::lr_scheduler::{LrScheduler, LrSchedulerRecord};
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Bytes;
+use kiln_core::store::sync_dir;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data_order::DataPosition;
 use crate::early_stopping::EarlyStopping;
 use crate::error::{Result, TrainError};
+use crate::evaluate::EvalMetrics;
 use crate::loss_scale::LossScaler;
 use crate::param_ids::stable_param_ids;
 
@@ -29,6 +32,8 @@ const MODEL: &str = "model.bpk";
 const OPTIMIZER: &str = "optimizer.bpk";
 const SCHEDULER: &str = "scheduler.bpk";
 const TRAINER: &str = "trainer.json";
+const RUN: &str = "run.json";
+const BEST: &str = "best.bpk";
 const MANIFEST: &str = "manifest.json";
 const PREFIX: &str = "step-";
 
@@ -50,6 +55,8 @@ pub struct TrainerState {
     pub early_stopping: Option<EarlyStopping>,
     /// Whether early stopping ended the run.
     pub stopped_early: bool,
+    /// The evaluation of the best model early stopping has kept, and its step.
+    pub best_eval: Option<(usize, EvalMetrics)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -71,15 +78,26 @@ pub struct Checkpoint {
     pub path: PathBuf,
     /// The loop state.
     pub state: TrainerState,
+    /// The config of the run that wrote it (JSON).
+    pub run: serde_json::Value,
     model: Vec<u8>,
     optimizer: Vec<u8>,
     scheduler: Vec<u8>,
+    best: Option<Vec<u8>>,
 }
 
 impl Checkpoint {
     /// Loads the weights into `model` (built with the same config), with stable parameter ids.
     pub fn load_model<M: Module>(&self, model: M) -> Result<M> {
         load_weights(model, self.model.clone(), &self.path.join(MODEL))
+    }
+
+    /// Loads the best weights kept by early stopping into `model`, if the checkpoint has them.
+    pub fn load_best<M: Module>(&self, model: M) -> Result<Option<M>> {
+        self.best
+            .as_ref()
+            .map(|bytes| load_weights(model, bytes.clone(), &self.path.join(BEST)))
+            .transpose()
     }
 
     /// Restores an optimizer built with the same config.
@@ -101,16 +119,13 @@ impl Checkpoint {
 
 /// Model weights as burnpack bytes.
 pub fn model_bytes<M: Module>(model: &M) -> Result<Vec<u8>> {
-    Ok(kiln_model::store::weights_to_bytes(
-        model,
-        Path::new(MODEL),
-    )?)
+    Ok(kiln_core::store::weights_to_bytes(model, Path::new(MODEL))?)
 }
 
 /// Loads burnpack `bytes` (read from `path`, named in errors) into `model`, with stable
 /// parameter ids.
 pub fn load_weights<M: Module>(model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
-    let model = kiln_model::store::weights_from_bytes(model, bytes, path)
+    let model = kiln_core::store::weights_from_bytes(model, bytes, path)
         .map_err(|e| TrainError::corrupt(path, e))?;
     Ok(stable_param_ids(model))
 }
@@ -136,13 +151,16 @@ impl CheckpointDir {
         &self.dir
     }
 
-    /// Writes a checkpoint atomically and removes the ones beyond the newest `keep`.
+    /// Writes a checkpoint atomically and removes the ones beyond the newest `keep`. `run` is
+    /// the run's config, `best` the best weights early stopping keeps.
     pub fn save<M: Module>(
         &self,
         model: &M,
+        best: Option<&M>,
         optimizer: &ModuleOptimizer,
         scheduler: &dyn LrScheduler,
         state: &TrainerState,
+        run: &serde_json::Value,
     ) -> Result<PathBuf> {
         fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
         let name = format!("{PREFIX}{:08}", state.step);
@@ -162,20 +180,25 @@ impl CheckpointDir {
             .map_err(|e| TrainError::Data(format!("serializing the schedule: {e:?}")))?;
         let trainer = serde_json::to_vec_pretty(state)
             .map_err(|e| TrainError::Data(format!("serializing the trainer state: {e}")))?;
-        let files: [(&str, &[u8]); 4] = [
-            (MODEL, &model_bytes(model)?),
-            (OPTIMIZER, &optimizer_bytes),
-            (SCHEDULER, &scheduler_bytes),
-            (TRAINER, &trainer),
+        let run = serde_json::to_vec_pretty(run).expect("JSON values serialize");
+        let mut files: Vec<(&str, Vec<u8>)> = vec![
+            (MODEL, model_bytes(model)?),
+            (OPTIMIZER, optimizer_bytes.to_vec()),
+            (SCHEDULER, scheduler_bytes.to_vec()),
+            (TRAINER, trainer),
+            (RUN, run),
         ];
+        if let Some(best) = best {
+            files.push((BEST, model_bytes(best)?));
+        }
         let mut manifest = Manifest {
             step: state.step,
             files: Vec::new(),
         };
-        for (file, bytes) in files {
+        for (file, bytes) in &files {
             write_synced(&tmp.join(file), bytes)?;
             manifest.files.push(ManifestEntry {
-                name: file.into(),
+                name: file.to_string(),
                 len: bytes.len() as u64,
                 sha256: sha256_hex(bytes),
             });
@@ -223,8 +246,14 @@ impl CheckpointDir {
             return Ok(None);
         }
         let mut skipped = Vec::new();
-        for (_, path) in candidates {
+        for (step, path) in candidates {
             match read_checkpoint(&path) {
+                // The folder name only orders the candidates; the step is the checkpoint's own.
+                Ok(checkpoint) if checkpoint.state.step != step => skipped.push(format!(
+                    "{} holds step {}, not the step its name says",
+                    path.display(),
+                    checkpoint.state.step
+                )),
                 Ok(checkpoint) => return Ok(Some((checkpoint, skipped))),
                 Err(e) => skipped.push(e.to_string()),
             }
@@ -267,12 +296,15 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
         }
         contents.insert(entry.name.clone(), bytes);
     }
+    let best = contents.remove(BEST);
     let mut take = |name: &str| {
         contents
             .remove(name)
             .ok_or_else(|| TrainError::corrupt(&manifest_path, format!("{name} is not listed")))
     };
     let trainer = take(TRAINER)?;
+    let run = take(RUN)?;
+    let run = serde_json::from_slice(&run).map_err(|e| TrainError::corrupt(path.join(RUN), e))?;
     let state: TrainerState =
         serde_json::from_slice(&trainer).map_err(|e| TrainError::corrupt(path.join(TRAINER), e))?;
     if state.step != manifest.step {
@@ -290,6 +322,8 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
         model: take(MODEL)?,
         optimizer: take(OPTIMIZER)?,
         scheduler: take(SCHEDULER)?,
+        best,
+        run,
     })
 }
 
@@ -298,13 +332,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = File::create(path).map_err(|e| TrainError::io(path, e))?;
     file.write_all(bytes).map_err(|e| TrainError::io(path, e))?;
     file.sync_all().map_err(|e| TrainError::io(path, e))
-}
-
-/// Makes a folder's entries (renames, new files) durable.
-fn sync_dir(dir: &Path) {
-    if let Ok(dir) = File::open(dir) {
-        let _ = dir.sync_all();
-    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -5,8 +5,8 @@ use burn::config::Config;
 use crate::early_stopping::EarlyStoppingConfig;
 use crate::error::{Result as TrainResult, TrainError};
 use crate::loss_scale::LossScaleConfig;
-use crate::precision::Precision;
 use crate::recompute::Recompute;
+use kiln_core::Precision;
 
 /// What to do when the loss or the gradient norm is NaN or infinite in an f32 or bf16 run
 /// (f16 runs skip the step and back off the loss scale instead).

@@ -1,9 +1,8 @@
-//! The order in which the loop reads a dataset: a seeded shuffle per epoch, so the position in
-//! the data is two numbers (epoch, batch) that a checkpoint can hold and a resumed run can
-//! continue from exactly.
+//! The order in which the loop reads a dataset: a seeded shuffle per epoch (kiln-core's
+//! version-stable generator), so the position in the data is two numbers (epoch, batch) that a
+//! checkpoint can hold and a resumed run can continue from exactly.
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
+use kiln_core::seed;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
@@ -61,8 +60,7 @@ impl DataOrder {
         if self.epoch_order.as_ref().map(|(e, _)| *e) != Some(epoch) {
             let mut order: Vec<usize> = (0..self.len).collect();
             if self.shuffle {
-                let seed = self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                order.shuffle(&mut StdRng::seed_from_u64(seed));
+                order.shuffle(&mut seed::rng(seed::mix(self.seed, epoch as u64)));
             }
             self.epoch_order = Some((epoch, order));
         }

@@ -21,6 +21,15 @@ impl Metric {
         !matches!(self, Metric::Accuracy)
     }
 
+    /// Its name in messages: `loss`, `perplexity`, `accuracy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Loss => "loss",
+            Metric::Perplexity => "perplexity",
+            Metric::Accuracy => "accuracy",
+        }
+    }
+
     /// The metric's value in `metrics`, if the model reports it.
     pub fn of(self, metrics: &EvalMetrics) -> Option<f64> {
         match self {
@@ -98,6 +107,11 @@ impl EarlyStopping {
     /// The metric watched.
     pub fn metric(&self) -> Metric {
         self.metric
+    }
+
+    /// Evaluations without improvement that stop the run.
+    pub fn patience(&self) -> usize {
+        self.patience
     }
 
     /// The best value so far and the step it was reached at.

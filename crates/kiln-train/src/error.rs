@@ -53,12 +53,54 @@ pub enum TrainError {
     /// The dataset could not provide an item.
     #[error("dataset: {0}")]
     Data(String),
-    /// The model rejected a batch.
-    #[error(transparent)]
-    Model(#[from] kiln_model::ModelError),
+    /// The model rejected a batch (its own error, e.g. kiln-model's `ModelError`).
+    #[error("the model failed on a batch: {0}")]
+    Model(kiln_core::BoxError),
+    /// A step hook failed.
+    #[error("step hook failed after step {step}: {source}")]
+    Hook {
+        /// The optimizer step after which the hook ran.
+        step: usize,
+        /// The hook's error.
+        source: kiln_core::BoxError,
+    },
+    /// A resumed run's config differs from the one its checkpoint was written with.
+    #[error(
+        "cannot resume from {}: `{field}` was {saved} in that run and is {current} now (resume with the same config, or start a new run directory)",
+        checkpoint.display()
+    )]
+    ConfigChanged {
+        /// The checkpoint folder.
+        checkpoint: PathBuf,
+        /// The first differing field, as a dotted path (`trainer.batch_size`).
+        field: String,
+        /// Its value in the checkpoint's run config (JSON).
+        saved: String,
+        /// Its value in this run's config (JSON).
+        current: String,
+    },
+    /// A run config file could not be read or parsed.
+    #[error("run config {}: {reason}", path.display())]
+    RunConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The optimizer utilities rejected an argument.
     #[error(transparent)]
     Optim(#[from] kiln_optim::OptimError),
+}
+
+impl From<kiln_core::StoreError> for TrainError {
+    fn from(e: kiln_core::StoreError) -> Self {
+        match e {
+            kiln_core::StoreError::Io { path, source } => Self::Io { path, source },
+            kiln_core::StoreError::Format { path, reason } => {
+                Self::CorruptCheckpoint { path, reason }
+            }
+        }
+    }
 }
 
 impl TrainError {

@@ -3,9 +3,10 @@
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use kiln_core::{Batch, TrainModel};
+
 use crate::batch_source::BatchSource;
-use crate::error::Result;
-use crate::train_model::{Batch, TrainModel};
+use crate::error::{Result, TrainError};
 
 /// What an evaluation measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,6 +19,21 @@ pub struct EvalMetrics {
     pub accuracy: Option<f64>,
     /// Units evaluated.
     pub units: usize,
+}
+
+impl std::fmt::Display for EvalMetrics {
+    /// `loss 0.1234 | perplexity 1.131 | accuracy 0.9500 (2000 units)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "loss {:.4} | perplexity {:.3}",
+            self.loss, self.perplexity
+        )?;
+        if let Some(accuracy) = self.accuracy {
+            write!(f, " | accuracy {accuracy:.4}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Evaluates `model` without autodiff and without dropout on the first `max_items` items of
@@ -41,7 +57,7 @@ where
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = data.batch(chunk, &device)?;
         let weight = batch.weight();
-        let out = model.forward_step(&batch)?;
+        let out = model.forward_step(&batch).map_err(TrainError::Model)?;
         loss_sum += out.loss.into_scalar::<f64>() * weight as f64;
         units += weight;
         match out.correct {

@@ -1,20 +1,24 @@
-//! kiln-train: the training loop and its tricks.
+//! kiln-train: the training loop and its tricks. It knows no model: a model implements
+//! kiln-core's [`TrainModel`] for its batch type (kiln's GPT and BERTs do, in kiln-model), and
+//! a [`RunConfig`] describes the run.
 //!
 //! [`Trainer`] runs the loop; each trick is a small piece it composes, in its own file:
 //!
-//! - [`train_model`]: the model side, a forward pass to a loss ([`TrainModel`], [`Batch`]).
+//! - [`run_config`]: one serializable description of a run (model, data, optimizer, schedule,
+//!   loop), JSON or TOML, recorded in every checkpoint.
 //! - [`batch_source`]: Burn `Dataset` + `Batcher` behind one indexable source.
 //! - [`data_order`]: seeded per-epoch shuffles; the data position is two numbers.
-//! - accumulation: inside the loop, micro-batch gradients averaged by token count.
-//! - [`precision`]: f16/bf16 forward and backward with f32 master weights.
+//! - accumulation: inside the loop, micro-batch gradients averaged by their
+//!   [`Batch::weight`] (tokens).
+//! - [`Precision`] (kiln-core): f16/bf16 forward and backward with f32 master weights.
 //! - [`loss_scale`]: dynamic loss scaling with torch `GradScaler` semantics.
-//! - [`recompute`]: activation recomputation, Burn's balanced checkpointing or per block.
+//! - [`recompute`]: activation recomputation, Burn's balanced checkpointing or per block (for
+//!   any [`BlockStack`]).
 //! - [`evaluate`]: loss, perplexity and accuracy on held-out data.
 //! - [`early_stopping`]: patience on any metric, best weights restored.
 //! - [`checkpoint`]: atomic checkpoints, exact resume, corrupt files named and skipped.
 //! - [`param_ids`]: parameter ids stable across processes, so optimizer state resumes.
-//! - [`metrics_log`], [`plot`], [`progress`]: JSON lines, an SVG plot, a progress bar.
-//! - [`RunningMean`]: a smoothed loss for hand-written loops.
+//! - [`metrics_log`], [`plot`], [`progress`]: JSON lines, an SVG plot, a progress display.
 
 #![warn(missing_docs)]
 
@@ -29,11 +33,9 @@ pub mod loss_scale;
 pub mod metrics_log;
 pub mod param_ids;
 pub mod plot;
-pub mod precision;
 pub mod progress;
 pub mod recompute;
-mod running_mean;
-pub mod train_model;
+pub mod run_config;
 mod trainer;
 
 pub use batch_source::BatchSource;
@@ -41,9 +43,8 @@ pub use config::{NonFinitePolicy, TrainerConfig};
 pub use early_stopping::{EarlyStoppingConfig, Metric};
 pub use error::{Result, TrainError};
 pub use evaluate::EvalMetrics;
+pub use kiln_core::{Batch, BlockStack, Precision, StepOutput, TrainModel};
 pub use loss_scale::LossScaleConfig;
-pub use precision::Precision;
 pub use recompute::Recompute;
-pub use running_mean::RunningMean;
-pub use train_model::{Batch, StepOutput, TrainModel};
+pub use run_config::RunConfig;
 pub use trainer::{StepHook, TrainOutcome, Trainer, params_finite};

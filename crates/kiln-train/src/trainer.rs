@@ -8,10 +8,13 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, GradientCheckpointingStrategy, Tensor};
-use kiln_optim::{grad_norm, scale_grads};
+use kiln_core::{Batch, BoxError, TrainModel, seed};
+use kiln_optim::{OptimizerConfig, ScheduleConfig, grad_norm, scale_grads};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::batch_source::BatchSource;
-use crate::checkpoint::{CheckpointDir, TrainerState, load_weights, model_bytes};
+use crate::checkpoint::{CheckpointDir, TrainerState};
 use crate::config::{NonFinitePolicy, TrainerConfig};
 use crate::data_order::{DataOrder, DataPosition};
 use crate::early_stopping::Verdict;
@@ -21,22 +24,27 @@ use crate::metrics_log::{MetricsLog, MetricsRecord};
 use crate::param_ids::stable_param_ids;
 use crate::plot::training_plot;
 use crate::progress::Progress;
-use crate::recompute::Recompute;
-use crate::train_model::{Batch, TrainModel};
+use crate::recompute::{Recompute, per_block_backward};
+use crate::run_config::{RunConfig, first_difference};
 
-/// The best weights of early stopping, beside the checkpoints.
-const BEST_WEIGHTS: &str = "best.bpk";
+/// The run's config, beside `metrics.jsonl` in the run folder.
+const RUN_FILE: &str = "run.json";
 
 /// Called after every optimizer step with the updated model (gradual pruning re-applies its
-/// masks here, for example). Closures `FnMut(usize, M) -> M` are hooks.
+/// masks here, for example); an error stops the run. Closures
+/// `FnMut(usize, M) -> Result<M, E>` are hooks.
 pub trait StepHook<M>: Send {
     /// `step` is the number of optimizer steps taken so far (1 after the first).
-    fn after_optimizer_step(&mut self, step: usize, model: M) -> M;
+    fn after_optimizer_step(&mut self, step: usize, model: M) -> std::result::Result<M, BoxError>;
 }
 
-impl<M, F: FnMut(usize, M) -> M + Send> StepHook<M> for F {
-    fn after_optimizer_step(&mut self, step: usize, model: M) -> M {
-        self(step, model)
+impl<M, E, F> StepHook<M> for F
+where
+    F: FnMut(usize, M) -> std::result::Result<M, E> + Send,
+    E: Into<BoxError>,
+{
+    fn after_optimizer_step(&mut self, step: usize, model: M) -> std::result::Result<M, BoxError> {
+        self(step, model).map_err(Into::into)
     }
 }
 
@@ -46,38 +54,42 @@ pub struct TrainOutcome<M> {
     pub model: M,
     /// The loop state at the end.
     pub state: TrainerState,
-    /// The last evaluation.
-    pub last_eval: Option<EvalMetrics>,
-    /// The best early-stopping value and its step.
-    pub best: Option<(usize, f64)>,
+    /// The evaluation of the returned model and the step it was taken at: the best
+    /// evaluation when early stopping chose the model, else the last one.
+    pub eval: Option<(usize, EvalMetrics)>,
+    /// The last evaluation and its step (later than `eval` when early stopping went back to
+    /// better weights).
+    pub last_eval: Option<(usize, EvalMetrics)>,
     /// The step the run resumed from.
     pub resumed_from: Option<usize>,
 }
 
-/// kiln's training loop: a model, Burn's `ModuleOptimizer` and `LrScheduler`, data as Burn
-/// `Dataset` + `Batcher`, and the [`TrainerConfig`].
+/// kiln's training loop, built from a [`RunConfig`]: the optimizer and the schedule are
+/// built for the model when [`fit`](Self::fit) starts, the schedule sized to the run.
 pub struct Trainer<M, B> {
     config: TrainerConfig,
-    optimizer: ModuleOptimizer,
-    scheduler: Box<dyn LrScheduler>,
+    optimizer: OptimizerConfig,
+    schedule: ScheduleConfig,
+    run: serde_json::Value,
     train: BatchSource<B>,
     eval: Option<BatchSource<B>>,
     hooks: Vec<Box<dyn StepHook<M>>>,
 }
 
 impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
-    /// A trainer; the config is validated here.
-    pub fn new(
-        config: TrainerConfig,
-        optimizer: ModuleOptimizer,
-        scheduler: impl LrScheduler + 'static,
-        train: BatchSource<B>,
-    ) -> Result<Self> {
-        config.validate()?;
+    /// A trainer for the run `run` on the training data `train`; the config is validated here
+    /// (the optimizer's settings when `fit` builds it).
+    pub fn new<C, D>(run: &RunConfig<C, D>, train: BatchSource<B>) -> Result<Self>
+    where
+        C: Serialize + DeserializeOwned,
+        D: Serialize + DeserializeOwned,
+    {
+        run.trainer.validate()?;
         Ok(Self {
-            config,
-            optimizer,
-            scheduler: Box::new(scheduler),
+            config: run.trainer.clone(),
+            optimizer: run.optimizer.clone(),
+            schedule: run.schedule.clone(),
+            run: run.to_value(),
             train,
             eval: None,
             hooks: Vec::new(),
@@ -96,13 +108,8 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
         self
     }
 
-    /// Optimizer steps the run will take at most, for sizing a schedule before calling
-    /// [`fit`](Self::fit).
-    pub fn total_steps(&self) -> Result<usize> {
-        total_steps(&self.config, self.train.len())
-    }
-
-    /// Trains `model` (built on `device` with autodiff) and returns it with the run's outcome.
+    /// Trains `model` (built on `device`, with or without autodiff) and returns it with the
+    /// run's outcome.
     pub fn fit(mut self, model: M, device: &Device) -> Result<TrainOutcome<M>> {
         let config = self.config.clone();
         if config.early_stopping.is_some() && self.eval.is_none() {
@@ -126,10 +133,11 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             ))
         })?;
         let total = total_steps(&config, self.train.len())?;
+        let mut optimizer = self.optimizer.init(&model)?;
+        let mut scheduler = self.schedule.init()?; // MERGE: init_for_run(total)
         let checkpoints = config
             .checkpoint_path()
             .map(|dir| CheckpointDir::new(dir, config.keep_checkpoints));
-        let best_path = checkpoints.as_ref().map(|c| c.path().join(BEST_WEIGHTS));
 
         let mut state = TrainerState {
             step: 0,
@@ -142,30 +150,41 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 .then(|| config.loss_scale.init()),
             early_stopping: config.early_stopping.as_ref().map(|c| c.init()),
             stopped_early: false,
+            best_eval: None,
         };
-        let mut progress = Progress::new(0, total, config.quiet);
+        let mut progress = Progress::new(0, total, B::UNITS, config.quiet);
         let mut resumed_from = None;
         let mut best_model: Option<M> = None;
         if let Some(dir) = checkpoints.as_ref().filter(|_| config.resume)
-            && let Some((restored, restored_state, best)) =
-                self.restore(model.clone(), dir, &progress)?
+            && let Some(restored) = self.restore(
+                model.clone(),
+                &mut optimizer,
+                scheduler.as_mut(),
+                dir,
+                &progress,
+            )?
         {
-            (model, state, best_model) = (restored, restored_state, best);
+            (model, state, best_model) = restored;
             resumed_from = Some(state.step);
-            progress = Progress::new(state.step, total, config.quiet);
+            progress = Progress::new(state.step, total, B::UNITS, config.quiet);
         }
-        let log = config
-            .run_dir
-            .as_ref()
-            .map(|dir| MetricsLog::open(PathBuf::from(dir).as_path(), resumed_from))
-            .transpose()?;
+        let log = match &config.run_dir {
+            Some(dir) => {
+                let dir = PathBuf::from(dir);
+                let log = MetricsLog::open(&dir, resumed_from)?;
+                let run = serde_json::to_vec_pretty(&self.run).expect("JSON values serialize");
+                kiln_core::store::write_atomic(&dir.join(RUN_FILE), &run)?;
+                Some(log)
+            }
+            None => None,
+        };
 
         let mut last_eval = None;
         let mut loss_since_log = (0.0, 0usize);
         while state.step < total && !state.stopped_early {
             // Dropout draws from the device generator: seeding it per step makes a resumed run
             // draw what the uninterrupted one drew.
-            device.seed(config.seed ^ (state.step as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            device.seed(seed::mix(config.seed, state.step as u64));
             let epoch_before = state.position.epoch;
 
             // 1. Micro-batches and their weights.
@@ -178,14 +197,14 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             // 2. Forward and backward of each, gradients averaged by weight.
             let loss_scale = state.scaler.as_ref().map_or(1.0, |s| s.scale());
             let (loss, mut grads, units) =
-                accumulate_gradients(&model, &batches, loss_scale, &config)?;
+                accumulate_gradients(&model, &batches, loss_scale, &config, &device)?;
 
             // 3. Unscale, check, clip.
             if loss_scale != 1.0 {
                 grads = scale_grads(&model, grads, 1.0 / loss_scale);
             }
             let norm = grad_norm(&model, &grads);
-            let lr = self.scheduler.step();
+            let lr = scheduler.step();
             state.step += 1;
             state.units_seen += units as u64;
             let finite = loss.is_finite() && norm.is_finite();
@@ -198,11 +217,18 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 {
                     grads = scale_grads(&model, grads, max / (norm + 1e-6));
                 }
-                // 4. Step, then the hooks.
-                model = self.optimizer.step(lr, model, grads);
+                // 4. The optimizer's own preparation (LAMB's global clipping), the step, then
+                //    the hooks.
+                let (grads, _) = self.optimizer.prepare_gradients(&model, grads)?;
+                model = optimizer.step(lr, model, grads);
                 if !self.hooks.is_empty() {
                     for hook in &mut self.hooks {
-                        model = hook.after_optimizer_step(state.step, model);
+                        model = hook
+                            .after_optimizer_step(state.step, model)
+                            .map_err(|source| TrainError::Hook {
+                                step: state.step,
+                                source,
+                            })?;
                     }
                     // Whatever a hook computed, parameters enter the next step as leaves.
                     model = model.map(&mut AsLeaves);
@@ -258,13 +284,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                     config.eval_items,
                     &device,
                 )?;
-                let accuracy = metrics
-                    .accuracy
-                    .map_or(String::new(), |a| format!(" | accuracy {a:.4}"));
-                progress.println(&format!(
-                    "eval at step {} | loss {:.4} | perplexity {:.3}{accuracy}",
-                    state.step, metrics.loss, metrics.perplexity
-                ));
+                progress.println(&format!("step {}: held-out {metrics}", state.step));
                 if let Some(log) = &log {
                     log.append(&MetricsRecord {
                         step: state.step,
@@ -279,33 +299,37 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                     })?;
                 }
                 if let Some(es) = &mut state.early_stopping {
-                    let value = es.metric().of(&metrics).ok_or_else(|| {
+                    let metric = es.metric();
+                    let value = metric.of(&metrics).ok_or_else(|| {
                         TrainError::InvalidConfig(format!(
-                            "early stopping on {:?}, which this model does not report",
-                            es.metric()
+                            "early stopping on {}, which this model does not report",
+                            metric.name()
                         ))
                     })?;
                     match es.update(state.step, value) {
                         Verdict::Improved => {
-                            if let Some(path) = &best_path {
-                                std::fs::create_dir_all(path.parent().expect("has a parent"))
-                                    .map_err(|e| TrainError::io(path, e))?;
-                                kiln_model::store::write_atomic(path, &model_bytes(&model)?)?;
-                            }
                             best_model = Some(model.clone());
+                            state.best_eval = Some((state.step, metrics.clone()));
                         }
                         Verdict::NoImprovement => {}
                         Verdict::Stop => {
                             state.stopped_early = true;
+                            let best = es.best().map_or(String::new(), |(step, value)| {
+                                format!(
+                                    "; keeping the weights of step {step} ({} {value:.4})",
+                                    metric.name()
+                                )
+                            });
                             progress.println(&format!(
-                                "early stopping at step {}: best {:?}",
+                                "step {}: stopping early, the held-out {} has not improved for {} evaluations{best}",
                                 state.step,
-                                es.best()
+                                metric.name(),
+                                es.patience(),
                             ));
                         }
                     }
                 }
-                last_eval = Some(metrics);
+                last_eval = Some((state.step, metrics));
             }
 
             // 7. Checkpoint.
@@ -317,7 +341,14 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 if !params_finite(&model) {
                     return Err(TrainError::NonFiniteWeights { step: state.step });
                 }
-                dir.save(&model, &self.optimizer, self.scheduler.as_ref(), &state)?;
+                dir.save(
+                    &model,
+                    best_model.as_ref(),
+                    &optimizer,
+                    scheduler.as_ref(),
+                    &state,
+                    &self.run,
+                )?;
             }
         }
         progress.finish();
@@ -326,32 +357,41 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             && let Some(log) = &log
         {
             let svg = training_plot(&log.records()?);
-            kiln_model::store::write_atomic(&PathBuf::from(dir).join("plot.svg"), svg.as_bytes())?;
+            kiln_core::store::write_atomic(&PathBuf::from(dir).join("plot.svg"), svg.as_bytes())?;
         }
-        let best = state.early_stopping.as_ref().and_then(|es| es.best());
-        if let Some(best_model) = best_model.filter(|_| best.is_some()) {
-            model = best_model;
-        }
+        let eval = match (best_model, &state.best_eval) {
+            (Some(best), Some(best_eval)) => {
+                model = best;
+                Some(best_eval.clone())
+            }
+            _ => last_eval.clone(),
+        };
         Ok(TrainOutcome {
             model,
             state,
+            eval,
             last_eval,
-            best,
             resumed_from,
         })
     }
 }
 
+/// What [`Trainer::restore`] gives back: the model, the loop state and the best weights.
+type Restored<M> = (M, TrainerState, Option<M>);
+
 impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
     /// Restores model, optimizer, schedule and loop state from the newest usable checkpoint in
     /// `dir`, with the best weights early stopping kept; reports the checkpoints it skipped.
-    /// `None` when `dir` holds no checkpoint.
+    /// `None` when `dir` holds no checkpoint; an error when the checkpoint was written with
+    /// another config.
     fn restore(
-        &mut self,
+        &self,
         model: M,
+        optimizer: &mut ModuleOptimizer,
+        scheduler: &mut dyn LrScheduler,
         dir: &CheckpointDir,
         progress: &Progress,
-    ) -> Result<Option<(M, TrainerState, Option<M>)>> {
+    ) -> Result<Option<Restored<M>>> {
         let Some((checkpoint, skipped)) = dir.latest()? else {
             progress.println("no checkpoint to resume from: starting at step 0");
             return Ok(None);
@@ -359,21 +399,23 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
         for reason in skipped {
             progress.println(&format!("skipping checkpoint: {reason}"));
         }
+        if let Some((field, saved, current)) = first_difference(&checkpoint.run, &self.run) {
+            return Err(TrainError::ConfigChanged {
+                checkpoint: checkpoint.path.clone(),
+                field,
+                saved,
+                current,
+            });
+        }
+        let best = checkpoint.load_best(model.clone())?;
         let model = checkpoint.load_model(model)?;
-        self.optimizer = checkpoint.load_optimizer(self.optimizer.clone())?;
-        checkpoint.load_scheduler(self.scheduler.as_mut())?;
+        *optimizer = checkpoint.load_optimizer(optimizer.clone())?;
+        checkpoint.load_scheduler(scheduler)?;
         progress.println(&format!(
             "resumed from {} (step {})",
             checkpoint.path.display(),
             checkpoint.state.step
         ));
-        let best_path = dir.path().join(BEST_WEIGHTS);
-        let best = if best_path.exists() {
-            let bytes = std::fs::read(&best_path).map_err(|e| TrainError::io(&best_path, e))?;
-            Some(load_weights(model.clone(), bytes, &best_path)?)
-        } else {
-            None
-        };
         Ok(Some((model, checkpoint.state, best)))
     }
 }
@@ -404,6 +446,7 @@ fn accumulate_gradients<M: TrainModel<B>, B: Batch>(
     batches: &[B],
     loss_scale: f64,
     config: &TrainerConfig,
+    device: &Device,
 ) -> Result<(f64, GradientsParams, usize)> {
     let weights: Vec<usize> = batches.iter().map(Batch::weight).collect();
     let units: usize = weights.iter().sum();
@@ -412,17 +455,13 @@ fn accumulate_gradients<M: TrainModel<B>, B: Batch>(
     for (batch, weight) in batches.iter().zip(weights) {
         let share = weight as f64 / units.max(1) as f64;
         let (out, grads) = match config.recompute {
-            Recompute::PerBlock => model
-                .backward_per_block(batch, loss_scale * share, config.precision)
-                .ok_or_else(|| {
-                    TrainError::InvalidConfig(
-                        "this model does not support Recompute::PerBlock".into(),
-                    )
-                })??,
+            Recompute::PerBlock => {
+                per_block_backward(model, batch, loss_scale * share, config.precision, device)?
+            }
             _ => {
                 // Cast per micro-batch: a backward pass consumes the cast's graph.
                 let compute = config.precision.compute_model(model);
-                let out = compute.forward_step(batch)?;
+                let out = compute.forward_step(batch).map_err(TrainError::Model)?;
                 let backward = (out.loss.clone() * (loss_scale * share)).backward();
                 (out, GradientsParams::from_grads(backward, model))
             }

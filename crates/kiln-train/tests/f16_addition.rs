@@ -7,7 +7,7 @@ use burn::tensor::Device;
 use kiln_data::addition::{ANSWER_LEN, AdditionBatcher, AdditionDataset, PROMPT_LEN, VOCAB_SIZE};
 use kiln_model::gpt::GptConfig;
 use kiln_optim::{AdamWConfig, DecayShape, WarmupDecayConfig};
-use kiln_train::{BatchSource, Precision, Trainer, TrainerConfig};
+use kiln_train::{BatchSource, Precision, RunConfig, Trainer, TrainerConfig};
 
 fn held_out_accuracy(precision: Precision) -> f64 {
     let device = Device::flex().autodiff();
@@ -20,18 +20,11 @@ fn held_out_accuracy(precision: Precision) -> f64 {
         .init(&device)
         .unwrap();
     let steps = 1800;
-    let optimizer = AdamWConfig::new()
-        .with_beta_2(0.99)
-        .with_weight_decay(0.1)
-        .init(&gpt)
-        .unwrap();
-    let schedule = WarmupDecayConfig::new(3e-3, steps / 20, steps)
-        .with_shape(DecayShape::Cosine {
-            num_cycles: 0.5,
-            min_lr_ratio: 0.1,
-        })
-        .init()
-        .unwrap();
+    let optimizer = AdamWConfig::new().with_beta_2(0.99).with_weight_decay(0.1);
+    let schedule = WarmupDecayConfig::new(3e-3, steps / 20, steps).with_shape(DecayShape::Cosine {
+        num_cycles: 0.5,
+        min_lr_ratio: 0.1,
+    });
     let config = TrainerConfig::new()
         .with_max_steps(Some(steps))
         .with_batch_size(64)
@@ -40,10 +33,9 @@ fn held_out_accuracy(precision: Precision) -> f64 {
         .with_eval_items(Some(4000))
         .with_seed(1337)
         .with_quiet(true);
+    let run = RunConfig::new((), (), optimizer, schedule, config);
     let outcome = Trainer::new(
-        config,
-        optimizer,
-        schedule,
+        &run,
         BatchSource::new(AdditionDataset::train(), AdditionBatcher),
     )
     .unwrap()
@@ -53,7 +45,7 @@ fn held_out_accuracy(precision: Precision) -> f64 {
     ))
     .fit(gpt, &device)
     .unwrap();
-    outcome.last_eval.unwrap().accuracy.unwrap()
+    outcome.last_eval.unwrap().1.accuracy.unwrap()
 }
 
 #[test]

@@ -5,16 +5,18 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use burn::optim::lr_scheduler::constant::ConstantLr;
-use burn::optim::{GradientsParams, SgdConfig};
+use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use common::*;
+use kiln_core::BoxError;
 use kiln_data::LmBatch;
 use kiln_model::gpt::Gpt;
+use kiln_optim::{AdamWConfig, LambConfig, OptimizerConfig, ScheduleConfig, SgdConfig};
 use kiln_train::checkpoint::CheckpointDir;
+use kiln_train::recompute::per_block_backward;
 use kiln_train::{
     BatchSource, EarlyStoppingConfig, LossScaleConfig, Metric, NonFinitePolicy, Precision,
-    Recompute, TrainError, TrainModel, Trainer, TrainerConfig,
+    Recompute, RunConfig, TrainError, TrainModel, Trainer, TrainerConfig,
 };
 use proptest::prelude::*;
 
@@ -22,12 +24,17 @@ fn source(len: usize, seed: u64) -> BatchSource<LmBatch> {
     BatchSource::new(RandomLm::new(len, seed), RandomLmBatcher)
 }
 
+/// A run of the tiny GPT: no model config or data settings to record.
+fn run(optimizer: impl Into<OptimizerConfig>, lr: f64, config: TrainerConfig) -> RunConfig<(), ()> {
+    RunConfig::new((), (), optimizer, ScheduleConfig::Constant(lr), config)
+}
+
 fn sgd_trainer(
     config: TrainerConfig,
     data: BatchSource<LmBatch>,
     lr: f64,
 ) -> Trainer<Gpt, LmBatch> {
-    Trainer::new(config, SgdConfig::new().init(), ConstantLr::new(lr), data).unwrap()
+    Trainer::new(&run(SgdConfig::new(), lr, config), data).unwrap()
 }
 
 fn quiet(steps: usize) -> TrainerConfig {
@@ -61,8 +68,7 @@ proptest! {
 }
 
 fn adamw_trainer(config: TrainerConfig, data: BatchSource<LmBatch>) -> Trainer<Gpt, LmBatch> {
-    let optimizer = burn::optim::AdamWConfig::new().init();
-    Trainer::new(config, optimizer, ConstantLr::new(1e-2), data).unwrap()
+    Trainer::new(&run(AdamWConfig::new(), 1e-2, config), data).unwrap()
 }
 
 proptest! {
@@ -205,14 +211,14 @@ fn f16_training_with_a_sane_scale_moves_like_f32() {
 }
 
 /// A hook that poisons the weights after `at` steps.
-fn poison_after(at: usize) -> impl FnMut(usize, Gpt) -> Gpt + Send {
+fn poison_after(at: usize) -> impl FnMut(usize, Gpt) -> Result<Gpt, BoxError> + Send {
     move |step, model: Gpt| {
         if step == at {
             let mut model = model;
             model.final_norm.gamma = model.final_norm.gamma.map(|g| g.mul_scalar(f32::NAN));
-            model
+            Ok(model)
         } else {
-            model
+            Ok(model)
         }
     }
 }
@@ -278,7 +284,7 @@ fn early_stopping_restores_the_best_weights() {
             model
         };
         record.lock().unwrap().push(param_values(&model));
-        model
+        Ok::<_, BoxError>(model)
     };
     let config = quiet(20)
         .with_batch_size(4)
@@ -294,18 +300,28 @@ fn early_stopping_restores_the_best_weights() {
         .fit(tiny_gpt(&device, 2), &device)
         .unwrap();
     assert!(outcome.state.stopped_early);
-    let (best_step, _) = outcome.best.unwrap();
+    let (best_step, best_eval) = outcome.eval.clone().unwrap();
+    let (last_step, last_eval) = outcome.last_eval.clone().unwrap();
     assert!(outcome.state.step < 20 && best_step < outcome.state.step);
+    assert_eq!(last_step, outcome.state.step);
+    assert!(best_eval.loss < last_eval.loss);
     let snapshots = snapshots.lock().unwrap();
     assert_eq!(param_values(&outcome.model), snapshots[best_step - 1]);
+    // The outcome's evaluation is that of the returned model.
+    let again =
+        kiln_train::evaluate::evaluate(&outcome.model, &source(16, 10), 64, None, &device).unwrap();
+    assert_eq!(again, best_eval);
 }
 
-fn grads_of(model: &Gpt, batch: &LmBatch, recompute: Recompute) -> Vec<f32> {
+fn grads_of<M: TrainModel<B>, B: kiln_core::Batch>(
+    model: &M,
+    batch: &B,
+    recompute: Recompute,
+    device: &Device,
+) -> Vec<f32> {
     let grads = match recompute {
         Recompute::PerBlock => {
-            model
-                .backward_per_block(batch, 1.0, Precision::F32)
-                .unwrap()
+            per_block_backward(model, batch, 1.0, Precision::F32, device)
                 .unwrap()
                 .1
         }
@@ -342,11 +358,16 @@ fn recomputation_gives_the_same_gradients() {
     for recompute in [Recompute::Balanced, Recompute::PerBlock] {
         let plain_device = Device::flex().autodiff();
         let batch = RandomLmBatcher.batch(items.clone(), &plain_device);
-        let reference = grads_of(&tiny_gpt(&plain_device, 4), &batch, Recompute::None);
+        let reference = grads_of(
+            &tiny_gpt(&plain_device, 4),
+            &batch,
+            Recompute::None,
+            &plain_device,
+        );
 
         let device = recompute.training_device(&Device::flex());
         let batch = RandomLmBatcher.batch(items.clone(), &device);
-        let grads = grads_of(&tiny_gpt(&device, 4), &batch, recompute);
+        let grads = grads_of(&tiny_gpt(&device, 4), &batch, recompute, &device);
         let diff = max_abs_diff(&reference, &grads);
         assert!(diff <= 1e-5, "{recompute:?}: gradients differ by {diff}");
     }
@@ -356,13 +377,7 @@ fn recomputation_gives_the_same_gradients() {
 fn bad_settings_are_errors() {
     let data = source(8, 1);
     let make = |config: TrainerConfig| {
-        Trainer::<Gpt, LmBatch>::new(
-            config,
-            SgdConfig::new().init(),
-            ConstantLr::new(0.1),
-            data.clone(),
-        )
-        .err()
+        Trainer::<Gpt, LmBatch>::new(&run(SgdConfig::new(), 0.1, config), data.clone()).err()
     };
     assert!(
         make(TrainerConfig::new()).is_some(),
@@ -451,4 +466,242 @@ fn epochs_drive_evaluation_and_the_run_folder_gets_metrics_and_a_plot() {
         3,
         "train loss, eval loss, lr"
     );
+}
+
+/// LAMB's global clipping (NVLAMB's `max_grad_norm`) runs under the Trainer: one step equals
+/// the hand-written clip-then-step, and differs from the unclipped step.
+#[test]
+fn lamb_global_clipping_applies_under_the_trainer() {
+    let device = Device::flex().autodiff();
+    // A large eps makes the update depend on the gradient's scale, so clipping shows.
+    let lamb = LambConfig::new().with_epsilon(0.1).with_weight_decay(0.0);
+    let clipped = lamb.clone().with_max_grad_norm(Some(0.01));
+    let data = source(8, 5);
+    let config = quiet(1).with_batch_size(8);
+    let train = |optimizer: LambConfig| {
+        Trainer::new(&run(optimizer, 0.1, config.clone()), data.clone())
+            .unwrap()
+            .fit(tiny_gpt(&device, 3), &device)
+            .unwrap()
+            .model
+    };
+    let (with_clip, without) = (train(clipped.clone()), train(lamb));
+
+    // By hand: the same step, clipping first.
+    let model = kiln_train::param_ids::stable_param_ids(tiny_gpt(&device, 3));
+    let batch = data.batch(&(0..8).collect::<Vec<_>>(), &device).unwrap();
+    let grads =
+        GradientsParams::from_grads(model.forward_step(&batch).unwrap().loss.backward(), &model);
+    let (grads, norm) = clipped.clip_gradients(&model, grads).unwrap();
+    assert!(norm > 0.01, "the clip must bite (norm {norm})");
+    let mut optimizer = clipped.init(&model).unwrap();
+    let expected = optimizer.step(0.1, model, grads);
+
+    let diff = max_abs_diff(&param_values(&expected), &param_values(&with_clip));
+    assert!(diff <= 1e-6, "the Trainer's LAMB step differs by {diff}");
+    let effect = max_abs_diff(&param_values(&without), &param_values(&with_clip));
+    assert!(effect > 1e-3, "clipping changed the step by only {effect}");
+}
+
+/// A resumed run whose config differs from its checkpoint's is refused, naming the field;
+/// operational settings (where checkpoints go, how often, logging) may change.
+#[test]
+fn resuming_with_a_changed_config_is_an_error_naming_the_field() {
+    let device = Device::flex().autodiff();
+    let dir = tempfile::tempdir().unwrap();
+    let config = quiet(2)
+        .with_batch_size(4)
+        .with_checkpoint_every(1)
+        .with_checkpoint_dir(Some(dir.path().display().to_string()));
+    adamw_trainer(config.clone(), source(16, 1))
+        .fit(tiny_gpt(&device, 1), &device)
+        .unwrap();
+    let resume = |run: RunConfig<(), ()>| {
+        Trainer::<Gpt, LmBatch>::new(&run, source(16, 1))
+            .unwrap()
+            .fit(tiny_gpt(&device, 1), &device)
+    };
+    let resuming = config.clone().with_resume(true);
+
+    let err = resume(run(
+        AdamWConfig::new(),
+        1e-2,
+        resuming.clone().with_batch_size(2),
+    ))
+    .err()
+    .expect("a different batch size must be refused");
+    match &err {
+        TrainError::ConfigChanged {
+            field,
+            saved,
+            current,
+            ..
+        } => {
+            assert_eq!(field, "trainer.batch_size");
+            assert_eq!((saved.as_str(), current.as_str()), ("4", "2"));
+        }
+        other => panic!("expected ConfigChanged, got {other}"),
+    }
+    let err = resume(run(
+        AdamWConfig::new().with_beta_2(0.95),
+        1e-2,
+        resuming.clone(),
+    ))
+    .err()
+    .expect("a different optimizer must be refused");
+    assert!(err.to_string().contains("optimizer.AdamW.beta_2"), "{err}");
+
+    // Same run, more logging and a new keep count: resumes.
+    let outcome = resume(run(
+        AdamWConfig::new(),
+        1e-2,
+        resuming.with_log_every(1).with_keep_checkpoints(5),
+    ))
+    .unwrap();
+    assert_eq!(outcome.resumed_from, Some(2));
+}
+
+/// The run folder and every checkpoint hold the run's config, which loads back equal.
+#[test]
+fn the_run_config_is_written_to_the_run_folder_and_checkpoints() {
+    let device = Device::flex().autodiff();
+    let dir = tempfile::tempdir().unwrap();
+    let config = quiet(2)
+        .with_batch_size(4)
+        .with_checkpoint_every(2)
+        .with_run_dir(Some(dir.path().display().to_string()));
+    let run = run(SgdConfig::new().with_momentum(0.9), 0.05, config);
+    Trainer::<Gpt, LmBatch>::new(&run, source(16, 1))
+        .unwrap()
+        .fit(tiny_gpt(&device, 1), &device)
+        .unwrap();
+    let written = RunConfig::<(), ()>::load(dir.path().join("run.json")).unwrap();
+    assert_eq!(written.to_value(), run.to_value());
+    let (checkpoint, _) = CheckpointDir::new(dir.path().join("checkpoints"), 3)
+        .latest()
+        .unwrap()
+        .unwrap();
+    assert_eq!(checkpoint.run, run.to_value());
+}
+
+#[test]
+fn a_failing_hook_stops_the_run_with_its_error() {
+    let device = Device::flex().autodiff();
+    let err = sgd_trainer(quiet(4).with_batch_size(4), source(16, 1), 0.1)
+        .with_hook(|step: usize, model: Gpt| {
+            if step == 3 {
+                Err(BoxError::from("masks do not fit"))
+            } else {
+                Ok(model)
+            }
+        })
+        .fit(tiny_gpt(&device, 1), &device)
+        .err()
+        .expect("the hook's error must stop the run");
+    assert!(matches!(err, TrainError::Hook { step: 3, .. }), "{err}");
+    assert!(err.to_string().contains("masks do not fit"), "{err}");
+}
+
+/// Early stopping's best weights live inside the checkpoint (listed in its manifest): a
+/// corrupt copy is caught by the manifest, and the previous checkpoint is used.
+#[test]
+fn best_weights_are_checked_by_the_manifest() {
+    let device = Device::flex().autodiff();
+    let dir = tempfile::tempdir().unwrap();
+    let config = quiet(4)
+        .with_batch_size(4)
+        .with_eval_every(1)
+        .with_early_stopping(Some(EarlyStoppingConfig::new().with_patience(10)))
+        .with_checkpoint_every(2)
+        .with_checkpoint_dir(Some(dir.path().display().to_string()));
+    let trainer =
+        |config: TrainerConfig| sgd_trainer(config, source(32, 2), 0.05).with_eval(source(8, 3));
+    trainer(config.clone())
+        .fit(tiny_gpt(&device, 1), &device)
+        .unwrap();
+    let best = dir.path().join("step-00000004").join("best.bpk");
+    let mut bytes = std::fs::read(&best).expect("the checkpoint holds the best weights");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&best, bytes).unwrap();
+    let (checkpoint, skipped) = CheckpointDir::new(dir.path(), 3).latest().unwrap().unwrap();
+    assert_eq!(checkpoint.state.step, 2);
+    assert!(skipped[0].contains("best.bpk"), "{}", skipped[0]);
+}
+
+/// A checkpoint folder renamed to a later step is not taken for that step.
+#[test]
+fn a_renamed_checkpoint_folder_is_skipped() {
+    let device = Device::flex().autodiff();
+    let dir = tempfile::tempdir().unwrap();
+    let config = quiet(4)
+        .with_batch_size(4)
+        .with_checkpoint_every(2)
+        .with_checkpoint_dir(Some(dir.path().display().to_string()));
+    sgd_trainer(config, source(16, 1), 0.1)
+        .fit(tiny_gpt(&device, 1), &device)
+        .unwrap();
+    std::fs::rename(
+        dir.path().join("step-00000002"),
+        dir.path().join("step-00000009"),
+    )
+    .unwrap();
+    let (checkpoint, skipped) = CheckpointDir::new(dir.path(), 3).latest().unwrap().unwrap();
+    assert_eq!(checkpoint.state.step, 4);
+    assert!(skipped[0].contains("holds step 2"), "{}", skipped[0]);
+}
+
+/// Per-block recomputation works for any BlockStack: both BERT heads get the gradients of the
+/// plain backward pass, padding masks included.
+#[test]
+fn per_block_recomputation_covers_both_bert_heads() {
+    use burn::tensor::{Bool, Int, Tensor};
+    use kiln_data::{ClassificationBatch, MlmBatch};
+    use kiln_model::bert::BertConfig;
+
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    let config = BertConfig::new(20)
+        .with_hidden_size(16)
+        .with_num_hidden_layers(2)
+        .with_num_attention_heads(2)
+        .with_intermediate_size(32)
+        .with_max_position_embeddings(8)
+        .with_hidden_dropout_prob(0.0)
+        .with_attention_probs_dropout_prob(0.0);
+    let ids = Tensor::<2, Int>::from_ints([[2, 5, 7, 9, 0], [3, 4, 6, 0, 0]], &device);
+    let types = Tensor::<2, Int>::zeros([2, 5], &device);
+    let padding = Tensor::<2, Bool>::from_bool(
+        burn::tensor::TensorData::from([
+            [false, false, false, false, true],
+            [false, false, false, true, true],
+        ]),
+        &device,
+    );
+    let mlm = MlmBatch {
+        input_ids: ids.clone(),
+        token_type_ids: types.clone(),
+        padding_mask: padding.clone(),
+        labels: Tensor::<2, Int>::from_ints(
+            [[-100, 8, -100, 1, -100], [5, -100, 2, -100, -100]],
+            &device,
+        ),
+    };
+    let classification = ClassificationBatch {
+        input_ids: ids,
+        token_type_ids: types,
+        padding_mask: padding,
+        labels: Tensor::<1, Int>::from_ints([1, 0], &device),
+    };
+    let masked_lm = config.init_masked_lm(&device).unwrap();
+    let reference = grads_of(&masked_lm, &mlm, Recompute::None, &device);
+    let per_block = grads_of(&masked_lm, &mlm, Recompute::PerBlock, &device);
+    let diff = max_abs_diff(&reference, &per_block);
+    assert!(diff <= 1e-5, "masked LM: gradients differ by {diff}");
+
+    let classifier = config.init_classifier(2, &device).unwrap();
+    let reference = grads_of(&classifier, &classification, Recompute::None, &device);
+    let per_block = grads_of(&classifier, &classification, Recompute::PerBlock, &device);
+    let diff = max_abs_diff(&reference, &per_block);
+    assert!(diff <= 1e-5, "classifier: gradients differ by {diff}");
 }

@@ -37,6 +37,23 @@ pub enum ScheduleConfig {
 }
 
 impl ScheduleConfig {
+    /// The same schedule scaled to peak at `lr`: the constant, the warmup's peak, the base
+    /// rate of SGDR, step and exponential decay, one-cycle's maximum. The other settings (a
+    /// floor given as a ratio, the decay factors) keep their meaning.
+    pub fn with_peak_lr(self, lr: f64) -> Result<Self, OptimError> {
+        check_lr("lr", lr)?;
+        Ok(match self {
+            Self::Constant(_) => Self::Constant(lr),
+            Self::WarmupDecay(c) => Self::WarmupDecay(WarmupDecayConfig { peak_lr: lr, ..c }),
+            Self::CosineWarmRestarts(c) => {
+                Self::CosineWarmRestarts(CosineWarmRestartsConfig { base_lr: lr, ..c })
+            }
+            Self::Step(c) => Self::Step(StepDecayConfig { base_lr: lr, ..c }),
+            Self::Exponential(c) => Self::Exponential(ExponentialDecayConfig { base_lr: lr, ..c }),
+            Self::OneCycle(c) => Self::OneCycle(OneCycleConfig { max_lr: lr, ..c }),
+        })
+    }
+
     /// Validates and builds the scheduler (boxed: the curve type depends on the variant).
     pub fn init(&self) -> Result<Box<dyn LrScheduler>, OptimError> {
         Ok(match self {

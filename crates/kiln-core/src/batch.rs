@@ -1,6 +1,22 @@
-//! The batches kiln's batchers produce and kiln's models train on.
+//! The batches kiln's batchers produce and kiln's models train on, and what the training loop
+//! needs to know about any batch: its [`weight`](Batch::weight).
 
 use burn::tensor::{Bool, Int, Tensor};
+
+/// A batch knows how much it weighs: the number of units its mean loss averages over. Gradient
+/// accumulation (and data parallelism) weights micro-batches by it, so k micro-batches give the
+/// same update as one batch holding all of them (token-weighted for language models, HF Trainer
+/// semantics).
+pub trait Batch: Clone + Send + Sized {
+    /// What the loss averages over, plural, for progress lines: `"tokens"`, `"examples"`.
+    const UNITS: &'static str;
+
+    /// Loss-carrying units: target tokens for language models, examples for classifiers.
+    fn weight(&self) -> usize;
+
+    /// The same batch on the device without autodiff (graph-free passes run there).
+    fn without_autodiff(&self) -> Self;
+}
 
 /// Targets equal to this carry no loss (PyTorch's and HuggingFace's `-100` convention).
 pub const IGNORE_INDEX: i64 = -100;
@@ -31,6 +47,21 @@ impl LmBatch {
     /// The number of sequences in the batch.
     pub fn batch_size(&self) -> usize {
         self.inputs.dims()[0]
+    }
+}
+
+impl Batch for LmBatch {
+    const UNITS: &'static str = "tokens";
+
+    fn weight(&self) -> usize {
+        self.target_tokens()
+    }
+
+    fn without_autodiff(&self) -> Self {
+        Self {
+            inputs: self.inputs.clone().without_autodiff(),
+            targets: self.targets.clone().without_autodiff(),
+        }
     }
 }
 
@@ -66,6 +97,23 @@ impl MlmBatch {
     }
 }
 
+impl Batch for MlmBatch {
+    const UNITS: &'static str = "tokens";
+
+    fn weight(&self) -> usize {
+        self.masked_tokens()
+    }
+
+    fn without_autodiff(&self) -> Self {
+        Self {
+            input_ids: self.input_ids.clone().without_autodiff(),
+            token_type_ids: self.token_type_ids.clone().without_autodiff(),
+            padding_mask: self.padding_mask.clone().without_autodiff(),
+            labels: self.labels.clone().without_autodiff(),
+        }
+    }
+}
+
 /// A sequence-classification batch, padded to its longest sequence. The fields map onto
 /// kiln-model's `BertInput` and `BertForSequenceClassification::loss(logits, labels)`.
 #[derive(Clone, Debug)]
@@ -89,6 +137,23 @@ impl ClassificationBatch {
     /// The number of sequences in the batch.
     pub fn batch_size(&self) -> usize {
         self.input_ids.dims()[0]
+    }
+}
+
+impl Batch for ClassificationBatch {
+    const UNITS: &'static str = "examples";
+
+    fn weight(&self) -> usize {
+        self.batch_size()
+    }
+
+    fn without_autodiff(&self) -> Self {
+        Self {
+            input_ids: self.input_ids.clone().without_autodiff(),
+            token_type_ids: self.token_type_ids.clone().without_autodiff(),
+            padding_mask: self.padding_mask.clone().without_autodiff(),
+            labels: self.labels.clone().without_autodiff(),
+        }
     }
 }
 

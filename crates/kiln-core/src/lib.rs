@@ -1,0 +1,28 @@
+//! kiln-core: the vocabulary kiln's crates share, so that none of them needs to know another.
+//!
+//! The training loop (kiln-train) knows no model and the models (kiln-model) know no training
+//! loop: they meet here, as burn-train's `TrainStep` lets a model meet Burn's learner.
+//!
+//! - [`batch`]: the batch types kiln's batchers produce ([`LmBatch`], [`MlmBatch`],
+//!   [`ClassificationBatch`]) and the [`Batch`] trait (how much a batch weighs).
+//! - [`train_model`]: the model side of a training step ([`TrainModel`], [`StepOutput`]).
+//! - [`block_stack`]: a model seen as embedding, blocks and head ([`BlockStack`]), which is what
+//!   per-block activation recomputation needs.
+//! - [`precision`]: the compute dtype of forward and backward ([`Precision`]).
+//! - [`seed`]: one seed mixer and one version-stable generator for everything seeded.
+//! - [`store`]: atomic file writes and model weights as bytes ([`StoreError`]).
+
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod block_stack;
+pub mod precision;
+pub mod seed;
+pub mod store;
+pub mod train_model;
+
+pub use batch::{Batch, ClassificationBatch, IGNORE_INDEX, LmBatch, MlmBatch};
+pub use block_stack::BlockStack;
+pub use precision::Precision;
+pub use store::StoreError;
+pub use train_model::{BoxError, StepOutput, TrainModel, correct_tokens};

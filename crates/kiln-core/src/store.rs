@@ -1,0 +1,104 @@
+//! Bytes that must not be lost: atomic file writes, and a model's weights as burnpack bytes
+//! (through burn-store). kiln-model's model folders and kiln-train's checkpoints both use them.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::store::{BurnpackStore, ModuleSnapshot};
+
+/// Why bytes could not be written or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The bytes are not what they should be (not burnpack, a tensor missing or mis-shaped).
+    #[error("{}: {reason}", path.display())]
+    Format {
+        /// The file the bytes belong to.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    fn format(path: &Path, reason: impl std::fmt::Display) -> Self {
+        Self::Format {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it, fsync and rename: a crash
+/// leaves the old file or the new one, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+    file.write_all(bytes).map_err(|e| StoreError::io(&tmp, e))?;
+    file.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir);
+    }
+    Ok(())
+}
+
+/// Makes a folder's entries (renames, new files) durable. Best effort: not every platform can
+/// open a folder for syncing.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
+}
+
+/// The weights of `model` as burnpack bytes; `path` is where they will go (named in errors).
+pub fn weights_to_bytes<M: Module>(model: &M, path: &Path) -> Result<Vec<u8>, StoreError> {
+    let mut store = BurnpackStore::from_bytes(None);
+    model
+        .save_into(&mut store)
+        .map_err(|e| StoreError::format(path, e))?;
+    let bytes = store.get_bytes().map_err(|e| StoreError::format(path, e))?;
+    Ok(bytes.to_vec())
+}
+
+/// Fills every parameter of `model` from burnpack `bytes` read from `path` (named in errors).
+/// A missing or mis-shaped tensor is an error.
+pub fn weights_from_bytes<M: Module>(
+    mut model: M,
+    bytes: Vec<u8>,
+    path: &Path,
+) -> Result<M, StoreError> {
+    let mut store = BurnpackStore::from_bytes(Some(burn::tensor::Bytes::from_bytes_vec(bytes)));
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| StoreError::format(path, e))?;
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        return Err(StoreError::format(
+            path,
+            format!(
+                "missing tensors {:?}, errors {:?}",
+                result.missing, result.errors
+            ),
+        ));
+    }
+    Ok(model)
+}

@@ -1,0 +1,114 @@
+//! Runs that work, to start from: the optimizer, schedule and loop settings the literature
+//! found for each kind of model, as [`RunConfig`]s a program adjusts field by field.
+//!
+//! - [`gpt`]: GPT-3's recipe (Brown et al. 2020, appendix B), scaled down as nanoGPT does.
+//! - [`bert`]: BERT's (Devlin et al. 2019): AdamW, warmup then linear decay.
+//! - [`addition`]: the main job, a GPT on 3-digit addition, and [`addition_accuracy`], its
+//!   held-out exact-match accuracy. `examples/train_gpt.rs` and `examples/compress_gpt.rs`
+//!   both train it from here.
+
+use burn::data::dataset::Dataset;
+use kiln_data::addition::{ANSWER_LEN, AdditionDataset, AdditionProblem, PROMPT_LEN, VOCAB_SIZE};
+use kiln_model::gpt::{Gpt, GptConfig};
+use kiln_model::sampling::GenerateConfig;
+use kiln_optim::{AdamWConfig, DecayShape, WarmupDecayConfig};
+use kiln_train::{EarlyStoppingConfig, Metric, RunConfig, TrainerConfig};
+use rand::seq::IndexedRandom;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Result;
+
+/// GPT-3's recipe for `model` on `data`, `max_steps` optimizer steps peaking at `peak_lr`:
+///
+/// - AdamW, β1 0.9, β2 0.99 (GPT-3 used 0.95 at batch sizes of millions of tokens; small
+///   batches are noisier, so nanoGPT's small runs keep more history), weight decay 0.1 except on
+///   biases, norms and position embeddings ([`kiln_optim::DEFAULT_NO_DECAY`]);
+/// - linear warmup over the first 5% of the steps, then a half cosine down to 10% of the peak;
+/// - gradients clipped to a global norm of 1.0;
+/// - early stopping on the held-out loss after 5 evaluations without improvement, the best
+///   weights kept.
+pub fn gpt<D>(model: GptConfig, data: D, peak_lr: f64, max_steps: usize) -> RunConfig<GptConfig, D>
+where
+    D: Serialize + DeserializeOwned,
+{
+    let optimizer = AdamWConfig::new().with_beta_2(0.99).with_weight_decay(0.1);
+    let schedule = WarmupDecayConfig::new(peak_lr, (max_steps / 20).max(1), max_steps).with_shape(
+        DecayShape::Cosine {
+            num_cycles: 0.5,
+            min_lr_ratio: 0.1,
+        },
+    );
+    let trainer = TrainerConfig::new()
+        .with_max_steps(Some(max_steps))
+        .with_clip_grad_norm(Some(1.0))
+        .with_early_stopping(Some(
+            EarlyStoppingConfig::new()
+                .with_metric(Metric::Loss)
+                .with_patience(5),
+        ));
+    RunConfig::new(model, data, optimizer, schedule, trainer)
+}
+
+/// BERT's recipe for a model config `M` (pre-training or fine-tuning) on `data`: AdamW
+/// (β2 0.999, weight decay 0.01 except biases and LayerNorms), linear warmup over the first
+/// 10% of the steps, then linear decay to 0; gradients clipped to 1.0.
+pub fn bert<M, D>(model: M, data: D, peak_lr: f64, max_steps: usize) -> RunConfig<M, D>
+where
+    M: Serialize + DeserializeOwned,
+    D: Serialize + DeserializeOwned,
+{
+    let optimizer = AdamWConfig::new().with_weight_decay(0.01);
+    let schedule = WarmupDecayConfig::new(peak_lr, (max_steps / 10).max(1), max_steps)
+        .with_shape(DecayShape::Linear);
+    let trainer = TrainerConfig::new()
+        .with_max_steps(Some(max_steps))
+        .with_clip_grad_norm(Some(1.0));
+    RunConfig::new(model, data, optimizer, schedule, trainer)
+}
+
+/// The main job: a 2-layer, 4-head, 128-wide GPT learning 3-digit addition
+/// ([`kiln_data::addition`]: `123+456=` followed by the reversed sum), with [`gpt`]'s recipe
+/// at a peak learning rate of 3e-3 over `max_steps` steps of 64 problems, evaluated every 200
+/// steps on 2000 held-out problems.
+pub fn addition(max_steps: usize) -> RunConfig<GptConfig, ()> {
+    let model = GptConfig::new(VOCAB_SIZE)
+        .with_block_size(PROMPT_LEN + ANSWER_LEN)
+        .with_n_layer(2)
+        .with_n_head(4)
+        .with_d_model(128);
+    let mut run = gpt(model, (), 3e-3, max_steps);
+    run.trainer = run
+        .trainer
+        .with_batch_size(64)
+        .with_eval_every(200)
+        .with_eval_items(Some(2000))
+        .with_log_every(100)
+        .with_seed(1337);
+    run
+}
+
+/// Exact-match accuracy of `gpt` on `n` held-out addition problems drawn with `seed`, each
+/// answer decoded greedily with the KV cache.
+pub fn addition_accuracy(gpt: &Gpt, n: usize, seed: u64) -> Result<f64> {
+    let held_out = AdditionDataset::held_out();
+    let mut rng = kiln_core::seed::rng(seed);
+    let problems: Vec<AdditionProblem> = (0..n)
+        .filter_map(|_| held_out.problems().choose(&mut rng).copied())
+        .collect();
+    if problems.is_empty() || held_out.is_empty() {
+        return Ok(0.0);
+    }
+    let config = GenerateConfig::new().with_max_new_tokens(ANSWER_LEN);
+    let mut correct = 0;
+    for chunk in problems.chunks(250) {
+        let prompts: Vec<_> = chunk.iter().map(|p| p.prompt()).collect();
+        let outputs = gpt.generate(&prompts, &config)?;
+        correct += chunk
+            .iter()
+            .zip(&outputs)
+            .filter(|(p, out)| p.is_solved_by(out))
+            .count();
+    }
+    Ok(correct as f64 / problems.len() as f64)
+}
