@@ -38,6 +38,17 @@ impl Activation {
             _ => None,
         }
     }
+
+    /// The HuggingFace name of the activation, the inverse of
+    /// [`from_hf_name`](Self::from_hf_name) (the tanh GELU is GPT-2's `gelu_new`).
+    pub fn hf_name(&self) -> &'static str {
+        match self {
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_new",
+            Activation::Relu => "relu",
+            Activation::Silu => "silu",
+        }
+    }
 }
 
 /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, computed as `x·σ(2·√(2/π)·(x + 0.044715·x³))`

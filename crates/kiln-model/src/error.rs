@@ -53,6 +53,20 @@ pub enum ModelError {
     /// A `config.json` names a `model_type` kiln cannot load.
     #[error("unsupported model_type `{0}` (kiln loads `gpt2` and `bert`)")]
     UnknownModelType(String),
+    /// A field of a `config.json` has the wrong type or value.
+    #[error("field `{field}` of {file}: {message}")]
+    ConfigField {
+        /// The config file.
+        file: PathBuf,
+        /// The field's name in the file.
+        field: String,
+        /// What was wrong with it.
+        message: String,
+    },
+    /// A model cannot be written as a HuggingFace checkpoint: transformers has no model of its
+    /// shape. Nothing was written.
+    #[error("no HuggingFace equivalent: {0}")]
+    NoHfEquivalent(String),
     /// A weight or config file could not be parsed.
     #[error("cannot parse {file}: {message}")]
     Format {

@@ -5,7 +5,8 @@
 //!   Transformer block), [`rotary`] positions, [`activation`]s and [`init`].
 //! - Models: [`gpt`] (decoder-only language model with KV-cache generation, [`sampling`]) and
 //!   [`bert`] (encoder, masked-LM and sequence-classification heads).
-//! - Weights: [`hf`] loads HuggingFace checkpoints, [`store`] saves and loads kiln's own.
+//! - Weights: [`hf`] loads and writes HuggingFace checkpoints, [`store`] saves and loads
+//!   kiln's own.
 //! - Training: GPT and both BERT heads are kiln-core `TrainModel`s on kiln's batch types, and
 //!   `BlockStack`s for per-block activation recomputation (`train.rs`).
 //! - Errors: every fallible call returns a [`ModelError`].

@@ -1,59 +1,66 @@
 //! HF `bert` checkpoints (`BertModel`, `BertForMaskedLM`, `BertForSequenceClassification`)
-//! into kiln's BERT models.
+//! and kiln's BERT models, both ways.
 //!
 //! HF's `nn.Linear` stores weights `[out, in]`; Burn's `Linear` is `[in, out]`, so every dense
-//! weight is transposed.
+//! weight is transposed. The heads' classes prefix the encoder's names with `bert.`; a bare
+//! `BertModel` has no prefix.
 
 use std::path::Path;
 
 use burn::module::Param;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::Device;
-use serde_json::Value;
 
-use super::config::{read_f64, read_usize, read_usize_or};
+use super::config::{HfBertConfig, HfConfig};
+use super::save::{
+    HfCheckpoint, HfExport, NamedTensors, bias, block_shape, layer_norm_eps, no_hf_equivalent,
+};
 use super::weights::HfWeights;
 use crate::activation::Activation;
 use crate::bert::{Bert, BertConfig, BertForMaskedLm, BertForSequenceClassification};
+use crate::block::NormPosition;
 use crate::error::{ModelError, Result};
 
-/// Reads a `BertConfig` from a `bert` `config.json`.
-pub fn bert_config(json: &Value, file: &Path) -> Result<BertConfig> {
-    let position_type = json["position_embedding_type"]
-        .as_str()
-        .unwrap_or("absolute");
-    if position_type != "absolute" {
-        return Err(ModelError::format(
-            file,
-            format!("position_embedding_type `{position_type}` is not supported (only `absolute`)"),
-        ));
+impl HfBertConfig {
+    /// The kiln config of this checkpoint; `file` is where it was read (named in errors).
+    /// Errors on relative positions and decoders, which kiln's BERT does not implement.
+    pub fn bert_config(&self, file: &Path) -> Result<BertConfig> {
+        let field_error = |field: &str, message: String| ModelError::ConfigField {
+            file: file.to_path_buf(),
+            field: field.into(),
+            message,
+        };
+        if self.position_embedding_type != "absolute" {
+            return Err(field_error(
+                "position_embedding_type",
+                format!(
+                    "`{}` is not supported (only `absolute`)",
+                    self.position_embedding_type
+                ),
+            ));
+        }
+        if self.is_decoder {
+            return Err(field_error(
+                "is_decoder",
+                "`true` (causal BERT) is not supported".into(),
+            ));
+        }
+        let name = &self.hidden_act;
+        let hidden_act = Activation::from_hf_name(name)
+            .ok_or_else(|| field_error("hidden_act", format!("unknown activation `{name}`")))?;
+        Ok(BertConfig::new(self.vocab_size)
+            .with_hidden_size(self.hidden_size)
+            .with_num_hidden_layers(self.num_hidden_layers)
+            .with_num_attention_heads(self.num_attention_heads)
+            .with_intermediate_size(self.intermediate_size)
+            .with_hidden_act(hidden_act)
+            .with_hidden_dropout_prob(self.hidden_dropout_prob)
+            .with_attention_probs_dropout_prob(self.attention_probs_dropout_prob)
+            .with_max_position_embeddings(self.max_position_embeddings)
+            .with_type_vocab_size(self.type_vocab_size)
+            .with_layer_norm_eps(self.layer_norm_eps)
+            .with_initializer_range(self.initializer_range))
     }
-    let act_name = json["hidden_act"].as_str().unwrap_or("gelu");
-    let hidden_act = Activation::from_hf_name(act_name)
-        .ok_or_else(|| ModelError::format(file, format!("unknown hidden_act `{act_name}`")))?;
-    Ok(BertConfig::new(read_usize(json, "vocab_size", file)?)
-        .with_hidden_size(read_usize(json, "hidden_size", file)?)
-        .with_num_hidden_layers(read_usize(json, "num_hidden_layers", file)?)
-        .with_num_attention_heads(read_usize(json, "num_attention_heads", file)?)
-        .with_intermediate_size(read_usize(json, "intermediate_size", file)?)
-        .with_hidden_act(hidden_act)
-        .with_hidden_dropout_prob(read_f64(json, "hidden_dropout_prob").unwrap_or(0.1))
-        .with_attention_probs_dropout_prob(
-            read_f64(json, "attention_probs_dropout_prob").unwrap_or(0.1),
-        )
-        .with_max_position_embeddings(read_usize_or(json, "max_position_embeddings", 512))
-        .with_type_vocab_size(read_usize_or(json, "type_vocab_size", 2))
-        .with_layer_norm_eps(read_f64(json, "layer_norm_eps").unwrap_or(1e-12))
-        .with_initializer_range(read_f64(json, "initializer_range").unwrap_or(0.02)))
-}
-
-/// Number of classes of a sequence classifier: `id2label`'s size, else `num_labels`, else 2.
-pub fn num_labels(json: &Value) -> usize {
-    json["id2label"]
-        .as_object()
-        .map(|m| m.len())
-        .or_else(|| json["num_labels"].as_u64().map(|n| n as usize))
-        .unwrap_or(2)
 }
 
 /// Loads an `nn.Linear` (`[out, in]` weight and bias) into a Burn `Linear` (`[in, out]`).
@@ -203,4 +210,159 @@ pub fn load_bert_classifier(
     load_encoder(&mut model.bert, weights, device)?;
     load_dense(&mut model.classifier, weights, "classifier", device)?;
     Ok(model)
+}
+
+/// Adds an `nn.Linear` (`[out, in]` weight and bias) from a Burn `Linear` (`[in, out]`).
+fn save_dense(tensors: &mut NamedTensors, name: &str, linear: &Linear) -> Result<()> {
+    tensors.push(&format!("{name}.weight"), linear.weight.val().transpose());
+    tensors.push(&format!("{name}.bias"), bias(&linear.bias)?);
+    Ok(())
+}
+
+/// Adds a LayerNorm under transformers' `weight`/`bias` names.
+fn save_norm(tensors: &mut NamedTensors, name: &str, norm: &LayerNorm) -> Result<()> {
+    tensors.push(&format!("{name}.weight"), norm.gamma.val());
+    tensors.push(&format!("{name}.bias"), bias(&norm.beta)?);
+    Ok(())
+}
+
+/// Adds the encoder's tensors under `prefix` (`bert.` inside the heads' classes, "" for a bare
+/// `BertModel`), the pooler only when `with_pooler`, and returns its config with
+/// `architectures` set to `architecture`.
+fn save_encoder(
+    bert: &Bert,
+    prefix: &str,
+    with_pooler: bool,
+    architecture: &str,
+    tensors: &mut NamedTensors,
+) -> Result<HfBertConfig> {
+    let emb = &bert.embeddings;
+    let [vocab_size, hidden] = emb.word.weight.dims();
+    let shape = block_shape(&bert.layers, hidden, NormPosition::Post, "BERT")?;
+    if layer_norm_eps(&emb.norm)? != shape.layer_norm_eps {
+        return Err(no_hf_equivalent(
+            "the embeddings' LayerNorm epsilon differs from the layers'; BERT has one \
+             layer_norm_eps",
+        ));
+    }
+    let name = |s: &str| format!("{prefix}{s}");
+    tensors.push(
+        &name("embeddings.word_embeddings.weight"),
+        emb.word.weight.val(),
+    );
+    tensors.push(
+        &name("embeddings.position_embeddings.weight"),
+        emb.position.weight.val(),
+    );
+    tensors.push(
+        &name("embeddings.token_type_embeddings.weight"),
+        emb.token_type.weight.val(),
+    );
+    save_norm(tensors, &name("embeddings.LayerNorm"), &emb.norm)?;
+    for (i, layer) in bert.layers.iter().enumerate() {
+        let name = |s: &str| format!("{prefix}encoder.layer.{i}.{s}");
+        let attn = &layer.attn;
+        save_dense(tensors, &name("attention.self.query"), &attn.query)?;
+        save_dense(tensors, &name("attention.self.key"), &attn.key)?;
+        save_dense(tensors, &name("attention.self.value"), &attn.value)?;
+        save_dense(tensors, &name("attention.output.dense"), &attn.out)?;
+        save_norm(
+            tensors,
+            &name("attention.output.LayerNorm"),
+            &layer.attn_norm,
+        )?;
+        save_dense(tensors, &name("intermediate.dense"), &layer.ffn.up)?;
+        save_dense(tensors, &name("output.dense"), &layer.ffn.down)?;
+        save_norm(tensors, &name("output.LayerNorm"), &layer.ffn_norm)?;
+    }
+    if let Some(pooler) = bert.pooler.as_ref().filter(|_| with_pooler) {
+        save_dense(tensors, &name("pooler.dense"), pooler)?;
+    }
+    Ok(HfBertConfig {
+        architectures: Some(vec![architecture.into()]),
+        vocab_size,
+        hidden_size: hidden,
+        num_hidden_layers: bert.layers.len(),
+        num_attention_heads: shape.n_head,
+        intermediate_size: shape.d_ff,
+        hidden_act: shape.activation.hf_name().into(),
+        hidden_dropout_prob: emb.dropout.prob,
+        attention_probs_dropout_prob: shape.attn_dropout,
+        max_position_embeddings: emb.position.weight.dims()[0],
+        type_vocab_size: emb.token_type.weight.dims()[0],
+        layer_norm_eps: shape.layer_norm_eps,
+        ..HfBertConfig::default()
+    })
+}
+
+/// The encoder as `BertModel`, with its pooler when it has one. transformers builds
+/// `BertModel` with a pooler unless told `add_pooling_layer=False`, which the config cannot
+/// say: load a pooler-less export with that argument.
+impl HfExport for Bert {
+    fn hf_checkpoint(&self) -> Result<HfCheckpoint> {
+        let mut tensors = NamedTensors::default();
+        let config = save_encoder(self, "", true, "BertModel", &mut tensors)?;
+        Ok(tensors.into_checkpoint(HfConfig::Bert(config)))
+    }
+}
+
+/// As `BertForMaskedLM`: the encoder without pooler, the transform, the decoder bias (the
+/// decoder weight is the word embedding, stored once).
+impl HfExport for BertForMaskedLm {
+    fn hf_checkpoint(&self) -> Result<HfCheckpoint> {
+        let mut tensors = NamedTensors::default();
+        let config = save_encoder(&self.bert, "bert.", false, "BertForMaskedLM", &mut tensors)?;
+        if self.activation.hf_name() != config.hidden_act {
+            return Err(no_hf_equivalent(format!(
+                "the masked-LM transform uses {:?} and the layers {}; BERT's hidden_act is both",
+                self.activation, config.hidden_act
+            )));
+        }
+        if layer_norm_eps(&self.transform_norm)? != config.layer_norm_eps {
+            return Err(no_hf_equivalent(
+                "the masked-LM transform's LayerNorm epsilon differs from the layers'; BERT has \
+                 one layer_norm_eps",
+            ));
+        }
+        save_dense(
+            &mut tensors,
+            "cls.predictions.transform.dense",
+            &self.transform,
+        )?;
+        save_norm(
+            &mut tensors,
+            "cls.predictions.transform.LayerNorm",
+            &self.transform_norm,
+        )?;
+        tensors.push("cls.predictions.bias", self.decoder_bias.val());
+        Ok(tensors.into_checkpoint(HfConfig::Bert(config)))
+    }
+}
+
+/// As `BertForSequenceClassification`, labels named `LABEL_i` as transformers does.
+impl HfExport for BertForSequenceClassification {
+    fn hf_checkpoint(&self) -> Result<HfCheckpoint> {
+        if self.bert.pooler.is_none() {
+            return Err(no_hf_equivalent(
+                "the classifier's encoder has no pooler; BertForSequenceClassification \
+                 classifies the pooled [CLS] state",
+            ));
+        }
+        let mut tensors = NamedTensors::default();
+        let mut config = save_encoder(
+            &self.bert,
+            "bert.",
+            true,
+            "BertForSequenceClassification",
+            &mut tensors,
+        )?;
+        save_dense(&mut tensors, "classifier", &self.classifier)?;
+        let labels = self.classifier.weight.dims()[1];
+        let names: Vec<String> = (0..labels).map(|i| format!("LABEL_{i}")).collect();
+        config.id2label = Some(names.iter().cloned().enumerate().collect());
+        config.label2id = Some(names.into_iter().zip(0..).collect());
+        let dropout = self.dropout.prob;
+        config.classifier_dropout = (dropout != config.hidden_dropout_prob).then_some(dropout);
+        Ok(tensors.into_checkpoint(HfConfig::Bert(config)))
+    }
 }

@@ -1,53 +1,61 @@
-//! HF `gpt2` checkpoints (`GPT2LMHeadModel`, `GPT2Model`) into a kiln [`Gpt`].
+//! HF `gpt2` checkpoints (`GPT2LMHeadModel`, `GPT2Model`) and kiln's [`Gpt`], both ways.
 //!
-//! GPT-2's `Conv1D` stores weights `[in, out]`, which is Burn's `Linear` layout, so they load
-//! untransposed; `c_attn` is the fused q|k|v projection, split into kiln's three.
+//! GPT-2's `Conv1D` stores weights `[in, out]`, which is Burn's `Linear` layout, so they move
+//! untransposed; `c_attn` is the fused q|k|v projection `[d, 3d]`, split into kiln's three on
+//! load and concatenated on save. The LM head is an `nn.Linear` (`[out, in]`), transposed.
 
 use std::path::Path;
 
 use burn::module::Param;
-use burn::tensor::Device;
-use serde_json::Value;
+use burn::tensor::{Device, Tensor};
 
-use super::config::{bool_or, read_f64, read_usize, read_usize_or};
+use super::config::{HfConfig, HfGpt2Config};
+use super::save::{
+    HfCheckpoint, HfExport, NamedTensors, bias, block_shape, layer_norm_eps, no_hf_equivalent,
+};
 use super::weights::HfWeights;
 use crate::activation::Activation;
+use crate::block::NormPosition;
 use crate::error::{ModelError, Result};
 use crate::gpt::{Gpt, GptConfig};
 
-/// Reads a `GptConfig` from a `gpt2` `config.json`.
-pub fn gpt2_config(json: &Value, file: &Path) -> Result<GptConfig> {
-    for flag in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"] {
-        if bool_or(json, flag, false) {
-            return Err(ModelError::format(
-                file,
-                format!("`{flag}: true` is not supported"),
-            ));
+impl HfGpt2Config {
+    /// The kiln config of this checkpoint; `file` is where it was read (named in errors).
+    /// Errors on attention variants kiln does not implement.
+    pub fn gpt_config(&self, file: &Path) -> Result<GptConfig> {
+        let unsupported = |field: &str, value: bool| ModelError::ConfigField {
+            file: file.to_path_buf(),
+            field: field.into(),
+            message: format!("`{value}` is not supported"),
+        };
+        if self.scale_attn_by_inverse_layer_idx {
+            return Err(unsupported("scale_attn_by_inverse_layer_idx", true));
         }
+        if self.reorder_and_upcast_attn {
+            return Err(unsupported("reorder_and_upcast_attn", true));
+        }
+        if !self.scale_attn_weights {
+            return Err(unsupported("scale_attn_weights", false));
+        }
+        let name = &self.activation_function;
+        let activation = Activation::from_hf_name(name).ok_or_else(|| ModelError::ConfigField {
+            file: file.to_path_buf(),
+            field: "activation_function".into(),
+            message: format!("unknown activation `{name}`"),
+        })?;
+        Ok(GptConfig::new(self.vocab_size)
+            .with_block_size(self.n_positions)
+            .with_n_layer(self.n_layer)
+            .with_n_head(self.n_head)
+            .with_d_model(self.n_embd)
+            .with_d_ff(Some(self.n_inner.unwrap_or(4 * self.n_embd)))
+            .with_activation(activation)
+            .with_layer_norm_eps(self.layer_norm_epsilon)
+            .with_tie_embeddings(self.tie_word_embeddings)
+            .with_dropout(self.resid_pdrop)
+            .with_attn_dropout(self.attn_pdrop)
+            .with_init_std(self.initializer_range))
     }
-    if !bool_or(json, "scale_attn_weights", true) {
-        return Err(ModelError::format(
-            file,
-            "`scale_attn_weights: false` is not supported",
-        ));
-    }
-    let act_name = json["activation_function"].as_str().unwrap_or("gelu_new");
-    let activation = Activation::from_hf_name(act_name).ok_or_else(|| {
-        ModelError::format(file, format!("unknown activation_function `{act_name}`"))
-    })?;
-    let d_model = read_usize(json, "n_embd", file)?;
-    Ok(GptConfig::new(read_usize(json, "vocab_size", file)?)
-        .with_block_size(read_usize(json, "n_positions", file)?)
-        .with_n_layer(read_usize(json, "n_layer", file)?)
-        .with_n_head(read_usize(json, "n_head", file)?)
-        .with_d_model(d_model)
-        .with_activation(activation)
-        .with_layer_norm_eps(read_f64(json, "layer_norm_epsilon").unwrap_or(1e-5))
-        .with_tie_embeddings(bool_or(json, "tie_word_embeddings", true))
-        .with_dropout(read_f64(json, "resid_pdrop").unwrap_or(0.0))
-        .with_attn_dropout(read_f64(json, "attn_pdrop").unwrap_or(0.0))
-        .with_init_std(read_f64(json, "initializer_range").unwrap_or(0.02))
-        .with_d_ff(Some(read_usize_or(json, "n_inner", 4 * d_model))))
 }
 
 /// Builds the model and fills every parameter from the checkpoint.
@@ -113,4 +121,92 @@ pub fn load_gpt2(config: &GptConfig, weights: &mut HfWeights, device: &Device) -
         head.weight = Param::from_tensor(weight.transpose());
     }
     Ok(model)
+}
+
+/// A GPT as `GPT2LMHeadModel`. No equivalent: rotary positions, SwiGLU, post-norm blocks,
+/// missing biases, heads removed by pruning, blocks of different widths.
+impl HfExport for Gpt {
+    fn hf_checkpoint(&self) -> Result<HfCheckpoint> {
+        let gpt = self;
+        if gpt.rope.is_some() || gpt.position_embedding.is_none() {
+            return Err(no_hf_equivalent(
+                "the GPT uses rotary positions; GPT-2 learns absolute position embeddings",
+            ));
+        }
+        let [vocab_size, d] = gpt.token_embedding.weight.dims();
+        let shape = block_shape(&gpt.blocks, d, NormPosition::Pre, "GPT-2")?;
+        let final_bias =
+            gpt.final_norm.beta.as_ref().ok_or_else(|| {
+                no_hf_equivalent("the final LayerNorm has no bias; GPT-2's has one")
+            })?;
+        if layer_norm_eps(&gpt.final_norm)? != shape.layer_norm_eps {
+            return Err(no_hf_equivalent(
+                "the final LayerNorm's epsilon differs from the blocks'; GPT-2 has one \
+                 layer_norm_epsilon",
+            ));
+        }
+        if gpt.lm_head.as_ref().is_some_and(|h| h.bias.is_some()) {
+            return Err(no_hf_equivalent("the LM head has a bias; GPT-2's has none"));
+        }
+
+        let mut tensors = NamedTensors::default();
+        let t = |name: &str| format!("transformer.{name}");
+        tensors.push(&t("wte.weight"), gpt.token_embedding.weight.val());
+        if let Some(positions) = &gpt.position_embedding {
+            tensors.push(&t("wpe.weight"), positions.weight.val());
+        }
+        for (i, block) in gpt.blocks.iter().enumerate() {
+            let name = |s: &str| t(&format!("h.{i}.{s}"));
+            let attn = &block.attn;
+            let qkv = [&attn.query, &attn.key, &attn.value];
+            tensors.push(&name("ln_1.weight"), block.attn_norm.gamma.val());
+            tensors.push(&name("ln_1.bias"), bias(&block.attn_norm.beta)?);
+            tensors.push(
+                &name("attn.c_attn.weight"),
+                Tensor::cat(qkv.iter().map(|p| p.weight.val()).collect(), 1),
+            );
+            tensors.push(
+                &name("attn.c_attn.bias"),
+                Tensor::cat(qkv.iter().map(|p| bias(&p.bias)).collect::<Result<_>>()?, 0),
+            );
+            tensors.push(&name("attn.c_proj.weight"), attn.out.weight.val());
+            tensors.push(&name("attn.c_proj.bias"), bias(&attn.out.bias)?);
+            tensors.push(&name("ln_2.weight"), block.ffn_norm.gamma.val());
+            tensors.push(&name("ln_2.bias"), bias(&block.ffn_norm.beta)?);
+            tensors.push(&name("mlp.c_fc.weight"), block.ffn.up.weight.val());
+            tensors.push(&name("mlp.c_fc.bias"), bias(&block.ffn.up.bias)?);
+            tensors.push(&name("mlp.c_proj.weight"), block.ffn.down.weight.val());
+            tensors.push(&name("mlp.c_proj.bias"), bias(&block.ffn.down.bias)?);
+        }
+        tensors.push(&t("ln_f.weight"), gpt.final_norm.gamma.val());
+        tensors.push(&t("ln_f.bias"), final_bias.val());
+        if let Some(head) = &gpt.lm_head {
+            tensors.push("lm_head.weight", head.weight.val().transpose());
+        }
+
+        let config = HfGpt2Config {
+            architectures: Some(vec!["GPT2LMHeadModel".into()]),
+            vocab_size,
+            n_positions: gpt.block_size,
+            n_embd: d,
+            n_layer: gpt.blocks.len(),
+            n_head: shape.n_head,
+            n_inner: (shape.d_ff != 4 * d).then_some(shape.d_ff),
+            activation_function: shape.activation.hf_name().into(),
+            resid_pdrop: shape.resid_dropout,
+            embd_pdrop: gpt.embedding_dropout.prob,
+            attn_pdrop: shape.attn_dropout,
+            layer_norm_epsilon: shape.layer_norm_eps,
+            tie_word_embeddings: gpt.lm_head.is_none(),
+            ..HfGpt2Config::default()
+        };
+        // GPT-2's `<|endoftext|>` id, unless the vocabulary has no such id (transformers warns).
+        let in_vocab = |id: Option<usize>| id.filter(|&id| id < vocab_size);
+        let config = HfGpt2Config {
+            bos_token_id: in_vocab(config.bos_token_id),
+            eos_token_id: in_vocab(config.eos_token_id),
+            ..config
+        };
+        Ok(tensors.into_checkpoint(HfConfig::Gpt2(config)))
+    }
 }

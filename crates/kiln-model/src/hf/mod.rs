@@ -1,26 +1,59 @@
-//! Loading HuggingFace checkpoints: a folder with `config.json` and `model.safetensors`.
+//! HuggingFace checkpoints: a folder with `config.json` and `model.safetensors`, read and
+//! written.
 //!
-//! `model_type` `gpt2` loads into [`Gpt`], `bert` into [`Bert`], [`BertForMaskedLm`] or
-//! [`BertForSequenceClassification`], chosen by `architectures` (or, without it, by the
-//! tensors present). Every parameter is checked by name and shape.
+//! [`load_pretrained`] reads `model_type` `gpt2` into [`Gpt`], `bert` into [`Bert`],
+//! [`BertForMaskedLm`] or [`BertForSequenceClassification`], chosen by `architectures` (or,
+//! without it, by the tensors present). Every parameter is checked by name and shape.
+//!
+//! [`save_pretrained`] writes those four models (any [`HfExport`]) the way transformers'
+//! `save_pretrained` does: a `Gpt` as `GPT2LMHeadModel`, the BERT models as `BertModel`,
+//! `BertForMaskedLM` and `BertForSequenceClassification`, with transformers' tensor names and
+//! layouts, so `AutoModel*.from_pretrained(dir)` loads them. A model transformers cannot
+//! express (rotary positions, SwiGLU, a post-norm GPT, no biases, heads removed by pruning) is a
+//! [`ModelError::NoHfEquivalent`] and nothing is written.
+//!
+//! `config.json` is read and written through typed structs ([`HfGpt2Config`],
+//! [`HfBertConfig`]) with transformers' field names and defaults.
+//!
+//! ```
+//! use burn::tensor::{Device, Int, Tensor};
+//! use kiln_model::gpt::GptConfig;
+//! use kiln_model::hf::{HfModel, load_pretrained, save_pretrained};
+//!
+//! let device = Device::flex();
+//! let config = GptConfig::new(50).with_block_size(8).with_n_layer(1).with_n_head(2).with_d_model(16);
+//! let gpt = config.init(&device).unwrap();
+//! let dir = std::env::temp_dir().join(format!("kiln-hf-doc-{}", std::process::id()));
+//! save_pretrained(&gpt, &dir).unwrap();
+//!
+//! let HfModel::Gpt2(loaded) = load_pretrained(&dir, &device).unwrap() else { unreachable!() };
+//! let ids = Tensor::<2, Int>::from_ints([[1, 2, 3]], &device);
+//! let (a, b) = (gpt.forward(ids.clone()).unwrap(), loaded.forward(ids).unwrap());
+//! assert_eq!(a.into_data(), b.into_data());
+//! # std::fs::remove_dir_all(dir).unwrap();
+//! ```
 
 mod bert;
 mod config;
 mod gpt2;
+mod save;
 mod weights;
 
 use std::path::Path;
 
+use burn::nn::DropoutConfig;
 use burn::tensor::{Bool, Device, Int, Tensor};
-use serde_json::Value;
 
-pub use bert::{bert_config, load_bert, load_bert_classifier, load_bert_masked_lm, num_labels};
-pub use gpt2::{gpt2_config, load_gpt2};
+pub use bert::{load_bert, load_bert_classifier, load_bert_masked_lm};
+pub use config::{CONFIG_FILE, HfBertConfig, HfConfig, HfGpt2Config};
+pub use gpt2::load_gpt2;
+pub use save::{HfCheckpoint, HfExport, WEIGHTS_FILE, save_pretrained};
 pub use weights::HfWeights;
 
 use crate::bert::{Bert, BertForMaskedLm, BertForSequenceClassification, BertInput};
 use crate::error::{ModelError, Result};
-use crate::gpt::Gpt;
+use crate::gpt::{Gpt, check_probability};
+use config::{ConfigHeader, parse_config};
 
 /// A model loaded from a HuggingFace folder.
 #[derive(Debug)]
@@ -53,53 +86,60 @@ pub enum HfOutput {
     },
 }
 
-/// Reads `dir/config.json`.
-pub fn read_config(dir: &Path) -> Result<Value> {
-    let file = dir.join("config.json");
-    let text = std::fs::read_to_string(&file).map_err(|e| ModelError::io(&file, e))?;
-    serde_json::from_str(&text).map_err(|e| ModelError::format(&file, e))
-}
-
 /// Loads the model that `dir/config.json` describes, with weights from `dir/model.safetensors`.
 pub fn load_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<HfModel> {
     let dir = dir.as_ref();
-    let json = read_config(dir)?;
-    let file = dir.join("config.json");
-    let model_type = json["model_type"].as_str().unwrap_or_default().to_owned();
-    let architecture = json["architectures"][0]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    match model_type.as_str() {
+    let file = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&file).map_err(|e| ModelError::io(&file, e))?;
+    let header: ConfigHeader = parse_config(&text, &file)?;
+    let architecture = header.architecture();
+    match header.model_type.as_str() {
         "gpt2" => {
-            let config = gpt2_config(&json, &file)?;
+            let hf: HfGpt2Config = parse_config(&text, &file)?;
             let mut weights = HfWeights::open(dir)?;
-            Ok(HfModel::Gpt2(load_gpt2(&config, &mut weights, device)?))
+            let mut gpt = load_gpt2(&hf.gpt_config(&file)?, &mut weights, device)?;
+            // GptConfig has one dropout (`resid_pdrop`); GPT-2 may drop embeddings differently.
+            check_probability("embd_pdrop", hf.embd_pdrop)?;
+            gpt.embedding_dropout = DropoutConfig::new(hf.embd_pdrop).init();
+            Ok(HfModel::Gpt2(gpt))
         }
         "bert" => {
-            let config = bert_config(&json, &file)?;
+            let hf: HfBertConfig = parse_config(&text, &file)?;
+            let config = hf.bert_config(&file)?;
             let mut weights = HfWeights::open(dir)?;
             let is = |arch: &str, probe: &str| {
                 architecture == arch || (architecture.is_empty() && weights.contains(probe))
             };
             if is("BertForMaskedLM", "cls.predictions.transform.dense.weight") {
+                if !hf.tie_word_embeddings {
+                    return Err(ModelError::ConfigField {
+                        file,
+                        field: "tie_word_embeddings".into(),
+                        message: "`false` is not supported: kiln's masked-LM decoder is the \
+                                  word embedding"
+                            .into(),
+                    });
+                }
                 Ok(HfModel::BertForMaskedLm(load_bert_masked_lm(
                     &config,
                     &mut weights,
                     device,
                 )?))
             } else if is("BertForSequenceClassification", "classifier.weight") {
-                let labels = num_labels(&json);
-                Ok(HfModel::BertForSequenceClassification(
-                    load_bert_classifier(&config, labels, &mut weights, device)?,
-                ))
+                let mut model =
+                    load_bert_classifier(&config, hf.num_labels(), &mut weights, device)?;
+                let dropout = hf.classifier_dropout.unwrap_or(hf.hidden_dropout_prob);
+                check_probability("classifier_dropout", dropout)?;
+                model.dropout = DropoutConfig::new(dropout).init();
+                Ok(HfModel::BertForSequenceClassification(model))
             } else if architecture.is_empty() || architecture == "BertModel" {
                 Ok(HfModel::Bert(load_bert(&config, &mut weights, device)?))
             } else {
-                Err(ModelError::format(
-                    &file,
-                    format!("architecture `{architecture}` is not supported for bert"),
-                ))
+                Err(ModelError::ConfigField {
+                    file,
+                    field: "architectures".into(),
+                    message: format!("`{architecture}` is not supported for bert"),
+                })
             }
         }
         other => Err(ModelError::UnknownModelType(other.to_owned())),
