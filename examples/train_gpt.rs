@@ -6,6 +6,7 @@
 //! cargo run --release --example train_gpt -- --data DIR          # a folder written by prepare_data
 //! cargo run --release --example train_gpt -- --print-config > run.toml
 //! cargo run --release --example train_gpt -- --config run.toml --max-steps 300
+//! cargo run --release --example train_gpt -- --export-hf out/gpt2   # + a transformers folder
 //! cargo run --release --example train_gpt -- --help
 //! ```
 //!
@@ -106,6 +107,10 @@ struct Args {
     /// Held-out problems for the final accuracy (addition only).
     #[arg(long, default_value_t = 1000)]
     accuracy_problems: usize,
+    /// Also write the trained model as a HuggingFace GPT-2 folder (config.json,
+    /// model.safetensors, and tokenizer.json for text data), loadable by transformers.
+    #[arg(long)]
+    export_hf: Option<PathBuf>,
 }
 
 /// Where the run's data comes from: part of the run config.
@@ -337,6 +342,13 @@ fn main() -> kiln::Result<()> {
                 println!("--- sample {} ---\n{}", i + 1, tokenizer.decode(&ids)?);
             }
         }
+    }
+    if let Some(dir) = &args.export_hf {
+        kiln::model::hf::save_pretrained(&gpt, dir)?;
+        if let Some((tokenizer, _)) = &text {
+            tokenizer.save(dir.join("tokenizer.json"))?;
+        }
+        println!("exported for transformers to {}", dir.display());
     }
     println!("params_sha256: {}", params_sha256(&gpt));
     Ok(())

@@ -102,7 +102,7 @@ pub mod prelude {
         Bert, BertConfig, BertForMaskedLm, BertForSequenceClassification, BertInput,
     };
     pub use kiln_model::gpt::{Gpt, GptConfig};
-    pub use kiln_model::hf::{HfModel, HfOutput, load_pretrained};
+    pub use kiln_model::hf::{HfModel, HfOutput, load_pretrained, save_pretrained};
     pub use kiln_model::sampling::GenerateConfig;
     pub use kiln_model::{ModelError, padding_mask};
     pub use kiln_optim::{AdamWConfig, OptimizerConfig, ScheduleConfig, WarmupDecayConfig};
