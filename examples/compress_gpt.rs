@@ -37,6 +37,7 @@ use std::time::Instant;
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
+use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::Int;
 use kiln::compress::{
@@ -51,7 +52,7 @@ use kiln::data::{IGNORE_INDEX, LmBatch};
 use kiln::model::loss::token_tensor;
 use kiln::model::sampling::GenerateConfig;
 use kiln::model::store::{load_model, save_model};
-use kiln::optim::warmup_cosine;
+use kiln::optim::{DecayShape, WarmupDecayConfig};
 use kiln::prelude::*;
 use kiln::train::StepHook;
 use rand::rngs::StdRng;
@@ -149,10 +150,16 @@ fn train(
         .with_beta_2(0.99)
         .with_weight_decay(0.1)
         .init();
-    let warmup = (steps / 20).max(1);
+    let mut schedule = WarmupDecayConfig::new(peak_lr, (steps / 20).max(1))
+        .with_total_steps(Some(steps))
+        .with_shape(DecayShape::Cosine {
+            num_cycles: 0.5,
+            min_lr_ratio: 0.1,
+        })
+        .init()?;
     let start = Instant::now();
     for step in 0..steps {
-        let lr = warmup_cosine(step, warmup, steps, peak_lr, peak_lr / 10.0);
+        let lr = schedule.step();
         let batch = random_batch(&train, &mut rng, 64, &device);
         let logits = gpt.forward(batch.inputs)?;
         let loss = gpt.loss(logits, batch.targets, Some(IGNORE_INDEX));

@@ -190,7 +190,8 @@ fn pretrain(
     let model = config.init_masked_lm(device).map_err(|e| e.to_string())?;
     let optimizer = AdamWConfig::new().init(&model).map_err(|e| e.to_string())?;
     let steps = args.pretrain_steps;
-    let schedule = WarmupDecayConfig::new(1e-3, steps / 10, steps)
+    let schedule = WarmupDecayConfig::new(1e-3, steps / 10)
+        .with_total_steps(Some(steps))
         .init()
         .map_err(|e| e.to_string())?;
     let outcome = Trainer::new(trainer_config(args, steps), optimizer, schedule, train)
@@ -228,7 +229,8 @@ fn finetune(
     let test = BatchSource::new(dataset(test)?, ClassificationBatcher::new(special.pad));
     let optimizer = AdamWConfig::new().init(&model).map_err(|e| e.to_string())?;
     let steps = args.finetune_steps;
-    let schedule = WarmupDecayConfig::new(5e-4, steps / 10, steps)
+    let schedule = WarmupDecayConfig::new(5e-4, steps / 10)
+        .with_total_steps(Some(steps))
         .init()
         .map_err(|e| e.to_string())?;
     let config = trainer_config(args, steps).with_batch_size(batch);

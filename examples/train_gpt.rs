@@ -190,7 +190,8 @@ fn train(
         .with_weight_decay(0.1)
         .init(&gpt)
         .map_err(|e| e.to_string())?;
-    let schedule = WarmupDecayConfig::new(args.lr, (args.steps / 20).max(1), args.steps)
+    let schedule = WarmupDecayConfig::new(args.lr, (args.steps / 20).max(1))
+        .with_total_steps(Some(args.steps))
         .with_shape(DecayShape::Cosine {
             num_cycles: 0.5,
             min_lr_ratio: 0.1,

@@ -25,7 +25,8 @@ fn held_out_accuracy(precision: Precision) -> f64 {
         .with_weight_decay(0.1)
         .init(&gpt)
         .unwrap();
-    let schedule = WarmupDecayConfig::new(3e-3, steps / 20, steps)
+    let schedule = WarmupDecayConfig::new(3e-3, steps / 20)
+        .with_total_steps(Some(steps))
         .with_shape(DecayShape::Cosine {
             num_cycles: 0.5,
             min_lr_ratio: 0.1,
