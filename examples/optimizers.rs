@@ -59,7 +59,8 @@ fn runs(gpt: &Gpt, steps: usize) -> Result<Vec<Run>, Box<dyn Error>> {
             name: "AdamW + warmup-constant",
             optim: AdamWConfig::new().with_weight_decay(0.1).init(gpt)?,
             schedule: Box::new(
-                WarmupDecayConfig::new(3e-3, warmup, steps)
+                WarmupDecayConfig::new(3e-3, warmup)
+                    .with_total_steps(Some(steps))
                     .with_shape(DecayShape::Constant)
                     .init()?,
             ),
@@ -69,7 +70,8 @@ fn runs(gpt: &Gpt, steps: usize) -> Result<Vec<Run>, Box<dyn Error>> {
             name: "AdamW + inverse-sqrt",
             optim: AdamWConfig::new().with_weight_decay(0.1).init(gpt)?,
             schedule: Box::new(
-                WarmupDecayConfig::new(3e-3, warmup, steps)
+                WarmupDecayConfig::new(3e-3, warmup)
+                    .with_total_steps(Some(steps))
                     .with_shape(DecayShape::InverseSqrt { timescale: None })
                     .init()?,
             ),
@@ -89,7 +91,11 @@ fn runs(gpt: &Gpt, steps: usize) -> Result<Vec<Run>, Box<dyn Error>> {
         Run {
             name: "Adam + L2 + warmup-linear",
             optim: AdamConfig::new().with_weight_decay(1e-4).init(gpt)?,
-            schedule: Box::new(WarmupDecayConfig::new(3e-3, warmup, steps).init()?),
+            schedule: Box::new(
+                WarmupDecayConfig::new(3e-3, warmup)
+                    .with_total_steps(Some(steps))
+                    .init()?,
+            ),
             clip: Clip::Torch(1.0),
         },
         Run {
@@ -104,7 +110,8 @@ fn runs(gpt: &Gpt, steps: usize) -> Result<Vec<Run>, Box<dyn Error>> {
             name: "LAMB + warmup-polynomial",
             optim: lamb.init(gpt)?,
             schedule: Box::new(
-                WarmupDecayConfig::new(2e-2, warmup, steps)
+                WarmupDecayConfig::new(2e-2, warmup)
+                    .with_total_steps(Some(steps))
                     .with_shape(DecayShape::Polynomial {
                         power: 2.0,
                         end_lr: 1e-4,
@@ -120,7 +127,11 @@ fn runs(gpt: &Gpt, steps: usize) -> Result<Vec<Run>, Box<dyn Error>> {
                 .with_nesterov(true)
                 .with_weight_decay(1e-4)
                 .init(gpt)?,
-            schedule: Box::new(OneCycleConfig::new(0.3, steps).init()?),
+            schedule: Box::new(
+                OneCycleConfig::new(0.3)
+                    .with_total_steps(Some(steps))
+                    .init()?,
+            ),
             clip: Clip::Torch(1.0),
         },
         Run {

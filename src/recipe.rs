@@ -33,12 +33,12 @@ where
     D: Serialize + DeserializeOwned,
 {
     let optimizer = AdamWConfig::new().with_beta_2(0.99).with_weight_decay(0.1);
-    let schedule = WarmupDecayConfig::new(peak_lr, (max_steps / 20).max(1), max_steps).with_shape(
-        DecayShape::Cosine {
+    // The schedule's length is left to the run (`total_steps: None`).
+    let schedule =
+        WarmupDecayConfig::new(peak_lr, (max_steps / 20).max(1)).with_shape(DecayShape::Cosine {
             num_cycles: 0.5,
             min_lr_ratio: 0.1,
-        },
-    );
+        });
     let trainer = TrainerConfig::new()
         .with_max_steps(Some(max_steps))
         .with_clip_grad_norm(Some(1.0))
@@ -59,8 +59,8 @@ where
     D: Serialize + DeserializeOwned,
 {
     let optimizer = AdamWConfig::new().with_weight_decay(0.01);
-    let schedule = WarmupDecayConfig::new(peak_lr, (max_steps / 10).max(1), max_steps)
-        .with_shape(DecayShape::Linear);
+    let schedule =
+        WarmupDecayConfig::new(peak_lr, (max_steps / 10).max(1)).with_shape(DecayShape::Linear);
     let trainer = TrainerConfig::new()
         .with_max_steps(Some(max_steps))
         .with_clip_grad_norm(Some(1.0));

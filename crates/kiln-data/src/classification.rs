@@ -82,8 +82,8 @@ impl ClassificationData {
                 }
             }
         } else {
-            let records = parse_csv(&text, &name)?;
-            let Some(((_, header), rows)) = records.split_first() else {
+            let records = csv_records(&text, &name)?;
+            let Some(((header_line, header), rows)) = records.split_first() else {
                 return Err(DataError::MalformedCsv {
                     path: name,
                     line: 1,
@@ -96,17 +96,14 @@ impl ClassificationData {
                     .position(|h| h.trim().eq_ignore_ascii_case(want))
                     .ok_or_else(|| DataError::MalformedCsv {
                         path: name.clone(),
-                        line: 1,
+                        line: *header_line,
                         message: format!("no {want:?} column in header {header:?}"),
                     })
             };
             let (ti, li) = (col("text")?, col("label")?);
             for (line, fields) in rows {
-                if fields.len() == 1 && fields[0].is_empty() {
-                    continue;
-                }
                 keep(match (fields.get(ti), fields.get(li)) {
-                    (Some(t), Some(l)) => Ok((t.clone(), raw_label_of_str(l))),
+                    (Some(t), Some(l)) => Ok((t.to_string(), raw_label_of_str(l))),
                     _ => Err(DataError::MalformedCsv {
                         path: name.clone(),
                         line: *line,
@@ -193,67 +190,48 @@ fn number_labels(raw: Vec<(String, RawLabel)>) -> (Vec<ClassificationExample>, V
     (examples, names)
 }
 
-/// RFC 4180 records with the line each starts on: comma-separated, fields optionally in
-/// double quotes (`""` escapes a quote; quoted fields may hold commas and newlines).
-pub fn parse_csv(text: &str, path: &str) -> Result<Vec<(usize, Vec<String>)>, DataError> {
-    let mut records = Vec::new();
-    let (mut fields, mut field) = (Vec::new(), String::new());
-    let (mut line, mut start_line) = (1usize, 1usize);
-    let (mut in_quotes, mut was_quoted) = (false, false);
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if in_quotes {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                '"' => in_quotes = false,
-                '\n' => {
-                    line += 1;
-                    field.push('\n');
-                }
-                _ => field.push(c),
-            }
-            continue;
+/// The records of a CSV file with the 1-based line each starts on, as the `csv` crate reads
+/// them: comma-separated, fields optionally in double quotes (`""` escapes a quote; quoted
+/// fields may hold commas and newlines), blank lines skipped.
+fn csv_records(text: &str, path: &str) -> Result<Vec<(usize, csv::StringRecord)>, DataError> {
+    let malformed = |line: usize, message: String| DataError::MalformedCsv {
+        path: path.into(),
+        line,
+        message,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let (mut records, mut record) = (Vec::new(), csv::StringRecord::new());
+    // The line the reader stands on. Counted here rather than taken from the reader's
+    // positions, which point before the blank lines and the `\n` of a `\r\n` that precede a
+    // record rather than at its first line.
+    let mut line = 1;
+    loop {
+        let start = reader.position().byte() as usize;
+        let more = reader
+            .read_record(&mut record)
+            .map_err(|e| malformed(line, e.to_string()))?;
+        if !more {
+            break;
         }
-        match c {
-            '"' if field.is_empty() && !was_quoted => {
-                in_quotes = true;
-                was_quoted = true;
-            }
-            '"' => {
-                return Err(DataError::MalformedCsv {
-                    path: path.into(),
-                    line,
-                    message: "quote inside an unquoted field".into(),
-                });
-            }
-            ',' => {
-                fields.push(std::mem::take(&mut field));
-                was_quoted = false;
-            }
-            '\r' if chars.peek() == Some(&'\n') => {}
-            '\n' => {
-                fields.push(std::mem::take(&mut field));
-                records.push((start_line, std::mem::take(&mut fields)));
-                was_quoted = false;
-                line += 1;
-                start_line = line;
-            }
-            _ => field.push(c),
+        let raw = &text[start..reader.position().byte() as usize];
+        let body = raw.trim_start_matches(['\r', '\n']);
+        line += raw[..raw.len() - body.len()].matches('\n').count();
+        // The reader takes a quote inside an unquoted field as text, and an unterminated
+        // quoted field as running to the end of the file: either leaves an odd number of
+        // quotes in the record, where quoted fields and `""` escapes always pair them.
+        if body.matches('"').count() % 2 == 1 {
+            return Err(malformed(
+                line,
+                "unbalanced double quotes (a quoted field never closed, or a quote inside an \
+                 unquoted field)"
+                    .into(),
+            ));
         }
-    }
-    if in_quotes {
-        return Err(DataError::MalformedCsv {
-            path: path.into(),
-            line: start_line,
-            message: "unterminated quoted field".into(),
-        });
-    }
-    if !field.is_empty() || !fields.is_empty() || was_quoted {
-        fields.push(field);
-        records.push((start_line, fields));
+        records.push((line, record.clone()));
+        line += body.matches('\n').count();
     }
     Ok(records)
 }
@@ -429,10 +407,36 @@ mod tests {
             data.skipped[..],
             [DataError::MalformedCsv { line: 6, .. }]
         ));
-        let bad = file(".csv", b"text,label\n\"unterminated,1\n");
-        assert!(ClassificationData::load(bad.path(), false).is_err());
-        let no_col = file(".csv", b"body,label\nx,1\n");
-        assert!(ClassificationData::load(no_col.path(), false).is_err());
+        let malformed_at =
+            |f: &tempfile::NamedTempFile| match ClassificationData::load(f.path(), false) {
+                Err(DataError::MalformedCsv { path, line, .. }) => {
+                    assert_eq!(path, f.path().display().to_string());
+                    line
+                }
+                other => panic!("{other:?}"),
+            };
+        let bad = file(".csv", b"text,label\nok,1\n\"unterminated,1\nx,0\n");
+        assert_eq!(malformed_at(&bad), 3);
+        let stray = file(".csv", b"text,label\nok,1\nsay \"hi,0\nx,1\n");
+        assert_eq!(malformed_at(&stray), 3);
+        let no_col = file(".csv", b"\nbody,label\nx,1\n");
+        assert_eq!(malformed_at(&no_col), 2);
+        assert_eq!(malformed_at(&file(".csv", b"\n\n")), 1);
+        // Blank lines are skipped and counted, with `\n` or `\r\n` line ends.
+        let blanks = file(
+            ".csv",
+            b"text,label\r\n\r\n\"a\r\nb\",1\r\n\r\n\r\nshort\r\nc,0\n\nd\n",
+        );
+        let data = ClassificationData::load(blanks.path(), false).unwrap();
+        assert_eq!(data.examples.len(), 2);
+        assert_eq!(data.examples[0].text, "a\r\nb");
+        assert!(matches!(
+            data.skipped[..],
+            [
+                DataError::MalformedCsv { line: 7, .. },
+                DataError::MalformedCsv { line: 10, .. }
+            ]
+        ));
         let utf8 = file(".csv", b"text,label\nok,1\n\xff\xfe,0\n");
         assert_eq!(
             ClassificationData::load(utf8.path(), false).unwrap_err(),

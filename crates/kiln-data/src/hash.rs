@@ -12,13 +12,13 @@ const P2: u64 = 0x8ebc_6af0_9c88_c6e3;
 
 /// Multiply two 64-bit values to 128 bits and fold the halves.
 #[inline]
-pub fn mum(a: u64, b: u64) -> u64 {
+pub(crate) fn mum(a: u64, b: u64) -> u64 {
     let r = (a as u128) * (b as u128);
     (r as u64) ^ ((r >> 64) as u64)
 }
 
 /// A well-mixed 64-bit hash of `bytes` under `seed`.
-pub fn hash64(bytes: &[u8], seed: u64) -> u64 {
+pub(crate) fn hash64(bytes: &[u8], seed: u64) -> u64 {
     let mut h = seed ^ P0 ^ (bytes.len() as u64).wrapping_mul(P1);
     let mut chunks = bytes.chunks_exact(8);
     for c in &mut chunks {
@@ -36,7 +36,7 @@ pub fn hash64(bytes: &[u8], seed: u64) -> u64 {
 
 /// MurmurHash3's 64-bit finalizer: every input bit affects every output bit.
 #[inline]
-pub fn fmix64(mut x: u64) -> u64 {
+pub(crate) fn fmix64(mut x: u64) -> u64 {
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
@@ -47,27 +47,27 @@ pub fn fmix64(mut x: u64) -> u64 {
 /// SplitMix64: a tiny, fully specified generator, so seeded streams (masking, corpus
 /// generation) stay the same across versions of every dependency.
 #[derive(Clone, Debug)]
-pub struct SplitMix64(u64);
+pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
     /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(seed)
     }
 
     /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         fmix_splitmix(self.0)
     }
 
     /// Uniform in `0..n` (`n > 0`), by 128-bit multiply (Lemire), bias below 2^-64·n.
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
     }
 
     /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
@@ -80,7 +80,7 @@ fn fmix_splitmix(mut z: u64) -> u64 {
 
 /// A hasher for keys that are already uniform hashes: passes the bits through.
 #[derive(Default, Clone, Copy, Debug)]
-pub struct PreHashed(u64);
+pub(crate) struct PreHashed(u64);
 
 impl Hasher for PreHashed {
     fn finish(&self) -> u64 {
@@ -98,7 +98,7 @@ impl Hasher for PreHashed {
 }
 
 /// `HashMap`/`HashSet` state for pre-hashed keys.
-pub type BuildPreHashed = BuildHasherDefault<PreHashed>;
+pub(crate) type BuildPreHashed = BuildHasherDefault<PreHashed>;
 
 #[cfg(test)]
 mod tests {

@@ -21,9 +21,10 @@
 //!      [`ClassificationBatcher`] → [`ClassificationBatch`]);
 //!    - [`addition`]: the 3-digit addition task of the main job.
 //!
-//! Also: [`batch`] (the batch types, defined in kiln-core), [`synthetic`] (corpora with planted duplicates for
-//! tests and benchmarks), [`hash`] (stable hashing), [`prepare`] (the whole preparation of a
-//! corpus into a shard directory), [`DataError`]. `examples/prepare_data.rs`
+//! Also: [`batch`] (the batch types, defined in kiln-core), [`synthetic`] (corpora with
+//! planted duplicates for tests and benchmarks), [`prepare`] (the whole preparation of a corpus
+//! into a shard directory), [`DataError`]. Dedup keys, MinHash and masking share one small
+//! stable hash (the crate-private `hash` module). `examples/prepare_data.rs`
 //! runs steps 1-5 from the command line; `docs/data.md` is the guide.
 //!
 //! ```
@@ -53,7 +54,7 @@ pub mod classification;
 pub mod clean;
 pub mod dedup;
 mod error;
-pub mod hash;
+mod hash;
 pub mod input;
 pub mod minhash;
 pub mod mlm;

@@ -6,15 +6,20 @@
 //! every string encodes and `decode(encode(x)) == x`. WordPiece (BERT, Devlin et al. 2019)
 //! lowercases (optionally), splits on whitespace and punctuation, and marks word-internal
 //! pieces with `##`.
+//!
+//! Training is deterministic: the same texts always give the same vocabulary and ids, in one
+//! process or across runs (HuggingFace's WordPiece trainer alone does not promise that; the
+//! private `SortedPieceTrainer` below says where hash order leaked and how it is kept out).
 
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
-use tokenizers::AddedToken;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
-use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainerBuilder};
+use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer, WordPieceTrainerBuilder};
 use tokenizers::models::{ModelWrapper, TrainerWrapper};
 use tokenizers::normalizers::{BertNormalizer, NormalizerWrapper};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
@@ -22,6 +27,7 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{AddedToken, Trainer};
 
 use crate::{CharTokenizer, DataError};
 
@@ -139,6 +145,8 @@ impl Tokenizer {
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .special_tokens(added_tokens(special_tokens))
             .build();
+        // Deterministic as it stands: every symbol a word starts as is one of the 256 byte
+        // characters, given ids in sorted order, and ties between merges go to the smaller ids.
         // No prefix space and no normalizer, so decoding gives back exactly the input.
         let byte_level = ByteLevel::new(false, true, true);
         let mut tk = tokenizers::Tokenizer::new(ModelWrapper::BPE(BPE::default()));
@@ -172,7 +180,6 @@ impl Tokenizer {
             .vocab_size(vocab_size)
             .min_frequency(2)
             .show_progress(false)
-            .special_tokens(added_tokens(&BERT_SPECIAL_TOKENS))
             .build();
         let mut tk = tokenizers::Tokenizer::new(ModelWrapper::WordPiece(WordPiece::default()));
         tk.with_normalizer(Some(NormalizerWrapper::BertNormalizer(
@@ -183,7 +190,7 @@ impl Tokenizer {
             BertPreTokenizer,
         )));
         tk.with_decoder(Some(DecoderWrapper::WordPiece(WordPieceDecoder::default())));
-        tk.train(&mut TrainerWrapper::WordPieceTrainer(trainer), texts)
+        tk.train(&mut SortedPieceTrainer(trainer), texts)
             .map_err(DataError::tokenizer)?;
         let id = |t: &str| {
             tk.token_to_id(t)
@@ -302,6 +309,64 @@ impl Tokenizer {
     }
 }
 
+/// HuggingFace's WordPiece trainer, made deterministic.
+///
+/// The trainer gives each `##c` piece (character `c` inside a word) its id when it first meets
+/// it while iterating a hash map of the corpus's words, so in an order that changes with every
+/// map; and ids break ties between equally frequent merges, so the same corpus trained into
+/// different vocabularies (HuggingFace `tokenizers` issue #1794). Here the `##c` pieces are
+/// collected while the words are counted and handed to the trainer, sorted, as tokens to place
+/// first (its "special tokens", right after the BERT ones): they are already in the vocabulary
+/// when the trainer meets them, in an order that depends on the text alone. They stay ordinary
+/// vocabulary entries: [`Trainer::train`] returns only [`BERT_SPECIAL_TOKENS`] as special.
+struct SortedPieceTrainer(WordPieceTrainer);
+
+impl Trainer for SortedPieceTrainer {
+    type Model = ModelWrapper;
+
+    fn should_show_progress(&self) -> bool {
+        self.0.show_progress()
+    }
+
+    fn train(&self, model: &mut ModelWrapper) -> tokenizers::Result<Vec<AddedToken>> {
+        let ModelWrapper::WordPiece(wordpiece) = model else {
+            return Err("the WordPiece trainer needs a WordPiece model".into());
+        };
+        self.0.train(wordpiece)?;
+        Ok(added_tokens(&BERT_SPECIAL_TOKENS))
+    }
+
+    fn feed<I, S, F>(&mut self, texts: I, words_of: F) -> tokenizers::Result<()>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+        F: Fn(&str) -> tokenizers::Result<Vec<String>> + Sync,
+    {
+        // The characters seen inside words (not first), whose `##` pieces the trainer adds.
+        let inner = Mutex::new(BTreeSet::new());
+        self.0.feed(texts, |text| {
+            let words = words_of(text)?;
+            let here: BTreeSet<char> = words.iter().flat_map(|w| w.chars().skip(1)).collect();
+            inner
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .extend(here);
+            Ok(words)
+        })?;
+        let inner = inner
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut first = added_tokens(&BERT_SPECIAL_TOKENS);
+        first.extend(
+            inner
+                .into_iter()
+                .map(|c| AddedToken::from(format!("##{c}"), true)),
+        );
+        self.0.set_special_tokens(first);
+        Ok(())
+    }
+}
+
 fn added_tokens(tokens: &[&str]) -> Vec<AddedToken> {
     tokens
         .iter()
@@ -367,6 +432,16 @@ mod tests {
             Tokenizer::train_wordpiece(texts.into_iter().cycle().take(100), 300, true).unwrap();
         let s = tok.bert_special_tokens().unwrap();
         assert_eq!(s.ids(), [0, 1, 2, 3, 4]);
+        // The `##` pieces placed first for determinism are ordinary tokens, not special ones.
+        assert!(tok.token_to_id("##o").is_some());
+        let json: serde_json::Value = serde_json::from_str(&tok.to_json().unwrap()).unwrap();
+        let added: Vec<&str> = json["added_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(added, BERT_SPECIAL_TOKENS);
         let ids = tok.encode_with_special_tokens("the quick fox").unwrap();
         assert_eq!((ids[0], *ids.last().unwrap()), (s.cls, s.sep));
         assert_eq!(

@@ -14,9 +14,9 @@
 //! - [`clip`]: whole-model gradient utilities: [`grad_norm`], [`scale_grads`], [`add_grads`],
 //!   [`clip_grad_norm`] (torch `clip_grad_norm_` semantics), [`clip_grad_norm_lamb`].
 //! - [`schedule`]: HF warmup schedules, SGDR, step, exponential and one-cycle, as Burn
-//!   `LrScheduler`s.
+//!   `LrScheduler`s; [`ScheduleConfig`] (serializable) sizes a schedule whose `total_steps`
+//!   is `None` to the run ([`ScheduleConfig::init_for_run`]).
 //! - [`OptimError`]: every refused hyperparameter.
-//! - [`warmup_cosine`]: the GPT-3 schedule as a pure function (used by `examples/train_gpt.rs`).
 //!
 //! ```
 //! use burn::module::{Module, Param};
@@ -60,7 +60,6 @@ pub mod regularization;
 pub mod schedule;
 pub mod sgd;
 mod state;
-mod warmup_cosine;
 
 pub use adam::{AdamConfig, AdamWConfig};
 pub use clip::{add_grads, clip_grad_norm, clip_grad_norm_lamb, grad_norm, scale_grads};
@@ -74,4 +73,3 @@ pub use schedule::{
     ScheduleConfig, Scheduler, StepDecayConfig, WarmupDecayConfig, validate_lr,
 };
 pub use sgd::SgdConfig;
-pub use warmup_cosine::warmup_cosine;

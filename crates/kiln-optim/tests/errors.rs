@@ -1,11 +1,12 @@
 //! Bad hyperparameters are an `OptimError`, never a panic or a silently wrong result.
 
 use burn::module::{Module, Param};
+use burn::optim::lr_scheduler::LrScheduler;
 use burn::tensor::{Device, Tensor};
 use kiln_optim::{
     AdamConfig, AdamWConfig, CosineWarmRestartsConfig, DecayShape, ExponentialDecayConfig,
-    GroupRule, LambConfig, OneCycleConfig, OptimError, Regularization, SgdConfig, StepDecayConfig,
-    WarmupDecayConfig, validate_lr,
+    GroupRule, LambConfig, OneCycleConfig, OptimError, Regularization, ScheduleConfig, SgdConfig,
+    StepDecayConfig, WarmupDecayConfig, validate_lr,
 };
 
 #[derive(Module, Debug)]
@@ -121,17 +122,67 @@ fn group_patterns_must_match() {
 }
 
 #[test]
+fn schedules_that_decay_to_the_end_need_the_run_length() {
+    let message = |r: Result<Box<dyn LrScheduler>, OptimError>| match r {
+        Err(OptimError::InvalidSchedule(m)) => m,
+        other => panic!("expected InvalidSchedule, got {:?}", other.err()),
+    };
+    let shapes = [
+        DecayShape::Linear,
+        DecayShape::Cosine {
+            num_cycles: 0.5,
+            min_lr_ratio: 0.0,
+        },
+        DecayShape::Polynomial {
+            power: 1.0,
+            end_lr: 0.0,
+        },
+    ];
+    let mut without_length: Vec<ScheduleConfig> = shapes
+        .into_iter()
+        .map(|shape| WarmupDecayConfig::new(0.1, 10).with_shape(shape).into())
+        .collect();
+    without_length.push(OneCycleConfig::new(0.1).into());
+    for config in without_length {
+        let m = message(config.init());
+        assert!(m.contains("total_steps") && m.contains("Trainer"), "{m}");
+        assert!(config.init_for_run(100).is_ok());
+    }
+    // Constant and inverse-sqrt decay never end, so they need no length.
+    for shape in [
+        DecayShape::Constant,
+        DecayShape::InverseSqrt { timescale: None },
+    ] {
+        let mut schedule = WarmupDecayConfig::new(0.1, 10)
+            .with_shape(shape)
+            .init()
+            .unwrap();
+        assert_eq!((0..11).map(|_| schedule.step()).last(), Some(0.1));
+    }
+    // A run shorter than the warmup is caught once the length is known.
+    assert!(matches!(
+        WarmupDecayConfig::cosine(0.1, 10, None).init_for_run(5),
+        Err(OptimError::InvalidSchedule(_))
+    ));
+}
+
+#[test]
 fn schedules_refuse_bad_learning_rates_and_lengths() {
     for lr in [-0.1, f64::NAN, f64::INFINITY] {
         assert!(is_hyper(
-            WarmupDecayConfig::new(lr, 10, 100).init(),
+            WarmupDecayConfig::new(lr, 10)
+                .with_total_steps(Some(100))
+                .init(),
             "peak_lr"
         ));
         assert!(is_hyper(
             CosineWarmRestartsConfig::new(lr, 10).init(),
             "base_lr"
         ));
-        assert!(is_hyper(OneCycleConfig::new(lr, 100).init(), "max_lr"));
+        assert!(is_hyper(
+            OneCycleConfig::new(lr).with_total_steps(Some(100)).init(),
+            "max_lr"
+        ));
         assert!(is_hyper(StepDecayConfig::new(lr, 10).init(), "base_lr"));
         assert!(is_hyper(
             ExponentialDecayConfig::new(lr, 0.9).init(),
@@ -141,15 +192,20 @@ fn schedules_refuse_bad_learning_rates_and_lengths() {
     }
     assert!(validate_lr(0.0).is_ok());
     assert!(matches!(
-        WarmupDecayConfig::new(0.1, 101, 100).init(),
+        WarmupDecayConfig::new(0.1, 101)
+            .with_total_steps(Some(100))
+            .init(),
         Err(OptimError::InvalidSchedule(_))
     ));
     assert!(matches!(
-        WarmupDecayConfig::new(0.1, 0, 0).init(),
+        WarmupDecayConfig::new(0.1, 0)
+            .with_total_steps(Some(0))
+            .init(),
         Err(OptimError::InvalidSchedule(_))
     ));
     assert!(is_hyper(
-        WarmupDecayConfig::new(0.1, 10, 100)
+        WarmupDecayConfig::new(0.1, 10)
+            .with_total_steps(Some(100))
             .with_shape(DecayShape::Polynomial {
                 power: 1.0,
                 end_lr: 0.2
@@ -158,7 +214,8 @@ fn schedules_refuse_bad_learning_rates_and_lengths() {
         "end_lr"
     ));
     assert!(is_hyper(
-        WarmupDecayConfig::new(0.1, 10, 100)
+        WarmupDecayConfig::new(0.1, 10)
+            .with_total_steps(Some(100))
             .with_shape(DecayShape::Cosine {
                 num_cycles: 0.5,
                 min_lr_ratio: 1.5
@@ -177,11 +234,14 @@ fn schedules_refuse_bad_learning_rates_and_lengths() {
         Err(OptimError::InvalidSchedule(_))
     ));
     assert!(is_hyper(
-        OneCycleConfig::new(0.1, 100).with_pct_start(1.0).init(),
+        OneCycleConfig::new(0.1)
+            .with_total_steps(Some(100))
+            .with_pct_start(1.0)
+            .init(),
         "pct_start"
     ));
     assert!(matches!(
-        OneCycleConfig::new(0.1, 2).init(),
+        OneCycleConfig::new(0.1).with_total_steps(Some(2)).init(),
         Err(OptimError::InvalidSchedule(_))
     ));
     assert!(is_hyper(

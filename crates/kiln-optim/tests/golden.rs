@@ -188,7 +188,8 @@ fn scheduler(kiln: &Value) -> Box<dyn LrScheduler> {
             other => panic!("unknown shape {other}"),
         };
         return Box::new(
-            WarmupDecayConfig::new(f("peak_lr"), u("warmup_steps"), u("total_steps"))
+            WarmupDecayConfig::new(f("peak_lr"), u("warmup_steps"))
+                .with_total_steps(Some(u("total_steps")))
                 .with_shape(shape)
                 .init()
                 .unwrap(),
@@ -203,7 +204,8 @@ fn scheduler(kiln: &Value) -> Box<dyn LrScheduler> {
                 .unwrap(),
         ),
         "one_cycle" => {
-            let mut config = OneCycleConfig::new(f("max_lr"), u("total_steps"));
+            let mut config =
+                OneCycleConfig::new(f("max_lr")).with_total_steps(Some(u("total_steps")));
             if let Some(p) = kiln.get("pct_start") {
                 config = config.with_pct_start(p.as_f64().unwrap());
             }

@@ -133,7 +133,7 @@ proptest! {
             3 => (DecayShape::Polynomial { power, end_lr: peak * ratio * 0.99 }, peak * ratio * 0.99),
             _ => (DecayShape::InverseSqrt { timescale: None }, 0.0),
         };
-        let sched = WarmupDecayConfig::new(peak, warmup, total).with_shape(shape).init().unwrap();
+        let sched = WarmupDecayConfig::new(peak, warmup).with_total_steps(Some(total)).with_shape(shape).init().unwrap();
         let curve = sched.curve();
         let mut previous = 0.0;
         for step in 0..total + 20 {
@@ -165,7 +165,7 @@ proptest! {
             let lr = sgdr.curve().lr_at(step);
             prop_assert!(lr >= eta_min - 1e-12 && lr <= base + 1e-12);
         }
-        let cycle = OneCycleConfig::new(base, total)
+        let cycle = OneCycleConfig::new(base).with_total_steps(Some(total))
             .with_pct_start(pct)
             .with_three_phase(three_phase)
             .with_anneal(if three_phase { Anneal::Linear } else { Anneal::Cos })

@@ -134,7 +134,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
         })?;
         let total = total_steps(&config, self.train.len())?;
         let mut optimizer = self.optimizer.init(&model)?;
-        let mut scheduler = self.schedule.init()?; // MERGE: init_for_run(total)
+        let mut scheduler = self.schedule.init_for_run(total)?;
         let checkpoints = config
             .checkpoint_path()
             .map(|dir| CheckpointDir::new(dir, config.keep_checkpoints));

@@ -62,7 +62,7 @@ pub fn save_pretrained(model: &impl HfExport, dir: impl AsRef<Path>) -> Result<(
         .map_err(|e| ModelError::format(&config_file, e))?;
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     write_atomic(&weights_file, &weights)?;
-    write_atomic(&config_file, config.as_bytes())
+    Ok(write_atomic(&config_file, config.as_bytes())?)
 }
 
 /// `tensors` in the safetensors format, with the `{"format": "pt"}` metadata transformers

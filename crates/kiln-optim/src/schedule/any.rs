@@ -54,7 +54,21 @@ impl ScheduleConfig {
         })
     }
 
+    /// Validates and builds the scheduler for a run of `total_steps` optimizer steps: a
+    /// warmup-decay or one-cycle schedule whose `total_steps` is `None` lasts the run (one set
+    /// explicitly is kept); the other schedules have no length and build as with
+    /// [`ScheduleConfig::init`].
+    pub fn init_for_run(&self, total_steps: usize) -> Result<Box<dyn LrScheduler>, OptimError> {
+        Ok(match self {
+            Self::WarmupDecay(c) => Box::new(c.init_for_run(total_steps)?),
+            Self::OneCycle(c) => Box::new(c.init_for_run(total_steps)?),
+            _ => self.init()?,
+        })
+    }
+
     /// Validates and builds the scheduler (boxed: the curve type depends on the variant).
+    /// A schedule that needs the run's length and has no `total_steps` is an error (use
+    /// [`ScheduleConfig::init_for_run`]).
     pub fn init(&self) -> Result<Box<dyn LrScheduler>, OptimError> {
         Ok(match self {
             Self::Constant(lr) => {

@@ -10,7 +10,8 @@
 //! - [`CosineWarmRestartsConfig`] ([`sgdr`]): PyTorch `CosineAnnealingWarmRestarts` (SGDR).
 //! - [`StepDecayConfig`], [`ExponentialDecayConfig`] ([`decay`]): PyTorch `StepLR`, `ExponentialLR`.
 //! - [`OneCycleConfig`] ([`one_cycle`]): PyTorch `OneCycleLR` (learning rate only).
-//! - [`ScheduleConfig`]: any of them (or a constant), serializable, built boxed.
+//! - [`ScheduleConfig`]: any of them (or a constant), serializable, built boxed; with
+//!   [`ScheduleConfig::init_for_run`], sized to the run where its `total_steps` is `None`.
 
 mod any;
 pub mod decay;
@@ -51,16 +52,6 @@ impl<C: LrCurve> Scheduler<C> {
     /// The curve.
     pub fn curve(&self) -> &C {
         &self.curve
-    }
-
-    /// How many times `step()` has been called (the next step's index).
-    pub fn current_step(&self) -> usize {
-        self.step
-    }
-
-    /// The learning rate the next `step()` will return, without advancing.
-    pub fn peek(&self) -> f64 {
-        self.curve.lr_at(self.step)
     }
 }
 

@@ -24,8 +24,9 @@ pub enum Anneal {
 pub struct OneCycleConfig {
     /// The peak learning rate.
     pub max_lr: f64,
-    /// Steps of the whole cycle.
-    pub total_steps: usize,
+    /// Steps of the whole cycle; `None`: the run's length, given to
+    /// [`OneCycleConfig::init_for_run`].
+    pub total_steps: Option<usize>,
     /// Fraction of the run spent increasing.
     #[config(default = 0.3)]
     pub pct_start: f64,
@@ -44,9 +45,25 @@ pub struct OneCycleConfig {
 }
 
 impl OneCycleConfig {
-    /// Validates and builds the scheduler.
+    /// [`OneCycleConfig::init`] for a run of `total_steps` steps: the config's own
+    /// `total_steps` when set, else the run's.
+    pub fn init_for_run(&self, total_steps: usize) -> Result<Scheduler<OneCycle>, OptimError> {
+        self.clone()
+            .with_total_steps(Some(self.total_steps.unwrap_or(total_steps)))
+            .init()
+    }
+
+    /// Validates and builds the scheduler; without `total_steps` this is an error (use
+    /// [`OneCycleConfig::init_for_run`]).
     pub fn init(&self) -> Result<Scheduler<OneCycle>, OptimError> {
         check_lr("max_lr", self.max_lr)?;
+        let Some(total_steps) = self.total_steps else {
+            return Err(OptimError::InvalidSchedule(
+                "one-cycle needs the run's length: set total_steps, or let the Trainer size the \
+                 schedule (init_for_run)"
+                    .to_string(),
+            ));
+        };
         positive("div_factor", self.div_factor)?;
         positive("final_div_factor", self.final_div_factor)?;
         if !(self.pct_start > 0.0 && self.pct_start < 1.0) {
@@ -56,7 +73,7 @@ impl OneCycleConfig {
                 reason: "must be in (0, 1)",
             });
         }
-        let t = self.total_steps as f64;
+        let t = total_steps as f64;
         let initial = self.max_lr / self.div_factor;
         let min = initial / self.final_div_factor;
         let phases = if self.three_phase {
@@ -76,8 +93,9 @@ impl OneCycleConfig {
         for &(end, _, _) in &phases {
             if end <= start {
                 return Err(OptimError::InvalidSchedule(format!(
-                    "one-cycle phases of {} steps with pct_start {} leave an empty phase",
-                    self.total_steps, self.pct_start
+                    "one-cycle phases of {total_steps} steps with pct_start {} leave an empty \
+                     phase",
+                    self.pct_start
                 )));
             }
             start = end;

@@ -10,6 +10,9 @@
 //! | cosine | `peak·(r + (1 − r)·½(1 + cos(2π·cycles·p)))`, floored at 0; `r` = `min_lr_ratio` |
 //! | polynomial | `(peak − end)·(1 − p)^power + end`, `end` after `total` |
 //! | inverse sqrt | `peak/sqrt((step + timescale − warmup)/timescale)` |
+//!
+//! `total` is `total_steps`, or, where that is `None`, the run's length given to
+//! [`WarmupDecayConfig::init_for_run`]; constant and inverse-sqrt decay do without it.
 
 use std::f64::consts::PI;
 
@@ -47,42 +50,74 @@ pub enum DecayShape {
     },
 }
 
-/// Warmup then decay. `total_steps` is the length of the run (used by linear, cosine and
-/// polynomial; checked against the warmup for all).
+/// Warmup then decay. `total_steps` is the length of the run: linear, cosine and polynomial
+/// decay need it; `None` (the default) stands for the run's length, filled in by
+/// [`WarmupDecayConfig::init_for_run`] (or `ScheduleConfig::init_for_run`, as kiln-train's
+/// Trainer calls it), so a training config states its step count once.
 #[derive(Config, Debug)]
 pub struct WarmupDecayConfig {
     /// The learning rate at the end of the warmup.
     pub peak_lr: f64,
     /// Linear warmup steps from 0.
     pub warmup_steps: usize,
-    /// Steps of the whole run.
-    pub total_steps: usize,
+    /// Steps of the whole run; `None`: the run's length, given to `init_for_run`.
+    pub total_steps: Option<usize>,
     /// The decay after warmup.
     #[config(default = "DecayShape::Linear")]
     pub shape: DecayShape,
 }
 
 impl WarmupDecayConfig {
-    /// HF's cosine: half a cosine to 0.
-    pub fn cosine(peak_lr: f64, warmup_steps: usize, total_steps: usize) -> Self {
-        Self::new(peak_lr, warmup_steps, total_steps).with_shape(DecayShape::Cosine {
-            num_cycles: 0.5,
-            min_lr_ratio: 0.0,
-        })
+    /// HF's cosine: half a cosine to 0 at `total_steps` (a number of steps, or `None` for the
+    /// run's length).
+    pub fn cosine(
+        peak_lr: f64,
+        warmup_steps: usize,
+        total_steps: impl Into<Option<usize>>,
+    ) -> Self {
+        Self::new(peak_lr, warmup_steps)
+            .with_total_steps(total_steps.into())
+            .with_shape(DecayShape::Cosine {
+                num_cycles: 0.5,
+                min_lr_ratio: 0.0,
+            })
     }
 
-    /// Validates and builds the scheduler.
+    /// [`WarmupDecayConfig::init`] for a run of `total_steps` steps: the config's own
+    /// `total_steps` when set, else the run's.
+    pub fn init_for_run(&self, total_steps: usize) -> Result<Scheduler<WarmupDecay>, OptimError> {
+        self.clone()
+            .with_total_steps(Some(self.total_steps.unwrap_or(total_steps)))
+            .init()
+    }
+
+    /// Validates and builds the scheduler. Linear, cosine and polynomial decay need
+    /// `total_steps`; without it this is an error (use [`WarmupDecayConfig::init_for_run`]).
     pub fn init(&self) -> Result<Scheduler<WarmupDecay>, OptimError> {
         check_lr("peak_lr", self.peak_lr)?;
-        if self.total_steps == 0 {
+        let decay_to_the_end = match self.shape {
+            DecayShape::Linear => Some("linear"),
+            DecayShape::Cosine { .. } => Some("cosine"),
+            DecayShape::Polynomial { .. } => Some("polynomial"),
+            DecayShape::Constant | DecayShape::InverseSqrt { .. } => None,
+        };
+        if let (Some(shape), None) = (decay_to_the_end, self.total_steps) {
+            return Err(OptimError::InvalidSchedule(format!(
+                "{shape} decay needs the run's length: set total_steps, or let the Trainer size \
+                 the schedule (init_for_run)"
+            )));
+        }
+        if self.total_steps == Some(0) {
             return Err(OptimError::InvalidSchedule(
                 "total_steps must be > 0".to_string(),
             ));
         }
-        if self.warmup_steps > self.total_steps {
+        if let Some(total) = self.total_steps
+            && self.warmup_steps > total
+        {
             return Err(OptimError::InvalidSchedule(format!(
-                "warmup ({} steps) is longer than the run ({} steps)",
-                self.warmup_steps, self.total_steps
+                "warmup ({} steps) is longer than the run ({total} steps)",
+                self.warmup_steps
             )));
         }
         match &self.shape {
@@ -122,7 +157,8 @@ impl WarmupDecayConfig {
         Ok(Scheduler::new(WarmupDecay {
             config_peak: self.peak_lr,
             warmup: self.warmup_steps,
-            total: self.total_steps,
+            // Constant and inverse-sqrt decay never read the length, so it may be unset there.
+            total: self.total_steps.unwrap_or(self.warmup_steps),
             shape: self.shape.clone(),
         }))
     }
