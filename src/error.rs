@@ -19,6 +19,9 @@ pub enum Error {
     /// Pruning, quantization or their archives (kiln-compress).
     #[error(transparent)]
     Compress(#[from] kiln_compress::CompressError),
+    /// Communication between processes (kiln-dist).
+    #[error(transparent)]
+    Dist(#[from] kiln_dist::DistError),
     /// Writing or reading weights and files atomically (kiln-core).
     #[error(transparent)]
     Store(#[from] kiln_core::StoreError),

@@ -8,6 +8,7 @@
 //! - [`train`]: the training loop and its tricks, driven by one [`RunConfig`](train::RunConfig).
 //! - [`compress`]: pruning and quantization.
 //! - [`data`]: cleaning, deduplication, tokenization and datasets.
+//! - [`dist`]: training on many processes and machines (MPI, NCCL), data parallelism, ZeRO-1.
 //! - [`core`]: what the crates share (batch types, `TrainModel`, precision, seeds).
 //! - [`recipe`]: runs that work, to start from (the main job's among them).
 //! - [`device`]: picking a backend by name (`flex`, `wgpu`, `cuda:1`, `auto`).
@@ -85,6 +86,12 @@ pub mod train {
 /// Pruning and quantization (the `kiln-compress` crate).
 pub mod compress {
     pub use kiln_compress::*;
+}
+
+/// Process groups, collectives, data parallelism and ZeRO-1 on MPI and NCCL (the `kiln-dist`
+/// crate; MPI with the `mpi` feature).
+pub mod dist {
+    pub use kiln_dist::*;
 }
 
 /// Text to training batches (the `kiln-data` crate).

@@ -18,6 +18,7 @@ use burn::optim::lr_scheduler::{LrScheduler, LrSchedulerRecord};
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Bytes;
 use kiln_core::store::sync_dir;
+use kiln_dist::ProcessGroup;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -36,6 +37,8 @@ const RUN: &str = "run.json";
 const BEST: &str = "best.bpk";
 const MANIFEST: &str = "manifest.json";
 const PREFIX: &str = "step-";
+/// The most optimizer shards (ranks of a ZeRO-1 run) a manifest may list.
+const MAX_SHARDS: usize = 1 << 16;
 
 /// The loop's own state: everything besides model, optimizer and schedule that a resumed run
 /// needs to continue exactly.
@@ -57,12 +60,48 @@ pub struct TrainerState {
     pub stopped_early: bool,
     /// The evaluation of the best model early stopping has kept, and its step.
     pub best_eval: Option<(usize, EvalMetrics)>,
+    /// The number of data-parallel ranks that trained.
+    #[serde(default = "one")]
+    pub world_size: usize,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Manifest {
     step: usize,
+    /// How many files the optimizer state is split into: 1, or the world size of a ZeRO-1
+    /// run (`optimizer-rank{r}.bpk`).
+    #[serde(default = "one")]
+    optimizer_shards: usize,
     files: Vec<ManifestEntry>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The optimizer state file of `rank` when the state is split into `shards` files.
+fn optimizer_file(rank: usize, shards: usize) -> String {
+    if shards == 1 {
+        OPTIMIZER.to_string()
+    } else {
+        format!("optimizer-rank{rank}.bpk")
+    }
+}
+
+/// What one checkpoint holds.
+pub struct Snapshot<'a, M> {
+    /// The model.
+    pub model: &'a M,
+    /// The best weights early stopping keeps.
+    pub best: Option<&'a M>,
+    /// This rank's optimizer (its shard of the state under ZeRO-1).
+    pub optimizer: &'a ModuleOptimizer,
+    /// The schedule.
+    pub scheduler: &'a dyn LrScheduler,
+    /// The loop state.
+    pub state: &'a TrainerState,
+    /// The run's config.
+    pub run: &'a serde_json::Value,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -80,8 +119,10 @@ pub struct Checkpoint {
     pub state: TrainerState,
     /// The config of the run that wrote it (JSON).
     pub run: serde_json::Value,
+    /// The number of optimizer state files (the world size of a ZeRO-1 run, else 1).
+    pub optimizer_shards: usize,
     model: Vec<u8>,
-    optimizer: Vec<u8>,
+    optimizer: Vec<Vec<u8>>,
     scheduler: Vec<u8>,
     best: Option<Vec<u8>>,
 }
@@ -100,10 +141,21 @@ impl Checkpoint {
             .transpose()
     }
 
-    /// Restores an optimizer built with the same config.
-    pub fn load_optimizer(&self, optimizer: ModuleOptimizer) -> Result<ModuleOptimizer> {
-        let record = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(self.optimizer.clone()))
-            .map_err(|e| TrainError::corrupt(self.path.join(OPTIMIZER), format!("{e:?}")))?;
+    /// Restores an optimizer built with the same config: `rank`'s shard of the state when the
+    /// checkpoint holds one per rank.
+    pub fn load_optimizer(
+        &self,
+        optimizer: ModuleOptimizer,
+        rank: usize,
+    ) -> Result<ModuleOptimizer> {
+        let shard = if self.optimizer_shards == 1 { 0 } else { rank };
+        let path = self.path.join(optimizer_file(shard, self.optimizer_shards));
+        let bytes = self
+            .optimizer
+            .get(shard)
+            .ok_or_else(|| TrainError::corrupt(&path, "no such optimizer shard"))?;
+        let record = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(bytes.clone()))
+            .map_err(|e| TrainError::corrupt(&path, format!("{e:?}")))?;
         Ok(optimizer.load_record(record))
     }
 
@@ -115,6 +167,14 @@ impl Checkpoint {
         scheduler.load_record(record);
         Ok(())
     }
+}
+
+/// The optimizer's state as bytes.
+fn optimizer_bytes(optimizer: &ModuleOptimizer) -> Result<Vec<u8>> {
+    Ok(optimizer
+        .into_bytes()
+        .map_err(|e| TrainError::Data(format!("serializing the optimizer: {e:?}")))?
+        .to_vec())
 }
 
 /// Model weights as burnpack bytes.
@@ -151,69 +211,110 @@ impl CheckpointDir {
         &self.dir
     }
 
-    /// Writes a checkpoint atomically and removes the ones beyond the newest `keep`. `run` is
-    /// the run's config, `best` the best weights early stopping keeps.
+    /// Writes a checkpoint atomically and removes the ones beyond the newest `keep`. Called by
+    /// every rank of `group`: rank 0 writes the checkpoint, and with `shard_optimizer` (ZeRO-1)
+    /// every rank writes its own optimizer state into it first; the folder appears, renamed
+    /// into place, only when every file is on disk (a shared file system across machines).
     pub fn save<M: Module>(
         &self,
-        model: &M,
-        best: Option<&M>,
-        optimizer: &ModuleOptimizer,
-        scheduler: &dyn LrScheduler,
-        state: &TrainerState,
-        run: &serde_json::Value,
-    ) -> Result<PathBuf> {
-        fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
-        let name = format!("{PREFIX}{:08}", state.step);
+        snapshot: Snapshot<'_, M>,
+        group: &ProcessGroup,
+        shard_optimizer: bool,
+    ) -> Result<Option<PathBuf>> {
+        let name = format!("{PREFIX}{:08}", snapshot.state.step);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let final_path = self.dir.join(&name);
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        let shards = if shard_optimizer { group.size() } else { 1 };
+        if group.is_main() {
+            fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
+            if tmp.exists() {
+                fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+            }
+            fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
         }
-        fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        group.barrier()?;
 
-        let optimizer_bytes = optimizer
-            .into_bytes()
-            .map_err(|e| TrainError::Data(format!("serializing the optimizer: {e:?}")))?;
-        let scheduler_bytes = scheduler
+        // The optimizer shards: each rank writes its own and reports its entry.
+        let mut entries = Vec::new();
+        if shards > 1 || group.is_main() {
+            let bytes = optimizer_bytes(snapshot.optimizer)?;
+            let file = optimizer_file(group.rank(), shards);
+            write_synced(&tmp.join(&file), &bytes)?;
+            entries.push(ManifestEntry {
+                name: file,
+                len: bytes.len() as u64,
+                sha256: sha256_hex(&bytes),
+            });
+        }
+        if shards > 1 {
+            let mine = serde_json::to_vec(&entries).expect("entries serialize");
+            entries = Vec::new();
+            for theirs in group.all_gather_vec(&mine)? {
+                let theirs: Vec<ManifestEntry> = serde_json::from_slice(&theirs)
+                    .map_err(|e| TrainError::Data(format!("optimizer shard entry: {e}")))?;
+                entries.extend(theirs);
+            }
+        }
+
+        let written = if group.is_main() {
+            Some(self.finish(&snapshot, &tmp, &final_path, shards, entries)?)
+        } else {
+            None
+        };
+        group.barrier()?;
+        Ok(written)
+    }
+
+    /// Rank 0's part: the other files, the manifest, the rename, the pruning.
+    fn finish<M: Module>(
+        &self,
+        snapshot: &Snapshot<'_, M>,
+        tmp: &Path,
+        final_path: &Path,
+        optimizer_shards: usize,
+        mut entries: Vec<ManifestEntry>,
+    ) -> Result<PathBuf> {
+        let scheduler_bytes = snapshot
+            .scheduler
             .to_record()
             .into_bytes()
             .map_err(|e| TrainError::Data(format!("serializing the schedule: {e:?}")))?;
-        let trainer = serde_json::to_vec_pretty(state)
+        let trainer = serde_json::to_vec_pretty(snapshot.state)
             .map_err(|e| TrainError::Data(format!("serializing the trainer state: {e}")))?;
-        let run = serde_json::to_vec_pretty(run).expect("JSON values serialize");
+        let run = serde_json::to_vec_pretty(snapshot.run).expect("JSON values serialize");
         let mut files: Vec<(&str, Vec<u8>)> = vec![
-            (MODEL, model_bytes(model)?),
-            (OPTIMIZER, optimizer_bytes.to_vec()),
+            (MODEL, model_bytes(snapshot.model)?),
             (SCHEDULER, scheduler_bytes.to_vec()),
             (TRAINER, trainer),
             (RUN, run),
         ];
-        if let Some(best) = best {
+        if let Some(best) = snapshot.best {
             files.push((BEST, model_bytes(best)?));
         }
-        let mut manifest = Manifest {
-            step: state.step,
-            files: Vec::new(),
-        };
         for (file, bytes) in &files {
             write_synced(&tmp.join(file), bytes)?;
-            manifest.files.push(ManifestEntry {
+            entries.push(ManifestEntry {
                 name: file.to_string(),
                 len: bytes.len() as u64,
                 sha256: sha256_hex(bytes),
             });
         }
+        let manifest = Manifest {
+            step: snapshot.state.step,
+            optimizer_shards,
+            files: entries,
+        };
         let manifest = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         write_synced(&tmp.join(MANIFEST), &manifest)?;
-        sync_dir(&tmp);
+        sync_dir(tmp);
 
         if final_path.exists() {
-            fs::remove_dir_all(&final_path).map_err(|e| TrainError::io(&final_path, e))?;
+            fs::remove_dir_all(final_path).map_err(|e| TrainError::io(final_path, e))?;
         }
-        fs::rename(&tmp, &final_path).map_err(|e| TrainError::io(&final_path, e))?;
+        fs::rename(tmp, final_path).map_err(|e| TrainError::io(final_path, e))?;
         sync_dir(&self.dir);
         self.prune()?;
-        Ok(final_path)
+        Ok(final_path.to_path_buf())
     }
 
     /// Checkpoint folders, newest first.
@@ -316,14 +417,27 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
             ),
         ));
     }
+    if manifest.optimizer_shards == 0 || manifest.optimizer_shards > MAX_SHARDS {
+        return Err(TrainError::corrupt(
+            &manifest_path,
+            format!(
+                "{} optimizer shards (1 to {MAX_SHARDS})",
+                manifest.optimizer_shards
+            ),
+        ));
+    }
+    let optimizer = (0..manifest.optimizer_shards)
+        .map(|rank| take(&optimizer_file(rank, manifest.optimizer_shards)))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Checkpoint {
         path: path.to_path_buf(),
         state,
+        run,
+        optimizer_shards: manifest.optimizer_shards,
         model: take(MODEL)?,
-        optimizer: take(OPTIMIZER)?,
+        optimizer,
         scheduler: take(SCHEDULER)?,
         best,
-        run,
     })
 }
 

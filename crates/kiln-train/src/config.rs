@@ -7,6 +7,7 @@ use crate::error::{Result as TrainResult, TrainError};
 use crate::loss_scale::LossScaleConfig;
 use crate::recompute::Recompute;
 use kiln_core::Precision;
+use kiln_dist::DataParallelConfig;
 
 /// What to do when the loss or the gradient norm is NaN or infinite in an f32 or bf16 run
 /// (f16 runs skip the step and back off the loss scale instead).
@@ -90,6 +91,10 @@ pub struct TrainerConfig {
     /// No progress output.
     #[config(default = false)]
     pub quiet: bool,
+    /// Data parallelism across the ranks of a process group (`Trainer::with_process_group`):
+    /// gradient buckets, the reduction dtype, ZeRO-1. Ignored by a single process.
+    #[config(default = "DataParallelConfig::new()")]
+    pub data_parallel: DataParallelConfig,
 }
 
 impl TrainerConfig {
@@ -117,6 +122,9 @@ impl TrainerConfig {
             return bad("log_every must be > 0".into());
         }
         self.loss_scale.validate().or_else(bad)?;
+        self.data_parallel
+            .validate()
+            .map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
         if let Some(es) = &self.early_stopping {
             es.validate().or_else(bad)?;
         }

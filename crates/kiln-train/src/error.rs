@@ -87,6 +87,9 @@ pub enum TrainError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Communication between the ranks of a data-parallel run failed, or they disagree.
+    #[error(transparent)]
+    Dist(#[from] kiln_dist::DistError),
     /// The optimizer utilities rejected an argument.
     #[error(transparent)]
     Optim(#[from] kiln_optim::OptimError),
@@ -120,4 +123,4 @@ impl TrainError {
 }
 
 /// Results of kiln-train.
-pub type Result<T> = std::result::Result<T, TrainError>;
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;

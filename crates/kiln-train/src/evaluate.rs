@@ -4,6 +4,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use kiln_core::{Batch, TrainModel};
+use kiln_dist::{ProcessGroup, ReduceOp};
 
 use crate::batch_source::BatchSource;
 use crate::error::{Result, TrainError};
@@ -49,31 +50,59 @@ where
     M: TrainModel<B>,
     B: Batch,
 {
+    evaluate_in(
+        model,
+        data,
+        batch_size,
+        max_items,
+        device,
+        &ProcessGroup::single(),
+    )
+}
+
+/// [`evaluate`] shared by the ranks of `group`: rank r takes batches r, r + N, ..., and the
+/// sums are all-reduced, so every rank gets the metrics of the whole evaluation set.
+pub fn evaluate_in<M, B>(
+    model: &M,
+    data: &BatchSource<B>,
+    batch_size: usize,
+    max_items: Option<usize>,
+    device: &Device,
+    group: &ProcessGroup,
+) -> Result<EvalMetrics>
+where
+    M: TrainModel<B>,
+    B: Batch,
+{
     let model = model.valid();
     let device = device.clone().without_autodiff();
     let items = max_items.map_or(data.len(), |m| m.min(data.len()));
-    let (mut loss_sum, mut units, mut correct, mut counts_correct) = (0.0, 0usize, 0i64, true);
+    // [loss · units, units, correct, batches that did not count correct predictions]
+    let mut sums = [0.0f64; 4];
     let indices: Vec<usize> = (0..items).collect();
-    for chunk in indices.chunks(batch_size.max(1)) {
+    let chunks = indices.chunks(batch_size.max(1));
+    for chunk in chunks.skip(group.rank()).step_by(group.size()) {
         let batch = data.batch(chunk, &device)?;
         let weight = batch.weight();
         let out = model.forward_step(&batch).map_err(TrainError::Model)?;
-        loss_sum += out.loss.into_scalar::<f64>() * weight as f64;
-        units += weight;
+        sums[0] += out.loss.into_scalar::<f64>() * weight as f64;
+        sums[1] += weight as f64;
         match out.correct {
-            Some(c) => correct += c.into_scalar::<i64>(),
-            None => counts_correct = false,
+            Some(c) => sums[2] += c.into_scalar::<i64>() as f64,
+            None => sums[3] += 1.0,
         }
     }
-    let loss = if units == 0 {
+    group.all_reduce_f64(&mut sums, ReduceOp::Sum)?;
+    let [loss_sum, units, correct, uncounted] = sums;
+    let loss = if units == 0.0 {
         f64::NAN
     } else {
-        loss_sum / units as f64
+        loss_sum / units
     };
     Ok(EvalMetrics {
         loss,
         perplexity: loss.exp(),
-        accuracy: (counts_correct && units > 0).then(|| correct as f64 / units as f64),
-        units,
+        accuracy: (uncounted == 0.0 && units > 0.0).then(|| correct / units),
+        units: units as usize,
     })
 }

@@ -9,17 +9,18 @@ use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, GradientCheckpointingStrategy, Tensor};
 use kiln_core::{Batch, BoxError, TrainModel, seed};
+use kiln_dist::{DataParallel, ProcessGroup, ReduceOp};
 use kiln_optim::{OptimizerConfig, ScheduleConfig, grad_norm, scale_grads};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::batch_source::BatchSource;
-use crate::checkpoint::{CheckpointDir, TrainerState};
+use crate::checkpoint::{CheckpointDir, Snapshot, TrainerState};
 use crate::config::{NonFinitePolicy, TrainerConfig};
 use crate::data_order::{DataOrder, DataPosition};
 use crate::early_stopping::Verdict;
 use crate::error::{Result, TrainError};
-use crate::evaluate::{EvalMetrics, evaluate};
+use crate::evaluate::{EvalMetrics, evaluate_in};
 use crate::metrics_log::{MetricsLog, MetricsRecord};
 use crate::param_ids::stable_param_ids;
 use crate::plot::training_plot;
@@ -74,6 +75,7 @@ pub struct Trainer<M, B> {
     train: BatchSource<B>,
     eval: Option<BatchSource<B>>,
     hooks: Vec<Box<dyn StepHook<M>>>,
+    group: ProcessGroup,
 }
 
 impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
@@ -93,7 +95,19 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             train,
             eval: None,
             hooks: Vec::new(),
+            group: ProcessGroup::single(),
         })
+    }
+
+    /// Data parallelism over `group` (PyTorch DDP's semantics): every rank trains the same
+    /// model on its own micro-batches of each step (`batch_size` is per rank), gradients and
+    /// metrics are summed across ranks, rank 0 prints, logs and writes checkpoints. With `N`
+    /// ranks and accumulation `a`, a step is the step of one process accumulating `N·a`
+    /// micro-batches. `TrainerConfig::data_parallel` sets buckets, the reduction dtype and
+    /// ZeRO-1.
+    pub fn with_process_group(mut self, group: ProcessGroup) -> Self {
+        self.group = group;
+        self
     }
 
     /// Evaluation data: loss, perplexity and accuracy every `eval_every` steps.
@@ -118,7 +132,17 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             ));
         }
         let device = config.recompute.training_device(device);
+        let group = self.group.clone();
+        let (rank, ranks) = (group.rank(), group.size());
         let mut model = prepare(model, config.recompute);
+        // Every rank runs the same config on the same data from rank 0's weights.
+        let dp = DataParallel::new(group.clone(), config.data_parallel.clone(), &model)?;
+        group.check_same("the run config", self.run.to_string().as_bytes())?;
+        group.check_same(
+            "the number of training items",
+            self.train.len().to_string().as_bytes(),
+        )?;
+        model = dp.check_and_broadcast(model)?;
         let mut order = DataOrder::new(
             self.train.len(),
             config.batch_size,
@@ -132,7 +156,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 config.batch_size
             ))
         })?;
-        let total = total_steps(&config, self.train.len())?;
+        let total = total_steps(&config, self.train.len(), ranks)?;
         let mut optimizer = self.optimizer.init(&model)?;
         let mut scheduler = self.schedule.init_for_run(total)?;
         let checkpoints = config
@@ -151,8 +175,10 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             early_stopping: config.early_stopping.as_ref().map(|c| c.init()),
             stopped_early: false,
             best_eval: None,
+            world_size: ranks,
         };
-        let mut progress = Progress::new(0, total, B::UNITS, config.quiet);
+        let quiet = config.quiet || !group.is_main();
+        let mut progress = Progress::new(0, total, B::UNITS, quiet);
         let mut resumed_from = None;
         let mut best_model: Option<M> = None;
         if let Some(dir) = checkpoints.as_ref().filter(|_| config.resume)
@@ -161,14 +187,15 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 &mut optimizer,
                 scheduler.as_mut(),
                 dir,
+                &dp,
                 &progress,
             )?
         {
             (model, state, best_model) = restored;
             resumed_from = Some(state.step);
-            progress = Progress::new(state.step, total, B::UNITS, config.quiet);
+            progress = Progress::new(state.step, total, B::UNITS, quiet);
         }
-        let log = match &config.run_dir {
+        let log = match config.run_dir.as_ref().filter(|_| group.is_main()) {
             Some(dir) => {
                 let dir = PathBuf::from(dir);
                 let log = MetricsLog::open(&dir, resumed_from)?;
@@ -181,25 +208,39 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
 
         let mut last_eval = None;
         let mut loss_since_log = (0.0, 0usize);
+        let mut reported_memory = false;
         while state.step < total && !state.stopped_early {
-            // Dropout draws from the device generator: seeding it per step makes a resumed run
-            // draw what the uninterrupted one drew.
-            device.seed(seed::mix(config.seed, state.step as u64));
+            // Dropout draws from the device generator: seeding it per step (and per
+            // micro-batch) makes a resumed run draw what the uninterrupted one drew.
+            let step_seed = seed::mix(config.seed, state.step as u64);
             let epoch_before = state.position.epoch;
 
-            // 1. Micro-batches and their weights.
-            let mut batches = Vec::with_capacity(config.grad_accumulation);
-            for _ in 0..config.grad_accumulation {
+            // 1. The step's micro-batches: `grad_accumulation` on each rank, this rank's in
+            //    one run of the shared order. Their weights are summed over every rank.
+            let per_rank = config.grad_accumulation;
+            let mut batches = Vec::with_capacity(per_rank);
+            for index in 0..per_rank * ranks {
                 let indices = order.next_batch(&mut state.position);
-                batches.push(self.train.batch(&indices, &device)?);
+                if index / per_rank == rank {
+                    batches.push((index, self.train.batch(&indices, &device)?));
+                }
             }
+            let mut units = [batches.iter().map(|(_, b)| b.weight() as f64).sum::<f64>()];
+            group.all_reduce_f64(&mut units, ReduceOp::Sum)?;
+            let units = units[0] as usize;
 
-            // 2. Forward and backward of each, gradients averaged by weight.
+            // 2. Forward and backward of each, gradients averaged by weight, then summed over
+            //    the ranks.
             let loss_scale = state.scaler.as_ref().map_or(1.0, |s| s.scale());
-            let (loss, mut grads, units) =
-                accumulate_gradients(&model, &batches, loss_scale, &config, &device)?;
+            let (loss, grads) = accumulate_gradients(
+                &model, &batches, units, loss_scale, step_seed, &config, &device,
+            )?;
+            let mut loss = [loss];
+            group.all_reduce_f64(&mut loss, ReduceOp::Sum)?;
+            let loss = loss[0];
+            let mut grads = dp.all_reduce_gradients(&model, grads)?;
 
-            // 3. Unscale, check, clip.
+            // 3. Unscale, check, clip (every rank holds the same gradients: same decisions).
             if loss_scale != 1.0 {
                 grads = scale_grads(&model, grads, 1.0 / loss_scale);
             }
@@ -217,10 +258,16 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 {
                     grads = scale_grads(&model, grads, max / (norm + 1e-6));
                 }
-                // 4. The optimizer's own preparation (LAMB's global clipping), the step, then
-                //    the hooks.
+                // 4. The optimizer's own preparation (LAMB's global clipping), the step (under
+                //    ZeRO-1 each rank steps its own parameters and shares them), the hooks.
                 let (grads, _) = self.optimizer.prepare_gradients(&model, grads)?;
+                let grads = dp.owned_gradients(&model, grads)?;
                 model = optimizer.step(lr, model, grads);
+                model = dp.share_updated(model)?;
+                if !reported_memory {
+                    reported_memory = true;
+                    report_optimizer_memory(&optimizer, &dp, &progress)?;
+                }
                 if !self.hooks.is_empty() {
                     for hook in &mut self.hooks {
                         model = hook
@@ -277,12 +324,13 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 every => state.step.is_multiple_of(every),
             };
             if let Some(eval) = self.eval.as_ref().filter(|_| due || last_step) {
-                let metrics = evaluate(
+                let metrics = evaluate_in(
                     &model,
                     eval,
                     config.eval_batch_size,
                     config.eval_items,
                     &device,
+                    &group,
                 )?;
                 progress.println(&format!("step {}: held-out {metrics}", state.step));
                 if let Some(log) = &log {
@@ -341,14 +389,15 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 if !params_finite(&model) {
                     return Err(TrainError::NonFiniteWeights { step: state.step });
                 }
-                dir.save(
-                    &model,
-                    best_model.as_ref(),
-                    &optimizer,
-                    scheduler.as_ref(),
-                    &state,
-                    &self.run,
-                )?;
+                let snapshot = Snapshot {
+                    model: &model,
+                    best: best_model.as_ref(),
+                    optimizer: &optimizer,
+                    scheduler: scheduler.as_ref(),
+                    state: &state,
+                    run: &self.run,
+                };
+                dir.save(snapshot, &group, dp.shards_optimizer())?;
             }
         }
         progress.finish();
@@ -390,6 +439,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
         optimizer: &mut ModuleOptimizer,
         scheduler: &mut dyn LrScheduler,
         dir: &CheckpointDir,
+        dp: &DataParallel,
         progress: &Progress,
     ) -> Result<Option<Restored<M>>> {
         let Some((checkpoint, skipped)) = dir.latest()? else {
@@ -407,9 +457,19 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 current,
             });
         }
+        let ranks = dp.group().size();
+        let shards = if dp.shards_optimizer() { ranks } else { 1 };
+        if checkpoint.state.world_size != ranks || checkpoint.optimizer_shards != shards {
+            return Err(TrainError::InvalidConfig(format!(
+                "{} was written by {} rank(s) with {} optimizer shard(s); this run has {ranks} rank(s) and {shards}: resume with the same number of processes (and ZeRO setting)",
+                checkpoint.path.display(),
+                checkpoint.state.world_size,
+                checkpoint.optimizer_shards
+            )));
+        }
         let best = checkpoint.load_best(model.clone())?;
         let model = checkpoint.load_model(model)?;
-        *optimizer = checkpoint.load_optimizer(optimizer.clone())?;
+        *optimizer = checkpoint.load_optimizer(optimizer.clone(), dp.group().rank())?;
         checkpoint.load_scheduler(scheduler)?;
         progress.println(&format!(
             "resumed from {} (step {})",
@@ -420,12 +480,14 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
     }
 }
 
-/// Optimizer steps of a run over `items` training items.
-fn total_steps(config: &TrainerConfig, items: usize) -> Result<usize> {
-    let per_epoch = (items / config.batch_size.max(1)) / config.grad_accumulation.max(1);
+/// Optimizer steps of a run over `items` training items, each step taking
+/// `grad_accumulation` micro-batches on each of `ranks` ranks.
+fn total_steps(config: &TrainerConfig, items: usize, ranks: usize) -> Result<usize> {
+    let micro = config.grad_accumulation.max(1) * ranks.max(1);
+    let per_epoch = (items / config.batch_size.max(1)) / micro;
     if per_epoch == 0 {
         return Err(TrainError::InvalidConfig(format!(
-            "{items} training items make no full step of {} x {} examples",
+            "{items} training items make no full step of {ranks} rank(s) x {} x {} examples",
             config.grad_accumulation, config.batch_size
         )));
     }
@@ -437,23 +499,30 @@ fn total_steps(config: &TrainerConfig, items: usize) -> Result<usize> {
     })
 }
 
+/// One step's micro-batches on this rank: `(index among the step's micro-batches on every
+/// rank, batch)`.
+type MicroBatches<B> = Vec<(usize, B)>;
+
 /// Forward and backward of each micro-batch in the configured precision and recomputation,
-/// its loss weighted by its share of the step's loss-carrying units, so that the summed
-/// gradients are the average over the whole step. Returns the mean loss, the gradients (still
-/// multiplied by `loss_scale`) and the units.
+/// its loss weighted by its share of the step's loss-carrying units on every rank (`units`),
+/// so that the gradients summed over micro-batches and ranks are the average over the whole
+/// step. Each micro-batch reseeds the device from `(step_seed, its index)`: dropout draws the
+/// same masks whichever rank computes it. Returns this rank's share of the mean loss and its
+/// gradients (still multiplied by `loss_scale`).
 fn accumulate_gradients<M: TrainModel<B>, B: Batch>(
     model: &M,
-    batches: &[B],
+    batches: &MicroBatches<B>,
+    units: usize,
     loss_scale: f64,
+    step_seed: u64,
     config: &TrainerConfig,
     device: &Device,
-) -> Result<(f64, GradientsParams, usize)> {
-    let weights: Vec<usize> = batches.iter().map(Batch::weight).collect();
-    let units: usize = weights.iter().sum();
+) -> Result<(f64, GradientsParams)> {
     let mut accumulated = GradientsAccumulator::<M>::new();
     let mut loss = 0.0;
-    for (batch, weight) in batches.iter().zip(weights) {
-        let share = weight as f64 / units.max(1) as f64;
+    for (index, batch) in batches {
+        device.seed(seed::mix(step_seed, *index as u64));
+        let share = batch.weight() as f64 / units.max(1) as f64;
         let (out, grads) = match config.recompute {
             Recompute::PerBlock => {
                 per_block_backward(model, batch, loss_scale * share, config.precision, device)?
@@ -469,7 +538,7 @@ fn accumulate_gradients<M: TrainModel<B>, B: Batch>(
         loss += out.loss.into_scalar::<f64>() * share;
         accumulated.accumulate(model, grads);
     }
-    Ok((loss, accumulated.grads(), units))
+    Ok((loss, accumulated.grads()))
 }
 
 /// Stable parameter ids (so optimizer state survives a restart) and the autodiff strategy of
@@ -511,6 +580,33 @@ impl ModuleMapper for AsLeaves {
             }
         })
     }
+}
+
+/// Prints the optimizer state each rank keeps (all of it, or its ZeRO-1 shard), once.
+fn report_optimizer_memory(
+    optimizer: &ModuleOptimizer,
+    dp: &DataParallel,
+    progress: &Progress,
+) -> Result<()> {
+    let bytes = optimizer
+        .into_bytes()
+        .map_err(|e| TrainError::Data(format!("serializing the optimizer: {e:?}")))?
+        .len();
+    let all = dp.group().all_gather_vec(&(bytes as u64).to_le_bytes())?;
+    let mib: Vec<String> = all
+        .iter()
+        .map(|b| {
+            let bytes = u64::from_le_bytes(b.as_slice().try_into().unwrap_or([0; 8]));
+            format!("{:.2}", bytes as f64 / (1 << 20) as f64)
+        })
+        .collect();
+    progress.println(&format!(
+        "optimizer state per rank (MiB): {} ({} of {} parameters on this rank)",
+        mib.join(", "),
+        dp.owned_elements(),
+        dp.total_elements()
+    ));
+    Ok(())
 }
 
 /// Whether every parameter is finite (one value read back).

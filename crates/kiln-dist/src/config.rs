@@ -1,0 +1,57 @@
+//! The data-parallel settings of a run (part of kiln-train's `TrainerConfig`).
+
+use burn::config::Config;
+
+use crate::error::{DistError, Result};
+
+/// The dtype gradients travel in.
+#[derive(Config, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceDtype {
+    /// Full precision: the sum of the ranks' f32 gradients.
+    F32,
+    /// f16 on the wire, f32 accumulation (half the traffic; 10-bit mantissa, small range).
+    F16,
+    /// bf16 on the wire, f32 accumulation (half the traffic; f32's range, 7-bit mantissa).
+    Bf16,
+}
+
+/// How gradients are reduced and optimizer state is kept across the ranks of a data-parallel
+/// run; defaults from PyTorch DDP (25 MB buckets) and ZeRO off.
+#[derive(Config, Debug, PartialEq)]
+pub struct DataParallelConfig {
+    /// Gradients are all-reduced in buckets of about this many megabytes (DDP's
+    /// `bucket_cap_mb`).
+    #[config(default = 25.0)]
+    pub bucket_mb: f64,
+    /// The dtype gradients travel in.
+    #[config(default = "ReduceDtype::F32")]
+    pub reduce_dtype: ReduceDtype,
+    /// ZeRO stage: 0 keeps the whole optimizer state on every rank; 1 shards it by parameter
+    /// (Rajbhandari et al. 2020): each rank updates the parameters it owns and broadcasts them.
+    #[config(default = 0)]
+    pub zero_stage: usize,
+}
+
+impl DataParallelConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.bucket_mb.is_finite() && self.bucket_mb > 0.0) {
+            return Err(DistError::InvalidArgument(format!(
+                "bucket_mb must be > 0, got {}",
+                self.bucket_mb
+            )));
+        }
+        if self.zero_stage > 1 {
+            return Err(DistError::InvalidArgument(format!(
+                "ZeRO stage {} is not implemented (0 or 1)",
+                self.zero_stage
+            )));
+        }
+        Ok(())
+    }
+
+    /// Elements of f32 per bucket (at least one).
+    pub fn bucket_elements(&self) -> usize {
+        ((self.bucket_mb * 1e6 / 4.0) as usize).max(1)
+    }
+}

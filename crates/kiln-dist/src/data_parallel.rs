@@ -1,0 +1,224 @@
+//! The pieces of data parallelism, each a call the training loop makes (PyTorch DDP's
+//! semantics, Li et al. 2020):
+//!
+//! - [`DataParallel::check_and_broadcast`]: at the start, every rank must hold the same model
+//!   (names, shapes, dtypes: an all-gathered fingerprint, the first difference named), and
+//!   rank 0's initial weights become everyone's.
+//! - [`DataParallel::all_reduce_gradients`]: after the backward passes, the ranks' gradients are
+//!   summed in buckets of `bucket_mb`, in f32 or with half-precision traffic. A parameter that
+//!   has a gradient on some ranks only counts as zero on the others (DDP's unused parameters).
+//! - ZeRO-1 ([`DataParallel::owned_gradients`], [`DataParallel::share_updated`]): each
+//!   parameter has one owner; a rank steps only its own parameters (Burn's `ModuleOptimizer`
+//!   leaves a parameter without gradient untouched and keeps no state for it), then every owner
+//!   broadcasts what it updated.
+//!
+//! Gradients and parameters cross to the host as one flat buffer ([`flat`](crate::flat)).
+//! Burn 0.22.1's autodiff has no per-parameter hook inside the backward pass, so buckets are
+//! reduced after it, not overlapped with it (see `docs/distributed.md`).
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+
+use crate::communicator::ReduceOp;
+use crate::config::DataParallelConfig;
+use crate::error::{DistError, Result};
+use crate::flat::{Layout, put_grads, read_params, take_grads, write_params};
+use crate::process_group::ProcessGroup;
+use crate::ring;
+
+/// Data parallelism over a process group, for one model.
+#[derive(Clone, Debug)]
+pub struct DataParallel {
+    group: ProcessGroup,
+    config: DataParallelConfig,
+    layout: Layout,
+    /// The rank that owns each parameter (ZeRO-1), in layout order.
+    owners: Vec<usize>,
+}
+
+impl DataParallel {
+    /// Data parallelism for `model` (its layout is taken here; every rank must pass the same
+    /// model, which [`check_and_broadcast`](Self::check_and_broadcast) verifies).
+    pub fn new<M: Module>(
+        group: ProcessGroup,
+        config: DataParallelConfig,
+        model: &M,
+    ) -> Result<Self> {
+        config.validate()?;
+        let layout = Layout::of(model);
+        let owners = balance(&layout, group.size());
+        Ok(Self {
+            group,
+            config,
+            layout,
+            owners,
+        })
+    }
+
+    /// The group.
+    pub fn group(&self) -> &ProcessGroup {
+        &self.group
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DataParallelConfig {
+        &self.config
+    }
+
+    /// Checks that every rank holds the same model, then gives every rank rank 0's weights.
+    pub fn check_and_broadcast<M: Module>(&self, model: M) -> Result<M> {
+        self.check_same_model()?;
+        if self.group.size() == 1 {
+            return Ok(model);
+        }
+        let mut values = read_params(&model, &self.layout)?;
+        self.group.broadcast_f32(&mut values, 0)?;
+        Ok(write_params(model, &self.layout, &values, |_| true))
+    }
+
+    fn check_same_model(&self) -> Result<()> {
+        let lines = self.layout.describe();
+        let all = self.group.all_gather_vec(lines.join("\n").as_bytes())?;
+        for (rank, theirs) in all.iter().enumerate().skip(1) {
+            if theirs != &all[0] {
+                let (ours, theirs) = (
+                    String::from_utf8_lossy(&all[0]).into_owned(),
+                    String::from_utf8_lossy(theirs).into_owned(),
+                );
+                let difference = ours
+                    .lines()
+                    .map(Some)
+                    .chain(std::iter::repeat(None))
+                    .zip(theirs.lines().map(Some).chain(std::iter::repeat(None)))
+                    .take(ours.lines().count().max(theirs.lines().count()))
+                    .find(|(a, b)| a != b)
+                    .map(|(a, b)| {
+                        format!(
+                            "rank 0 has `{}`, rank {rank} has `{}`",
+                            a.unwrap_or("nothing more"),
+                            b.unwrap_or("nothing more")
+                        )
+                    })
+                    .unwrap_or_default();
+                return Err(DistError::ModelMismatch { rank, difference });
+            }
+        }
+        Ok(())
+    }
+
+    /// The sum of every rank's gradients, on every rank.
+    pub fn all_reduce_gradients<M: Module>(
+        &self,
+        model: &M,
+        mut grads: GradientsParams,
+    ) -> Result<GradientsParams> {
+        if self.group.size() == 1 {
+            return Ok(grads);
+        }
+        let (mut values, present) = take_grads(model, &self.layout, &mut grads)?;
+        let mut anywhere: Vec<f32> = present.iter().map(|&p| f32::from(u8::from(p))).collect();
+        self.group.all_reduce_f32(&mut anywhere, ReduceOp::Max)?;
+        for bucket in values.chunks_mut(self.config.bucket_elements()) {
+            ring::all_reduce(&self.group, bucket, ReduceOp::Sum, self.config.reduce_dtype)?;
+        }
+        let anywhere: Vec<bool> = anywhere.iter().map(|&p| p > 0.0).collect();
+        put_grads(model, &self.layout, &values, &anywhere, &mut grads);
+        Ok(grads)
+    }
+
+    /// Whether ZeRO-1 shards the optimizer state.
+    pub fn shards_optimizer(&self) -> bool {
+        self.config.zero_stage == 1 && self.group.size() > 1
+    }
+
+    /// ZeRO-1: only the gradients of the parameters this rank owns (all of them without ZeRO).
+    pub fn owned_gradients<M: Module>(
+        &self,
+        model: &M,
+        mut grads: GradientsParams,
+    ) -> Result<GradientsParams> {
+        if !self.shards_optimizer() {
+            return Ok(grads);
+        }
+        let (values, present) = take_grads(model, &self.layout, &mut grads)?;
+        let rank = self.group.rank();
+        let mine: Vec<bool> = present
+            .iter()
+            .zip(&self.owners)
+            .map(|(&p, &owner)| p && owner == rank)
+            .collect();
+        put_grads(model, &self.layout, &values, &mine, &mut grads);
+        Ok(grads)
+    }
+
+    /// ZeRO-1: every owner broadcasts the parameters it updated; returns the model with
+    /// everyone's updates (the model itself without ZeRO).
+    pub fn share_updated<M: Module>(&self, model: M) -> Result<M> {
+        if !self.shards_optimizer() {
+            return Ok(model);
+        }
+        let mut values = read_params(&model, &self.layout)?;
+        for owner in 0..self.group.size() {
+            let slots: Vec<_> = self
+                .layout
+                .slots
+                .iter()
+                .zip(&self.owners)
+                .filter(|(_, o)| **o == owner)
+                .map(|(s, _)| s.offset..s.offset + s.len)
+                .collect();
+            let mut packed: Vec<f32> = slots
+                .iter()
+                .flat_map(|r| values[r.clone()].to_vec())
+                .collect();
+            self.group.broadcast_f32(&mut packed, owner)?;
+            let mut at = 0;
+            for range in slots {
+                let len = range.len();
+                values[range].copy_from_slice(&packed[at..at + len]);
+                at += len;
+            }
+        }
+        let rank = self.group.rank();
+        Ok(write_params(model, &self.layout, &values, |i| {
+            self.owners[i] != rank
+        }))
+    }
+
+    /// Parameters (elements) whose optimizer state this rank keeps: all of them without ZeRO.
+    pub fn owned_elements(&self) -> usize {
+        if !self.shards_optimizer() {
+            return self.layout.len;
+        }
+        let rank = self.group.rank();
+        self.layout
+            .slots
+            .iter()
+            .zip(&self.owners)
+            .filter(|(_, o)| **o == rank)
+            .map(|(s, _)| s.len)
+            .sum()
+    }
+
+    /// All parameter elements of the model.
+    pub fn total_elements(&self) -> usize {
+        self.layout.len
+    }
+}
+
+/// Each parameter to the rank with the fewest elements so far, in visiting order (ties to the
+/// lower rank): deterministic, so every rank computes the same owners.
+fn balance(layout: &Layout, ranks: usize) -> Vec<usize> {
+    let mut load = vec![0usize; ranks.max(1)];
+    layout
+        .slots
+        .iter()
+        .map(|slot| {
+            let rank = (0..load.len())
+                .min_by_key(|&r| (load[r], r))
+                .expect("one rank");
+            load[rank] += slot.len;
+            rank
+        })
+        .collect()
+}

@@ -1,0 +1,52 @@
+//! kiln-dist: training on many processes and machines.
+//!
+//! Burn 0.22.1 reduces only between the devices of one process, and only on CUDA; kiln runs on
+//! the engine clusters already run, MPI, and on NCCL where the devices are NVIDIA GPUs.
+//!
+//! - [`ProcessGroup`] ([`process_group`]): the ranks that train together, from the launcher's
+//!   environment (`mpirun`, `srun`) or a group of one; sub-groups by [`ProcessGroup::split`].
+//! - [`Communicator`] ([`communicator`]): the engine, all-reduce (sum, mean, max, min),
+//!   broadcast, all-gather, reduce-scatter, send/receive and barrier on host buffers;
+//!   [`SingleProcess`] always, `MpiCommunicator` with the `mpi` feature, `NcclCommunicator`
+//!   with `nccl`. The same collectives on Burn tensors ([`tensor`]).
+//! - [`ring`]: all-reduce with f16/bf16 traffic and f32 accumulation.
+//! - [`flat`]: a model's parameters or gradients as one flat buffer.
+//! - [`DataParallel`] ([`data_parallel`]): what kiln-train's loop calls for data parallelism:
+//!   the model check and broadcast at the start, bucketed gradient all-reduce, ZeRO-1.
+//! - [`DataParallelConfig`] ([`config`]), [`DistError`].
+//!
+//! ```
+//! use kiln_dist::{ProcessGroup, ReduceOp};
+//!
+//! // Alone (not under mpirun): a group of one, whose collectives are the identity.
+//! let group = ProcessGroup::from_env()?;
+//! let mut grads = vec![1.0f32, 2.0];
+//! group.all_reduce_f32(&mut grads, ReduceOp::Sum)?;
+//! assert_eq!((group.rank(), group.size(), grads), (0, 1, vec![1.0, 2.0]));
+//! # Ok::<(), kiln_dist::DistError>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod communicator;
+mod config;
+pub mod data_parallel;
+mod error;
+pub mod flat;
+#[cfg(feature = "mpi")]
+mod mpi_comm;
+#[cfg(feature = "nccl")]
+mod nccl;
+pub mod process_group;
+pub mod ring;
+pub mod tensor;
+
+pub use communicator::{Communicator, ReduceOp, SingleProcess};
+pub use config::{DataParallelConfig, ReduceDtype};
+pub use data_parallel::DataParallel;
+pub use error::{DistError, Result};
+#[cfg(feature = "mpi")]
+pub use mpi_comm::MpiCommunicator;
+#[cfg(feature = "nccl")]
+pub use nccl::NcclCommunicator;
+pub use process_group::ProcessGroup;
