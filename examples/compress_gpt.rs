@@ -187,13 +187,19 @@ enum Model {
 
 impl Model {
     fn generate(&self, prompts: &[Vec<usize>]) -> Result<Vec<Vec<usize>>, Failure> {
-        Ok(match self {
-            Model::F32(gpt) => gpt.generate(
-                prompts,
-                &GenerateConfig::new().with_max_new_tokens(ANSWER_LEN),
-            )?,
-            Model::Int8(q) => q.generate(prompts, ANSWER_LEN)?,
-        })
+        let prompts: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| p.iter().map(|&t| t as u32).collect())
+            .collect();
+        let config = GenerateConfig::new().with_max_new_tokens(ANSWER_LEN);
+        let out = match self {
+            Model::F32(gpt) => gpt.generate(&prompts, &config)?,
+            Model::Int8(q) => q.generate(&prompts, &config)?,
+        };
+        Ok(out
+            .into_iter()
+            .map(|s| s.into_iter().map(|t| t as usize).collect())
+            .collect())
     }
 
     fn forward(&self, ids: Tensor<2, Int>) -> Result<Tensor<3>, Failure> {
@@ -205,7 +211,7 @@ impl Model {
 
     fn params(&self) -> usize {
         match self {
-            Model::F32(gpt) => gpt.param_count(),
+            Model::F32(gpt) => gpt.num_params(),
             Model::Int8(q) => q.num_params(),
         }
     }
@@ -286,7 +292,7 @@ fn run() -> Result<(), Failure> {
     let dense = match &args.load {
         Some(dir) => {
             println!("loading the dense model from {}", dir.display());
-            load_model(dir, &device, |c: &GptConfig, d| c.init(d))?.0
+            load_model::<GptConfig>(dir, &device)?.0
         }
         None => {
             println!("training the dense model: {} steps", args.steps);
@@ -310,7 +316,7 @@ fn run() -> Result<(), Failure> {
         Ok(Row {
             variant: name.into(),
             sparsity: linear_sparsity(&gpt),
-            params: gpt.param_count(),
+            params: gpt.num_params(),
             bytes,
             accuracy: accuracy(&model, &problems)?,
             tokens_per_s: 0.0,
@@ -440,13 +446,13 @@ fn run() -> Result<(), Failure> {
     // Inference speed: one batch of held-out sequences, the variants interleaved.
     let mut rng = StdRng::seed_from_u64(args.seed ^ 0xBE);
     let held = AdditionDataset::held_out();
-    let sequences: Vec<Vec<usize>> = (0..args.bench_batch)
+    let sequences: Vec<Vec<u32>> = (0..args.bench_batch)
         .map(|_| {
             let p = held.problems()[rng.random_range(0..held.len())];
             let mut s = p.prompt();
             s.extend(p.answer());
             s.truncate(SEQ_LEN);
-            s
+            s.into_iter().map(|t| t as u32).collect()
         })
         .collect();
     let ids = token_tensor(

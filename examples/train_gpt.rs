@@ -243,13 +243,16 @@ fn held_out_accuracy(gpt: &Gpt, n: usize, seed: u64) -> Result<f64, ModelError> 
     let gpt = gpt.valid();
     let mut correct = 0;
     for chunk in problems.chunks(250) {
-        let prompts: Vec<Vec<usize>> = chunk.iter().map(|p| p.prompt()).collect();
+        let prompts: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|p| p.prompt().into_iter().map(|t| t as u32).collect())
+            .collect();
         let config = GenerateConfig::new().with_max_new_tokens(ANSWER_LEN);
         let outputs = gpt.generate(&prompts, &config)?;
         correct += chunk
             .iter()
             .zip(&outputs)
-            .filter(|(p, out)| p.is_solved_by(out))
+            .filter(|(p, out)| p.is_solved_by(&out.iter().map(|&t| t as usize).collect::<Vec<_>>()))
             .count();
     }
     Ok(correct as f64 / n as f64)
@@ -263,7 +266,7 @@ fn run_addition(args: &Args, device: &Device) -> Result<Gpt, String> {
         .map_err(|e| e.to_string())?;
     println!(
         "3-digit addition: GPT with {} parameters, {} steps of {} x {}",
-        gpt.param_count(),
+        gpt.num_params(),
         args.steps,
         args.accum,
         args.batch
@@ -307,7 +310,7 @@ fn run_text(path: &str, args: &Args, device: &Device) -> Result<Gpt, String> {
         train_set.len(),
         args.block,
         tokenizer.vocab_size(),
-        gpt.param_count()
+        gpt.num_params()
     );
     let first_tokens: Vec<u32> = (0..args.samples)
         .filter_map(|i| train_set.window(i * 7 % train_set.len().max(1)).ok())
@@ -329,10 +332,9 @@ fn run_text(path: &str, args: &Args, device: &Device) -> Result<Gpt, String> {
             .with_top_k(Some(20))
             .with_seed(args.seed + i as u64);
         let out = inference
-            .generate(&[vec![first as usize]], &config)
+            .generate(&[vec![first]], &config)
             .map_err(|e| e.to_string())?;
-        let ids: Vec<u32> = out[0].iter().map(|&t| t as u32).collect();
-        let sample = tokenizer.decode(&ids).map_err(|e| e.to_string())?;
+        let sample = tokenizer.decode(&out[0]).map_err(|e| e.to_string())?;
         println!("--- sample {} ---\n{sample}", i + 1);
     }
     Ok(gpt)
