@@ -171,7 +171,7 @@ fn run() -> Result<(), String> {
     let params = config
         .init(&device)
         .map_err(|e| e.to_string())?
-        .param_count();
+        .num_params();
     println!(
         "model: d_model {} layers {} heads {} seq {} batch {} vocab {} ({params} parameters), device {device:?}",
         a.d_model, a.layers, a.heads, a.seq, a.batch, a.vocab,

@@ -130,13 +130,11 @@ enum Model {
 }
 
 impl Model {
-    fn generate(&self, prompts: &[Vec<usize>]) -> kiln::Result<Vec<Vec<usize>>> {
+    fn generate(&self, prompts: &[Vec<u32>]) -> kiln::Result<Vec<Vec<u32>>> {
+        let config = GenerateConfig::new().with_max_new_tokens(ANSWER_LEN);
         Ok(match self {
-            Model::F32(gpt) => gpt.generate(
-                prompts,
-                &GenerateConfig::new().with_max_new_tokens(ANSWER_LEN),
-            )?,
-            Model::Int8(q) => q.generate(prompts, ANSWER_LEN)?,
+            Model::F32(gpt) => gpt.generate(prompts, &config)?,
+            Model::Int8(q) => q.generate(prompts, &config)?,
         })
     }
 
@@ -158,7 +156,7 @@ impl Model {
 fn accuracy(model: &Model, problems: &[AdditionProblem]) -> kiln::Result<f64> {
     let mut correct = 0;
     for chunk in problems.chunks(250) {
-        let prompts: Vec<Vec<usize>> = chunk.iter().map(|p| p.prompt()).collect();
+        let prompts: Vec<Vec<u32>> = chunk.iter().map(|p| p.prompt()).collect();
         let out = model.generate(&prompts)?;
         correct += chunk
             .iter()
@@ -220,7 +218,7 @@ fn main() -> kiln::Result<()> {
     let dense = match &args.load {
         Some(dir) => {
             println!("loading the dense model from {}", dir.display());
-            load_model(dir, &device, |c: &GptConfig, d| c.init(d))?.0
+            load_model::<GptConfig>(dir, &device)?.0
         }
         None => {
             println!("training the dense model: {} steps", args.max_steps);
@@ -391,7 +389,7 @@ fn main() -> kiln::Result<()> {
     // Inference speed: one batch of held-out sequences, the variants interleaved.
     let mut rng = seed::rng(seed::mix(args.seed, 2));
     let held = AdditionDataset::held_out();
-    let sequences: Vec<Vec<usize>> = (0..args.bench_batch as usize)
+    let sequences: Vec<Vec<u32>> = (0..args.bench_batch as usize)
         .map(|_| {
             let p = held.problems()[rng.random_range(0..held.len())];
             let mut s = p.prompt();

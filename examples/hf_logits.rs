@@ -15,13 +15,13 @@ use std::process::ExitCode;
 use kiln::prelude::*;
 use serde_json::{Value, json};
 
-fn parse_rows(text: &str) -> Result<Vec<Vec<usize>>, String> {
+fn parse_rows(text: &str) -> Result<Vec<Vec<u32>>, String> {
     text.split(';')
         .map(|row| {
             row.split(',')
                 .map(|id| {
                     id.trim()
-                        .parse::<usize>()
+                        .parse::<u32>()
                         .map_err(|_| format!("`{id}` is not a token id"))
                 })
                 .collect()

@@ -337,9 +337,8 @@ fn main() -> kiln::Result<()> {
                     .with_temperature(0.8)
                     .with_top_k(Some(20))
                     .with_seed(run.trainer.seed + i as u64);
-                let out = gpt.generate(&[vec![first as usize]], &config)?;
-                let ids: Vec<u32> = out[0].iter().map(|&t| t as u32).collect();
-                println!("--- sample {} ---\n{}", i + 1, tokenizer.decode(&ids)?);
+                let out = gpt.generate(&[vec![first]], &config)?;
+                println!("--- sample {} ---\n{}", i + 1, tokenizer.decode(&out[0])?);
             }
         }
     }

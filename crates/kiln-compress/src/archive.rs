@@ -356,12 +356,12 @@ pub fn config_of(gpt: &Gpt, config: &GptConfig) -> Result<GptConfig> {
     if let Some(b) = gpt
         .blocks
         .iter()
-        .position(|b| b.attn.n_heads != config.n_head)
+        .position(|b| b.attn.n_head != config.n_head)
     {
         return Err(CompressError::arg(format!(
             "block {b} has {} heads, the config {}: a GptConfig has one head count, so a GPT \
              with heads removed cannot be saved yet",
-            gpt.blocks[b].attn.n_heads, config.n_head
+            gpt.blocks[b].attn.n_head, config.n_head
         )));
     }
     Ok(config.clone().with_d_ff(Some(d_ff)))
@@ -456,8 +456,8 @@ pub fn save_quantized_gpt(
         }
         activations.insert(name, layer.activations);
     }
-    let mut others = vec![("token_embedding", model.token_embedding.weight.val())];
-    if let Some(p) = &model.position_embedding {
+    let mut others = vec![("token_embedding", model.gpt.token_embedding.weight.val())];
+    if let Some(p) = &model.gpt.position_embedding {
         others.push(("position_embedding", p.weight.val()));
     }
     for (name, t) in others {
@@ -469,8 +469,8 @@ pub fn save_quantized_gpt(
             },
         );
     }
-    let mut norms = vec![("final_norm".to_string(), &model.final_norm)];
-    for (i, b) in model.blocks.iter().enumerate() {
+    let mut norms = vec![("final_norm".to_string(), &model.gpt.final_norm)];
+    for (i, b) in model.gpt.blocks.iter().enumerate() {
         norms.push((format!("blocks.{i}.attn_norm"), &b.attn_norm));
         norms.push((format!("blocks.{i}.ffn_norm"), &b.ffn_norm));
     }

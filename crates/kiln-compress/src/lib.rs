@@ -15,7 +15,8 @@
 //!   ([`QuantConfig`], [`QuantizedTensor`]).
 //! - [`quantized_linear`]: [`QuantizedLinear`], weight-only, dynamic or static activations.
 //! - [`int_gemm`]: the int8 × int8 → i32 product (AVX-512 VNNI where the CPU has it).
-//! - [`quantized_gpt`]: [`QuantizedGpt`], a `Gpt` with int8 linear layers, with generation.
+//! - [`quantized_gpt`]: [`QuantizedGpt`], kiln-model's `Gpt` on int8 linear layers (its forward
+//!   pass, KV cache and generation), with calibration and head removal.
 //!
 //! Storage: [`archive`] saves and loads pruned and quantized models in files whose size is the
 //! compressed size. Errors: every fallible call returns a [`CompressError`].

@@ -4,6 +4,7 @@
 use burn::nn::Linear;
 use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor, TensorData};
+use kiln_model::linear::LinearLayer;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CompressError, Result};
@@ -234,10 +235,69 @@ impl QuantizedLinear {
     pub fn nbytes(&self) -> usize {
         self.weight.nbytes() + 4 * self.bias.as_ref().map_or(0, Vec::len)
     }
+}
 
-    /// Number of parameters (weights and bias).
-    pub fn num_params(&self) -> usize {
-        self.weight.values.len() + self.bias.as_ref().map_or(0, Vec::len)
+/// Implements Burn's `Module` for a layer whose int8 weights live on the host, outside Burn's
+/// parameter tree: moving, forking and `valid` leave it as it is and no visitor sees it, so it
+/// can sit in kiln-model's blocks. `$layer` names the [`QuantizedLinear`] inside `$type`, for the
+/// parameter count (weights and bias) and the display.
+macro_rules! host_module {
+    ($type:ty, |$this:ident| $layer:expr) => {
+        impl burn::module::Module for $type {
+            fn collect_devices(&self, devices: burn::module::Devices) -> burn::module::Devices {
+                devices
+            }
+            fn fork(self, _: &burn::tensor::Device) -> Self {
+                self
+            }
+            fn to_device(self, _: &burn::tensor::Device) -> Self {
+                self
+            }
+            fn train(self) -> Self {
+                self
+            }
+            fn valid(&self) -> Self {
+                self.clone()
+            }
+            fn materialize(self) -> Self {
+                self
+            }
+            fn num_params(&self) -> usize {
+                let $this = self;
+                let layer: &$crate::quantized_linear::QuantizedLinear = $layer;
+                layer.weight.values.len() + layer.bias.as_ref().map_or(0, Vec::len)
+            }
+            fn visit<V: burn::module::ModuleVisitor>(&self, _: &mut V) {}
+            fn map<M: burn::module::ModuleMapper>(self, _: &mut M) -> Self {
+                self
+            }
+        }
+
+        impl burn::module::ModuleDisplayDefault for $type {
+            fn content(&self, content: burn::module::Content) -> Option<burn::module::Content> {
+                let $this = self;
+                let layer: &$crate::quantized_linear::QuantizedLinear = $layer;
+                content
+                    .add("d_in", &layer.d_in())
+                    .add("d_out", &layer.d_out())
+                    .optional()
+            }
+        }
+
+        impl burn::module::ModuleDisplay for $type {}
+    };
+}
+pub(crate) use host_module;
+
+host_module!(QuantizedLinear, |this| this);
+
+impl LinearLayer for QuantizedLinear {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        QuantizedLinear::forward(self, x)
+    }
+
+    fn d_out(&self) -> usize {
+        QuantizedLinear::d_out(self)
     }
 }
 

@@ -5,9 +5,10 @@
 //! real, shrinking the `up`/`gate` columns and the `down` rows of every block, so the model has
 //! fewer parameters and FLOPs and still runs with kiln-model's `Gpt::forward`.
 //!
-//! Attention heads can be masked ([`head_masks`]) but not physically removed from a kiln-model
-//! `Gpt`: its attention derives the head width as `d_model / n_heads` from the input, so a block
-//! with fewer heads than `d_model / head_dim` cannot be expressed (see `docs/compression.md`).
+//! Attention heads can be masked ([`head_masks`]) or removed for real ([`remove_heads`]):
+//! kiln-model's attention takes each block's head width from its query projection, so a block
+//! can hold fewer heads. (A `GptConfig` has one `n_head`, so such a model cannot be saved yet:
+//! see `docs/compression.md`.)
 
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -239,7 +240,7 @@ pub fn head_scores(gpt: &Gpt, norm: Norm) -> Vec<Vec<f64>> {
         .iter()
         .map(|block| {
             let attn = &block.attn;
-            let heads = attn.n_heads;
+            let heads = attn.n_head;
             let (q, [d_model, width]) = host(attn.query.weight.val());
             let (k, _) = host(attn.key.weight.val());
             let (v, _) = host(attn.value.weight.val());
@@ -283,10 +284,10 @@ pub fn select_heads(gpt: &Gpt, fraction: f64, norm: Norm) -> Result<Vec<Vec<usiz
 /// the block's head count drops. Parameter ids are kept; the result computes what
 /// [`head_masks`] computes, with fewer parameters and FLOPs.
 pub fn remove_heads(mut gpt: Gpt, kept: &[Vec<usize>]) -> Result<Gpt> {
-    check_kept(&gpt, kept, |b| gpt.blocks[b].attn.n_heads)?;
+    check_kept(&gpt, kept, |b| gpt.blocks[b].attn.n_head)?;
     for (block, kept) in gpt.blocks.iter_mut().zip(kept) {
         let attn = &mut block.attn;
-        let head_dim = attn.query.weight.dims()[1] / attn.n_heads;
+        let head_dim = attn.query.weight.dims()[1] / attn.n_head;
         let columns: Vec<usize> = kept
             .iter()
             .flat_map(|h| h * head_dim..(h + 1) * head_dim)
@@ -307,7 +308,7 @@ pub fn remove_heads(mut gpt: Gpt, kept: &[Vec<usize>]) -> Result<Gpt> {
             .weight
             .clone()
             .map(|w| off_graph(w, |w| w.select(0, idx.clone())));
-        attn.n_heads = kept.len();
+        attn.n_head = kept.len();
     }
     Ok(gpt)
 }
@@ -316,12 +317,12 @@ pub fn remove_heads(mut gpt: Gpt, kept: &[Vec<usize>]) -> Result<Gpt> {
 /// biases and its rows of the output projection. A silenced head attends uniformly to zero
 /// values, so it contributes exactly nothing.
 pub fn head_masks(gpt: &Gpt, kept: &[Vec<usize>]) -> Result<PruningMasks> {
-    check_kept(gpt, kept, |b| gpt.blocks[b].attn.n_heads)?;
+    check_kept(gpt, kept, |b| gpt.blocks[b].attn.n_head)?;
     let mut masks = PruningMasks::new();
     for (b, (block, kept)) in gpt.blocks.iter().zip(kept).enumerate() {
         let attn = &block.attn;
         let [d_model, width] = attn.query.weight.dims();
-        let hd = width / attn.n_heads;
+        let hd = width / attn.n_head;
         let alive: Vec<bool> = (0..width)
             .map(|c| kept.binary_search(&(c / hd)).is_ok())
             .collect();

@@ -415,8 +415,8 @@ fn removing_heads_computes_what_masking_them_computes() {
     let kept = select_heads(&gpt, 0.5, Norm::L2).unwrap();
     let masked = head_masks(&gpt, &kept).unwrap().apply(gpt.clone());
     let removed = kiln_compress::remove_heads(gpt.clone(), &kept).unwrap();
-    assert!(removed.param_count() < gpt.param_count());
-    assert!(removed.blocks.iter().all(|b| b.attn.n_heads == 1));
+    assert!(removed.num_params() < gpt.num_params());
+    assert!(removed.blocks.iter().all(|b| b.attn.n_head == 1));
     let a = masked.forward(ids(&device)).unwrap();
     let b = removed.forward(ids(&device)).unwrap();
     a.into_data()

@@ -8,6 +8,8 @@ use kiln_compress::{
     QuantizedGpt, QuantizedLinear, QuantizedTensor, calibrate,
 };
 use kiln_model::gpt::GptConfig;
+use kiln_model::loss::token_tensor;
+use kiln_model::sampling::{GenerateConfig, argmax};
 use proptest::prelude::*;
 
 fn configs() -> Vec<QuantConfig> {
@@ -205,12 +207,31 @@ fn quantized_gpt_is_close_to_the_f32_gpt_and_generates() {
         e <= 0.05 * scale,
         "static: error {e} vs logits up to {scale}"
     );
-    let out = q.generate(&[vec![1, 2, 3], vec![4, 5, 6]], 3).unwrap();
-    assert_eq!(out.len(), 2);
-    assert!(
-        out.iter()
-            .all(|s| s.len() == 6 && s.iter().all(|&t| t < 12))
-    );
+    // Generation is kiln-model's loop, KV cache included: the tokens of recomputing the whole
+    // sequence at every step, past the context (12 positions) too.
+    let prompts = vec![vec![1, 2, 3], vec![4, 5, 6]];
+    let out = q
+        .generate(&prompts, &GenerateConfig::new().with_max_new_tokens(12))
+        .unwrap();
+    let mut reference = prompts.clone();
+    for _ in 0..12 {
+        let window: Vec<Vec<u32>> = reference
+            .iter()
+            .map(|s| s[s.len() - 12.min(s.len())..].to_vec())
+            .collect();
+        let logits = q.forward(token_tensor(&window, &device).unwrap()).unwrap();
+        let [batch, seq, vocab] = logits.dims();
+        let last: Vec<f32> = logits
+            .narrow(1, seq - 1, 1)
+            .reshape([batch, vocab])
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        for (s, row) in reference.iter_mut().zip(last.chunks(vocab)) {
+            s.push(argmax(row) as u32);
+        }
+    }
+    assert_eq!(out, reference);
     assert!(
         q.forward(Tensor::from_data(
             TensorData::new(vec![12i64], [1, 1]),
@@ -274,9 +295,9 @@ fn removing_heads_gives_the_outputs_of_masking_them() {
         let from_masked = QuantizedGpt::from_gpt(&masked, &QuantConfig::new(), act).unwrap();
         // The same int8 weights, with the silenced heads dropped instead of zeroed.
         let removed = from_masked.clone().remove_heads(&kept).unwrap();
-        assert_eq!(removed.blocks[0].n_heads, 2);
-        assert_eq!(removed.blocks[1].query.d_out(), 16);
-        assert_eq!(removed.blocks[1].out.d_in(), 16);
+        assert_eq!(removed.gpt.blocks[0].attn.n_head, 2);
+        assert_eq!(removed.gpt.blocks[1].attn.query.d_out(), 16);
+        assert_eq!(removed.gpt.blocks[1].attn.out.d_in(), 16);
         assert!(removed.num_params() < from_masked.num_params());
         let a = from_masked.forward(ids(&device)).unwrap();
         let b = removed.forward(ids(&device)).unwrap();

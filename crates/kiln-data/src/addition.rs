@@ -13,9 +13,9 @@ use crate::DataError;
 use crate::batch::{IGNORE_INDEX, LmBatch};
 
 /// Token id of `+`.
-pub const PLUS: usize = 10;
+pub const PLUS: u32 = 10;
 /// Token id of `=`.
-pub const EQUALS: usize = 11;
+pub const EQUALS: u32 = 11;
 /// Digits 0-9, `+` and `=`.
 pub const VOCAB_SIZE: usize = 12;
 /// `aaa+bbb=`.
@@ -44,7 +44,7 @@ impl AdditionProblem {
     }
 
     /// `a+b=` as tokens.
-    pub fn prompt(self) -> Vec<usize> {
+    pub fn prompt(self) -> Vec<u32> {
         let mut tokens = digits(self.a, 3);
         tokens.push(PLUS);
         tokens.extend(digits(self.b, 3));
@@ -53,7 +53,7 @@ impl AdditionProblem {
     }
 
     /// The answer digits, least significant first.
-    pub fn answer(self) -> Vec<usize> {
+    pub fn answer(self) -> Vec<u32> {
         let mut d = digits(self.a + self.b, ANSWER_LEN);
         d.reverse();
         d
@@ -61,15 +61,15 @@ impl AdditionProblem {
 
     /// Whether a generated sequence (prompt followed by at least [`ANSWER_LEN`] tokens) holds
     /// the right answer.
-    pub fn is_solved_by(self, generated: &[usize]) -> bool {
+    pub fn is_solved_by(self, generated: &[u32]) -> bool {
         generated.get(PROMPT_LEN..PROMPT_LEN + ANSWER_LEN) == Some(&self.answer()[..])
     }
 }
 
-fn digits(n: usize, len: usize) -> Vec<usize> {
+fn digits(n: usize, len: usize) -> Vec<u32> {
     (0..len)
         .rev()
-        .map(|i| n / 10usize.pow(i as u32) % 10)
+        .map(|i| (n / 10usize.pow(i as u32) % 10) as u32)
         .collect()
 }
 

@@ -50,20 +50,26 @@ impl CharTokenizer {
     }
 
     /// The ids of `text`; errors on a character outside the vocabulary.
-    pub fn encode(&self, text: &str) -> Result<Vec<usize>, DataError> {
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
         text.chars()
             .map(|c| {
                 self.chars
                     .binary_search(&c)
+                    .map(|i| i as u32)
                     .map_err(|_| DataError::UnknownChar(c))
             })
             .collect()
     }
 
     /// The text of `ids`; errors on an id outside the vocabulary.
-    pub fn decode(&self, ids: &[usize]) -> Result<String, DataError> {
+    pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
         ids.iter()
-            .map(|&id| self.chars.get(id).copied().ok_or(DataError::UnknownId(id)))
+            .map(|&id| {
+                self.chars
+                    .get(id as usize)
+                    .copied()
+                    .ok_or(DataError::UnknownId(id as usize))
+            })
             .collect()
     }
 }

@@ -212,7 +212,7 @@ impl Tokenizer {
                 .map_err(DataError::tokenizer)?
                 .get_ids()
                 .to_vec()),
-            Self::Char(c) => Ok(c.encode(text)?.into_iter().map(|i| i as u32).collect()),
+            Self::Char(c) => c.encode(text),
         }
     }
 
@@ -241,7 +241,7 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
         match self {
             Self::Hf(t) => t.decode(ids, false).map_err(DataError::tokenizer),
-            Self::Char(c) => c.decode(&ids.iter().map(|&i| i as usize).collect::<Vec<_>>()),
+            Self::Char(c) => c.decode(ids),
         }
     }
 

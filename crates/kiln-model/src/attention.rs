@@ -9,15 +9,16 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Tensor};
 
 use crate::init::normal_linear;
+use crate::linear::LinearLayer;
 use crate::rotary::RotaryEmbedding;
 
 /// Configuration of a [`MultiHeadAttention`] layer.
 #[derive(Config, Debug)]
 pub struct MultiHeadAttentionConfig {
-    /// Model width; must be divisible by `n_heads`.
+    /// Model width; must be divisible by `n_head`.
     pub d_model: usize,
     /// Number of heads.
-    pub n_heads: usize,
+    pub n_head: usize,
     /// Dropout on the attention probabilities.
     #[config(default = 0.0)]
     pub attn_dropout: f64,
@@ -40,22 +41,24 @@ pub struct MultiHeadAttentionConfig {
 /// Separate rather than fused (GPT-2's `c_attn` is one `[d, 3d]` matrix): the fused form needs
 /// the output split three ways, and Burn differentiates each slice by writing it into a zero
 /// tensor of the full size; three projections have the same FLOPs and a clean backward.
+///
+/// Generic over its [`LinearLayer`] (Burn's [`Linear`] by default; int8 in kiln-compress).
 #[derive(Module, Debug)]
-pub struct MultiHeadAttention {
+pub struct MultiHeadAttention<L: LinearLayer = Linear> {
     /// Query projection.
-    pub query: Linear,
+    pub query: L,
     /// Key projection.
-    pub key: Linear,
+    pub key: L,
     /// Value projection.
-    pub value: Linear,
+    pub value: L,
     /// Output projection.
-    pub out: Linear,
+    pub out: L,
     /// Dropout on the attention probabilities.
     pub attn_dropout: Dropout,
     /// Dropout on the output.
     pub resid_dropout: Dropout,
     /// Number of heads.
-    pub n_heads: usize,
+    pub n_head: usize,
 }
 
 /// The keys and values of the positions seen so far, for one attention layer.
@@ -98,7 +101,7 @@ impl AttentionMask<'_> {
 }
 
 impl MultiHeadAttentionConfig {
-    /// Builds the layer. The caller checks that `d_model` is divisible by `n_heads`.
+    /// Builds the layer. The caller checks that `d_model` is divisible by `n_head`.
     pub fn init(&self, device: &Device) -> MultiHeadAttention {
         let d = self.d_model;
         MultiHeadAttention {
@@ -108,12 +111,12 @@ impl MultiHeadAttentionConfig {
             out: normal_linear(d, d, self.bias, self.out_init_std, device),
             attn_dropout: DropoutConfig::new(self.attn_dropout).init(),
             resid_dropout: DropoutConfig::new(self.resid_dropout).init(),
-            n_heads: self.n_heads,
+            n_head: self.n_head,
         }
     }
 }
 
-impl MultiHeadAttention {
+impl<L: LinearLayer> MultiHeadAttention<L> {
     /// `[batch, seq, d_model] -> [batch, seq, d_model]`.
     ///
     /// With a `cache`, `x` holds only the new positions: their keys and values are appended to
@@ -127,12 +130,12 @@ impl MultiHeadAttention {
         cache: Option<&mut LayerKvCache>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
-        let heads = self.n_heads;
+        let heads = self.n_head;
         // From the projection, not from `d_model`: structured pruning may have removed heads.
-        let head_dim = self.query.weight.dims()[1] / heads;
+        let head_dim = self.query.d_out() / heads;
 
         // [b, t, d] -> [b, h, t, hd]
-        let heads_of = |proj: &Linear| {
+        let heads_of = |proj: &L| {
             proj.forward(x.clone())
                 .reshape([batch, seq, heads, head_dim])
                 .swap_dims(1, 2)

@@ -6,6 +6,7 @@ use burn::module::{Initializer, Module, Param};
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
 };
+use burn::tensor::activation::softmax;
 use burn::tensor::module::linear;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
@@ -14,6 +15,7 @@ use crate::attention::AttentionMask;
 use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
 use crate::error::{ModelError, Result};
 use crate::gpt::check_probability;
+use crate::inference::{for_inference, host_floats, host_ids};
 use crate::init::{materialize, normal_linear};
 use crate::loss::{check_id_range, check_token_ids, cross_entropy};
 
@@ -56,6 +58,25 @@ pub struct BertConfig {
     /// Standard deviation of the normal init.
     #[config(default = 0.02)]
     pub initializer_range: f64,
+}
+
+/// Everything that builds a [`BertForMaskedLm`]: the encoder's [`BertConfig`] (the masked-LM
+/// model has no pooler). What [`store::save_model`](crate::store::save_model) writes as
+/// `config.json` for one, so that [`store::load_model`](crate::store::load_model) rebuilds it.
+#[derive(Config, Debug)]
+pub struct BertForMaskedLmConfig {
+    /// The encoder.
+    pub bert: BertConfig,
+}
+
+/// Everything that builds a [`BertForSequenceClassification`]: the encoder's [`BertConfig`]
+/// (with pooler) and the number of classes.
+#[derive(Config, Debug)]
+pub struct BertForSequenceClassificationConfig {
+    /// The encoder.
+    pub bert: BertConfig,
+    /// Number of classes (HF's `num_labels`).
+    pub num_labels: usize,
 }
 
 /// Word + position + token-type embeddings, then LayerNorm and dropout.
@@ -108,6 +129,16 @@ impl BertInput {
             input_ids,
             token_type_ids: None,
             attention_mask: None,
+        }
+    }
+
+    /// The same batch off the autodiff device: inputs on a training device switch dropout on
+    /// and record a graph, which predictions must not.
+    fn for_inference(self) -> Self {
+        Self {
+            input_ids: self.input_ids.without_autodiff(),
+            token_type_ids: self.token_type_ids.map(Tensor::without_autodiff),
+            attention_mask: self.attention_mask.map(Tensor::without_autodiff),
         }
     }
 }
@@ -357,6 +388,17 @@ impl BertForMaskedLm {
         linear(h, decoder, Some(self.decoder_bias.val()))
     }
 
+    /// The most likely token id at every position, `[batch][seq]` (the argmax of
+    /// [`forward`](Self::forward)'s logits), without dropout: read it at the `[MASK]` positions
+    /// to fill them in. The argmax runs on the device; only the ids come back. Errors as
+    /// [`Bert::forward`] on bad input.
+    pub fn predict(&self, input: BertInput) -> Result<Vec<Vec<u32>>> {
+        let logits = for_inference(self).forward(input.for_inference())?;
+        let [_, seq, _] = logits.dims();
+        let ids = host_ids(logits.argmax(2))?;
+        Ok(ids.chunks(seq).map(<[u32]>::to_vec).collect())
+    }
+
     /// Mean cross-entropy over the positions whose label is not `-100` (the unmasked ones).
     pub fn loss(&self, logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<1> {
         cross_entropy(logits, labels, Some(-100))
@@ -391,6 +433,28 @@ impl BertForSequenceClassification {
             .pool(hidden)
             .ok_or_else(|| ModelError::config("the classifier's encoder has no pooler"))?;
         Ok(self.classifier.forward(self.dropout.forward(pooled)))
+    }
+
+    /// The most likely class of each example (the argmax of [`forward`](Self::forward)'s
+    /// logits), without dropout. Errors as [`Bert::forward`] on bad input.
+    ///
+    /// Class ids come back as `u32` on the host. (Reading an argmax tensor yourself: `Int`
+    /// tensors are i32 on flex, so convert the data to `i64` or read `i32`.)
+    pub fn predict(&self, input: BertInput) -> Result<Vec<u32>> {
+        host_ids(
+            for_inference(self)
+                .forward(input.for_inference())?
+                .argmax(1),
+        )
+    }
+
+    /// The probability of every class for each example, `[batch][num_labels]` (softmax of the
+    /// logits; each row sums to 1), without dropout. Errors as [`Bert::forward`] on bad input.
+    pub fn predict_probabilities(&self, input: BertInput) -> Result<Vec<Vec<f32>>> {
+        let probabilities = softmax(for_inference(self).forward(input.for_inference())?, 1);
+        let [_, labels] = probabilities.dims();
+        let values = host_floats(probabilities)?;
+        Ok(values.chunks(labels).map(<[f32]>::to_vec).collect())
     }
 
     /// Mean cross-entropy of `logits` `[batch, num_labels]` against `labels` `[batch]`.

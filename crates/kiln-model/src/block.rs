@@ -2,12 +2,13 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{LayerNorm, LayerNormConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::{Device, Tensor};
 
 use crate::activation::Activation;
 use crate::attention::{AttentionMask, LayerKvCache, MultiHeadAttention, MultiHeadAttentionConfig};
 use crate::feed_forward::{FeedForward, FeedForwardConfig, FeedForwardKind};
+use crate::linear::LinearLayer;
 use crate::rotary::RotaryEmbedding;
 
 /// Where the LayerNorms sit relative to the residual connections.
@@ -25,7 +26,7 @@ pub struct TransformerBlockConfig {
     /// Model width.
     pub d_model: usize,
     /// Attention heads.
-    pub n_heads: usize,
+    pub n_head: usize,
     /// Feed-forward hidden width.
     pub d_ff: usize,
     /// Pre-norm or post-norm.
@@ -58,17 +59,18 @@ pub struct TransformerBlockConfig {
 }
 
 /// Attention then feed-forward, each wrapped in a residual connection and a LayerNorm.
+/// Generic over its [`LinearLayer`] (Burn's [`Linear`] by default).
 #[derive(Module, Debug)]
-pub struct TransformerBlock {
+pub struct TransformerBlock<L: LinearLayer = Linear> {
     /// The LayerNorm of the attention sub-layer (before it in pre-norm, after the residual in
     /// post-norm).
     pub attn_norm: LayerNorm,
     /// Self-attention.
-    pub attn: MultiHeadAttention,
+    pub attn: MultiHeadAttention<L>,
     /// The LayerNorm of the feed-forward sub-layer.
     pub ffn_norm: LayerNorm,
     /// Feed-forward.
-    pub ffn: FeedForward,
+    pub ffn: FeedForward<L>,
     /// Pre- or post-norm.
     #[module(skip)]
     pub norm_position: NormPosition,
@@ -84,7 +86,7 @@ impl TransformerBlockConfig {
         };
         TransformerBlock {
             attn_norm: norm(),
-            attn: MultiHeadAttentionConfig::new(self.d_model, self.n_heads)
+            attn: MultiHeadAttentionConfig::new(self.d_model, self.n_head)
                 .with_attn_dropout(self.attn_dropout)
                 .with_resid_dropout(self.dropout)
                 .with_bias(self.bias)
@@ -105,7 +107,7 @@ impl TransformerBlockConfig {
     }
 }
 
-impl TransformerBlock {
+impl<L: LinearLayer> TransformerBlock<L> {
     /// `[batch, seq, d_model] -> [batch, seq, d_model]`; see [`MultiHeadAttention::forward`] for
     /// the mask, rotary and cache arguments.
     pub fn forward(

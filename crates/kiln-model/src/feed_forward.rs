@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::activation::Activation;
 use crate::init::normal_linear;
+use crate::linear::LinearLayer;
 
 /// The two shapes a feed-forward layer takes.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -44,15 +45,16 @@ pub struct FeedForwardConfig {
     pub out_init_std: f64,
 }
 
-/// `down(act(up(x)))` or its gated SwiGLU form, then dropout.
+/// `down(act(up(x)))` or its gated SwiGLU form, then dropout. Generic over its
+/// [`LinearLayer`] (Burn's [`Linear`] by default).
 #[derive(Module, Debug)]
-pub struct FeedForward {
+pub struct FeedForward<L: LinearLayer = Linear> {
     /// Input projection, `d_model -> d_hidden`.
-    pub up: Linear,
+    pub up: L,
     /// Gate projection of SwiGLU, `d_model -> d_hidden`.
-    pub gate: Option<Linear>,
+    pub gate: Option<L>,
     /// Output projection, `d_hidden -> d_model`.
-    pub down: Linear,
+    pub down: L,
     /// Dropout on the output.
     pub dropout: Dropout,
     /// The non-linearity.
@@ -80,7 +82,7 @@ impl FeedForwardConfig {
     }
 }
 
-impl FeedForward {
+impl<L: LinearLayer> FeedForward<L> {
     /// `[batch, seq, d_model] -> [batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let hidden = match &self.gate {

@@ -1,8 +1,8 @@
 //! A decoder-only Transformer language model: GPT-2 (Radford et al. 2019) and its modern
 //! variants (rotary positions, SwiGLU, no biases).
 //!
-//! Reads top to bottom: the config, the model, the forward pass, the loss, KV-cache decoding and
-//! generation.
+//! Reads top to bottom: the config, the model, the forward pass, the loss, KV-cache decoding,
+//! generation, and the linear layers by path.
 
 use burn::config::Config;
 use burn::module::Initializer;
@@ -13,14 +13,16 @@ use burn::nn::{
 use burn::tensor::module::linear;
 use burn::tensor::{Bool, Device, Int, Tensor};
 use rand::SeedableRng;
-use rand::rngs::StdRng;
+use rand_chacha::ChaCha8Rng;
 
 use crate::activation::Activation;
-use crate::attention::{AttentionMask, LayerKvCache};
+use crate::attention::{AttentionMask, LayerKvCache, MultiHeadAttention};
 use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
 use crate::error::{ModelError, Result};
-use crate::feed_forward::FeedForwardKind;
+use crate::feed_forward::{FeedForward, FeedForwardKind};
+use crate::inference::{for_inference, host_floats};
 use crate::init::{materialize, normal_linear};
+use crate::linear::LinearLayer;
 use crate::loss::{check_token_ids, cross_entropy, token_tensor};
 use crate::rotary::RotaryEmbedding;
 use crate::sampling::{GenerateConfig, sample_token};
@@ -91,8 +93,11 @@ pub struct GptConfig {
 
 /// A GPT language model: token (+ position) embeddings, pre-norm blocks, a final LayerNorm and
 /// an output projection to the vocabulary.
+///
+/// Generic over the [`LinearLayer`] of its blocks: `Gpt` is `Gpt<Linear>`, the f32 model that
+/// trains; kiln-compress runs the same forward pass and generation on int8 layers.
 #[derive(Module, Debug)]
-pub struct Gpt {
+pub struct Gpt<L: LinearLayer = Linear> {
     /// Token embedding `[vocab, d_model]` (also the output projection when tied).
     pub token_embedding: Embedding,
     /// Learned position embedding `[block_size, d_model]`, for [`PositionEncoding::Learned`].
@@ -102,11 +107,11 @@ pub struct Gpt {
     /// Dropout on the summed embeddings.
     pub embedding_dropout: Dropout,
     /// The Transformer blocks.
-    pub blocks: Vec<TransformerBlock>,
+    pub blocks: Vec<TransformerBlock<L>>,
     /// LayerNorm before the output projection.
     pub final_norm: LayerNorm,
     /// Output projection `[d_model, vocab]`; `None` when tied to the token embedding.
-    pub lm_head: Option<Linear>,
+    pub lm_head: Option<L>,
     /// Vocabulary size.
     pub vocab_size: usize,
     /// Context length.
@@ -235,8 +240,9 @@ pub(crate) fn check_probability(name: &str, p: f64) -> Result<()> {
     }
 }
 
-impl Gpt {
-    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
+impl<L: LinearLayer> Gpt<L> {
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`
+    /// (see [`token_tensor`] to build them from `u32` ids).
     ///
     /// Errors when the batch is empty, longer than the context, or holds an id outside the
     /// vocabulary.
@@ -338,6 +344,9 @@ impl Gpt {
     /// Logits for the new positions `ids` `[batch, new]`, attending to everything in `cache`,
     /// which is extended with them. Feeding a sequence in pieces gives the logits of one full
     /// [`forward`](Self::forward).
+    ///
+    /// The cache holds at most `block_size` positions: going past it is an error
+    /// ([`generate`](Self::generate) slides its window instead).
     pub fn forward_cached(&self, ids: Tensor<2, Int>, cache: &mut GptKvCache) -> Result<Tensor<3>> {
         let [_, seq] = ids.dims();
         let total = cache.len() + seq;
@@ -351,39 +360,60 @@ impl Gpt {
         Ok(self.logits(ids, None, Some(cache)))
     }
 
-    /// Continues each prompt (all of the same length) by `config.max_new_tokens` tokens, with a
-    /// KV cache. Returns the prompts followed by the generated tokens. The same seed gives the
-    /// same tokens.
-    pub fn generate(
-        &self,
-        prompts: &[Vec<usize>],
-        config: &GenerateConfig,
-    ) -> Result<Vec<Vec<usize>>> {
+    /// Continues each prompt by up to `config.max_new_tokens` tokens and returns the prompts
+    /// followed by the generated tokens.
+    ///
+    /// Prompts are token ids (`u32`, as kiln-data's tokenizers produce them), all of the same
+    /// length. The prompts are encoded once into a KV cache; each later step runs only the new
+    /// token.
+    ///
+    /// **Past the context.** Generation does not stop at `block_size`: as nanoGPT's
+    /// `idx[:, -block_size:]`, the model sees the last `block_size` tokens. Once the cache is
+    /// full, each step re-encodes that window from position 0 into a fresh cache, so the tokens
+    /// are exactly those of running [`forward`](Self::forward) on the cropped context from
+    /// scratch. (The cached keys cannot be shifted instead: their positions are baked in, and
+    /// every layer above the first has mixed the dropped token into them.) Each step past the
+    /// context therefore costs a forward pass over the whole window. A prompt longer than the
+    /// context is cropped the same way; the returned sequences keep it whole.
+    ///
+    /// **Reproducible.** Sampling draws from [`ChaCha8Rng`] seeded with `config.seed`; its
+    /// stream is fixed across versions of `rand_chacha` (rand's `StdRng` is not), so the same
+    /// model, prompts and config give the same tokens. A sequence that emits
+    /// `config.eos_token` stops and is padded with it until every sequence has stopped.
+    ///
+    /// Runs without dropout or autodiff graph whatever the device. Errors on empty prompts,
+    /// prompts of different lengths, ids outside the vocabulary and bad sampling parameters.
+    pub fn generate(&self, prompts: &[Vec<u32>], config: &GenerateConfig) -> Result<Vec<Vec<u32>>> {
         config.validate()?;
-        // Inference only: no dropout, no autodiff graph.
-        let model = self.valid();
-        let device = model.token_embedding.weight.device();
-        let ids = token_tensor(prompts, &device)?;
-        let total = prompts[0].len() + config.max_new_tokens;
-        if total > self.block_size {
-            return Err(ModelError::SequenceTooLong {
-                len: total,
-                max: self.block_size,
+        if let Some(&id) = prompts
+            .iter()
+            .flatten()
+            .find(|&&id| id as usize >= self.vocab_size)
+        {
+            return Err(ModelError::TokenOutOfVocab {
+                id: id.into(),
+                vocab_size: self.vocab_size,
             });
         }
-        let mut rng = StdRng::seed_from_u64(config.seed);
+        let model = for_inference(self);
+        let device = model.token_embedding.weight.device();
+        // The last `block_size` tokens of every sequence.
+        let window = |rows: &[Vec<u32>]| {
+            let cropped: Vec<Vec<u32>> = rows
+                .iter()
+                .map(|row| row[row.len().saturating_sub(self.block_size)..].to_vec())
+                .collect();
+            token_tensor(&cropped, &device)
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let mut sequences = prompts.to_vec();
         let mut finished = vec![false; prompts.len()];
         let mut cache = model.new_cache();
-        let mut step = model.forward_cached(ids, &mut cache)?;
-        for _ in 0..config.max_new_tokens {
-            let [batch, seq, vocab] = step.dims();
-            let last = step.narrow(1, seq - 1, 1).reshape([batch, vocab]);
-            let rows: Vec<f32> = last
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| ModelError::BadInput(format!("cannot read logits: {e:?}")))?;
+        let mut logits = model.logits(window(&sequences)?, None, Some(&mut cache));
+        for step in 0..config.max_new_tokens {
+            let [batch, seq, vocab] = logits.dims();
+            let last = logits.narrow(1, seq - 1, 1).reshape([batch, vocab]);
+            let rows = host_floats(last)?;
             let mut next = Vec::with_capacity(batch);
             for (b, row) in rows.chunks(vocab).enumerate() {
                 let token = if finished[b] {
@@ -395,16 +425,109 @@ impl Gpt {
                 sequences[b].push(token);
                 next.push(vec![token]);
             }
-            if finished.iter().all(|&f| f) || sequences[0].len() == total {
+            if finished.iter().all(|&f| f) || step + 1 == config.max_new_tokens {
                 break;
             }
-            step = model.logits(token_tensor(&next, &device)?, None, Some(&mut cache));
+            let ids = if cache.len() < self.block_size {
+                token_tensor(&next, &device)?
+            } else {
+                cache = model.new_cache();
+                window(&sequences)?
+            };
+            logits = model.logits(ids, None, Some(&mut cache));
         }
         Ok(sequences)
     }
 
-    /// Number of trainable parameters.
-    pub fn param_count(&self) -> usize {
-        self.num_params()
+    /// Every linear layer of the blocks and the untied LM head, with its parameter path, in
+    /// order: per block `blocks.{i}.attn.query`, `.attn.key`, `.attn.value`, `.attn.out`,
+    /// `.ffn.up`, `.ffn.gate` (SwiGLU only), `.ffn.down`; then `lm_head`.
+    pub fn linears(&self) -> Vec<(String, &L)> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            let (attn, ffn) = (&b.attn, &b.ffn);
+            let layers = [
+                ("attn.query", Some(&attn.query)),
+                ("attn.key", Some(&attn.key)),
+                ("attn.value", Some(&attn.value)),
+                ("attn.out", Some(&attn.out)),
+                ("ffn.up", Some(&ffn.up)),
+                ("ffn.gate", ffn.gate.as_ref()),
+                ("ffn.down", Some(&ffn.down)),
+            ];
+            for (name, layer) in layers {
+                out.extend(layer.map(|l| (format!("blocks.{i}.{name}"), l)));
+            }
+        }
+        out.extend(self.lm_head.as_ref().map(|h| ("lm_head".to_string(), h)));
+        out
+    }
+
+    /// [`linears`](Self::linears), mutably.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut L)> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let (attn, ffn) = (&mut b.attn, &mut b.ffn);
+            let layers = [
+                ("attn.query", Some(&mut attn.query)),
+                ("attn.key", Some(&mut attn.key)),
+                ("attn.value", Some(&mut attn.value)),
+                ("attn.out", Some(&mut attn.out)),
+                ("ffn.up", Some(&mut ffn.up)),
+                ("ffn.gate", ffn.gate.as_mut()),
+                ("ffn.down", Some(&mut ffn.down)),
+            ];
+            for (name, layer) in layers {
+                out.extend(layer.map(|l| (format!("blocks.{i}.{name}"), l)));
+            }
+        }
+        out.extend(self.lm_head.as_mut().map(|h| ("lm_head".to_string(), h)));
+        out
+    }
+
+    /// The same model with every linear layer replaced by `f(path, layer)`, called in the order
+    /// of [`linears`](Self::linears); embeddings, norms and dropouts are shared (Burn tensors
+    /// are reference-counted). kiln-compress builds its int8 GPT this way.
+    pub fn map_linears<'a, M: LinearLayer, E>(
+        &'a self,
+        mut f: impl FnMut(&str, &'a L) -> Result<M, E>,
+    ) -> Result<Gpt<M>, E> {
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for (i, b) in self.blocks.iter().enumerate() {
+            let mut f = |name: &str, layer: &'a L| f(&format!("blocks.{i}.{name}"), layer);
+            let (attn, ffn) = (&b.attn, &b.ffn);
+            blocks.push(TransformerBlock {
+                attn_norm: b.attn_norm.clone(),
+                attn: MultiHeadAttention {
+                    query: f("attn.query", &attn.query)?,
+                    key: f("attn.key", &attn.key)?,
+                    value: f("attn.value", &attn.value)?,
+                    out: f("attn.out", &attn.out)?,
+                    attn_dropout: attn.attn_dropout.clone(),
+                    resid_dropout: attn.resid_dropout.clone(),
+                    n_head: attn.n_head,
+                },
+                ffn_norm: b.ffn_norm.clone(),
+                ffn: FeedForward {
+                    up: f("ffn.up", &ffn.up)?,
+                    gate: ffn.gate.as_ref().map(|g| f("ffn.gate", g)).transpose()?,
+                    down: f("ffn.down", &ffn.down)?,
+                    dropout: ffn.dropout.clone(),
+                    activation: ffn.activation,
+                },
+                norm_position: b.norm_position,
+            });
+        }
+        Ok(Gpt {
+            token_embedding: self.token_embedding.clone(),
+            position_embedding: self.position_embedding.clone(),
+            rope: self.rope.clone(),
+            embedding_dropout: self.embedding_dropout.clone(),
+            blocks,
+            final_norm: self.final_norm.clone(),
+            lm_head: self.lm_head.as_ref().map(|h| f("lm_head", h)).transpose()?,
+            vocab_size: self.vocab_size,
+            block_size: self.block_size,
+        })
     }
 }

@@ -2,25 +2,38 @@
 //!
 //! - Building blocks: [`attention`] (multi-head self-attention on Burn's fused attention op,
 //!   with a KV cache), [`feed_forward`] (GELU MLP or SwiGLU), [`block`] (pre- or post-norm
-//!   Transformer block), [`rotary`] positions, [`activation`]s and [`init`].
-//! - Models: [`gpt`] (decoder-only language model with KV-cache generation, [`sampling`]) and
-//!   [`bert`] (encoder, masked-LM and sequence-classification heads).
-//! - Weights: [`hf`] loads and writes HuggingFace checkpoints, [`store`] saves and loads
-//!   kiln's own.
+//!   Transformer block), [`rotary`] positions, [`activation`]s and [`init`]. The blocks are
+//!   generic over their [`linear`] layer: Burn's `Linear` by default, int8 in kiln-compress.
+//! - Models: [`gpt`] (decoder-only language model; [`Gpt::generate`](gpt::Gpt::generate)
+//!   decodes with a KV cache and a sliding window past the context, [`sampling`] picks tokens
+//!   from a seeded ChaCha8 generator) and [`bert`] (encoder, masked-LM and
+//!   sequence-classification heads, with `predict` helpers).
+//! - Weights: [`hf`] loads and writes HuggingFace checkpoints, [`store`] saves and loads kiln's
+//!   own (`load_model::<GptConfig>(dir, &device)`, no closure: the config builds the model).
 //! - Training: GPT and both BERT heads are kiln-core `TrainModel`s on kiln's batch types, and
 //!   `BlockStack`s for per-block activation recomputation (`train.rs`).
 //! - Errors: every fallible call returns a [`ModelError`].
 //!
+//! Token ids are `u32` on the host, as kiln-data's tokenizers produce them
+//! ([`token_tensor`](loss::token_tensor) turns rows of them into a tensor). On the device Burn
+//! keeps `Int` tensors in the backend's integer type, **i32 on flex**: read ids back with
+//! `into_data().convert::<i64>()` (or as `i32`), not `try_to_vec::<i64>()`, which fails there.
+//!
 //! ```
-//! use burn::tensor::{Device, Int, Tensor};
+//! use burn::tensor::Device;
 //! use kiln_model::gpt::GptConfig;
+//! use kiln_model::loss::token_tensor;
+//! use kiln_model::sampling::GenerateConfig;
 //!
 //! let device = Device::flex();
 //! let config = GptConfig::new(100).with_block_size(16).with_n_layer(2).with_n_head(2).with_d_model(32);
 //! let gpt = config.init(&device).unwrap();
-//! let ids = Tensor::<2, Int>::from_ints([[1, 2, 3], [4, 5, 6]], &device);
+//! let ids = token_tensor(&[vec![1, 2, 3], vec![4, 5, 6]], &device).unwrap();
 //! let logits = gpt.forward(ids).unwrap();
 //! assert_eq!(logits.dims(), [2, 3, 100]);
+//! // 20 new tokens: past the 16-position context, the model sees the last 16.
+//! let out = gpt.generate(&[vec![1, 2, 3]], &GenerateConfig::new().with_max_new_tokens(20)).unwrap();
+//! assert_eq!(out[0].len(), 23);
 //! ```
 
 #![warn(missing_docs)]
@@ -33,7 +46,9 @@ mod error;
 pub mod feed_forward;
 pub mod gpt;
 pub mod hf;
+mod inference;
 pub mod init;
+pub mod linear;
 pub mod loss;
 pub mod rotary;
 pub mod sampling;

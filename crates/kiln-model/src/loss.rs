@@ -66,8 +66,23 @@ pub fn check_id_range<const D: usize>(ids: &Tensor<D, Int>, vocab_size: usize) -
     Ok(())
 }
 
-/// Builds a `[batch, seq]` id tensor from rows of equal length.
-pub fn token_tensor(rows: &[Vec<usize>], device: &burn::tensor::Device) -> Result<Tensor<2, Int>> {
+/// Builds a `[batch, seq]` id tensor from rows of token ids of equal length (also segment ids
+/// and 0/1 attention masks for BERT). Errors on an empty batch or rows of different lengths.
+///
+/// Burn keeps `Int` tensors in the device's integer type, which is **i32 on flex**: to read
+/// ids back (say, an `argmax`), convert (`into_data().convert::<i64>()`) or ask for `i32`;
+/// `try_to_vec::<i64>()` on the raw data fails on flex.
+///
+/// ```
+/// use burn::tensor::Device;
+/// use kiln_model::loss::token_tensor;
+///
+/// let ids = token_tensor(&[vec![1, 2, 3], vec![4, 5, 6]], &Device::flex()).unwrap();
+/// assert_eq!(ids.dims(), [2, 3]);
+/// let back: Vec<i64> = ids.into_data().convert::<i64>().to_vec().unwrap();
+/// assert_eq!(back, [1, 2, 3, 4, 5, 6]);
+/// ```
+pub fn token_tensor(rows: &[Vec<u32>], device: &burn::tensor::Device) -> Result<Tensor<2, Int>> {
     let seq = rows.first().map_or(0, Vec::len);
     if rows.is_empty() || seq == 0 {
         return Err(ModelError::BadInput("empty batch of token ids".into()));
@@ -78,7 +93,7 @@ pub fn token_tensor(rows: &[Vec<usize>], device: &burn::tensor::Device) -> Resul
             rows[row].len()
         )));
     }
-    let flat: Vec<i64> = rows.iter().flatten().map(|&id| id as i64).collect();
+    let flat: Vec<i64> = rows.iter().flatten().map(|&id| id.into()).collect();
     Ok(Tensor::from_data(
         burn::tensor::TensorData::new(flat, [rows.len(), seq]),
         device,

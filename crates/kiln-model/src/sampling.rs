@@ -23,11 +23,12 @@ pub struct GenerateConfig {
     /// Keep the smallest set of most likely tokens whose probability reaches `p` (nucleus
     /// sampling, Holtzman et al. 2019).
     pub top_p: Option<f64>,
-    /// Seed of the sampler: the same seed gives the same tokens.
+    /// Seed of the sampler, a [`ChaCha8Rng`](rand_chacha::ChaCha8Rng) whose stream does not
+    /// change across versions: the same seed gives the same tokens.
     #[config(default = 0)]
     pub seed: u64,
     /// Stop a sequence once it emits this token (the batch stops when all have).
-    pub eos_token: Option<usize>,
+    pub eos_token: Option<u32>,
 }
 
 impl GenerateConfig {
@@ -53,16 +54,18 @@ impl GenerateConfig {
     }
 }
 
-/// Picks a token from one row of logits.
-pub fn sample_token(logits: &[f32], config: &GenerateConfig, rng: &mut impl Rng) -> usize {
+/// Picks a token id from one row of logits (greedy: the first maximum; sampling: one draw from
+/// `rng`). [`Gpt::generate`](crate::gpt::Gpt::generate) passes a seeded
+/// [`ChaCha8Rng`](rand_chacha::ChaCha8Rng).
+pub fn sample_token(logits: &[f32], config: &GenerateConfig, rng: &mut impl Rng) -> u32 {
     if !config.do_sample {
-        return argmax(logits);
+        return argmax(logits) as u32;
     }
     // (logit/temperature, token), most likely first.
-    let mut candidates: Vec<(f64, usize)> = logits
+    let mut candidates: Vec<(f64, u32)> = logits
         .iter()
-        .enumerate()
-        .map(|(token, &l)| (l as f64 / config.temperature, token))
+        .zip(0u32..)
+        .map(|(&l, token)| (l as f64 / config.temperature, token))
         .collect();
     candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
     if let Some(k) = config.top_k {
@@ -114,12 +117,12 @@ pub fn argmax(values: &[f32]) -> usize {
 mod tests {
     use super::*;
     use rand::SeedableRng;
-    use rand::rngs::StdRng;
+    use rand_chacha::ChaCha8Rng;
 
     #[test]
     fn greedy_takes_the_first_maximum() {
         let config = GenerateConfig::new();
-        let mut rng = StdRng::seed_from_u64(0);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
         assert_eq!(sample_token(&[0.1, 3.0, 3.0, -1.0], &config, &mut rng), 1);
     }
 
@@ -128,7 +131,7 @@ mod tests {
         let config = GenerateConfig::new()
             .with_do_sample(true)
             .with_top_k(Some(1));
-        let mut rng = StdRng::seed_from_u64(7);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
         for _ in 0..50 {
             assert_eq!(sample_token(&[0.5, 0.2, 2.0, 1.9], &config, &mut rng), 2);
         }
@@ -141,10 +144,10 @@ mod tests {
         let config = GenerateConfig::new()
             .with_do_sample(true)
             .with_top_p(Some(0.8));
-        let mut rng = StdRng::seed_from_u64(3);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
         let mut seen = [0usize; 4];
         for _ in 0..2000 {
-            seen[sample_token(&logits, &config, &mut rng)] += 1;
+            seen[sample_token(&logits, &config, &mut rng) as usize] += 1;
         }
         assert_eq!(seen[2] + seen[3], 0, "{seen:?}");
         assert!(seen[0] > seen[1] && seen[1] > 0, "{seen:?}");
@@ -154,12 +157,25 @@ mod tests {
     fn sampling_follows_the_softmax() {
         let logits = [0.0f32, (3.0f32).ln()];
         let config = GenerateConfig::new().with_do_sample(true);
-        let mut rng = StdRng::seed_from_u64(11);
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
         let ones = (0..20_000)
             .filter(|_| sample_token(&logits, &config, &mut rng) == 1)
             .count();
         let frac = ones as f64 / 20_000.0;
         assert!((frac - 0.75).abs() < 0.02, "{frac}");
+    }
+
+    /// The sampler's stream is ChaCha8's, which rand_chacha keeps fixed across versions (rand's
+    /// `StdRng` does not): these draws, recorded once, must never change.
+    #[test]
+    fn seeded_draws_are_stable_across_versions() {
+        let uniform = [0.0f32; 10];
+        let config = GenerateConfig::new().with_do_sample(true);
+        let mut rng = ChaCha8Rng::seed_from_u64(42);
+        let draws: Vec<u32> = (0..12)
+            .map(|_| sample_token(&uniform, &config, &mut rng))
+            .collect();
+        assert_eq!(draws, [6, 9, 4, 6, 2, 1, 3, 8, 7, 2, 5, 9]);
     }
 
     #[test]

@@ -315,7 +315,7 @@ fn assert_refused(model: &impl HfExport, why: &str) {
 fn remove_last_head(mut gpt: Gpt, b: usize) -> Gpt {
     let attn = &mut gpt.blocks[b].attn;
     let [d, width] = attn.query.weight.dims();
-    let keep = width - width / attn.n_heads;
+    let keep = width - width / attn.n_head;
     for proj in [&mut attn.query, &mut attn.key, &mut attn.value] {
         proj.weight = Param::from_tensor(proj.weight.val().narrow(1, 0, keep));
         proj.bias = proj
@@ -324,7 +324,7 @@ fn remove_last_head(mut gpt: Gpt, b: usize) -> Gpt {
             .map(|b| Param::from_tensor(b.val().narrow(0, 0, keep)));
     }
     attn.out.weight = Param::from_tensor(attn.out.weight.val().narrow(0, 0, keep));
-    attn.n_heads -= 1;
+    attn.n_head -= 1;
     assert_eq!(attn.out.weight.dims(), [keep, d]);
     gpt
 }

@@ -142,7 +142,7 @@ fn gpt2_greedy_generation_matches_transformers() {
         panic!()
     };
     let r = reference("gpt2");
-    let to_rows = |v: &Value| -> Vec<Vec<usize>> {
+    let to_rows = |v: &Value| -> Vec<Vec<u32>> {
         v.as_array()
             .unwrap()
             .iter()
@@ -150,7 +150,7 @@ fn gpt2_greedy_generation_matches_transformers() {
                 row.as_array()
                     .unwrap()
                     .iter()
-                    .map(|x| x.as_u64().unwrap() as usize)
+                    .map(|x| x.as_u64().unwrap() as u32)
                     .collect()
             })
             .collect()

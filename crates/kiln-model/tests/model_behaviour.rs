@@ -6,12 +6,16 @@ use burn::tensor::activation::gelu_approximate;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_model::ModelError;
 use kiln_model::activation::gelu_tanh;
-use kiln_model::bert::{BertConfig, BertInput};
+use kiln_model::bert::{
+    BertConfig, BertForMaskedLmConfig, BertForSequenceClassificationConfig, BertInput,
+};
 use kiln_model::block::NormPosition;
 use kiln_model::gpt::{Gpt, GptConfig, PositionEncoding};
 use kiln_model::loss::{cross_entropy, token_tensor};
-use kiln_model::sampling::GenerateConfig;
-use kiln_model::store::{load_model, save_model};
+use kiln_model::sampling::{GenerateConfig, argmax, sample_token};
+use kiln_model::store::{TOKENIZER_FILE, load_model, save_model};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 fn small() -> GptConfig {
     GptConfig::new(17)
@@ -25,7 +29,7 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
-fn ids(rows: &[Vec<usize>], device: &Device) -> Tensor<2, Int> {
+fn ids(rows: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
     token_tensor(rows, device).unwrap()
 }
 
@@ -104,11 +108,21 @@ fn bad_inputs_are_errors_not_panics() {
         Err(ModelError::BadInput(_))
     ));
 
-    let prompt = vec![vec![1, 2, 3]];
-    let long = gpt.generate(&prompt, &GenerateConfig::new().with_max_new_tokens(6));
+    let generate = GenerateConfig::new();
     assert!(matches!(
-        long,
-        Err(ModelError::SequenceTooLong { len: 9, max: 8 })
+        gpt.generate(&[vec![1, 17]], &generate),
+        Err(ModelError::TokenOutOfVocab {
+            id: 17,
+            vocab_size: 17
+        })
+    ));
+    assert!(matches!(
+        gpt.generate(&[vec![1, 2], vec![3]], &generate),
+        Err(ModelError::BadInput(_))
+    ));
+    assert!(matches!(
+        gpt.generate(&[], &generate),
+        Err(ModelError::BadInput(_))
     ));
     let mut cache = gpt.new_cache();
     gpt.forward_cached(ids(&[vec![1; 5]], &device), &mut cache)
@@ -253,6 +267,75 @@ fn generation_stops_at_eos() {
     assert_eq!(stopped[0], vec![1, 2, eos]);
 }
 
+/// A fresh, empty temporary folder for one test.
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-model-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn tiny_bert() -> BertConfig {
+    BertConfig::new(12)
+        .with_hidden_size(16)
+        .with_num_hidden_layers(1)
+        .with_num_attention_heads(2)
+        .with_intermediate_size(32)
+        .with_max_position_embeddings(8)
+        .with_initializer_range(0.5)
+}
+
+/// nanoGPT's decoding without a cache: at every step, the model runs on the last `block_size`
+/// tokens from scratch and the next token comes from the last position's logits.
+fn reference_decode(gpt: &Gpt, prompts: &[Vec<u32>], config: &GenerateConfig) -> Vec<Vec<u32>> {
+    let device = Device::flex();
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let mut sequences = prompts.to_vec();
+    for _ in 0..config.max_new_tokens {
+        let window: Vec<Vec<u32>> = sequences
+            .iter()
+            .map(|s| s[s.len().saturating_sub(gpt.block_size)..].to_vec())
+            .collect();
+        let logits = gpt.forward(ids(&window, &device)).unwrap();
+        let [batch, seq, vocab] = logits.dims();
+        let last = values(logits.narrow(1, seq - 1, 1).reshape([batch, vocab]));
+        for (sequence, row) in sequences.iter_mut().zip(last.chunks(vocab)) {
+            sequence.push(sample_token(row, config, &mut rng));
+        }
+    }
+    sequences
+}
+
+#[test]
+fn generation_slides_its_window_past_the_context() {
+    let device = Device::flex();
+    for positions in [PositionEncoding::Learned, PositionEncoding::Rotary] {
+        device.seed(8);
+        let gpt = small()
+            .with_positions(positions)
+            .with_init_std(0.5)
+            .init(&device)
+            .unwrap();
+        let greedy = GenerateConfig::new().with_max_new_tokens(14);
+        let sampled = greedy.clone().with_do_sample(true).with_seed(3);
+        // A prompt inside the context that grows past it, and one longer than the context.
+        let short = vec![vec![1, 2, 3], vec![9, 4, 16]];
+        let long = vec![(0..11).map(|i| i % 17).collect::<Vec<u32>>()];
+        for prompts in [&short, &long] {
+            for config in [&greedy, &sampled] {
+                let out = gpt.generate(prompts, config).unwrap();
+                assert_eq!(out[0].len(), prompts[0].len() + 14);
+                assert_eq!(
+                    out,
+                    reference_decode(&gpt, prompts, config),
+                    "{positions:?}, prompt {:?}, sampling {}",
+                    prompts[0],
+                    config.do_sample
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn saved_models_load_back_identically() {
     let device = Device::flex();
@@ -260,11 +343,17 @@ fn saved_models_load_back_identically() {
         .with_positions(PositionEncoding::Rotary)
         .with_tie_embeddings(false);
     let gpt = config.init(&device).unwrap();
-    let dir = std::env::temp_dir().join(format!("kiln-save-{}", std::process::id()));
+    let dir = temp_dir("save-gpt");
+    // The tokenizer file is the facade's: saving and loading leave it alone.
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(TOKENIZER_FILE), "{}").unwrap();
     save_model(&gpt, &config, &dir).unwrap();
-    let (loaded, loaded_config): (Gpt, GptConfig) =
-        load_model(&dir, &device, |c: &GptConfig, d| c.init(d)).unwrap();
+    let (loaded, loaded_config) = load_model::<GptConfig>(&dir, &device).unwrap();
     assert_eq!(loaded_config.positions, PositionEncoding::Rotary);
+    assert_eq!(
+        std::fs::read_to_string(dir.join(TOKENIZER_FILE)).unwrap(),
+        "{}"
+    );
     let x = ids(&[vec![1, 5, 9, 2]], &device);
     assert_eq!(
         values(gpt.forward(x.clone()).unwrap()),
@@ -278,7 +367,128 @@ fn saved_models_load_back_identically() {
         serde_json::to_string(&other).unwrap(),
     )
     .unwrap();
-    assert!(load_model::<Gpt, GptConfig>(&dir, &device, |c, d| c.init(d)).is_err());
+    assert!(load_model::<GptConfig>(&dir, &device).is_err());
+    // So is a config of another model, and a folder without a model.
+    assert!(matches!(
+        load_model::<BertForMaskedLmConfig>(&dir, &device),
+        Err(ModelError::Format { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(matches!(
+        load_model::<GptConfig>(&dir, &device),
+        Err(ModelError::Io { .. })
+    ));
+}
+
+#[test]
+fn saved_bert_heads_load_back_identically() {
+    let device = Device::flex();
+    let input = || BertInput {
+        input_ids: ids(&[vec![2, 7, 3, 11], vec![5, 1, 0, 0]], &device),
+        token_type_ids: Some(ids(&[vec![0, 0, 1, 1], vec![0, 0, 0, 0]], &device)),
+        attention_mask: Some(ids(&[vec![1, 1, 1, 1], vec![1, 1, 0, 0]], &device)),
+    };
+
+    let config = BertForMaskedLmConfig::new(tiny_bert());
+    let mlm = config.bert.init_masked_lm(&device).unwrap();
+    let dir = temp_dir("save-mlm");
+    save_model(&mlm, &config, &dir).unwrap();
+    let (loaded, _) = load_model::<BertForMaskedLmConfig>(&dir, &device).unwrap();
+    assert_eq!(
+        values(mlm.forward(input()).unwrap()),
+        values(loaded.forward(input()).unwrap())
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let config = BertForSequenceClassificationConfig::new(tiny_bert(), 3);
+    let classifier = config.bert.init_classifier(3, &device).unwrap();
+    let dir = temp_dir("save-cls");
+    save_model(&classifier, &config, &dir).unwrap();
+    let (loaded, loaded_config) =
+        load_model::<BertForSequenceClassificationConfig>(&dir, &device).unwrap();
+    assert_eq!(loaded_config.num_labels, 3);
+    assert_eq!(loaded.num_labels, 3);
+    assert_eq!(
+        values(classifier.forward(input()).unwrap()),
+        values(loaded.forward(input()).unwrap())
+    );
+    // The classifier's folder does not load as a masked-LM model: it has no decoder bias.
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string(&BertForMaskedLmConfig::new(tiny_bert())).unwrap(),
+    )
+    .unwrap();
+    assert!(load_model::<BertForMaskedLmConfig>(&dir, &device).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The first maximum of each row of `[rows, n]` host values.
+fn row_argmax(values: &[f32], n: usize) -> Vec<u32> {
+    values.chunks(n).map(|row| argmax(row) as u32).collect()
+}
+
+#[test]
+fn classifier_predictions_agree_with_its_logits() {
+    let device = Device::flex();
+    device.seed(5);
+    let classifier = tiny_bert()
+        .with_hidden_dropout_prob(0.5)
+        .init_classifier(4, &device)
+        .unwrap();
+    let rows = [vec![1, 2, 3], vec![4, 5, 6], vec![7, 8, 9], vec![10, 11, 0]];
+    let input = || BertInput::new(ids(&rows, &device));
+    let logits = values(classifier.forward(input()).unwrap());
+    let predicted = classifier.predict(input()).unwrap();
+    assert_eq!(predicted, row_argmax(&logits, 4));
+    let probabilities = classifier.predict_probabilities(input()).unwrap();
+    assert_eq!(probabilities.len(), 4);
+    for (row, &class) in probabilities.iter().zip(&predicted) {
+        assert_eq!(row.len(), 4);
+        let sum: f32 = row.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{row:?}");
+        assert!(row.iter().all(|&p| p > 0.0));
+        assert_eq!(argmax(row) as u32, class);
+    }
+    assert!(matches!(
+        classifier.predict(BertInput::new(ids(&[vec![1, 12]], &device))),
+        Err(ModelError::TokenOutOfVocab {
+            id: 12,
+            vocab_size: 12
+        })
+    ));
+
+    // On a training device dropout is on, yet predictions run without it: deterministic, and
+    // those of the same weights on a plain device.
+    let training = device.clone().autodiff();
+    let with_dropout = classifier.fork(&training);
+    let input = || BertInput::new(ids(&rows, &training));
+    assert_ne!(
+        values(with_dropout.forward(input()).unwrap()),
+        values(with_dropout.forward(input()).unwrap())
+    );
+    assert_eq!(with_dropout.predict(input()).unwrap(), predicted);
+    assert_eq!(
+        with_dropout.predict_probabilities(input()).unwrap(),
+        with_dropout.predict_probabilities(input()).unwrap()
+    );
+}
+
+#[test]
+fn masked_lm_predictions_agree_with_its_logits() {
+    let device = Device::flex();
+    device.seed(6);
+    let mlm = tiny_bert().init_masked_lm(&device).unwrap();
+    let rows = [vec![1, 2, 3, 4, 5], vec![6, 7, 8, 9, 10]];
+    let input = || BertInput::new(ids(&rows, &device));
+    let logits = values(mlm.forward(input()).unwrap());
+    let predicted = mlm.predict(input()).unwrap();
+    assert_eq!(predicted.len(), 2);
+    assert!(predicted.iter().all(|row| row.len() == 5));
+    assert_eq!(predicted.concat(), row_argmax(&logits, 12));
+    assert!(matches!(
+        mlm.predict(BertInput::new(Tensor::zeros([1, 0], &device))),
+        Err(ModelError::BadInput(_))
+    ));
 }
 
 #[test]

@@ -31,7 +31,7 @@ fn gpt(seed: u64, rotary: bool) -> Gpt {
     config.init(&device).unwrap()
 }
 
-fn ids(rows: &[Vec<usize>]) -> Tensor<2, Int> {
+fn ids(rows: &[Vec<u32>]) -> Tensor<2, Int> {
     kiln_model::loss::token_tensor(rows, &Device::flex()).unwrap()
 }
 
@@ -47,8 +47,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn tokens(len: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Vec<usize>> {
-    prop::collection::vec(0..VOCAB, len)
+fn tokens(len: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Vec<u32>> {
+    prop::collection::vec(0..VOCAB as u32, len)
 }
 
 proptest! {
@@ -61,7 +61,7 @@ proptest! {
         let model = gpt(seed, rotary);
         let mut changed = seq.clone();
         for (i, token) in changed.iter_mut().enumerate().skip(cut + 1) {
-            *token = (fresh[i] + 1 + *token) % VOCAB; // always a different token
+            *token = (fresh[i] + 1 + *token) % VOCAB as u32; // always a different token
         }
         let a = model.forward(ids(std::slice::from_ref(&seq))).unwrap();
         let b = model.forward(ids(&[changed])).unwrap();
@@ -77,7 +77,7 @@ proptest! {
     fn kv_cache_decoding_equals_full_forward(seed in 0u64..1000, rotary: bool, seq in tokens(2..=BLOCK), pieces in prop::collection::vec(1usize..4, 1..6)) {
         let model = gpt(seed, rotary);
         let full = values(model.forward(ids(&[seq.clone(), seq.iter().rev().cloned().collect()])).unwrap());
-        let reversed: Vec<usize> = seq.iter().rev().cloned().collect();
+        let reversed: Vec<u32> = seq.iter().rev().cloned().collect();
         let mut cache = model.new_cache();
         let mut incremental = [Vec::new(), Vec::new()];
         let mut start = 0;

@@ -191,7 +191,7 @@ pub(crate) fn block_shape(
         }
         let eps = layer_norm_eps(&block.attn_norm)?;
         let this = BlockShape {
-            n_head: attn.n_heads,
+            n_head: attn.n_head,
             d_ff: ffn.up.weight.dims()[1],
             activation: ffn.activation,
             layer_norm_eps: eps,
