@@ -93,13 +93,22 @@ struct Args {
 type Hook = Box<dyn FnMut(usize, Gpt) -> kiln::Result<Gpt> + Send>;
 
 /// Trains `gpt` with the main job's recipe and Trainer (`kiln::recipe::addition`) for `steps`
-/// steps peaking at `peak_lr`, calling `hook` after every optimizer step. Fine-tunes (with a
+/// steps (peaking at `peak_lr` instead of the recipe's when given), calling `hook` after every
+/// optimizer step. Fine-tunes (with a
 /// hook) run without evaluation: early stopping could go back to weights from before the
 /// pruning reached its target.
-fn train(gpt: Gpt, steps: usize, peak_lr: f64, seed: u64, hook: Option<Hook>) -> kiln::Result<Gpt> {
+fn train(
+    gpt: Gpt,
+    steps: usize,
+    peak_lr: Option<f64>,
+    seed: u64,
+    hook: Option<Hook>,
+) -> kiln::Result<Gpt> {
     let device = gpt.token_embedding.weight.device();
     let mut run = kiln::recipe::addition(steps);
-    run.schedule = run.schedule.with_peak_lr(peak_lr)?;
+    if let Some(lr) = peak_lr {
+        run.schedule = run.schedule.with_peak_lr(lr)?;
+    }
     run.trainer = run.trainer.with_seed(seed).with_log_every(300);
     let train = BatchSource::new(AdditionDataset::train(), AdditionBatcher);
     let trainer = match hook {
@@ -222,7 +231,7 @@ fn main() -> kiln::Result<()> {
         }
         None => {
             println!("training the dense model: {} steps", args.max_steps);
-            train(config.init(&device)?, args.max_steps, 3e-3, args.seed, None)?
+            train(config.init(&device)?, args.max_steps, None, args.seed, None)?
         }
     };
     if let Some(dir) = &args.save_dense {
@@ -232,7 +241,8 @@ fn main() -> kiln::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let problems = held_out_sample(args.eval as usize, args.seed);
     let mut rows: Vec<Row> = Vec::new();
-    let ft_lr = 1e-3;
+    // Fine-tunes peak at a third of the main job's rate.
+    let ft_lr = Some(3e-4);
     let ft = args.finetune_steps;
 
     let f32_row = |name: &str, gpt: Gpt, file: &str| -> kiln::Result<Row> {
