@@ -19,6 +19,11 @@
 //! At the end it prints `params_sha256: <hex>`, a hash of every parameter's bytes: a run
 //! killed at any moment and restarted with `--resume` prints the same hash as an uninterrupted
 //! one. Progress goes to stderr, results to stdout.
+//!
+//! Data parallel: built with `--features mpi` and launched by `mpirun -np N` (or `srun`), every
+//! rank trains on its own `--batch` sequences of each step and rank 0 prints; `mpirun -np 2
+//! train_gpt --batch 32` takes the steps of `train_gpt --batch 32 --accum 2`, bit for bit
+//! (`docs/distributed.md`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,6 +32,7 @@ use burn::data::dataset::Dataset;
 use burn::module::{ModuleVisitor, Param};
 use clap::Parser;
 use kiln::data::addition::{AdditionBatcher, AdditionDataset};
+use kiln::dist::{ProcessGroup, ReduceDtype};
 use kiln::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -107,6 +113,15 @@ struct Args {
     /// Held-out problems for the final accuracy (addition only).
     #[arg(long, default_value_t = 1000)]
     accuracy_problems: usize,
+    /// ZeRO stage under mpirun: 1 shards the optimizer state across the ranks.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1))]
+    zero_stage: Option<u64>,
+    /// Gradient bucket size under mpirun, in MB.
+    #[arg(long)]
+    bucket_mb: Option<f64>,
+    /// The dtype gradients travel in under mpirun.
+    #[arg(long, value_enum)]
+    reduce_dtype: Option<ReduceDtype>,
     /// Also write the trained model as a HuggingFace GPT-2 folder (config.json,
     /// model.safetensors, and tokenizer.json for text data), loadable by transformers.
     #[arg(long)]
@@ -205,6 +220,12 @@ fn run_config(args: &Args) -> kiln::Result<GptRun> {
         t.run_dir = args.run_dir.clone();
     }
     t.resume |= args.resume;
+    let dp = &mut t.data_parallel;
+    if let Some(stage) = args.zero_stage {
+        dp.zero_stage = stage as usize;
+    }
+    set(&mut dp.bucket_mb, args.bucket_mb);
+    set(&mut dp.reduce_dtype, args.reduce_dtype);
     if (t.resume || t.checkpoint_every > 0) && t.checkpoint_dir.is_none() && t.run_dir.is_none() {
         t.checkpoint_dir = Some("checkpoints/train_gpt".into());
     }
@@ -254,13 +275,33 @@ fn text_data(
 
 fn main() -> kiln::Result<()> {
     let args = Args::parse();
-    let mut run = run_config(&args)?;
+    // Under mpirun/srun: this rank of the world (a build without `--features mpi` says so).
+    let group = ProcessGroup::from_env()?;
+    match train(&args, &group) {
+        Err(e) if group.size() > 1 => {
+            // The other ranks may be waiting in a collective: end the whole job.
+            eprintln!("rank {}: error: {e}", group.rank());
+            group.abort(1)
+        }
+        result => result,
+    }
+}
+
+fn train(args: &Args, group: &ProcessGroup) -> kiln::Result<()> {
+    let mut run = run_config(args)?;
     let device_name = args
         .device
         .clone()
         .or_else(|| std::env::var(kiln::device::DEVICE_ENV).ok())
         .unwrap_or_else(|| "flex".into());
+    // One GPU per process on a machine: `cuda` means `cuda:{local rank}`.
+    let device_name = match device_name.as_str() {
+        "cuda" if group.size() > 1 => format!("cuda:{}", group.local_rank()),
+        _ => device_name,
+    };
     let device = kiln::device::from_name(&device_name)?;
+    // Results go to stdout on rank 0 only.
+    let main = group.is_main();
 
     // Text runs also keep their tokenizer and the first token of a few training windows, to
     // start the samples printed at the end.
@@ -288,28 +329,37 @@ fn main() -> kiln::Result<()> {
         }
     };
     if args.print_config {
-        print!("{}", run.to_toml()?);
+        if main {
+            print!("{}", run.to_toml()?);
+        }
         return Ok(());
     }
 
     device.seed(run.trainer.seed);
     let gpt = run.model.init(&device)?;
-    println!(
-        "GPT with {} parameters on {} ({train_len} training sequences), {} steps of {} x {}",
-        gpt.num_params(),
-        match &run.data {
-            GptData::Addition => "3-digit addition".to_string(),
-            GptData::Text { path, .. } => path.clone(),
-            GptData::Prepared { dir } => dir.clone(),
-        },
-        run.trainer.max_steps.unwrap_or_default(),
-        run.trainer.grad_accumulation,
-        run.trainer.batch_size
-    );
+    if main {
+        println!(
+            "GPT with {} parameters on {} ({train_len} training sequences), {} steps of {} rank(s) x {} x {}",
+            gpt.num_params(),
+            match &run.data {
+                GptData::Addition => "3-digit addition".to_string(),
+                GptData::Text { path, .. } => path.clone(),
+                GptData::Prepared { dir } => dir.clone(),
+            },
+            run.trainer.max_steps.unwrap_or_default(),
+            group.size(),
+            run.trainer.grad_accumulation,
+            run.trainer.batch_size
+        );
+    }
     let start = Instant::now();
     let outcome = Trainer::new(&run, train)?
         .with_eval(eval)
+        .with_process_group(group.clone())
         .fit(gpt, &device)?;
+    if !main {
+        return Ok(());
+    }
     if let Some(step) = outcome.resumed_from {
         println!("resumed from step {step}");
     }

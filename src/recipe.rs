@@ -33,9 +33,10 @@ where
     D: Serialize + DeserializeOwned,
 {
     let optimizer = AdamWConfig::new().with_beta_2(0.99).with_weight_decay(0.1);
-    // The schedule's length is left to the run (`total_steps: None`).
-    let schedule =
-        WarmupDecayConfig::new(peak_lr, (max_steps / 20).max(1)).with_shape(DecayShape::Cosine {
+    // The schedule's length is the run's (`total_steps: None`), its warmup a fraction of it.
+    let schedule = WarmupDecayConfig::new(peak_lr, 0)
+        .with_warmup_ratio(Some(0.05))
+        .with_shape(DecayShape::Cosine {
             num_cycles: 0.5,
             min_lr_ratio: 0.1,
         });
@@ -59,8 +60,9 @@ where
     D: Serialize + DeserializeOwned,
 {
     let optimizer = AdamWConfig::new().with_weight_decay(0.01);
-    let schedule =
-        WarmupDecayConfig::new(peak_lr, (max_steps / 10).max(1)).with_shape(DecayShape::Linear);
+    let schedule = WarmupDecayConfig::new(peak_lr, 0)
+        .with_warmup_ratio(Some(0.1))
+        .with_shape(DecayShape::Linear);
     let trainer = TrainerConfig::new()
         .with_max_steps(Some(max_steps))
         .with_clip_grad_norm(Some(1.0));

@@ -6,6 +6,7 @@ use crate::error::{DistError, Result};
 
 /// The dtype gradients travel in.
 #[derive(Config, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum ReduceDtype {
     /// Full precision: the sum of the ranks' f32 gradients.
     F32,

@@ -218,3 +218,46 @@ fn configs_round_trip_through_toml_and_json() {
         }
     }
 }
+
+/// `warmup_ratio` (HF's): with `warmup_steps` 0 the warmup is `ceil(ratio · run)` steps, so it
+/// follows the run's length; explicit steps win, and a ratio without a length is refused.
+#[test]
+fn warmup_ratio_follows_the_run() {
+    let by_ratio = WarmupDecayConfig::new(1.0, 0).with_warmup_ratio(Some(0.05));
+    for total in [20, 100, 1800] {
+        let warmup = (total as f64 * 0.05).ceil() as usize;
+        let explicit = WarmupDecayConfig::new(1.0, warmup);
+        assert_eq!(
+            lrs(
+                ScheduleConfig::from(by_ratio.clone())
+                    .init_for_run(total)
+                    .unwrap(),
+                total
+            ),
+            lrs(
+                ScheduleConfig::from(explicit).init_for_run(total).unwrap(),
+                total
+            ),
+            "{total} steps"
+        );
+    }
+    let steps_win = WarmupDecayConfig::new(1.0, 4).with_warmup_ratio(Some(0.5));
+    let lr = lrs(
+        ScheduleConfig::from(steps_win).init_for_run(100).unwrap(),
+        5,
+    );
+    assert_eq!(lr[4], 1.0, "warmup of 4 steps, not 50");
+    assert!(
+        by_ratio
+            .clone()
+            .with_shape(DecayShape::Constant)
+            .init()
+            .is_err()
+    );
+    assert!(
+        by_ratio
+            .with_warmup_ratio(Some(1.5))
+            .init_for_run(10)
+            .is_err()
+    );
+}

@@ -62,6 +62,11 @@ pub struct WarmupDecayConfig {
     pub warmup_steps: usize,
     /// Steps of the whole run; `None`: the run's length, given to `init_for_run`.
     pub total_steps: Option<usize>,
+    /// The warmup as a fraction of the run, used when `warmup_steps` is 0 (HF's
+    /// `warmup_ratio`: `ceil(total_steps · warmup_ratio)` steps), so that it follows the run's
+    /// length.
+    #[config(default = "None")]
+    pub warmup_ratio: Option<f64>,
     /// The decay after warmup.
     #[config(default = "DecayShape::Linear")]
     pub shape: DecayShape,
@@ -95,6 +100,7 @@ impl WarmupDecayConfig {
     /// `total_steps`; without it this is an error (use [`WarmupDecayConfig::init_for_run`]).
     pub fn init(&self) -> Result<Scheduler<WarmupDecay>, OptimError> {
         check_lr("peak_lr", self.peak_lr)?;
+        let warmup = self.warmup()?;
         let decay_to_the_end = match self.shape {
             DecayShape::Linear => Some("linear"),
             DecayShape::Cosine { .. } => Some("cosine"),
@@ -113,11 +119,10 @@ impl WarmupDecayConfig {
             ));
         }
         if let Some(total) = self.total_steps
-            && self.warmup_steps > total
+            && warmup > total
         {
             return Err(OptimError::InvalidSchedule(format!(
-                "warmup ({} steps) is longer than the run ({total} steps)",
-                self.warmup_steps
+                "warmup ({warmup} steps) is longer than the run ({total} steps)"
             )));
         }
         match &self.shape {
@@ -156,11 +161,35 @@ impl WarmupDecayConfig {
         }
         Ok(Scheduler::new(WarmupDecay {
             config_peak: self.peak_lr,
-            warmup: self.warmup_steps,
+            warmup,
             // Constant and inverse-sqrt decay never read the length, so it may be unset there.
-            total: self.total_steps.unwrap_or(self.warmup_steps),
+            total: self.total_steps.unwrap_or(warmup),
             shape: self.shape.clone(),
         }))
+    }
+
+    /// The warmup in steps: `warmup_steps`, or `warmup_ratio` of the run when it is 0.
+    fn warmup(&self) -> Result<usize, OptimError> {
+        match (self.warmup_steps, self.warmup_ratio) {
+            (0, Some(ratio)) => {
+                if !(ratio.is_finite() && (0.0..=1.0).contains(&ratio)) {
+                    return Err(OptimError::InvalidHyperparameter {
+                        name: "warmup_ratio",
+                        value: ratio,
+                        reason: "must be in [0, 1]",
+                    });
+                }
+                let total = self.total_steps.ok_or_else(|| {
+                    OptimError::InvalidSchedule(
+                        "warmup_ratio needs the run's length: set total_steps, or let the \
+                         Trainer size the schedule (init_for_run)"
+                            .to_string(),
+                    )
+                })?;
+                Ok((total as f64 * ratio).ceil() as usize)
+            }
+            (steps, _) => Ok(steps),
+        }
     }
 }
 
