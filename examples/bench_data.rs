@@ -4,7 +4,8 @@
 //! + exact + MinHash-LSH near dedup (the default).
 //!
 //! ```text
-//! cargo run --release --example bench_data -- [--mb 32] [--rounds 3] [--batch-docs 4096] [--num-perm 128]
+//! cargo run --release --example bench_data -- [--mb 32] [--rounds 3] [--batch-docs 4096] [--num-perm 256]
+//! cargo run --release --example bench_data -- --help
 //! ```
 //!
 //! The corpus is generated in code (`kiln::data::synthetic`): English-like documents of 60-300
@@ -12,19 +13,32 @@
 
 use std::time::Instant;
 
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use kiln::data::synthetic::{SyntheticConfig, planted_corpus};
 use kiln::data::{CleanConfig, CorpusPipeline, DedupConfig, DedupMode};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}: not a number: {v}"))
-        })
-        .unwrap_or(default)
+/// Time kiln-data's cleaning and deduplication (MB/s of raw text) on a generated corpus.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Size of the generated corpus in MB (planted duplicates included).
+    #[arg(long, default_value_t = 32, value_parser = positive())]
+    mb: usize,
+    /// Rounds of the three configurations (the median is reported).
+    #[arg(long, default_value_t = 3, value_parser = positive())]
+    rounds: usize,
+    /// Documents per parallel batch.
+    #[arg(long, default_value_t = 4096, value_parser = positive())]
+    batch_docs: usize,
+    /// MinHash signature length of the near dedup.
+    #[arg(long, default_value_t = DedupConfig::new().num_perm, value_parser = positive())]
+    num_perm: usize,
+}
+
+/// A count of at least 1.
+fn positive() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..)
 }
 
 /// CPU seconds (user + system) this process has used so far, from `/proc/self/stat` (Linux;
@@ -39,13 +53,9 @@ fn cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0) // USER_HZ is 100 on Linux
 }
 
-fn main() {
-    let (mb, rounds, batch) = (
-        arg("--mb", 32),
-        arg("--rounds", 3),
-        arg("--batch-docs", 4096),
-    );
-    let num_perm = arg("--num-perm", DedupConfig::new().num_perm);
+fn main() -> kiln::Result<()> {
+    let args = Args::parse();
+    let (mb, rounds, batch, num_perm) = (args.mb, args.rounds, args.batch_docs, args.num_perm);
     // About 1.6 KB per document at the default lengths; copies add 20%.
     let unique = mb * 1_000_000 / 1600 * 10 / 12;
     let corpus = planted_corpus(&SyntheticConfig {
@@ -72,8 +82,7 @@ fn main() {
             let mut pipeline = CorpusPipeline::new(
                 CleanConfig::new(),
                 DedupConfig::new().with_mode(*mode).with_num_perm(num_perm),
-            )
-            .expect("default configs are valid");
+            )?;
             let (start, cpu_start) = (Instant::now(), cpu_seconds());
             let mut kept = 0;
             for chunk in corpus.documents.chunks(batch) {
@@ -106,4 +115,5 @@ fn main() {
         let per_cpu = median(runs.iter().map(|r| r.1).collect());
         println!("median {name:<28} {wall:7.1} MB/s  {per_cpu:6.1} MB per CPU-s");
     }
+    Ok(())
 }

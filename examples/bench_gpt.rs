@@ -4,13 +4,13 @@
 //! ```text
 //! cargo run --release --example bench_gpt -- --d-model 256 --layers 4 --heads 4 --seq 128 \
 //!     --batch 16 --steps 6 [--vocab 256] [--warmup 2] [--baseline] [--rounds 1] [--device NAME]
+//! cargo run --release --example bench_gpt -- --help
 //! ```
 //!
 //! The last line is `tokens_per_s: X` for kiln's model (median step time). With `--baseline`,
 //! kiln and the burn-nn model alternate for `--rounds` rounds (so drift of the machine hits
 //! both), and `burn_nn_tokens_per_s: X` and `kiln_vs_burn_nn: R` come just before it.
 
-use std::process::ExitCode;
 use std::time::Instant;
 
 use burn::nn::attention::generate_autoregressive_mask;
@@ -19,66 +19,55 @@ use burn::nn::transformer::{
 };
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams};
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
+use kiln::core::seed;
 use kiln::model::loss::cross_entropy;
 use kiln::prelude::*;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
+/// Time training steps (forward, backward, AdamW) of kiln's GPT, optionally against burn-nn's.
+#[derive(Parser, Debug)]
+#[command(version)]
 struct Args {
+    /// Model width.
+    #[arg(long, default_value_t = 256, value_parser = positive())]
     d_model: usize,
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 4, value_parser = positive())]
     layers: usize,
+    /// Attention heads per block.
+    #[arg(long, default_value_t = 4, value_parser = positive())]
     heads: usize,
+    /// Tokens per sequence (the context length).
+    #[arg(long, default_value_t = 128, value_parser = positive())]
     seq: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16, value_parser = positive())]
     batch: usize,
+    /// Timed steps per round (the median is reported).
+    #[arg(long, default_value_t = 6, value_parser = positive())]
     steps: usize,
+    /// Untimed steps before them.
+    #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Vocabulary size (the tokens are random).
+    #[arg(long, default_value_t = 256, value_parser = positive())]
     vocab: usize,
+    /// Also time the same-sized GPT built from burn-nn's `TransformerEncoder`.
+    #[arg(long)]
     baseline: bool,
+    /// Rounds; with --baseline kiln and burn-nn alternate, so drift of the machine hits both.
+    #[arg(long, default_value_t = 1, value_parser = positive())]
     rounds: usize,
-    device: String,
+    /// Backend: flex, wgpu, vulkan[:N], metal, cuda[:N] or auto; defaults to $KILN_DEVICE, else flex.
+    #[arg(long)]
+    device: Option<String>,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        d_model: 256,
-        layers: 4,
-        heads: 4,
-        seq: 128,
-        batch: 16,
-        steps: 6,
-        warmup: 2,
-        vocab: 256,
-        baseline: false,
-        rounds: 1,
-        device: std::env::var(kiln::device::DEVICE_ENV).unwrap_or_else(|_| "flex".into()),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--baseline" {
-            a.baseline = true;
-            continue;
-        }
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        let n = || {
-            value
-                .parse::<usize>()
-                .map_err(|_| format!("{flag}: `{value}` is not a number"))
-        };
-        match flag.as_str() {
-            "--d-model" => a.d_model = n()?,
-            "--layers" => a.layers = n()?,
-            "--heads" => a.heads = n()?,
-            "--seq" => a.seq = n()?,
-            "--batch" => a.batch = n()?,
-            "--steps" => a.steps = n()?.max(1),
-            "--warmup" => a.warmup = n()?,
-            "--vocab" => a.vocab = n()?,
-            "--rounds" => a.rounds = n()?.max(1),
-            "--device" => a.device = value,
-            other => return Err(format!("unknown argument `{other}`")),
-        }
-    }
-    Ok(a)
+/// A count of at least 1.
+fn positive() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..)
 }
 
 /// The same GPT built from burn-nn parts: embeddings, `TransformerEncoder` (pre-norm, GELU,
@@ -129,7 +118,7 @@ fn time_steps<M: Module>(
     forward: impl Fn(&M, Tensor<2, Int>) -> Tensor<3>,
 ) -> f64 {
     let mut optim = AdamWConfig::new().with_weight_decay(0.1).init();
-    let mut rng = StdRng::seed_from_u64(0);
+    let mut rng = seed::rng(0);
     let mut times = Vec::new();
     for step in 0..a.warmup + a.steps {
         let data: Vec<i64> = (0..a.batch * (a.seq + 1))
@@ -157,28 +146,28 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn run() -> Result<(), String> {
-    let a = parse()?;
-    let device = kiln::device::from_name(&a.device)
-        .map_err(|e| e.to_string())?
-        .autodiff();
+fn main() -> kiln::Result<()> {
+    let a = Args::parse();
+    let device_name = a
+        .device
+        .clone()
+        .or_else(|| std::env::var(kiln::device::DEVICE_ENV).ok())
+        .unwrap_or_else(|| "flex".into());
+    let device = kiln::device::from_name(&device_name)?.autodiff();
     let tokens = (a.batch * a.seq) as f64;
     let config = GptConfig::new(a.vocab)
         .with_block_size(a.seq)
         .with_n_layer(a.layers)
         .with_n_head(a.heads)
         .with_d_model(a.d_model);
-    let params = config
-        .init(&device)
-        .map_err(|e| e.to_string())?
-        .num_params();
+    let params = config.init(&device)?.num_params();
     println!(
         "model: d_model {} layers {} heads {} seq {} batch {} vocab {} ({params} parameters), device {device:?}",
         a.d_model, a.layers, a.heads, a.seq, a.batch, a.vocab,
     );
     let (mut kiln_steps, mut burn_steps) = (Vec::new(), Vec::new());
     for round in 1..=a.rounds {
-        let gpt = config.init(&device).map_err(|e| e.to_string())?;
+        let gpt = config.init(&device)?;
         let kiln = time_steps(gpt, &a, &device, |m, ids| {
             m.forward(ids).expect("valid batch")
         });
@@ -201,14 +190,4 @@ fn run() -> Result<(), String> {
     println!("kiln_step_ms: {:.1}", kiln_step * 1e3);
     println!("tokens_per_s: {:.0}", tokens / kiln_step);
     Ok(())
-}
-
-fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }

@@ -55,7 +55,7 @@ use rand::seq::SliceRandom;
 
 /// Prune and quantize the main job's GPT; report sparsity, size, accuracy and speed of each.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Training steps of the dense model (the main job's recipe).
     #[arg(long, alias = "steps", default_value_t = 1800)]

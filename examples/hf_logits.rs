@@ -4,18 +4,46 @@
 //! ```text
 //! cargo run --release --example hf_logits -- --model-dir DIR --input-ids "1,2,3;4,5,6" \
 //!     [--token-type-ids "0,0,1;0,1,1"] [--attention-mask "1,1,1;1,1,0"] [--device NAME]
+//! cargo run --release --example hf_logits -- --help
 //! ```
 //!
 //! Rows are separated by `;`, ids by `,`. Prints `{"logits": [[[...]]]}` (batch × seq × vocab
 //! for language models, batch × labels for classifiers); a bare `BertModel` prints its
 //! `last_hidden_state` as `logits` and adds `last_hidden_state` and `pooler_output`.
+//! `--token-type-ids` is for BERT checkpoints only (kiln's GPT-2 has no token types).
 
-use std::process::ExitCode;
+use std::path::PathBuf;
 
+use clap::Parser;
 use kiln::prelude::*;
 use serde_json::{Value, json};
 
-fn parse_rows(text: &str) -> Result<Vec<Vec<u32>>, String> {
+/// Print a HuggingFace checkpoint's outputs on a batch as JSON, to compare with transformers.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// A folder with `config.json` and `model.safetensors` (GPT-2 or BERT).
+    #[arg(long, value_name = "DIR")]
+    model_dir: PathBuf,
+    /// Token ids: rows separated by `;`, ids by `,` (all rows the same length).
+    #[arg(long, value_name = "ROWS", value_parser = parse_rows)]
+    input_ids: Rows,
+    /// BERT's segment ids, shaped like --input-ids.
+    #[arg(long, value_name = "ROWS", value_parser = parse_rows)]
+    token_type_ids: Option<Rows>,
+    /// 1 for a token, 0 for padding, shaped like --input-ids.
+    #[arg(long, value_name = "ROWS", value_parser = parse_rows)]
+    attention_mask: Option<Rows>,
+    /// Backend: flex, wgpu, vulkan[:N], metal, cuda[:N] or auto; defaults to $KILN_DEVICE, else flex.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+/// A batch of ids, one `Vec` per row.
+#[derive(Clone, Debug)]
+struct Rows(Vec<Vec<u32>>);
+
+fn parse_rows(text: &str) -> Result<Rows, String> {
     text.split(';')
         .map(|row| {
             row.split(',')
@@ -26,7 +54,8 @@ fn parse_rows(text: &str) -> Result<Vec<Vec<u32>>, String> {
                 })
                 .collect()
         })
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(Rows)
 }
 
 fn to_json<const D: usize>(tensor: Tensor<D>) -> Value {
@@ -51,40 +80,27 @@ fn to_json<const D: usize>(tensor: Tensor<D>) -> Value {
     nest(&values, &dims)
 }
 
-fn run() -> Result<Value, String> {
-    let mut args = std::env::args().skip(1);
-    let (mut dir, mut ids, mut types, mut mask, mut device) = (
-        None,
-        None,
-        None,
-        None,
-        std::env::var(kiln::device::DEVICE_ENV).unwrap_or_else(|_| "flex".into()),
-    );
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model-dir" => dir = Some(value()?),
-            "--input-ids" => ids = Some(value()?),
-            "--token-type-ids" => types = Some(value()?),
-            "--attention-mask" => mask = Some(value()?),
-            "--device" => device = value()?,
-            other => return Err(format!("unknown argument `{other}`")),
-        }
-    }
-    let dir = dir.ok_or("--model-dir is required")?;
-    let ids = ids.ok_or("--input-ids is required")?;
-    let device = kiln::device::from_name(&device).map_err(|e| e.to_string())?;
-    let tensor = |text: &str| -> Result<Tensor<2, Int>, String> {
-        let rows = parse_rows(text)?;
-        kiln::model::loss::token_tensor(&rows, &device).map_err(|e| e.to_string())
-    };
-    let ids = tensor(&ids)?;
-    let types = types.as_deref().map(tensor).transpose()?;
-    let mask = mask.as_deref().map(tensor).transpose()?;
+fn main() -> kiln::Result<()> {
+    let args = Args::parse();
+    let device_name = args
+        .device
+        .clone()
+        .or_else(|| std::env::var(kiln::device::DEVICE_ENV).ok())
+        .unwrap_or_else(|| "flex".into());
+    let device = kiln::device::from_name(&device_name)?;
+    let tensor = |rows: &Rows| kiln::model::loss::token_tensor(&rows.0, &device);
+    let ids = tensor(&args.input_ids)?;
+    let types = args.token_type_ids.as_ref().map(tensor).transpose()?;
+    let mask = args.attention_mask.as_ref().map(tensor).transpose()?;
 
-    let model = load_pretrained(&dir, &device).map_err(|e| e.to_string())?;
-    let output = model.forward(ids, types, mask).map_err(|e| e.to_string())?;
-    Ok(match output {
+    let model = load_pretrained(&args.model_dir, &device)?;
+    if types.is_some() && matches!(model, HfModel::Gpt2(_)) {
+        return Err(kiln::Error::Usage(
+            "--token-type-ids applies to BERT checkpoints; this one is GPT-2".into(),
+        ));
+    }
+    let output = model.forward(ids, types, mask)?;
+    let value = match output {
         HfOutput::TokenLogits(logits) => json!({ "logits": to_json(logits) }),
         HfOutput::ClassLogits(logits) => json!({ "logits": to_json(logits) }),
         HfOutput::Hidden {
@@ -98,18 +114,7 @@ fn run() -> Result<Value, String> {
                 "pooler_output": pooler_output.map(to_json),
             })
         }
-    })
-}
-
-fn main() -> ExitCode {
-    match run() {
-        Ok(value) => {
-            println!("{value}");
-            ExitCode::SUCCESS
-        }
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    };
+    println!("{value}");
+    Ok(())
 }

@@ -3,21 +3,23 @@
 //!
 //! ```text
 //! cargo run --release --example optimizers                      # table + target/optimizers.svg
-//! cargo run --release --example optimizers -- --steps 300 --seed 1 --out curves.svg
+//! cargo run --release --example optimizers -- --max-steps 300 --seed 1 --out curves.svg
+//! cargo run --release --example optimizers -- --help
 //! ```
 //!
 //! Prints a table of the final training loss (mean of the last 20 steps) and the held-out loss
-//! per optimizer/schedule pair, and writes an SVG line plot of the smoothed loss curves (drawn by
-//! hand: no plotting crate).
+//! per optimizer/schedule pair, and writes an SVG line plot of the smoothed loss curves (with
+//! kiln-train's plotter, `kiln::train::plot`).
 
-use std::error::Error;
-use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::data::dataloader::batcher::Batcher;
-use burn::data::dataset::Dataset;
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{GradientsParams, ModuleOptimizer};
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
+use kiln::core::seed;
 use kiln::data::addition::{AdditionBatcher, AdditionDataset, SEQ_LEN, VOCAB_SIZE};
 use kiln::data::{IGNORE_INDEX, LmBatch};
 use kiln::optim::schedule::DecayShape;
@@ -26,8 +28,24 @@ use kiln::optim::{
     OneCycleConfig, SgdConfig, StepDecayConfig, WarmupDecayConfig, clip_grad_norm,
 };
 use kiln::prelude::*;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use kiln::train::plot::{COLORS, Panel, Series, svg_panels};
+use rand::Rng;
+
+/// Every kiln optimizer and schedule on one tiny GPT learning 3-digit addition.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Optimizer steps of every run (the final loss is the mean of the last 20).
+    #[arg(long, alias = "steps", default_value_t = 600,
+          value_parser = RangedU64ValueParser::<usize>::new().range(30..))]
+    max_steps: usize,
+    /// Seed of the initial weights and of the batches (the same for every run).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Where to write the plot of the loss curves (SVG).
+    #[arg(long, default_value = "target/optimizers.svg")]
+    out: PathBuf,
+}
 
 /// How the gradients are clipped before the step.
 enum Clip {
@@ -45,7 +63,7 @@ struct Run {
     clip: Clip,
 }
 
-fn runs(gpt: &Gpt, steps: usize) -> Result<Vec<Run>, Box<dyn Error>> {
+fn runs(gpt: &Gpt, steps: usize) -> kiln::Result<Vec<Run>> {
     let warmup = steps / 10;
     let lamb = LambConfig::new().with_max_grad_norm(Some(1.0));
     Ok(vec![
@@ -152,27 +170,13 @@ fn loss_of(gpt: &Gpt, batch: LmBatch) -> Result<Tensor<1>, ModelError> {
     Ok(gpt.loss(logits, batch.targets, Some(IGNORE_INDEX)))
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
-    let mut steps = 600usize;
-    let mut out = String::from("target/optimizers.svg");
-    let mut seed = 42u64;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--steps" => steps = value.parse()?,
-            "--out" => out = value,
-            "--seed" => seed = value.parse()?,
-            other => return Err(format!("unknown argument `{other}`").into()),
-        }
-    }
-    if steps < 30 {
-        return Err("--steps must be at least 30".into());
-    }
+fn main() -> kiln::Result<()> {
+    let args = Args::parse();
+    let steps = args.max_steps;
 
     let device = Device::flex().autodiff();
     // The same initial weights for every run, and from one invocation to the next.
-    device.seed(seed);
+    device.seed(args.seed);
     let config = GptConfig::new(VOCAB_SIZE)
         .with_block_size(SEQ_LEN + 1)
         .with_n_layer(2)
@@ -182,17 +186,16 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // The same batches, in the same order, for every run.
     let (train, held_out) = (AdditionDataset::train(), AdditionDataset::held_out());
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut sample = |set: &AdditionDataset, n: usize| -> Result<LmBatch, Box<dyn Error>> {
+    let mut rng = seed::rng(args.seed);
+    let mut sample = |set: &AdditionDataset, n: usize| -> LmBatch {
+        let problems = set.problems();
         let items = (0..n)
-            .map(|_| set.get(rng.random_range(0..set.len())))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(AdditionBatcher.batch(items, &device))
+            .map(|_| problems[rng.random_range(0..problems.len())])
+            .collect();
+        AdditionBatcher.batch(items, &device)
     };
-    let batches = (0..steps)
-        .map(|_| sample(&train, 32))
-        .collect::<Result<Vec<_>, _>>()?;
-    let eval = sample(&held_out, 512)?;
+    let batches: Vec<LmBatch> = (0..steps).map(|_| sample(&train, 32)).collect();
+    let eval = sample(&held_out, 512);
 
     let mut table = Vec::new();
     let mut curves = Vec::new();
@@ -228,8 +231,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     for (name, final_loss, eval_loss) in &table {
         println!("| {name} | {final_loss:.4} | {eval_loss:.4} |");
     }
-    std::fs::write(&out, svg(&curves))?;
-    println!("\nloss curves: {out}");
+    std::fs::write(&args.out, plot(&curves))?;
+    println!("\nloss curves: {}", args.out.display());
     Ok(())
 }
 
@@ -245,95 +248,24 @@ fn smooth(values: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-/// A line plot of the smoothed curves with axes, ticks and a legend.
-fn svg(curves: &[(&str, Vec<f64>)]) -> String {
-    const COLORS: [&str; 10] = [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-        "#bcbd22", "#17becf",
-    ];
-    let (width, height) = (960.0, 540.0);
-    let (left, right, top, bottom) = (70.0, 300.0, 30.0, 50.0);
-    let (plot_w, plot_h) = (width - left - right, height - top - bottom);
-    let smoothed: Vec<Vec<f64>> = curves.iter().map(|(_, c)| smooth(c)).collect();
-    let steps = smoothed.iter().map(Vec::len).max().unwrap_or(1).max(2);
-    let max = smoothed.iter().flatten().cloned().fold(f64::MIN, f64::max);
-    let min = smoothed.iter().flatten().cloned().fold(f64::MAX, f64::min);
-    let (y_lo, y_hi) = ((min * 10.0).floor() / 10.0, (max * 10.0).ceil() / 10.0);
-    let x = |i: usize| left + plot_w * i as f64 / (steps - 1) as f64;
-    let y = |v: f64| top + plot_h * (1.0 - (v - y_lo) / (y_hi - y_lo).max(1e-9));
-
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">Training loss (EMA 0.9), tiny GPT on 3-digit addition</text>"#,
-        left + plot_w / 2.0
-    );
-    // Axes and ticks.
-    let _ = writeln!(
-        s,
-        r#"<path d="M{left},{top} V{} H{}" stroke="black" fill="none"/>"#,
-        top + plot_h,
-        left + plot_w
-    );
-    for k in 0..=5 {
-        let v = y_lo + (y_hi - y_lo) * k as f64 / 5.0;
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{v:.2}</text>"##,
-            left + plot_w,
-            left - 6.0,
-            y(v) + 4.0,
-            yy = y(v)
-        );
-        let step = (steps - 1) * k / 5;
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{step}</text>"#,
-            x(step),
-            top + plot_h + 18.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{:.1}" y="{}" text-anchor="middle">step</text>"#,
-        left + plot_w / 2.0,
-        height - 10.0
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="16" y="{:.1}" transform="rotate(-90 16 {:.1})" text-anchor="middle">loss</text>"#,
-        top + plot_h / 2.0,
-        top + plot_h / 2.0
-    );
-    // Curves and legend.
-    for (i, ((name, _), curve)) in curves.iter().zip(&smoothed).enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let points: Vec<String> = curve
-            .iter()
-            .enumerate()
-            .map(|(j, &v)| format!("{:.1},{:.1}", x(j), y(v)))
-            .collect();
-        let _ = writeln!(
-            s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
-            points.join(" ")
-        );
-        let ly = top + 10.0 + 20.0 * i as f64;
-        let lx = left + plot_w + 20.0;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
-            lx + 24.0,
-            lx + 30.0,
-            ly + 4.0,
-            name.replace('&', "&amp;")
-        );
-    }
-    s.push_str("</svg>\n");
-    s
+/// The smoothed loss curves, one line per run.
+fn plot(curves: &[(&str, Vec<f64>)]) -> String {
+    let series = curves
+        .iter()
+        .enumerate()
+        .map(|(i, (name, losses))| Series {
+            label: name,
+            color: COLORS[i % COLORS.len()],
+            points: smooth(losses)
+                .into_iter()
+                .enumerate()
+                .map(|(i, loss)| ((i + 1) as f64, loss))
+                .collect(),
+        })
+        .collect();
+    svg_panels(&[Panel {
+        title: "Training loss (EMA 0.9), tiny GPT on 3-digit addition",
+        x_label: "step",
+        series,
+    }])
 }

@@ -2,11 +2,12 @@
 //!
 //! ```text
 //! cargo run --release --example prepare_data -- --input FILE... --output DIR
-//!     [--dedup exact|near|none] [--jaccard 0.8]
+//!     [--dedup exact|near|none] [--jaccard 0.8] [--num-perm 256] [--shingle 5]
 //!     [--tokenizer PATH | --train-bpe VOCAB | --train-wordpiece VOCAB [--cased]]
 //!     [--val-fraction 0.01] [--shard-tokens N] [--batch-docs N] [--strict]
 //!     [--lowercase] [--min-words N] [--max-words N] [--no-boilerplate] [--stop-words]
-//!     [--num-perm N] [--shingle N] [--seq-len N]
+//!     [--seq-len N]
+//! cargo run --release --example prepare_data -- --help
 //! ```
 //!
 //! Inputs are text files (one document per block of lines, blocks separated by blank lines)
@@ -18,125 +19,158 @@
 //! `documents_out`, `tokens`, `bytes_in`, and the details). Bad input (unreadable files,
 //! invalid UTF-8, malformed JSONL lines) is reported with file and line and counted; with
 //! `--strict` the first one is fatal. The default tokenizer is byte-level BPE with 8,192 ids.
-//! `--seq-len N` only reports how many training windows of N tokens the shards hold.
+//! `--jaccard`, `--num-perm` and `--shingle` tune the near dedup and are errors with any other
+//! `--dedup`. `--seq-len N` only reports how many training windows of N tokens the shards hold.
 //!
 //! Train on the result with `kiln::data::PackedLmDataset::open(DIR, seq_len)`.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
+use clap::Parser;
+use clap::builder::{PossibleValuesParser, RangedU64ValueParser, TypedValueParser};
 use kiln::data::prepare::{PrepareConfig, TokenizerSource, prepare_corpus};
-use kiln::data::{DedupMode, PackedLmDataset};
+use kiln::data::{CleanConfig, DedupConfig, DedupMode, PackedLmDataset};
 
-fn usage() -> &'static str {
-    "usage: prepare_data --input FILE... --output DIR [--dedup exact|near|none] [--jaccard 0.8] \
-     [--tokenizer PATH | --train-bpe VOCAB | --train-wordpiece VOCAB [--cased]] \
-     [--val-fraction 0.01] [--shard-tokens N] [--batch-docs N] [--strict] [--lowercase] \
-     [--min-words N] [--max-words N] [--no-boilerplate] [--stop-words] [--num-perm N] \
-     [--shingle N] [--seq-len N]"
+/// Prepare a training corpus: clean, deduplicate, tokenize, write token shards.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Text or JSONL files; a directory stands for the files under it.
+    #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
+    input: Vec<PathBuf>,
+    /// The output directory (created).
+    #[arg(long, value_name = "DIR")]
+    output: PathBuf,
+    /// Which duplicates to remove: near includes exact.
+    #[arg(long, default_value = "near", value_parser = dedup_mode())]
+    dedup: DedupMode,
+    /// Near dedup: estimated Jaccard similarity at which a document is a duplicate [default: 0.8].
+    #[arg(long)]
+    jaccard: Option<f64>,
+    /// Near dedup: MinHash signature length [default: 256].
+    #[arg(long, value_parser = positive())]
+    num_perm: Option<usize>,
+    /// Near dedup: characters per shingle [default: 5].
+    #[arg(long, value_parser = positive())]
+    shingle: Option<usize>,
+    /// Load a tokenizer (HuggingFace `tokenizer.json`) instead of training byte-level BPE of
+    /// 8,192 ids on the kept documents.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["train_bpe", "train_wordpiece"])]
+    tokenizer: Option<PathBuf>,
+    /// Train byte-level BPE with this many ids on the kept documents.
+    #[arg(long, value_name = "VOCAB", value_parser = positive(), conflicts_with = "train_wordpiece")]
+    train_bpe: Option<usize>,
+    /// Train a BERT WordPiece vocabulary with this many ids (lowercased unless --cased).
+    #[arg(long, value_name = "VOCAB", value_parser = positive())]
+    train_wordpiece: Option<usize>,
+    /// Keep case in the WordPiece vocabulary.
+    #[arg(long, requires = "train_wordpiece")]
+    cased: bool,
+    /// Fraction of documents (chosen by a hash of their text) for the `val` split.
+    #[arg(long, default_value_t = defaults().val_fraction)]
+    val_fraction: f64,
+    /// Tokens per shard file.
+    #[arg(long, default_value_t = defaults().shard_tokens,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    shard_tokens: u64,
+    /// Documents per parallel batch.
+    #[arg(long, default_value_t = defaults().batch_docs, value_parser = positive())]
+    batch_docs: usize,
+    /// Make the first bad file or line fatal instead of skipping and counting it.
+    #[arg(long)]
+    strict: bool,
+    /// Lowercase the documents.
+    #[arg(long)]
+    lowercase: bool,
+    /// Drop documents with fewer words (after cleaning).
+    #[arg(long, default_value_t = CleanConfig::new().min_words)]
+    min_words: usize,
+    /// Drop documents with more words.
+    #[arg(long, default_value_t = CleanConfig::new().max_words)]
+    max_words: usize,
+    /// Keep boilerplate: by default short lines such as cookie notices are removed and
+    /// documents with placeholder text (`lorem ipsum`) dropped, as C4 does.
+    #[arg(long)]
+    no_boilerplate: bool,
+    /// Remove stop words (a short English list; never for language-model pretraining).
+    #[arg(long)]
+    stop_words: bool,
+    /// Also report how many training windows of this many tokens the shards hold.
+    #[arg(long, value_parser = positive())]
+    seq_len: Option<usize>,
 }
 
-fn parse() -> Result<(PrepareConfig, Option<usize>), String> {
-    let mut inputs = Vec::new();
-    let mut output: Option<PathBuf> = None;
-    let mut config = PrepareConfig::new(Vec::new(), "");
-    let mut tokenizers = 0;
-    let mut wordpiece_cased = false;
-    let mut seq_len = None;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str, String> {
-        *i += 1;
-        args.get(*i)
-            .map(String::as_str)
-            .ok_or_else(|| format!("{flag} needs a value"))
-    }
-    fn number<T: std::str::FromStr>(
-        args: &[String],
-        i: &mut usize,
-        flag: &str,
-    ) -> Result<T, String> {
-        let v = value(args, i, flag)?;
-        v.parse().map_err(|_| format!("{flag}: cannot parse {v:?}"))
-    }
-    while i < args.len() {
-        let flag = args[i].as_str();
-        match flag {
-            "--input" => {
-                while args.get(i + 1).is_some_and(|a| !a.starts_with("--")) {
-                    i += 1;
-                    inputs.push(PathBuf::from(&args[i]));
-                }
-            }
-            "--output" => output = Some(PathBuf::from(value(&args, &mut i, flag)?)),
-            "--dedup" => {
-                config.dedup.mode = value(&args, &mut i, flag)?
-                    .parse::<DedupMode>()
-                    .map_err(|e| e.to_string())?
-            }
-            "--jaccard" => config.dedup.jaccard_threshold = number(&args, &mut i, flag)?,
-            "--num-perm" => config.dedup.num_perm = number(&args, &mut i, flag)?,
-            "--shingle" => config.dedup.shingle_chars = number(&args, &mut i, flag)?,
-            "--tokenizer" => {
-                tokenizers += 1;
-                config.tokenizer = TokenizerSource::Load(value(&args, &mut i, flag)?.into());
-            }
-            "--train-bpe" => {
-                tokenizers += 1;
-                config.tokenizer = TokenizerSource::TrainBpe(number(&args, &mut i, flag)?);
-            }
-            "--train-wordpiece" => {
-                tokenizers += 1;
-                config.tokenizer = TokenizerSource::TrainWordPiece {
-                    vocab_size: number(&args, &mut i, flag)?,
-                    lowercase: true,
-                };
-            }
-            "--cased" => wordpiece_cased = true,
-            "--val-fraction" => config.val_fraction = number(&args, &mut i, flag)?,
-            "--shard-tokens" => config.shard_tokens = number(&args, &mut i, flag)?,
-            "--batch-docs" => config.batch_docs = number(&args, &mut i, flag)?,
-            "--strict" => config.strict = true,
-            "--lowercase" => config.clean.lowercase = true,
-            "--min-words" => config.clean.min_words = number(&args, &mut i, flag)?,
-            "--max-words" => config.clean.max_words = number(&args, &mut i, flag)?,
-            "--no-boilerplate" => config.clean.boilerplate_filter = false,
-            "--stop-words" => config.clean.remove_stop_words = true,
-            "--seq-len" => seq_len = Some(number(&args, &mut i, flag)?),
-            "-h" | "--help" => return Err(usage().into()),
-            other => return Err(format!("unknown argument {other:?}\n{}", usage())),
-        }
-        i += 1;
-    }
-    if tokenizers > 1 {
-        return Err("give at most one of --tokenizer, --train-bpe, --train-wordpiece".into());
-    }
-    if let TokenizerSource::TrainWordPiece { lowercase, .. } = &mut config.tokenizer {
-        *lowercase = !wordpiece_cased;
-    }
-    if inputs.is_empty() {
-        return Err(format!("no --input files\n{}", usage()));
-    }
-    config.inputs = inputs;
-    config.output = output.ok_or_else(|| format!("no --output directory\n{}", usage()))?;
-    Ok((config, seq_len))
+/// kiln-data's defaults, which the flags override.
+fn defaults() -> PrepareConfig {
+    PrepareConfig::new(Vec::new(), "")
 }
 
-fn main() -> ExitCode {
-    let (config, seq_len) = match parse() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
+/// A count of at least 1.
+fn positive() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..)
+}
+
+/// `none`, `exact` or `near`, listed in `--help`.
+fn dedup_mode() -> impl TypedValueParser<Value = DedupMode> {
+    PossibleValuesParser::new(["none", "exact", "near"]).try_map(|mode| mode.parse::<DedupMode>())
+}
+
+impl Args {
+    /// The preparation the flags describe.
+    fn config(&self) -> kiln::Result<PrepareConfig> {
+        let mut config = PrepareConfig::new(self.input.clone(), &self.output);
+        let near = [
+            ("--jaccard", self.jaccard.is_some()),
+            ("--num-perm", self.num_perm.is_some()),
+            ("--shingle", self.shingle.is_some()),
+        ];
+        if self.dedup != DedupMode::Near
+            && let Some((flag, _)) = near.iter().find(|(_, set)| *set)
+        {
+            return Err(kiln::Error::Usage(format!(
+                "{flag} tunes the near dedup; it does not apply to --dedup {}",
+                format!("{:?}", self.dedup).to_lowercase()
+            )));
         }
-    };
-    let stats = match prepare_corpus(&config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+        config.dedup = DedupConfig::new().with_mode(self.dedup);
+        set(&mut config.dedup.jaccard_threshold, self.jaccard);
+        set(&mut config.dedup.num_perm, self.num_perm);
+        set(&mut config.dedup.shingle_chars, self.shingle);
+        if let Some(path) = &self.tokenizer {
+            config.tokenizer = TokenizerSource::Load(path.clone());
         }
-    };
+        if let Some(vocab) = self.train_bpe {
+            config.tokenizer = TokenizerSource::TrainBpe(vocab);
+        }
+        if let Some(vocab_size) = self.train_wordpiece {
+            config.tokenizer = TokenizerSource::TrainWordPiece {
+                vocab_size,
+                lowercase: !self.cased,
+            };
+        }
+        config.val_fraction = self.val_fraction;
+        config.shard_tokens = self.shard_tokens;
+        config.batch_docs = self.batch_docs;
+        config.strict = self.strict;
+        config.clean.lowercase = self.lowercase;
+        config.clean.min_words = self.min_words;
+        config.clean.max_words = self.max_words;
+        config.clean.boilerplate_filter = !self.no_boilerplate;
+        config.clean.remove_stop_words = self.stop_words;
+        Ok(config)
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
+    }
+}
+
+fn main() -> kiln::Result<()> {
+    let args = Args::parse();
+    let config = args.config()?;
+    let stats = prepare_corpus(&config)?;
     for issue in &stats.input.issues {
         eprintln!("skipped: {issue}");
     }
@@ -166,7 +200,7 @@ fn main() -> ExitCode {
         stats.total_seconds,
         config.output.join("stats.json").display()
     );
-    if let Some(seq_len) = seq_len {
+    if let Some(seq_len) = args.seq_len {
         match PackedLmDataset::open(&config.output, seq_len) {
             Ok(ds) => println!(
                 "train windows of {seq_len} tokens: {}",
@@ -175,5 +209,5 @@ fn main() -> ExitCode {
             Err(e) => println!("train windows of {seq_len} tokens: none ({e})"),
         }
     }
-    ExitCode::SUCCESS
+    Ok(())
 }

@@ -36,7 +36,7 @@ use rand::{Rng, RngCore};
 
 /// Pre-train a BERT with masked LM, then fine-tune a classifier, against one from scratch.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Unlabeled text for pre-training, one sequence per line (with --classify).
     #[arg(long, requires = "classify")]

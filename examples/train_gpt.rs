@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 
 /// Train a GPT: on 3-digit addition (the default), a text file or a prepared folder.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// A run config (.json or .toml), complete or partial; the flags below override it.
     #[arg(long)]

@@ -1,8 +1,9 @@
 //! One error for everything kiln does: each crate's error converts into [`Error`], so `?`
 //! works across crates and `main` can return `Result<(), kiln::Error>`.
 
-/// Any error of kiln.
-#[derive(Debug, thiserror::Error)]
+/// Any error of kiln. Its `Debug` is its message (as anyhow's), so that `main` returning
+/// `kiln::Result<()>` prints `Error: d_model 30 is not divisible by n_head 4`, not the enum.
+#[derive(thiserror::Error)]
 pub enum Error {
     /// Building, running, saving or loading a model (kiln-model).
     #[error(transparent)]
@@ -36,5 +37,40 @@ pub enum Error {
     Usage(String),
 }
 
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        // `#[error(transparent)]` variants forward `source` to the wrapped error's own; list
+        // only causes that add to the message.
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !self.to_string().contains(&text) {
+                write!(f, "\n  caused by: {text}")?;
+            }
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// Results whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_the_message() {
+        let error = Error::from(kiln_model::ModelError::InvalidConfig(
+            "n_head must be > 0".into(),
+        ));
+        assert_eq!(format!("{error:?}"), "invalid config: n_head must be > 0");
+        let io = Error::from(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "run.toml",
+        ));
+        assert_eq!(format!("{io:?}"), "run.toml");
+    }
+}

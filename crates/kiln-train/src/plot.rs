@@ -1,9 +1,16 @@
-//! The end-of-run picture: train and eval loss, and the learning rate, against the step, as a
-//! self-contained SVG (no plotting dependency).
+//! Line charts as self-contained SVG (no plotting dependency): [`svg_panels`] draws any named
+//! (x, y) series, [`training_plot`] the end-of-run picture (train and eval loss, and the
+//! learning rate, against the step) with it.
 
 use std::fmt::Write;
 
 use crate::metrics_log::MetricsRecord;
+
+/// Matplotlib's `tab10` colors, for charts with many series.
+pub const COLORS: [&str; 10] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
+];
 
 /// One line of a chart.
 pub struct Series<'a> {
@@ -15,26 +22,45 @@ pub struct Series<'a> {
     pub points: Vec<(f64, f64)>,
 }
 
+/// One chart: a title (which names the y axis), the name of the x axis, and the lines.
+pub struct Panel<'a> {
+    /// Written above the chart.
+    pub title: &'a str,
+    /// Written under the x axis.
+    pub x_label: &'a str,
+    /// The lines, each with its legend entry.
+    pub series: Vec<Series<'a>>,
+}
+
+/// Width of a panel without its legend.
 const WIDTH: f64 = 720.0;
 const PANEL_HEIGHT: f64 = 260.0;
 const MARGIN: f64 = 56.0;
 
-/// An SVG with one panel per `(title, series)` entry, stacked vertically, sharing nothing but
-/// the width.
-pub fn svg_panels(panels: &[(&str, Vec<Series<'_>>)]) -> String {
+/// An SVG with the panels stacked vertically, each scaled to its own points, with its legend
+/// in a column to the right of it (outside the lines).
+pub fn svg_panels(panels: &[Panel<'_>]) -> String {
     let height = PANEL_HEIGHT * panels.len() as f64;
+    let longest_label = panels
+        .iter()
+        .flat_map(|p| p.series.iter())
+        .map(|s| s.label.chars().count())
+        .max();
+    // A swatch, a gap, about 7 px per character at 12 px, and a margin.
+    let width = WIDTH + longest_label.map_or(0.0, |n| 36.0 + 7.0 * n as f64);
     let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" \
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
          font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
-    for (i, (title, series)) in panels.iter().enumerate() {
-        panel(&mut svg, i as f64 * PANEL_HEIGHT, title, series);
+    for (i, p) in panels.iter().enumerate() {
+        panel(&mut svg, i as f64 * PANEL_HEIGHT, p);
     }
     svg.push_str("</svg>\n");
     svg
 }
 
-fn panel(svg: &mut String, top: f64, title: &str, series: &[Series<'_>]) {
+fn panel(svg: &mut String, top: f64, panel: &Panel<'_>) {
+    let series = &panel.series;
     let points = series
         .iter()
         .flat_map(|s| s.points.iter())
@@ -58,8 +84,9 @@ fn panel(svg: &mut String, top: f64, title: &str, series: &[Series<'_>]) {
     let sy = |y: f64| lower - (y - y0) / (y1 - y0) * (lower - upper);
     let _ = writeln!(
         svg,
-        "<text x=\"{left}\" y=\"{}\" font-weight=\"bold\">{title}</text>",
-        top + 18.0
+        "<text x=\"{left}\" y=\"{}\" font-weight=\"bold\">{}</text>",
+        top + 18.0,
+        escape(panel.title)
     );
     let _ = writeln!(
         svg,
@@ -84,6 +111,13 @@ fn panel(svg: &mut String, top: f64, title: &str, series: &[Series<'_>]) {
             short(value)
         );
     }
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+        (left + right) / 2.0,
+        lower + 28.0,
+        escape(panel.x_label)
+    );
     for (i, s) in series.iter().enumerate() {
         let path: Vec<String> = s
             .points
@@ -99,19 +133,29 @@ fn panel(svg: &mut String, top: f64, title: &str, series: &[Series<'_>]) {
                 path.join(" ")
             );
         }
+        let y = upper + 10.0 + 16.0 * i as f64;
         let _ = writeln!(
             svg,
-            "<text x=\"{}\" y=\"{}\" fill=\"{}\" text-anchor=\"end\">{}</text>",
-            right - 4.0,
-            upper + 16.0 + 14.0 * i as f64,
+            "<line x1=\"{WIDTH}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke-width=\"3\" stroke=\"{}\"/>\
+             <text x=\"{}\" y=\"{}\">{}</text>",
+            WIDTH + 20.0,
             s.color,
-            s.label
+            WIDTH + 26.0,
+            y + 4.0,
+            escape(s.label)
         );
     }
 }
 
+/// Text for SVG: `&` and `<` escaped.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;")
+}
+
 fn short(v: f64) -> String {
-    if v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e5) {
+    if v.fract() == 0.0 && v.abs() < 1e5 {
+        format!("{v:.0}")
+    } else if v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e5) {
         format!("{v:.2e}")
     } else {
         format!("{v:.3}")
@@ -128,29 +172,31 @@ pub fn training_plot(records: &[MetricsRecord]) -> String {
             .collect()
     };
     svg_panels(&[
-        (
-            "loss",
-            vec![
+        Panel {
+            title: "loss",
+            x_label: "step",
+            series: vec![
                 Series {
                     label: "train",
-                    color: "#1f77b4",
+                    color: COLORS[0],
                     points: of("train", |r| Some(r.loss)),
                 },
                 Series {
                     label: "eval",
-                    color: "#d62728",
+                    color: COLORS[3],
                     points: of("eval", |r| Some(r.loss)),
                 },
             ],
-        ),
-        (
-            "learning rate",
-            vec![Series {
+        },
+        Panel {
+            title: "learning rate",
+            x_label: "step",
+            series: vec![Series {
                 label: "lr",
-                color: "#2ca02c",
+                color: COLORS[2],
                 points: of("train", |r| r.lr),
             }],
-        ),
+        },
     ])
 }
 
@@ -185,5 +231,58 @@ mod tests {
             .find(|l| l.contains("#1f77b4\" stroke-width"))
             .unwrap();
         assert_eq!(loss_line.matches(',').count(), 5);
+    }
+
+    #[test]
+    fn panels_scale_their_own_points_skip_non_finite_ones_and_escape_text() {
+        let svg = svg_panels(&[
+            Panel {
+                title: "loss & accuracy",
+                x_label: "epoch",
+                series: vec![
+                    Series {
+                        label: "a<b",
+                        color: COLORS[0],
+                        points: vec![(0.0, 1.0), (1.0, f64::NAN), (2.0, 3.0)],
+                    },
+                    Series {
+                        label: "empty",
+                        color: COLORS[1],
+                        points: vec![],
+                    },
+                ],
+            },
+            Panel {
+                title: "second",
+                x_label: "step",
+                series: vec![Series {
+                    label: "c",
+                    color: COLORS[2],
+                    points: vec![(10.0, 0.5), (20.0, 0.25)],
+                }],
+            },
+        ]);
+        assert!(
+            svg.contains("width=\"791\" height=\"520\""),
+            "two panels of 260, a legend column for 5-character labels"
+        );
+        assert!(svg.contains(">loss &amp; accuracy</text>"));
+        assert!(svg.contains(">a&lt;b</text>"));
+        assert!(svg.contains(">epoch</text>") && svg.contains(">step</text>"));
+        let lines: Vec<&str> = svg.lines().filter(|l| l.contains("<polyline")).collect();
+        assert_eq!(lines.len(), 2, "the empty series draws no line");
+        // The NaN point is dropped; the others span the panel's plot area exactly.
+        assert!(
+            lines[0].contains("points=\"56.0,228.0 704.0,28.0\""),
+            "{}",
+            lines[0]
+        );
+        // The second panel has its own scale: x from 10 to 20, y from 0.25 to 0.5.
+        assert!(
+            lines[1].contains("points=\"56.0,288.0 704.0,488.0\""),
+            "{}",
+            lines[1]
+        );
+        assert!(svg.contains(">10</text>") && svg.contains(">20</text>"));
     }
 }
