@@ -122,6 +122,10 @@ struct Args {
     /// The dtype gradients travel in under mpirun.
     #[arg(long, value_enum)]
     reduce_dtype: Option<ReduceDtype>,
+    /// Save the trained model into this folder with its config (and tokenizer for text data):
+    /// `kiln::saved::load::<GptConfig>(dir, &device)` reads it back.
+    #[arg(long)]
+    save: Option<PathBuf>,
     /// Also write the trained model as a HuggingFace GPT-2 folder (config.json,
     /// model.safetensors, and tokenizer.json for text data), loadable by transformers.
     #[arg(long)]
@@ -391,6 +395,10 @@ fn train(args: &Args, group: &ProcessGroup) -> kiln::Result<()> {
                 println!("--- sample {} ---\n{}", i + 1, tokenizer.decode(&out[0])?);
             }
         }
+    }
+    if let Some(dir) = &args.save {
+        kiln::saved::save(dir, &gpt, &run.model, text.as_ref().map(|(t, _)| t))?;
+        println!("saved to {}", dir.display());
     }
     if let Some(dir) = &args.export_hf {
         kiln::model::hf::save_pretrained(&gpt, dir)?;

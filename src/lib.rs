@@ -11,6 +11,7 @@
 //! - [`dist`]: training on many processes and machines (MPI, NCCL), data parallelism, ZeRO-1.
 //! - [`core`]: what the crates share (batch types, `TrainModel`, precision, seeds).
 //! - [`recipe`]: runs that work, to start from (the main job's among them).
+//! - [`saved`]: a trained model in one folder with its config and tokenizer.
 //! - [`device`]: picking a backend by name (`flex`, `wgpu`, `cuda:1`, `auto`).
 //! - [`Error`]: every crate's error converts into it; [`burn`] is re-exported, so a program
 //!   depends on kiln alone.
@@ -59,6 +60,7 @@ pub use burn;
 pub mod device;
 mod error;
 pub mod recipe;
+pub mod saved;
 
 pub use error::{Error, Result};
 

@@ -1,0 +1,150 @@
+//! The main job's command line: the run config it prints and reads, flags that do not apply,
+//! the saved model folder. These run `examples/train_gpt`, which `cargo test` builds beside this
+//! test; run alone (`--test train_gpt_cli`) without it, they say loudly that they were skipped.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use kiln::prelude::*;
+
+/// `target/<profile>/examples/train_gpt`.
+fn train_gpt() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("examples").join("train_gpt");
+    bin.exists().then_some(bin)
+}
+
+macro_rules! binary_or_skip {
+    () => {
+        match train_gpt() {
+            Some(bin) => bin,
+            None => {
+                eprintln!(
+                    "\n*** SKIPPED: examples/train_gpt is not built (`cargo test --release --workspace` builds it) ***\n"
+                );
+                return;
+            }
+        }
+    };
+}
+
+fn run(bin: &PathBuf, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .env_remove("OMPI_COMM_WORLD_SIZE")
+        .output()
+        .expect("train_gpt runs")
+}
+
+fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The addition task fixes its context: `--block` there is an error, not silently ignored.
+#[test]
+fn block_on_the_addition_task_is_refused() {
+    let bin = binary_or_skip!();
+    let output = run(&bin, &["--block", "5", "--max-steps", "1"]);
+    let (_, stderr) = text(&output);
+    assert!(!output.status.success(), "must fail");
+    assert!(stderr.contains("--block applies to text data"), "{stderr}");
+}
+
+/// `--print-config` prints the whole run; read back with one flag over it, only that field
+/// changes; a partial file with a typo names the field.
+#[test]
+fn the_printed_config_round_trips_and_flags_override_it() {
+    let bin = binary_or_skip!();
+    let printed = run(&bin, &["--print-config"]);
+    let (toml_text, stderr) = text(&printed);
+    assert!(printed.status.success(), "{stderr}");
+    let full: toml::Value = toml::from_str(&toml_text).expect("TOML");
+    assert_eq!(full["trainer"]["max_steps"].as_integer(), Some(1800));
+    assert_eq!(full["model"]["n_layer"].as_integer(), Some(2));
+    assert_eq!(full["optimizer"]["AdamW"]["beta_2"].as_float(), Some(0.99));
+    assert_eq!(full["data"].as_str(), Some("Addition"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("run.toml");
+    std::fs::write(&file, &toml_text).unwrap();
+    let again = run(
+        &bin,
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--max-steps",
+            "5",
+            "--print-config",
+        ],
+    );
+    let (again_text, stderr) = text(&again);
+    assert!(again.status.success(), "{stderr}");
+    let mut again: toml::Value = toml::from_str(&again_text).unwrap();
+    assert_eq!(again["trainer"]["max_steps"].as_integer(), Some(5));
+    again["trainer"]["max_steps"] = full["trainer"]["max_steps"].clone();
+    assert_eq!(again, full, "only max_steps changed");
+
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "[trainer]\nbatchsize = 8\n").unwrap();
+    let refused = run(
+        &bin,
+        &["--config", typo.to_str().unwrap(), "--print-config"],
+    );
+    let (_, stderr) = text(&refused);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("unknown field `trainer.batchsize`"),
+        "{stderr}"
+    );
+}
+
+/// `--save` writes a folder that `kiln::saved::load` reads back without a closure, the
+/// tokenizer included for text data.
+#[test]
+fn a_saved_text_model_loads_with_its_tokenizer() {
+    let bin = binary_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, "a small corpus of text to train on. ".repeat(60)).unwrap();
+    let saved = dir.path().join("model");
+    let output = run(
+        &bin,
+        &[
+            "--data",
+            corpus.to_str().unwrap(),
+            "--block",
+            "16",
+            "--max-steps",
+            "3",
+            "--batch",
+            "4",
+            "--d-model",
+            "16",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--samples",
+            "1",
+            "--save",
+            saved.to_str().unwrap(),
+        ],
+    );
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let loaded = kiln::saved::load::<GptConfig>(&saved, &Device::flex()).unwrap();
+    let tokenizer = loaded
+        .tokenizer
+        .expect("a text model is saved with its tokenizer");
+    assert_eq!(tokenizer.vocab_size(), loaded.config.vocab_size);
+    assert_eq!(loaded.config.block_size, 16);
+    let prompt = tokenizer.encode("a small").unwrap();
+    let out = loaded
+        .model
+        .generate(&[prompt], &GenerateConfig::new().with_max_new_tokens(3))
+        .unwrap();
+    assert_eq!(out[0].len(), 10);
+}
