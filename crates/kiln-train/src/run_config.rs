@@ -85,9 +85,12 @@ where
         serde_json::to_string_pretty(self).expect("a run config serializes to JSON")
     }
 
-    /// TOML (fields that are `None` are left out, and read back as `None`).
+    /// TOML. TOML has no null: fields that are `None` (and data settings that are `()`) are
+    /// left out, and read back as such.
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| TrainError::RunConfig {
+        let mut value = self.to_value();
+        strip_nulls(&mut value);
+        toml::to_string_pretty(&value).map_err(|e| TrainError::RunConfig {
             path: "<toml>".into(),
             reason: e.to_string(),
         })
@@ -243,7 +246,23 @@ fn read_value(path: &Path) -> Result<Value> {
     }
 }
 
-fn from_value<T: DeserializeOwned>(value: Value, path: &Path) -> Result<T> {
+/// Removes the null fields of every object (TOML cannot write them).
+fn strip_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+fn from_value<T: DeserializeOwned>(mut value: Value, path: &Path) -> Result<T> {
+    // Data settings of `()` are null in JSON and absent in TOML.
+    if let Value::Object(map) = &mut value {
+        map.entry("data").or_insert(Value::Null);
+    }
     serde_path_to_error::deserialize(value).map_err(|e| TrainError::RunConfig {
         path: path.into(),
         reason: format!("`{}`: {}", e.path(), e.inner()),
@@ -279,6 +298,22 @@ mod tests {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn a_run_without_data_settings_round_trips_through_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunConfig::new(
+            Tiny::new(4),
+            (),
+            AdamWConfig::new(),
+            WarmupDecayConfig::cosine(1e-3, 2, None),
+            TrainerConfig::new().with_max_steps(Some(10)),
+        );
+        let path = dir.path().join("run.toml");
+        run.save(&path).unwrap();
+        let back = RunConfig::<Tiny, ()>::load(&path).unwrap();
+        assert_eq!(back.to_value(), run.to_value());
     }
 
     #[test]
