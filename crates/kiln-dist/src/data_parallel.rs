@@ -222,3 +222,47 @@ fn balance(layout: &Layout, ranks: usize) -> Vec<usize> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flat::Slot;
+    use burn::module::ParamId;
+    use burn::tensor::DType;
+
+    fn layout(sizes: &[usize]) -> Layout {
+        let mut offset = 0;
+        let slots = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let slot = Slot {
+                    id: ParamId::from(i as u64),
+                    path: format!("p{i}"),
+                    shape: vec![len],
+                    dtype: DType::F32,
+                    offset,
+                    len,
+                };
+                offset += len;
+                slot
+            })
+            .collect();
+        Layout { slots, len: offset }
+    }
+
+    #[test]
+    fn owners_balance_the_elements() {
+        let sizes = [100, 10, 10, 90, 50, 50, 5, 5];
+        let owners = balance(&layout(&sizes), 3);
+        assert_eq!(owners, balance(&layout(&sizes), 3), "deterministic");
+        let mut load = [0usize; 3];
+        for (size, owner) in sizes.iter().zip(&owners) {
+            load[*owner] += size;
+        }
+        let (most, least) = (load.iter().max().unwrap(), load.iter().min().unwrap());
+        assert!(most - least <= 100, "loads {load:?}");
+        assert!(load.iter().all(|&l| l > 0));
+        assert_eq!(balance(&layout(&sizes), 1), vec![0; sizes.len()]);
+    }
+}

@@ -45,6 +45,10 @@ pub use communicator::{Communicator, ReduceOp, SingleProcess};
 pub use config::{DataParallelConfig, ReduceDtype};
 pub use data_parallel::DataParallel;
 pub use error::{DistError, Result};
+/// The rsmpi crate kiln's MPI engine is built on (for benchmarks against it, or MPI calls of
+/// your own once a [`ProcessGroup`] has initialized MPI).
+#[cfg(feature = "mpi")]
+pub use mpi;
 #[cfg(feature = "mpi")]
 pub use mpi_comm::MpiCommunicator;
 #[cfg(feature = "nccl")]
