@@ -105,7 +105,7 @@ fn collectives(group: &ProcessGroup, reps: usize) -> kiln::Result<()> {
     for mb in [4usize, 64] {
         let len = mb * (1 << 20) / 4;
         let data: Vec<f32> = (0..len).map(|i| (i % 1000) as f32 * 1e-3).collect();
-        let mut time = |name: &str, f: &mut dyn FnMut(&mut Vec<f32>)| -> kiln::Result<()> {
+        let time = |name: &str, f: &mut dyn FnMut(&mut Vec<f32>)| -> kiln::Result<()> {
             let mut samples = Vec::with_capacity(reps);
             for _ in 0..reps + 1 {
                 let mut buffer = data.clone();
