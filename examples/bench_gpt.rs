@@ -21,7 +21,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::optim::{AdamWConfig, GradientsParams};
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
-use kiln::core::seed;
+use kiln::base::seed;
 use kiln::model::loss::cross_entropy;
 use kiln::prelude::*;
 use rand::Rng;

@@ -19,7 +19,7 @@ use std::time::Instant;
 use burn::optim::GradientsParams;
 use clap::builder::RangedU64ValueParser;
 use clap::{Parser, ValueEnum};
-use kiln::core::seed;
+use kiln::base::seed;
 use kiln::data::LmBatch;
 use kiln::prelude::*;
 use kiln::train::{Precision, Recompute, TrainError, TrainModel};

@@ -38,12 +38,12 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use burn::tensor::Int;
 use clap::Parser;
+use kiln::base::seed;
 use kiln::compress::{
     ActivationQuant, Amount, Calibration, GradualPruningConfig, Norm, PruningMasks, PruningScope,
     QuantConfig, QuantMode, QuantizedGpt, int8_kernel_name, linear_weights, magnitude_masks,
     n_m_masks, read_params, remove_ffn_neurons, save_gpt, save_quantized_gpt, select_ffn_neurons,
 };
-use kiln::core::seed;
 use kiln::data::addition::{
     ANSWER_LEN, AdditionBatcher, AdditionDataset, AdditionProblem, SEQ_LEN,
 };

@@ -19,7 +19,7 @@ use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
-use kiln::core::seed;
+use kiln::base::seed;
 use kiln::data::addition::{AdditionBatcher, AdditionDataset, SEQ_LEN, VOCAB_SIZE};
 use kiln::data::{IGNORE_INDEX, LmBatch};
 use kiln::optim::schedule::DecayShape;

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use burn::data::dataset::InMemDataset;
 use clap::Parser;
-use kiln::core::seed;
+use kiln::base::seed;
 use kiln::data::{
     ClassificationBatcher, ClassificationData, ClassificationDataset, ClassificationExample,
     MlmBatcher, MlmConfig, MlmDataset, Tokenizer, WithSpecialTokens,

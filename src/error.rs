@@ -23,9 +23,9 @@ pub enum Error {
     /// Communication between processes (kiln-dist).
     #[error(transparent)]
     Dist(#[from] kiln_dist::DistError),
-    /// Writing or reading weights and files atomically (kiln-core).
+    /// Writing or reading weights and files atomically (kiln-base).
     #[error(transparent)]
-    Store(#[from] kiln_core::StoreError),
+    Store(#[from] kiln_base::StoreError),
     /// Picking a backend.
     #[error(transparent)]
     Device(#[from] crate::device::DeviceError),

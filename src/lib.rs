@@ -9,7 +9,7 @@
 //! - [`compress`]: pruning and quantization.
 //! - [`data`]: cleaning, deduplication, tokenization and datasets.
 //! - [`dist`]: training on many processes and machines (MPI, NCCL), data parallelism, ZeRO-1.
-//! - [`core`]: what the crates share (batch types, `TrainModel`, precision, seeds).
+//! - [`base`]: what the crates share (batch types, `TrainModel`, precision, seeds).
 //! - [`recipe`]: runs that work, to start from (the main job's among them).
 //! - [`saved`]: a trained model in one folder with its config and tokenizer.
 //! - [`device`]: picking a backend by name (`flex`, `wgpu`, `cuda:1`, `auto`).
@@ -53,9 +53,9 @@ pub use error::{Error, Result};
 pub struct ReadmeDoctests;
 
 /// What the crates share: batch types, the model side of training, precision, seeds, stores
-/// (the `kiln-core` crate).
-pub mod core {
-    pub use kiln_core::*;
+/// (the `kiln-base` crate).
+pub mod base {
+    pub use kiln_base::*;
 }
 
 /// Transformer blocks, GPT and BERT, HuggingFace weights (the `kiln-model` crate).

@@ -98,7 +98,7 @@ pub fn addition(max_steps: usize) -> RunConfig<GptConfig, ()> {
 /// answer decoded greedily with the KV cache.
 pub fn addition_accuracy(gpt: &Gpt, n: usize, seed: u64) -> Result<f64> {
     let held_out = AdditionDataset::held_out();
-    let mut rng = kiln_core::seed::rng(seed);
+    let mut rng = kiln_base::seed::rng(seed);
     let problems: Vec<AdditionProblem> = (0..n)
         .filter_map(|_| held_out.problems().choose(&mut rng).copied())
         .collect();

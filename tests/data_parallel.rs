@@ -434,7 +434,7 @@ fn tiny_gpt(device: &Device, seed: u64, d_model: usize, dropout: f64) -> Gpt {
         .init(device)
         .unwrap();
     let layout = Layout::of(&gpt);
-    let mut rng = kiln::core::seed::rng(seed);
+    let mut rng = kiln::base::seed::rng(seed);
     let values: Vec<f32> = (0..layout.len)
         .map(|_| rng.random_range(-0.2..0.2))
         .collect();

@@ -65,11 +65,11 @@ pub enum CompressError {
     Model(#[from] kiln_model::ModelError),
 }
 
-impl From<kiln_core::StoreError> for CompressError {
-    fn from(e: kiln_core::StoreError) -> Self {
+impl From<kiln_base::StoreError> for CompressError {
+    fn from(e: kiln_base::StoreError) -> Self {
         match e {
-            kiln_core::StoreError::Io { path, source } => Self::Io { file: path, source },
-            kiln_core::StoreError::Format { path, reason } => Self::format(path, reason),
+            kiln_base::StoreError::Io { path, source } => Self::Io { file: path, source },
+            kiln_base::StoreError::Format { path, reason } => Self::format(path, reason),
         }
     }
 }

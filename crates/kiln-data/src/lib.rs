@@ -21,7 +21,7 @@
 //!      [`ClassificationBatcher`] → [`ClassificationBatch`]);
 //!    - [`addition`]: the 3-digit addition task of the main job.
 //!
-//! Also: [`batch`] (the batch types, defined in kiln-core), [`synthetic`] (corpora with
+//! Also: [`batch`] (the batch types, defined in kiln-base), [`synthetic`] (corpora with
 //! planted duplicates for tests and benchmarks), [`prepare`] (the whole preparation of a corpus
 //! into a shard directory), [`DataError`]. Dedup keys, MinHash and masking share one small
 //! stable hash (the crate-private `hash` module). `examples/prepare_data.rs`
@@ -74,9 +74,9 @@ pub use clean::{CleanConfig, CleanReport, Cleaner};
 pub use dedup::{DedupConfig, DedupMode, DedupStats, Deduplicator, Verdict};
 pub use error::DataError;
 pub use input::{DocumentReader, InputFormat, InputReport};
-/// The batch types (kiln-core's: the models and the training loop share them).
-pub use kiln_core::batch;
-pub use kiln_core::batch::{Batch, ClassificationBatch, IGNORE_INDEX, LmBatch, MlmBatch};
+/// The batch types (kiln-base's: the models and the training loop share them).
+pub use kiln_base::batch;
+pub use kiln_base::batch::{Batch, ClassificationBatch, IGNORE_INDEX, LmBatch, MlmBatch};
 pub use mlm::{MlmBatcher, MlmConfig, MlmDataset, MlmItem, WithSpecialTokens};
 pub use packed_lm::{LmBatcher, PackedLmDataset};
 pub use pipeline::{CorpusPipeline, PipelineReport};

@@ -13,7 +13,7 @@
 //! - [`flat`]: a model's parameters or gradients as one flat buffer.
 //! - [`DataParallel`] ([`data_parallel`]): what kiln-train's loop calls for data parallelism:
 //!   the model check and broadcast at the start, bucketed gradient all-reduce, ZeRO-1.
-//! - [`DataParallelConfig`] ([`config`]), [`DistError`].
+//! - [`DataParallelConfig`], [`ReduceDtype`] (`config.rs`), [`DistError`].
 //!
 //! ```
 //! use kiln_dist::{ProcessGroup, ReduceOp};

@@ -105,11 +105,11 @@ impl ModelError {
     }
 }
 
-impl From<kiln_core::StoreError> for ModelError {
-    fn from(e: kiln_core::StoreError) -> Self {
+impl From<kiln_base::StoreError> for ModelError {
+    fn from(e: kiln_base::StoreError) -> Self {
         match e {
-            kiln_core::StoreError::Io { path, source } => Self::Io { file: path, source },
-            kiln_core::StoreError::Format { path, reason } => Self::Format {
+            kiln_base::StoreError::Io { path, source } => Self::Io { file: path, source },
+            kiln_base::StoreError::Format { path, reason } => Self::Format {
                 file: path,
                 message: reason,
             },

@@ -10,7 +10,7 @@
 //!   sequence-classification heads, with `predict` helpers).
 //! - Weights: [`hf`] loads and writes HuggingFace checkpoints, [`store`] saves and loads kiln's
 //!   own (`load_model::<GptConfig>(dir, &device)`, no closure: the config builds the model).
-//! - Training: GPT and both BERT heads are kiln-core `TrainModel`s on kiln's batch types, and
+//! - Training: GPT and both BERT heads are kiln-base `TrainModel`s on kiln's batch types, and
 //!   `BlockStack`s for per-block activation recomputation (`train.rs`).
 //! - Errors: every fallible call returns a [`ModelError`].
 //!

@@ -28,7 +28,7 @@ use std::path::Path;
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::Device;
-pub use kiln_core::store::{weights_from_bytes, weights_to_bytes, write_atomic};
+pub use kiln_base::store::{weights_from_bytes, weights_to_bytes, write_atomic};
 
 use crate::bert::{
     BertForMaskedLm, BertForMaskedLmConfig, BertForSequenceClassification,

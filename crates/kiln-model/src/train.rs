@@ -1,8 +1,8 @@
-//! kiln's models as kiln-core's [`TrainModel`]s on kiln's batch types, and as
+//! kiln's models as kiln-base's [`TrainModel`]s on kiln's batch types, and as
 //! [`BlockStack`]s for per-block activation recomputation: what kiln's `Trainer` trains.
 
 use burn::tensor::{FloatDType, Tensor};
-use kiln_core::{
+use kiln_base::{
     BlockStack, BoxError, ClassificationBatch, IGNORE_INDEX, LmBatch, MlmBatch, StepOutput,
     TrainModel, correct_tokens,
 };

@@ -17,7 +17,7 @@ use burn::module::Module;
 use burn::optim::lr_scheduler::{LrScheduler, LrSchedulerRecord};
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Bytes;
-use kiln_core::store::sync_dir;
+use kiln_base::store::sync_dir;
 use kiln_dist::ProcessGroup;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -179,13 +179,13 @@ fn optimizer_bytes(optimizer: &ModuleOptimizer) -> Result<Vec<u8>> {
 
 /// Model weights as burnpack bytes.
 pub fn model_bytes<M: Module>(model: &M) -> Result<Vec<u8>> {
-    Ok(kiln_core::store::weights_to_bytes(model, Path::new(MODEL))?)
+    Ok(kiln_base::store::weights_to_bytes(model, Path::new(MODEL))?)
 }
 
 /// Loads burnpack `bytes` (read from `path`, named in errors) into `model`, with stable
 /// parameter ids.
 pub fn load_weights<M: Module>(model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
-    let model = kiln_core::store::weights_from_bytes(model, bytes, path)
+    let model = kiln_base::store::weights_from_bytes(model, bytes, path)
         .map_err(|e| TrainError::corrupt(path, e))?;
     Ok(stable_param_ids(model))
 }

@@ -6,7 +6,7 @@ use crate::early_stopping::EarlyStoppingConfig;
 use crate::error::{Result as TrainResult, TrainError};
 use crate::loss_scale::LossScaleConfig;
 use crate::recompute::Recompute;
-use kiln_core::Precision;
+use kiln_base::Precision;
 use kiln_dist::DataParallelConfig;
 
 /// What to do when the loss or the gradient norm is NaN or infinite in an f32 or bf16 run

@@ -1,8 +1,8 @@
-//! The order in which the loop reads a dataset: a seeded shuffle per epoch (kiln-core's
+//! The order in which the loop reads a dataset: a seeded shuffle per epoch (kiln-base's
 //! version-stable generator), so the position in the data is two numbers (epoch, batch) that a
 //! checkpoint can hold and a resumed run can continue from exactly.
 
-use kiln_core::seed;
+use kiln_base::seed;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 

@@ -55,14 +55,14 @@ pub enum TrainError {
     Data(String),
     /// The model rejected a batch (its own error, e.g. kiln-model's `ModelError`).
     #[error("the model failed on a batch: {0}")]
-    Model(kiln_core::BoxError),
+    Model(kiln_base::BoxError),
     /// A step hook failed.
     #[error("step hook failed after step {step}: {source}")]
     Hook {
         /// The optimizer step after which the hook ran.
         step: usize,
         /// The hook's error.
-        source: kiln_core::BoxError,
+        source: kiln_base::BoxError,
     },
     /// A resumed run's config differs from the one its checkpoint was written with.
     #[error(
@@ -95,11 +95,11 @@ pub enum TrainError {
     Optim(#[from] kiln_optim::OptimError),
 }
 
-impl From<kiln_core::StoreError> for TrainError {
-    fn from(e: kiln_core::StoreError) -> Self {
+impl From<kiln_base::StoreError> for TrainError {
+    fn from(e: kiln_base::StoreError) -> Self {
         match e {
-            kiln_core::StoreError::Io { path, source } => Self::Io { path, source },
-            kiln_core::StoreError::Format { path, reason } => {
+            kiln_base::StoreError::Io { path, source } => Self::Io { path, source },
+            kiln_base::StoreError::Format { path, reason } => {
                 Self::CorruptCheckpoint { path, reason }
             }
         }

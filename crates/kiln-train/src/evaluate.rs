@@ -3,7 +3,7 @@
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use kiln_core::{Batch, TrainModel};
+use kiln_base::{Batch, TrainModel};
 use kiln_dist::{ProcessGroup, ReduceOp};
 
 use crate::batch_source::BatchSource;

@@ -1,5 +1,5 @@
 //! kiln-train: the training loop and its tricks. It knows no model: a model implements
-//! kiln-core's [`TrainModel`] for its batch type (kiln's GPT and BERTs do, in kiln-model), and
+//! kiln-base's [`TrainModel`] for its batch type (kiln's GPT and BERTs do, in kiln-model), and
 //! a [`RunConfig`] describes the run.
 //!
 //! [`Trainer`] runs the loop; each trick is a small piece it composes, in its own file:
@@ -10,7 +10,7 @@
 //! - [`data_order`]: seeded per-epoch shuffles; the data position is two numbers.
 //! - accumulation: inside the loop, micro-batch gradients averaged by their
 //!   [`Batch::weight`] (tokens).
-//! - [`Precision`] (kiln-core): f16/bf16 forward and backward with f32 master weights.
+//! - [`Precision`] (kiln-base): f16/bf16 forward and backward with f32 master weights.
 //! - [`loss_scale`]: dynamic loss scaling with torch `GradScaler` semantics.
 //! - [`recompute`]: activation recomputation, Burn's balanced checkpointing or per block (for
 //!   any [`BlockStack`]).
@@ -43,7 +43,7 @@ pub use config::{NonFinitePolicy, TrainerConfig};
 pub use early_stopping::{EarlyStoppingConfig, Metric};
 pub use error::{Result, TrainError};
 pub use evaluate::EvalMetrics;
-pub use kiln_core::{Batch, BlockStack, Precision, StepOutput, TrainModel};
+pub use kiln_base::{Batch, BlockStack, Precision, StepOutput, TrainModel};
 pub use loss_scale::LossScaleConfig;
 pub use recompute::Recompute;
 pub use run_config::RunConfig;

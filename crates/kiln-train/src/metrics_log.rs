@@ -61,7 +61,7 @@ impl MetricsLog {
             text.push_str(&serde_json::to_string(record).expect("metrics serialize"));
             text.push('\n');
         }
-        kiln_core::store::write_atomic(&path, text.as_bytes())?;
+        kiln_base::store::write_atomic(&path, text.as_bytes())?;
         Ok(Self { path })
     }
 

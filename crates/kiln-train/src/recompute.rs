@@ -19,7 +19,7 @@
 use burn::module::{ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
-use kiln_core::{Batch, BlockStack, Precision, StepOutput, TrainModel, seed};
+use kiln_base::{Batch, BlockStack, Precision, StepOutput, TrainModel, seed};
 
 use crate::error::{Result as TrainResult, TrainError};
 

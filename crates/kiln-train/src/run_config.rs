@@ -103,7 +103,7 @@ where
             Format::Toml => self.to_toml()?,
             Format::Json => self.to_json(),
         };
-        Ok(kiln_core::store::write_atomic(path, text.as_bytes())?)
+        Ok(kiln_base::store::write_atomic(path, text.as_bytes())?)
     }
 
     /// Reads a complete config from a `.json` or `.toml` file.

@@ -8,7 +8,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, GradientCheckpointingStrategy, Tensor};
-use kiln_core::{Batch, BoxError, TrainModel, seed};
+use kiln_base::{Batch, BoxError, TrainModel, seed};
 use kiln_dist::{DataParallel, ProcessGroup, ReduceOp};
 use kiln_optim::{OptimizerConfig, ScheduleConfig, grad_norm, scale_grads};
 use serde::Serialize;
@@ -200,7 +200,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 let dir = PathBuf::from(dir);
                 let log = MetricsLog::open(&dir, resumed_from)?;
                 let run = serde_json::to_vec_pretty(&self.run).expect("JSON values serialize");
-                kiln_core::store::write_atomic(&dir.join(RUN_FILE), &run)?;
+                kiln_base::store::write_atomic(&dir.join(RUN_FILE), &run)?;
                 Some(log)
             }
             None => None,
@@ -406,7 +406,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             && let Some(log) = &log
         {
             let svg = training_plot(&log.records()?);
-            kiln_core::store::write_atomic(&PathBuf::from(dir).join("plot.svg"), svg.as_bytes())?;
+            kiln_base::store::write_atomic(&PathBuf::from(dir).join("plot.svg"), svg.as_bytes())?;
         }
         let eval = match (best_model, &state.best_eval) {
             (Some(best), Some(best_eval)) => {

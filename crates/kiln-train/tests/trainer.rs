@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use common::*;
-use kiln_core::BoxError;
+use kiln_base::BoxError;
 use kiln_data::LmBatch;
 use kiln_model::gpt::Gpt;
 use kiln_optim::{AdamWConfig, LambConfig, OptimizerConfig, ScheduleConfig, SgdConfig};
@@ -313,7 +313,7 @@ fn early_stopping_restores_the_best_weights() {
     assert_eq!(again, best_eval);
 }
 
-fn grads_of<M: TrainModel<B>, B: kiln_core::Batch>(
+fn grads_of<M: TrainModel<B>, B: kiln_base::Batch>(
     model: &M,
     batch: &B,
     recompute: Recompute,

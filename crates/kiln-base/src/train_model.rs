@@ -27,7 +27,7 @@ pub struct StepOutput {
 /// ```
 /// use burn::module::{Module, Param};
 /// use burn::tensor::{Device, Tensor};
-/// use kiln_core::{BoxError, LmBatch, StepOutput, TrainModel};
+/// use kiln_base::{BoxError, LmBatch, StepOutput, TrainModel};
 ///
 /// /// A bigram model: one logit row per previous token.
 /// #[derive(Module, Debug)]

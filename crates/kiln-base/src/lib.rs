@@ -1,4 +1,4 @@
-//! kiln-core: the vocabulary kiln's crates share, so that none of them needs to know another.
+//! kiln-base: the vocabulary kiln's crates share, so that none of them needs to know another.
 //!
 //! The training loop (kiln-train) knows no model and the models (kiln-model) know no training
 //! loop: they meet here, as burn-train's `TrainStep` lets a model meet Burn's learner.
