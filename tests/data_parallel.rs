@@ -37,7 +37,12 @@ fn skip_reason() -> Option<String> {
 macro_rules! skip_unless_mpi {
     () => {
         if let Some(reason) = skip_reason() {
-            eprintln!("\n*** SKIPPED (multi-process test): {reason} ***\n");
+            // Straight to the process's stderr: the test harness captures `eprintln!`.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED (multi-process test): {reason} ***\n"
+            );
             return;
         }
     };
@@ -769,7 +774,11 @@ fn sha_of(output: &Output) -> String {
 fn a_run_killed_with_sigkill_resumes_to_the_same_hash() {
     skip_unless_mpi!();
     let Some(bin) = train_gpt_binary() else {
-        eprintln!("\n*** SKIPPED: examples/train_gpt is not built (cargo test builds it) ***\n");
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: examples/train_gpt is not built (cargo test builds it) ***\n"
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -19,7 +19,10 @@ macro_rules! binary_or_skip {
         match train_gpt() {
             Some(bin) => bin,
             None => {
-                eprintln!(
+                // Straight to the process's stderr: the test harness captures `eprintln!`.
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
                     "\n*** SKIPPED: examples/train_gpt is not built (`cargo test --release --workspace` builds it) ***\n"
                 );
                 return;

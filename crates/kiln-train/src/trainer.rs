@@ -264,7 +264,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 let grads = dp.owned_gradients(&model, grads)?;
                 model = optimizer.step(lr, model, grads);
                 model = dp.share_updated(model)?;
-                if !reported_memory {
+                if !reported_memory && ranks > 1 {
                     reported_memory = true;
                     report_optimizer_memory(&optimizer, &dp, &progress)?;
                 }
