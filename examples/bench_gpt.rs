@@ -148,12 +148,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn main() -> kiln::Result<()> {
     let a = Args::parse();
-    let device_name = a
-        .device
-        .clone()
-        .or_else(|| std::env::var(kiln::device::DEVICE_ENV).ok())
-        .unwrap_or_else(|| "flex".into());
-    let device = kiln::device::from_name(&device_name)?.autodiff();
+    let device = kiln::device::from_flag(a.device.as_deref())?.autodiff();
     let tokens = (a.batch * a.seq) as f64;
     let config = GptConfig::new(a.vocab)
         .with_block_size(a.seq)

@@ -59,12 +59,7 @@ struct Args {
 impl Args {
     /// --device, else $KILN_DEVICE, else flex.
     fn device(&self) -> kiln::Result<Device> {
-        let name = self
-            .device
-            .clone()
-            .or_else(|| std::env::var(kiln::device::DEVICE_ENV).ok())
-            .unwrap_or_else(|| "flex".into());
-        Ok(kiln::device::from_name(&name)?)
+        Ok(kiln::device::from_flag(self.device.as_deref())?)
     }
 
     /// The benchmarked model.

@@ -82,12 +82,7 @@ fn to_json<const D: usize>(tensor: Tensor<D>) -> Value {
 
 fn main() -> kiln::Result<()> {
     let args = Args::parse();
-    let device_name = args
-        .device
-        .clone()
-        .or_else(|| std::env::var(kiln::device::DEVICE_ENV).ok())
-        .unwrap_or_else(|| "flex".into());
-    let device = kiln::device::from_name(&device_name)?;
+    let device = kiln::device::from_flag(args.device.as_deref())?;
     let tensor = |rows: &Rows| kiln::model::loss::token_tensor(&rows.0, &device);
     let ids = tensor(&args.input_ids)?;
     let types = args.token_type_ids.as_ref().map(tensor).transpose()?;

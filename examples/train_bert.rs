@@ -211,12 +211,7 @@ fn finetune(
 
 fn main() -> kiln::Result<()> {
     let args = Args::parse();
-    let device_name = args
-        .device
-        .clone()
-        .or_else(|| std::env::var(kiln::device::DEVICE_ENV).ok())
-        .unwrap_or_else(|| "flex".into());
-    let device = kiln::device::from_name(&device_name)?.autodiff();
+    let device = kiln::device::from_flag(args.device.as_deref())?.autodiff();
     let mut rng = seed::rng(args.seed);
     // Unlabeled text for pre-training, and labeled train/test sets.
     let (corpus_text, train_examples, test_examples) = match (&args.data, &args.classify) {

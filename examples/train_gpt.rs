@@ -293,17 +293,13 @@ fn main() -> kiln::Result<()> {
 
 fn train(args: &Args, group: &ProcessGroup) -> kiln::Result<()> {
     let mut run = run_config(args)?;
-    let device_name = args
-        .device
-        .clone()
-        .or_else(|| std::env::var(kiln::device::DEVICE_ENV).ok())
-        .unwrap_or_else(|| "flex".into());
     // One GPU per process on a machine: `cuda` means `cuda:{local rank}`.
-    let device_name = match device_name.as_str() {
-        "cuda" if group.size() > 1 => format!("cuda:{}", group.local_rank()),
-        _ => device_name,
+    let device = match args.device.as_deref() {
+        Some("cuda") if group.size() > 1 => {
+            kiln::device::from_name(&format!("cuda:{}", group.local_rank()))?
+        }
+        name => kiln::device::from_flag(name)?,
     };
-    let device = kiln::device::from_name(&device_name)?;
     // Results go to stdout on rank 0 only.
     let main = group.is_main();
 

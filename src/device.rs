@@ -104,6 +104,15 @@ pub fn from_env() -> Result<Device, DeviceError> {
     from_name(&std::env::var(DEVICE_ENV).unwrap_or_else(|_| "auto".into()))
 }
 
+/// A program's `--device` flag: the backend `name`, else `KILN_DEVICE`, else `flex` (the
+/// examples' rule: nothing chosen means the CPU, whatever else is compiled in).
+pub fn from_flag(name: Option<&str>) -> Result<Device, DeviceError> {
+    match name {
+        Some(name) => from_name(name),
+        None => from_name(&std::env::var(DEVICE_ENV).unwrap_or_else(|_| "flex".into())),
+    }
+}
+
 /// The most capable backend compiled in: cuda, then metal, vulkan, wgpu, and flex last.
 pub fn auto() -> Result<Device, DeviceError> {
     #[cfg(feature = "cuda")]

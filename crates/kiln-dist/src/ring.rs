@@ -77,15 +77,19 @@ pub fn all_reduce(
     let mut received = vec![0.0f32; chunk];
     let comm = group.communicator();
 
-    for step in 0..n - 1 {
-        let (send, receive) = ((rank + n - step) % n, (rank + 2 * n - step - 1) % n);
-        encode(&padded[range(send)], dtype, &mut out);
+    // One hop of the ring: `values` rounded out to the next rank, the previous rank's in.
+    let mut hop = |values: &[f32], inc: &mut [u16]| {
+        encode(values, dtype, &mut out);
         comm.send_recv(
             bytemuck::cast_slice(&out),
             next,
-            bytemuck::cast_slice_mut(&mut inc),
+            bytemuck::cast_slice_mut(inc),
             prev,
-        )?;
+        )
+    };
+    for step in 0..n - 1 {
+        let (send, receive) = ((rank + n - step) % n, (rank + 2 * n - step - 1) % n);
+        hop(&padded[range(send)], &mut inc)?;
         decode(&inc, dtype, &mut received);
         for (v, r) in padded[range(receive)].iter_mut().zip(&received) {
             *v += r;
@@ -93,17 +97,12 @@ pub fn all_reduce(
     }
     // Rank r owns chunk (r + 1) mod n: rounded once, it is what every rank ends with.
     let owned = (rank + 1) % n;
-    encode(&padded[range(owned)], dtype, &mut out);
-    decode(&out, dtype, &mut padded[range(owned)]);
+    let mut rounded = vec![0u16; chunk];
+    encode(&padded[range(owned)], dtype, &mut rounded);
+    decode(&rounded, dtype, &mut padded[range(owned)]);
     for step in 0..n - 1 {
         let (send, receive) = ((rank + 1 + n - step) % n, (rank + n - step) % n);
-        encode(&padded[range(send)], dtype, &mut out);
-        comm.send_recv(
-            bytemuck::cast_slice(&out),
-            next,
-            bytemuck::cast_slice_mut(&mut inc),
-            prev,
-        )?;
+        hop(&padded[range(send)], &mut inc)?;
         decode(&inc, dtype, &mut padded[range(receive)]);
     }
     data.copy_from_slice(&padded[..data.len()]);
