@@ -11,11 +11,16 @@
 //! - [`precision`]: the compute dtype of forward and backward ([`Precision`]).
 //! - [`seed`]: one seed mixer and one version-stable generator for everything seeded.
 //! - [`store`]: atomic file writes and model weights as bytes ([`StoreError`]).
+//! - [`limits`]: ceilings on sizes read from files and flags ([`Limit`], [`LimitError`]).
+//! - `fuzz` (feature `fuzz`): the stable fuzz harness behind every crate's `tests/fuzz.rs`.
 
 #![warn(missing_docs)]
 
 pub mod batch;
 pub mod block_stack;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
+pub mod limits;
 pub mod precision;
 pub mod seed;
 pub mod store;
@@ -23,6 +28,7 @@ pub mod train_model;
 
 pub use batch::{Batch, ClassificationBatch, IGNORE_INDEX, LmBatch, MlmBatch};
 pub use block_stack::BlockStack;
+pub use limits::{Limit, LimitError};
 pub use precision::Precision;
 pub use store::StoreError;
 pub use train_model::{BoxError, StepOutput, TrainModel, correct_tokens};
