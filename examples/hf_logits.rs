@@ -3,18 +3,23 @@
 //!
 //! ```text
 //! cargo run --release --example hf_logits -- --model-dir DIR --input-ids "1,2,3;4,5,6" \
-//!     [--token-type-ids "0,0,1;0,1,1"] [--attention-mask "1,1,1;1,1,0"] [--device NAME]
+//!     [--token-type-ids "0,0,1;0,1,1"] [--attention-mask "1,1,1;1,1,0"] [--device NAME] \
+//!     [--allow-non-finite]
 //! cargo run --release --example hf_logits -- --help
 //! ```
 //!
 //! Rows are separated by `;`, ids by `,`. Prints `{"logits": [[[...]]]}` (batch × seq × vocab
 //! for language models, batch × labels for classifiers); a bare `BertModel` prints its
 //! `last_hidden_state` as `logits` and adds `last_hidden_state` and `pooler_output`.
-//! `--token-type-ids` is for BERT checkpoints only (kiln's GPT-2 has no token types).
+//! `--token-type-ids` is for BERT checkpoints only (kiln's GPT-2 has no token types). A
+//! checkpoint with NaN or infinite weights is an error naming the tensor, unless
+//! `--allow-non-finite` (then a warning on stderr).
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Parser;
+use kiln::model::hf::HfLoadConfig;
 use kiln::prelude::*;
 use serde_json::{Value, json};
 
@@ -37,6 +42,9 @@ struct Args {
     /// Backend: flex, wgpu, vulkan[:N], metal, cuda[:N] or auto; defaults to $KILN_DEVICE, else flex.
     #[arg(long)]
     device: Option<String>,
+    /// Load a checkpoint with NaN or infinite weights, with a warning, instead of failing.
+    #[arg(long)]
+    allow_non_finite: bool,
 }
 
 /// A batch of ids, one `Vec` per row.
@@ -88,7 +96,8 @@ fn main() -> kiln::Result<()> {
     let types = args.token_type_ids.as_ref().map(tensor).transpose()?;
     let mask = args.attention_mask.as_ref().map(tensor).transpose()?;
 
-    let model = load_pretrained(&args.model_dir, &device)?;
+    let options = HfLoadConfig::new().with_allow_non_finite(args.allow_non_finite);
+    let model = kiln::model::hf::load_pretrained_with(&args.model_dir, &device, &options)?;
     if types.is_some() && matches!(model, HfModel::Gpt2(_)) {
         return Err(kiln::Error::Usage(
             "--token-type-ids applies to BERT checkpoints; this one is GPT-2".into(),
@@ -110,6 +119,7 @@ fn main() -> kiln::Result<()> {
             })
         }
     };
-    println!("{value}");
+    // Written, not println!'d: a closed pipe (`| head`) is an error, not a panic.
+    writeln!(std::io::stdout(), "{value}")?;
     Ok(())
 }

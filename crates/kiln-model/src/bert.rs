@@ -17,6 +17,7 @@ use crate::error::{ModelError, Result};
 use crate::gpt::check_probability;
 use crate::inference::{for_inference, host_floats, host_ids};
 use crate::init::{materialize, normal_linear};
+use crate::limits::{CONTEXT, LAYERS, PARAMS, VOCAB, WIDTH, count};
 use crate::loss::{check_id_range, check_token_ids, cross_entropy};
 
 /// Configuration of a [`Bert`] encoder; field names and defaults are HF's `BertConfig`
@@ -153,8 +154,19 @@ pub struct BertOutput {
 }
 
 impl BertConfig {
-    /// Checks sizes and probabilities.
+    /// Checks sizes and probabilities. Every size is bounded by its ceiling in
+    /// [`limits`](crate::limits), and the parameter count by
+    /// [`PARAMS`](crate::limits::PARAMS), before anything is allocated.
     pub fn validate(&self) -> Result<()> {
+        VOCAB.check("vocab_size", self.vocab_size as u64)?;
+        VOCAB.check("type_vocab_size", self.type_vocab_size as u64)?;
+        CONTEXT.check(
+            "max_position_embeddings",
+            self.max_position_embeddings as u64,
+        )?;
+        LAYERS.check("num_hidden_layers", self.num_hidden_layers as u64)?;
+        WIDTH.check("hidden_size", self.hidden_size as u64)?;
+        WIDTH.check("intermediate_size", self.intermediate_size as u64)?;
         let sizes = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -183,12 +195,44 @@ impl BertConfig {
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
             return Err(ModelError::config("layer_norm_eps must be > 0"));
         }
+        self.check_params(0)
+    }
+
+    /// Checks the parameter count of the encoder with its heads (`num_labels` classes, 0 for
+    /// none) against [`PARAMS`], in u128.
+    fn check_params(&self, num_labels: usize) -> Result<()> {
+        let (v, p, t) = (
+            self.vocab_size,
+            self.max_position_embeddings,
+            self.type_vocab_size,
+        );
+        let (d, ff) = (self.hidden_size, self.intermediate_size);
+        let layer = count(&[&[4, d, d], &[2, d, ff], &[9, d], &[1, ff]]);
+        let total = count(&[
+            &[v, d],
+            &[t, d],
+            &[p, d],
+            &[2, d, d],
+            &[6, d],
+            &[1, v],
+            &[d, num_labels],
+            &[1, num_labels],
+        ])
+        .saturating_add(layer.saturating_mul(self.num_hidden_layers as u128));
+        PARAMS.check("the BERT's parameter count", total)?;
         Ok(())
     }
 
     /// Builds the encoder with BERT's init: N(0, initializer_range) weights and embeddings,
     /// zero biases, unit LayerNorms.
     pub fn init(&self, with_pooler: bool, device: &Device) -> Result<Bert> {
+        Ok(materialize(self.init_lazy(with_pooler, device)?))
+    }
+
+    /// Builds the encoder without drawing its weights (Burn's lazy initialization; see
+    /// [`GptConfig::init_lazy`](crate::gpt::GptConfig::init_lazy)): what loaders fill from a
+    /// file.
+    pub fn init_lazy(&self, with_pooler: bool, device: &Device) -> Result<Bert> {
         self.validate()?;
         let std = self.initializer_range;
         let embedding = |n: usize| {
@@ -208,7 +252,7 @@ impl BertConfig {
         .with_layer_norm_eps(self.layer_norm_eps)
         .with_init_std(std)
         .with_out_init_std(std);
-        Ok(materialize(Bert {
+        Ok(Bert {
             embeddings: BertEmbeddings {
                 word: embedding(self.vocab_size),
                 position: embedding(self.max_position_embeddings),
@@ -224,7 +268,7 @@ impl BertConfig {
             vocab_size: self.vocab_size,
             type_vocab_size: self.type_vocab_size,
             max_positions: self.max_position_embeddings,
-        }))
+        })
     }
 
     fn layer_norm(&self, device: &Device) -> LayerNorm {
@@ -235,8 +279,13 @@ impl BertConfig {
 
     /// Builds the masked-LM model (encoder without pooler, transform head, tied decoder).
     pub fn init_masked_lm(&self, device: &Device) -> Result<BertForMaskedLm> {
-        Ok(materialize(BertForMaskedLm {
-            bert: self.init(false, device)?,
+        Ok(materialize(self.init_masked_lm_lazy(device)?))
+    }
+
+    /// [`init_masked_lm`](Self::init_masked_lm) without drawing the weights.
+    pub fn init_masked_lm_lazy(&self, device: &Device) -> Result<BertForMaskedLm> {
+        Ok(BertForMaskedLm {
+            bert: self.init_lazy(false, device)?,
             transform: normal_linear(
                 self.hidden_size,
                 self.hidden_size,
@@ -245,9 +294,9 @@ impl BertConfig {
                 device,
             ),
             transform_norm: self.layer_norm(device),
-            decoder_bias: Param::from_tensor(Tensor::zeros([self.vocab_size], device)),
+            decoder_bias: Initializer::Zeros.init([self.vocab_size], device),
             activation: self.hidden_act,
-        }))
+        })
     }
 
     /// Builds a sequence classifier over `num_labels` classes on the pooled `[CLS]` state.
@@ -256,11 +305,23 @@ impl BertConfig {
         num_labels: usize,
         device: &Device,
     ) -> Result<BertForSequenceClassification> {
+        Ok(materialize(self.init_classifier_lazy(num_labels, device)?))
+    }
+
+    /// [`init_classifier`](Self::init_classifier) without drawing the weights.
+    pub fn init_classifier_lazy(
+        &self,
+        num_labels: usize,
+        device: &Device,
+    ) -> Result<BertForSequenceClassification> {
         if num_labels == 0 {
             return Err(ModelError::config("num_labels must be > 0"));
         }
-        Ok(materialize(BertForSequenceClassification {
-            bert: self.init(true, device)?,
+        VOCAB.check("num_labels", num_labels as u64)?;
+        self.validate()?;
+        self.check_params(num_labels)?;
+        Ok(BertForSequenceClassification {
+            bert: self.init_lazy(true, device)?,
             dropout: DropoutConfig::new(self.hidden_dropout_prob).init(),
             classifier: normal_linear(
                 self.hidden_size,
@@ -270,7 +331,7 @@ impl BertConfig {
                 device,
             ),
             num_labels,
-        }))
+        })
     }
 }
 

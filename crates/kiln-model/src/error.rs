@@ -27,6 +27,20 @@ pub enum ModelError {
         /// The vocabulary size.
         vocab_size: usize,
     },
+    /// An id (a token id for the device, a target, a class label) outside the range of the
+    /// table it indexes, with its place in the batch. Checked before any cast or lookup, so a
+    /// bad id is this error, never a panic or a silently wrong loss.
+    #[error("{what} {id} at index {at:?} is outside 0..{bound}")]
+    IdOutOfRange {
+        /// What the id is, e.g. "target (vocabulary of 100)".
+        what: String,
+        /// The offending id.
+        id: i64,
+        /// Its index in the batch (`[row, position]` for a `[batch, seq]` tensor).
+        at: Vec<usize>,
+        /// The first id past the range.
+        bound: u64,
+    },
     /// An input tensor or list has the wrong shape.
     #[error("bad input: {0}")]
     BadInput(String),
@@ -50,6 +64,25 @@ pub enum ModelError {
         /// The shape in the file.
         found: Vec<usize>,
     },
+    /// A tensor of a checkpoint holds NaN or infinite values. Loading with
+    /// [`HfLoadConfig::allow_non_finite`](crate::hf::HfLoadConfig::allow_non_finite) turns this
+    /// into a warning.
+    #[error(
+        "tensor `{name}` in {file} has {count} non-finite values (NaN or infinite); the \
+         checkpoint is corrupt (load with allow_non_finite to accept it with a warning)"
+    )]
+    NonFiniteWeights {
+        /// The tensor's name in the file.
+        name: String,
+        /// The file that was read.
+        file: PathBuf,
+        /// How many of its values are NaN or infinite.
+        count: usize,
+    },
+    /// A size read from a config, a file or a flag is above kiln's ceiling
+    /// ([`limits`](crate::limits)).
+    #[error(transparent)]
+    Limit(#[from] kiln_base::limits::LimitError),
     /// A `config.json` names a `model_type` kiln cannot load.
     #[error("unsupported model_type `{0}` (kiln loads `gpt2` and `bert`)")]
     UnknownModelType(String),

@@ -22,6 +22,7 @@ use crate::error::{ModelError, Result};
 use crate::feed_forward::{FeedForward, FeedForwardKind};
 use crate::inference::{for_inference, host_floats};
 use crate::init::{materialize, normal_linear};
+use crate::limits::{CONTEXT, LAYERS, PARAMS, VOCAB, WIDTH, count};
 use crate::linear::LinearLayer;
 use crate::loss::{check_token_ids, cross_entropy, token_tensor};
 use crate::rotary::RotaryEmbedding;
@@ -140,11 +141,18 @@ impl GptKvCache {
 impl GptConfig {
     /// The feed-forward width in use.
     pub fn d_ff(&self) -> usize {
-        self.d_ff.unwrap_or(4 * self.d_model)
+        self.d_ff.unwrap_or(self.d_model.saturating_mul(4))
     }
 
-    /// Checks sizes and probabilities.
+    /// Checks sizes and probabilities. Every size is bounded by its ceiling in
+    /// [`limits`](crate::limits), and the parameter count (with rotary tables) by
+    /// [`PARAMS`](crate::limits::PARAMS), before anything is allocated.
     pub fn validate(&self) -> Result<()> {
+        VOCAB.check("vocab_size", self.vocab_size as u64)?;
+        CONTEXT.check("block_size", self.block_size as u64)?;
+        LAYERS.check("n_layer", self.n_layer as u64)?;
+        WIDTH.check("d_model", self.d_model as u64)?;
+        WIDTH.check("d_ff", self.d_ff() as u64)?;
         let sizes = [
             ("vocab_size", self.vocab_size),
             ("block_size", self.block_size),
@@ -179,12 +187,35 @@ impl GptConfig {
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
             return Err(ModelError::config("layer_norm_eps must be > 0"));
         }
+        PARAMS.check("the GPT's parameter count", self.param_bound())?;
         Ok(())
+    }
+
+    /// An upper bound on the model's parameters (and rotary table entries), in u128.
+    fn param_bound(&self) -> u128 {
+        let (v, p, d, ff) = (self.vocab_size, self.block_size, self.d_model, self.d_ff());
+        let gates = if self.ff_kind == FeedForwardKind::SwiGlu {
+            3
+        } else {
+            2
+        };
+        let head = if self.tie_embeddings { 0 } else { v };
+        let block = count(&[&[4, d, d], &[gates, d, ff], &[8, d], &[2, ff]]);
+        count(&[&[v, d], &[p, d], &[head, d], &[4, d]])
+            .saturating_add(block.saturating_mul(self.n_layer as u128))
     }
 
     /// Builds the model with GPT-2's initialization: N(0, 0.02) weights and embeddings, zero
     /// biases, and the residual output projections scaled by 1/√(2·n_layer).
     pub fn init(&self, device: &Device) -> Result<Gpt> {
+        Ok(materialize(self.init_lazy(device)?))
+    }
+
+    /// Builds the model without drawing its weights: each parameter is drawn on first use
+    /// (Burn's lazy initialization). For loaders that replace every parameter from a file:
+    /// nothing of the model's size is allocated before the file's tensors have been checked
+    /// against it. [`init`](Self::init) draws them at once, in a fixed order.
+    pub fn init_lazy(&self, device: &Device) -> Result<Gpt> {
         self.validate()?;
         let embedding = |n: usize| {
             EmbeddingConfig::new(n, self.d_model)
@@ -205,7 +236,7 @@ impl GptConfig {
             .with_init_std(self.init_std)
             .with_out_init_std(self.init_std / (2.0 * self.n_layer as f64).sqrt());
         let learned = self.positions == PositionEncoding::Learned;
-        Ok(materialize(Gpt {
+        Ok(Gpt {
             token_embedding: embedding(self.vocab_size),
             position_embedding: learned.then(|| embedding(self.block_size)),
             rope: (!learned).then(|| {
@@ -226,7 +257,7 @@ impl GptConfig {
             }),
             vocab_size: self.vocab_size,
             block_size: self.block_size,
-        }))
+        })
     }
 }
 

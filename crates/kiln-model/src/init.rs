@@ -13,7 +13,8 @@ pub fn normal_linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &D
         .with_initializer(Initializer::Normal { mean: 0.0, std })
         .init(device);
     if bias {
-        linear.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
+        // Lazy, like the weight: a loader that replaces it never allocates it.
+        linear.bias = Some(Initializer::Zeros.init([d_out], device));
     }
     linear
 }

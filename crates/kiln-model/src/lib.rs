@@ -48,6 +48,7 @@ pub mod gpt;
 pub mod hf;
 mod inference;
 pub mod init;
+pub mod limits;
 pub mod linear;
 pub mod loss;
 pub mod rotary;

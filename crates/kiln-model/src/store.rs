@@ -36,6 +36,7 @@ use crate::bert::{
 };
 use crate::error::{ModelError, Result};
 use crate::gpt::{Gpt, GptConfig};
+use crate::limits::{CONFIG_BYTES, read_config_text};
 
 /// The weights file inside a model folder.
 pub const WEIGHTS_FILE: &str = "model.bpk";
@@ -62,6 +63,14 @@ pub trait ModelConfig: Config {
 
     /// Builds a freshly initialized model on `device`; errors on an invalid config.
     fn init_model(&self, device: &Device) -> Result<Self::Model>;
+
+    /// Builds the model without drawing its weights (Burn's lazy initialization), for
+    /// [`load_model`], which replaces every parameter from the file after checking its shape:
+    /// a config whose sizes do not match the weights then allocates nothing of its size.
+    /// Defaults to [`init_model`](Self::init_model).
+    fn init_model_lazy(&self, device: &Device) -> Result<Self::Model> {
+        self.init_model(device)
+    }
 }
 
 impl ModelConfig for GptConfig {
@@ -69,6 +78,10 @@ impl ModelConfig for GptConfig {
 
     fn init_model(&self, device: &Device) -> Result<Gpt> {
         self.init(device)
+    }
+
+    fn init_model_lazy(&self, device: &Device) -> Result<Gpt> {
+        self.init_lazy(device)
     }
 }
 
@@ -78,6 +91,10 @@ impl ModelConfig for BertForMaskedLmConfig {
     fn init_model(&self, device: &Device) -> Result<BertForMaskedLm> {
         self.bert.init_masked_lm(device)
     }
+
+    fn init_model_lazy(&self, device: &Device) -> Result<BertForMaskedLm> {
+        self.bert.init_masked_lm_lazy(device)
+    }
 }
 
 impl ModelConfig for BertForSequenceClassificationConfig {
@@ -85,6 +102,10 @@ impl ModelConfig for BertForSequenceClassificationConfig {
 
     fn init_model(&self, device: &Device) -> Result<BertForSequenceClassification> {
         self.bert.init_classifier(self.num_labels, device)
+    }
+
+    fn init_model_lazy(&self, device: &Device) -> Result<BertForSequenceClassification> {
+        self.bert.init_classifier_lazy(self.num_labels, device)
     }
 }
 
@@ -122,10 +143,30 @@ pub fn load_model<C: ModelConfig>(dir: impl AsRef<Path>, device: &Device) -> Res
             ));
         }
     }
-    let config =
-        C::load(&config_file).map_err(|e| ModelError::format(&config_file, format!("{e:?}")))?;
-    let model = config.init_model(device)?;
+    let config = read_config_text(&config_file)?;
     let bytes = std::fs::read(&weights).map_err(|e| ModelError::io(&weights, e))?;
-    let model = weights_from_bytes(model, bytes, &weights)?;
+    model_from_bytes(config.as_bytes(), bytes, dir, device)
+}
+
+/// [`load_model`] on the bytes of a folder's [`CONFIG_FILE`] and [`WEIGHTS_FILE`] (`dir` names
+/// them in errors). Corrupt bytes are an error, never a panic: the config's sizes are bounded
+/// by [`limits`](crate::limits), the model is built without drawing its weights, and
+/// burn-store checks every tensor's shape against it (burnpack's own ceilings bound the
+/// header, the tensor count and each tensor's size).
+pub fn model_from_bytes<C: ModelConfig>(
+    config: &[u8],
+    weights: Vec<u8>,
+    dir: &Path,
+    device: &Device,
+) -> Result<(C::Model, C)> {
+    let config_file = dir.join(CONFIG_FILE);
+    CONFIG_BYTES.check(
+        &format!("the size of {} in bytes", config_file.display()),
+        config.len() as u64,
+    )?;
+    let config =
+        C::load_binary(config).map_err(|e| ModelError::format(&config_file, format!("{e:?}")))?;
+    let model = config.init_model_lazy(device)?;
+    let model = weights_from_bytes(model, weights, &dir.join(WEIGHTS_FILE))?;
     Ok((model, config))
 }

@@ -1,5 +1,11 @@
 //! kiln's models as kiln-base's [`TrainModel`]s on kiln's batch types, and as
 //! [`BlockStack`]s for per-block activation recomputation: what kiln's `Trainer` trains.
+//!
+//! Every step checks its batch at the model's edge: input ids against the vocabulary and
+//! context (two scalars read back), targets and labels against the vocabulary or the classes
+//! (`IGNORE_INDEX` allowed; one reduction over the `[batch, seq]` targets and one scalar read
+//! back, next to a forward pass over the whole batch). A bad id is a typed error, not a panic
+//! in Burn's `gather` or a loss computed from another row's logit.
 
 use burn::tensor::{FloatDType, Tensor};
 use kiln_base::{
@@ -10,7 +16,7 @@ use kiln_base::{
 use crate::attention::AttentionMask;
 use crate::bert::{Bert, BertForMaskedLm, BertForSequenceClassification, BertInput};
 use crate::gpt::Gpt;
-use crate::loss::check_token_ids;
+use crate::loss::{check_targets, check_token_ids};
 
 /// The causal mask of every GPT block while training (sequences are packed, never padded).
 const CAUSAL: AttentionMask<'static> = AttentionMask {
@@ -59,6 +65,8 @@ impl BlockStack<LmBatch> for Gpt {
 
 /// Loss and correct count of next-token logits, in f32 whatever the compute precision.
 fn lm_output(logits: Tensor<3>, batch: &LmBatch) -> Result<StepOutput, BoxError> {
+    let vocab = logits.dims()[2];
+    check_targets(&batch.targets, vocab, Some(IGNORE_INDEX), "target")?;
     let logits = logits.cast(FloatDType::F32);
     Ok(StepOutput {
         correct: Some(correct_tokens(logits.clone(), batch.targets.clone())),
@@ -104,7 +112,7 @@ impl TrainModel<MlmBatch> for BertForMaskedLm {
     fn forward_step(&self, batch: &MlmBatch) -> Result<StepOutput, BoxError> {
         let input = bert_input(&batch.input_ids, &batch.token_type_ids, &batch.padding_mask);
         let logits = self.forward(input)?;
-        Ok(mlm_output(logits, batch))
+        mlm_output(logits, batch)
     }
 
     fn block_stack(&self) -> Option<&dyn BlockStack<MlmBatch>> {
@@ -136,23 +144,25 @@ impl BlockStack<MlmBatch> for BertForMaskedLm {
     }
 
     fn head(&self, x: Tensor<3>, batch: &MlmBatch) -> Result<StepOutput, BoxError> {
-        Ok(mlm_output(BertForMaskedLm::head(self, x), batch))
+        mlm_output(BertForMaskedLm::head(self, x), batch)
     }
 }
 
-fn mlm_output(logits: Tensor<3>, batch: &MlmBatch) -> StepOutput {
+fn mlm_output(logits: Tensor<3>, batch: &MlmBatch) -> Result<StepOutput, BoxError> {
+    let vocab = logits.dims()[2];
+    check_targets(&batch.labels, vocab, Some(IGNORE_INDEX), "masked-LM label")?;
     let logits = logits.cast(FloatDType::F32);
-    StepOutput {
+    Ok(StepOutput {
         correct: Some(correct_tokens(logits.clone(), batch.labels.clone())),
         loss: crate::loss::cross_entropy(logits, batch.labels.clone(), Some(IGNORE_INDEX)),
-    }
+    })
 }
 
 impl TrainModel<ClassificationBatch> for BertForSequenceClassification {
     fn forward_step(&self, batch: &ClassificationBatch) -> Result<StepOutput, BoxError> {
         let input = bert_input(&batch.input_ids, &batch.token_type_ids, &batch.padding_mask);
         let logits = self.forward(input)?;
-        Ok(self.classification_output(logits, batch))
+        self.classification_output(logits, batch)
     }
 
     fn block_stack(&self) -> Option<&dyn BlockStack<ClassificationBatch>> {
@@ -185,17 +195,22 @@ impl BlockStack<ClassificationBatch> for BertForSequenceClassification {
 
     fn head(&self, x: Tensor<3>, batch: &ClassificationBatch) -> Result<StepOutput, BoxError> {
         let logits = BertForSequenceClassification::head(self, x)?;
-        Ok(self.classification_output(logits, batch))
+        self.classification_output(logits, batch)
     }
 }
 
 impl BertForSequenceClassification {
-    fn classification_output(&self, logits: Tensor<2>, batch: &ClassificationBatch) -> StepOutput {
+    fn classification_output(
+        &self,
+        logits: Tensor<2>,
+        batch: &ClassificationBatch,
+    ) -> Result<StepOutput, BoxError> {
+        check_targets(&batch.labels, self.num_labels, None, "class label")?;
         let logits = logits.cast(FloatDType::F32);
         let predicted = logits.clone().argmax(1).squeeze_dim::<1>(1);
-        StepOutput {
+        Ok(StepOutput {
             correct: Some(predicted.equal(batch.labels.clone()).int().sum()),
             loss: self.loss(logits, batch.labels.clone()),
-        }
+        })
     }
 }

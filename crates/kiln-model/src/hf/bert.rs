@@ -9,7 +9,7 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 use super::config::{HfBertConfig, HfConfig};
 use super::save::{
@@ -48,6 +48,7 @@ impl HfBertConfig {
         let name = &self.hidden_act;
         let hidden_act = Activation::from_hf_name(name)
             .ok_or_else(|| field_error("hidden_act", format!("unknown activation `{name}`")))?;
+        // BertConfig::validate bounds every size under these same names before anything is built.
         Ok(BertConfig::new(self.vocab_size)
             .with_hidden_size(self.hidden_size)
             .with_num_hidden_layers(self.num_hidden_layers)
@@ -63,9 +64,15 @@ impl HfBertConfig {
     }
 }
 
+/// The shape of a parameter without drawing it: the models are built lazily and every
+/// parameter is replaced from the file, checked against this shape first.
+fn dims<const D: usize>(param: &Param<Tensor<D>>) -> [usize; D] {
+    param.lazy_shape().dims::<D>()
+}
+
 /// Loads an `nn.Linear` (`[out, in]` weight and bias) into a Burn `Linear` (`[in, out]`).
 fn load_dense(linear: &mut Linear, weights: &HfWeights, name: &str, device: &Device) -> Result<()> {
-    let [d_in, d_out] = linear.weight.dims();
+    let [d_in, d_out] = dims(&linear.weight);
     let weight = weights.tensor(&format!("{name}.weight"), [d_out, d_in], device)?;
     let bias = weights.tensor(&format!("{name}.bias"), [d_out], device)?;
     linear.weight = Param::from_tensor(weight.transpose());
@@ -75,7 +82,7 @@ fn load_dense(linear: &mut Linear, weights: &HfWeights, name: &str, device: &Dev
 
 /// Loads a LayerNorm, accepting the `gamma`/`beta` names of TF-era checkpoints.
 fn load_norm(norm: &mut LayerNorm, weights: &HfWeights, name: &str, device: &Device) -> Result<()> {
-    let [d] = norm.gamma.dims();
+    let [d] = dims(&norm.gamma);
     let (w, b, g, be) = (
         format!("{name}.weight"),
         format!("{name}.bias"),
@@ -94,9 +101,9 @@ fn load_norm(norm: &mut LayerNorm, weights: &HfWeights, name: &str, device: &Dev
 /// Fills an encoder from names relative to the `bert.` prefix (or none, for a bare `BertModel`).
 fn load_encoder(bert: &mut Bert, weights: &HfWeights, device: &Device) -> Result<()> {
     let emb = &mut bert.embeddings;
-    let [v, d] = emb.word.weight.dims();
-    let [p, _] = emb.position.weight.dims();
-    let [t, _] = emb.token_type.weight.dims();
+    let [v, d] = dims(&emb.word.weight);
+    let [p, _] = dims(&emb.position.weight);
+    let [t, _] = dims(&emb.token_type.weight);
     emb.word.weight =
         Param::from_tensor(weights.tensor("embeddings.word_embeddings.weight", [v, d], device)?);
     emb.position.weight = Param::from_tensor(weights.tensor(
@@ -163,7 +170,7 @@ fn load_encoder(bert: &mut Bert, weights: &HfWeights, device: &Device) -> Result
 pub fn load_bert(config: &BertConfig, weights: &mut HfWeights, device: &Device) -> Result<Bert> {
     weights.detect_prefix("bert.", "embeddings.word_embeddings.weight");
     let with_pooler = weights.contains("pooler.dense.weight");
-    let mut bert = config.init(with_pooler, device)?;
+    let mut bert = config.init_lazy(with_pooler, device)?;
     load_encoder(&mut bert, weights, device)?;
     Ok(bert)
 }
@@ -175,7 +182,7 @@ pub fn load_bert_masked_lm(
     device: &Device,
 ) -> Result<BertForMaskedLm> {
     weights.detect_prefix("bert.", "embeddings.word_embeddings.weight");
-    let mut model = config.init_masked_lm(device)?;
+    let mut model = config.init_masked_lm_lazy(device)?;
     load_encoder(&mut model.bert, weights, device)?;
     load_dense(
         &mut model.transform,
@@ -206,7 +213,7 @@ pub fn load_bert_classifier(
     device: &Device,
 ) -> Result<BertForSequenceClassification> {
     weights.detect_prefix("bert.", "embeddings.word_embeddings.weight");
-    let mut model = config.init_classifier(num_labels, device)?;
+    let mut model = config.init_classifier_lazy(num_labels, device)?;
     load_encoder(&mut model.bert, weights, device)?;
     load_dense(&mut model.classifier, weights, "classifier", device)?;
     Ok(model)

@@ -18,6 +18,7 @@ use crate::activation::Activation;
 use crate::block::NormPosition;
 use crate::error::{ModelError, Result};
 use crate::gpt::{Gpt, GptConfig};
+use crate::limits::{CONTEXT, WIDTH};
 
 impl HfGpt2Config {
     /// The kiln config of this checkpoint; `file` is where it was read (named in errors).
@@ -43,12 +44,19 @@ impl HfGpt2Config {
             field: "activation_function".into(),
             message: format!("unknown activation `{name}`"),
         })?;
+        // Sizes under transformers' names; GptConfig::validate checks the rest.
+        CONTEXT.check("n_positions", self.n_positions as u64)?;
+        WIDTH.check("n_embd", self.n_embd as u64)?;
+        let n_inner = match self.n_inner {
+            Some(n) => WIDTH.check("n_inner", n as u64)?,
+            None => 4 * self.n_embd,
+        };
         Ok(GptConfig::new(self.vocab_size)
             .with_block_size(self.n_positions)
             .with_n_layer(self.n_layer)
             .with_n_head(self.n_head)
             .with_d_model(self.n_embd)
-            .with_d_ff(Some(self.n_inner.unwrap_or(4 * self.n_embd)))
+            .with_d_ff(Some(n_inner))
             .with_activation(activation)
             .with_layer_norm_eps(self.layer_norm_epsilon)
             .with_tie_embeddings(self.tie_word_embeddings)
@@ -61,7 +69,8 @@ impl HfGpt2Config {
 /// Builds the model and fills every parameter from the checkpoint.
 pub fn load_gpt2(config: &GptConfig, weights: &mut HfWeights, device: &Device) -> Result<Gpt> {
     weights.detect_prefix("transformer.", "wte.weight");
-    let mut model = config.init(device)?;
+    // Built without drawing weights: each is replaced by the file's, shape-checked first.
+    let mut model = config.init_lazy(device)?;
     let (d, ff, v, p) = (
         config.d_model,
         config.d_ff(),

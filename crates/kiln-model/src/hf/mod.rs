@@ -41,6 +41,7 @@ mod weights;
 
 use std::path::Path;
 
+use burn::config::Config;
 use burn::nn::DropoutConfig;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
@@ -53,6 +54,7 @@ pub use weights::HfWeights;
 use crate::bert::{Bert, BertForMaskedLm, BertForSequenceClassification, BertInput};
 use crate::error::{ModelError, Result};
 use crate::gpt::{Gpt, check_probability};
+use crate::limits::read_config_text;
 use config::{ConfigHeader, parse_config};
 
 /// A model loaded from a HuggingFace folder.
@@ -86,17 +88,42 @@ pub enum HfOutput {
     },
 }
 
+/// How [`load_pretrained_with`] treats what it reads.
+#[derive(Config, Debug)]
+pub struct HfLoadConfig {
+    /// Accept tensors with NaN or infinite values, printing a warning on stderr that names
+    /// each, instead of failing with [`ModelError::NonFiniteWeights`]. Off by default: such a
+    /// checkpoint gives NaN outputs, and a corrupt download is better found at load time.
+    #[config(default = false)]
+    pub allow_non_finite: bool,
+}
+
 /// Loads the model that `dir/config.json` describes, with weights from `dir/model.safetensors`.
+///
+/// Untrusted input never panics: the config's sizes are bounded ([`limits`](crate::limits)),
+/// a field of the wrong type is an error naming it, the model is built without drawing its
+/// weights and every tensor's shape in the file is checked against the config before it is
+/// copied (so nothing larger than the file is allocated), and NaN or infinite weights are an
+/// error ([`load_pretrained_with`] can accept them with a warning).
 pub fn load_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<HfModel> {
+    load_pretrained_with(dir, device, &HfLoadConfig::new())
+}
+
+/// [`load_pretrained`] with options ([`HfLoadConfig`]).
+pub fn load_pretrained_with(
+    dir: impl AsRef<Path>,
+    device: &Device,
+    options: &HfLoadConfig,
+) -> Result<HfModel> {
     let dir = dir.as_ref();
     let file = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&file).map_err(|e| ModelError::io(&file, e))?;
+    let text = read_config_text(&file)?;
     let header: ConfigHeader = parse_config(&text, &file)?;
     let architecture = header.architecture();
     match header.model_type.as_str() {
         "gpt2" => {
             let hf: HfGpt2Config = parse_config(&text, &file)?;
-            let mut weights = HfWeights::open(dir)?;
+            let mut weights = HfWeights::open_with(dir, options)?;
             let mut gpt = load_gpt2(&hf.gpt_config(&file)?, &mut weights, device)?;
             // GptConfig has one dropout (`resid_pdrop`); GPT-2 may drop embeddings differently.
             check_probability("embd_pdrop", hf.embd_pdrop)?;
@@ -106,7 +133,7 @@ pub fn load_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<HfModel
         "bert" => {
             let hf: HfBertConfig = parse_config(&text, &file)?;
             let config = hf.bert_config(&file)?;
-            let mut weights = HfWeights::open(dir)?;
+            let mut weights = HfWeights::open_with(dir, options)?;
             let is = |arch: &str, probe: &str| {
                 architecture == arch || (architecture.is_empty() && weights.contains(probe))
             };

@@ -8,9 +8,16 @@ use burn::tensor::{Device, Tensor, TensorData};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
+use super::HfLoadConfig;
 use crate::error::{ModelError, Result};
+use crate::limits::read_config_text;
 
 /// The tensors of one checkpoint, read lazily by name.
+///
+/// safetensors bounds what it reads: the header is at most 100 MB, and every tensor's offsets
+/// must lie inside the file and cover it exactly, with its byte length equal to its shape's
+/// (checked) product times its dtype's size. So a tensor read here is never larger than the file,
+/// and each is checked against the shape the config implies before it is copied.
 pub struct HfWeights {
     /// Each file, memory-mapped: a checkpoint is never copied whole into memory.
     files: Vec<(PathBuf, Mmap)>,
@@ -18,18 +25,24 @@ pub struct HfWeights {
     index: HashMap<String, usize>,
     /// Prefix the model class put before every name (`transformer.`, `bert.`), or "".
     prefix: String,
+    /// Accept NaN or infinite values with a warning instead of an error.
+    allow_non_finite: bool,
 }
 
 impl HfWeights {
     /// Opens `dir/model.safetensors`, or every shard named by `dir/model.safetensors.index.json`.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, &HfLoadConfig::new())
+    }
+
+    /// [`open`](Self::open) with `config`'s policy for non-finite weights.
+    pub fn open_with(dir: &Path, config: &HfLoadConfig) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index_file = dir.join("model.safetensors.index.json");
         let paths = if single.exists() {
             vec![single]
         } else if index_file.exists() {
-            let text =
-                std::fs::read_to_string(&index_file).map_err(|e| ModelError::io(&index_file, e))?;
+            let text = read_config_text(&index_file)?;
             let json: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| ModelError::format(&index_file, e))?;
             let mut shards: Vec<String> = json["weight_map"]
@@ -40,6 +53,25 @@ impl HfWeights {
                 .collect();
             shards.sort();
             shards.dedup();
+            if shards.is_empty() {
+                return Err(ModelError::format(
+                    &index_file,
+                    "`weight_map` names no shard",
+                ));
+            }
+            // Shards sit beside the index: a name with a folder in it could point anywhere.
+            if let Some(bad) = shards.iter().find(|s| {
+                let mut parts = Path::new(s.as_str()).components();
+                !matches!(
+                    (parts.next(), parts.next()),
+                    (Some(std::path::Component::Normal(_)), None)
+                )
+            }) {
+                return Err(ModelError::format(
+                    &index_file,
+                    format!("shard `{bad}` is not a file name in the checkpoint's folder"),
+                ));
+            }
             shards.into_iter().map(|s| dir.join(s)).collect()
         } else {
             return Err(ModelError::io(
@@ -73,6 +105,7 @@ impl HfWeights {
             files,
             index,
             prefix: String::new(),
+            allow_non_finite: config.allow_non_finite,
         })
     }
 
@@ -123,9 +156,10 @@ impl HfWeights {
             }
         });
         let Some((full, file)) = found else {
+            let name = names.first().map_or(String::new(), |n| self.full_name(n));
             return Err(ModelError::MissingTensor {
-                name: self.full_name(names[0]),
-                file: self.files[0].0.clone(),
+                name,
+                file: self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
             });
         };
         let (path, bytes) = &self.files[file];
@@ -147,6 +181,21 @@ impl HfWeights {
                 format!("tensor `{full}` has unsupported dtype {:?}", view.dtype()),
             )
         })?;
+        let non_finite = values.iter().filter(|v| !v.is_finite()).count();
+        if non_finite > 0 {
+            if !self.allow_non_finite {
+                return Err(ModelError::NonFiniteWeights {
+                    name: full,
+                    file: path.clone(),
+                    count: non_finite,
+                });
+            }
+            eprintln!(
+                "warning: tensor `{full}` in {} has {non_finite} non-finite values (NaN or \
+                 infinite); loaded anyway (allow_non_finite)",
+                path.display()
+            );
+        }
         Ok(Tensor::from_data(TensorData::new(values, expected), device))
     }
 }
