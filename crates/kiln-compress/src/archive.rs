@@ -13,6 +13,14 @@
 //! | `bits` | 1 bit per element (pruning masks) |
 //!
 //! so a 50%-sparse f32 matrix takes ~53% of its dense size and int8 ~25%.
+//!
+//! Reading never trusts the file: the header length, every tensor's offsets and lengths are
+//! checked against the file's size with checked arithmetic, a tensor's element count
+//! (a u128 product, at most kiln-model's [`PARAMS`] ceiling) must fit the bytes its encoding
+//! needs before anything is allocated, int8 parameters come one per row or one per tensor, and
+//! the model's config is bounded by kiln-model's ceilings; the model is built without drawing
+//! its weights and every tensor is checked against its shape before it is filled in. Corrupt
+//! bytes are a [`CompressError`], never a panic (`tests/fuzz.rs`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,10 +30,11 @@ use kiln_model::gpt::{Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CompressError, Result};
-use crate::params::{WriteMode, read_params, write_params};
+use crate::params::{WriteMode, param_shapes, read_params, write_params};
 use crate::quantize::{QuantMode, QuantParams, QuantizedTensor};
 use crate::quantized_gpt::QuantizedGpt;
 use crate::quantized_linear::{ActivationQuant, QuantizedLinear};
+use kiln_model::limits::PARAMS;
 
 const MAGIC: &[u8; 8] = b"KILNCZ01";
 
@@ -167,11 +176,19 @@ fn encode(name: &str, tensor: &StoredTensor, blob: &mut Vec<u8>) -> Entry {
 
 fn decode(entry: &Entry, bytes: &[u8], file: &Path) -> Result<StoredTensor> {
     let bad = |m: &str| CompressError::format(file, format!("tensor `{}`: {m}", entry.name));
-    let n: usize = entry.shape.iter().product();
+    let dims: Vec<u64> = entry.shape.iter().map(|&d| d as u64).collect();
+    let n = PARAMS.check_product(&format!("the size of tensor `{}`", entry.name), &dims)?;
+    // Every encoding takes at least a bit per element: a count the bytes cannot hold is
+    // refused before anything of its size is allocated.
+    if n.div_ceil(8) > bytes.len() {
+        return Err(bad("truncated"));
+    }
     let mut at = 0usize;
-    let mut take = |len: usize| -> Result<&[u8]> {
-        let s = bytes.get(at..at + len).ok_or_else(|| bad("truncated"))?;
-        at += len;
+    let mut take = |len: Option<usize>| -> Result<&[u8]> {
+        let s = len
+            .and_then(|len| bytes.get(at..at.checked_add(len)?))
+            .ok_or_else(|| bad("truncated"))?;
+        at += s.len();
         Ok(s)
     };
     let f32s = |b: &[u8]| -> Vec<f32> {
@@ -182,12 +199,12 @@ fn decode(entry: &Entry, bytes: &[u8], file: &Path) -> Result<StoredTensor> {
     match entry.encoding.as_str() {
         "f32" => Ok(StoredTensor::F32 {
             shape: entry.shape.clone(),
-            values: f32s(take(4 * n)?),
+            values: f32s(take(n.checked_mul(4))?),
         }),
         "f32_sparse" => {
-            let bits = take(n.div_ceil(8))?.to_vec();
+            let bits = take(Some(n.div_ceil(8)))?.to_vec();
             let nnz = (0..n).filter(|&i| bit(&bits, i)).count();
-            let mut nz = f32s(take(4 * nnz)?).into_iter();
+            let mut nz = f32s(take(nnz.checked_mul(4))?).into_iter();
             let values = (0..n)
                 .map(|i| {
                     if bit(&bits, i) {
@@ -203,29 +220,36 @@ fn decode(entry: &Entry, bytes: &[u8], file: &Path) -> Result<StoredTensor> {
             })
         }
         "bits" => {
-            let bits = take(n.div_ceil(8))?;
+            let bits = take(Some(n.div_ceil(8)))?;
             Ok(StoredTensor::Bits {
                 shape: entry.shape.clone(),
                 values: (0..n).map(|i| bit(bits, i)).collect(),
             })
         }
         "i8" | "i8_sparse" => {
-            if entry.shape.len() != 2 || entry.channels == 0 {
-                return Err(bad("int8 tensors are [channels, len] with parameters"));
+            if entry.shape.len() != 2 || !(entry.channels == 1 || entry.channels == entry.shape[0])
+            {
+                return Err(bad(
+                    "int8 tensors are [channels, len] with one parameter pair per channel or one \
+                     for the tensor",
+                ));
             }
             let len = entry.shape[1];
             let channels = entry.channels;
             // The parameters sit after the codes; read the codes' bitmap first when sparse.
             let (bits, nnz) = if entry.encoding == "i8_sparse" {
-                let bits = take(n.div_ceil(8))?.to_vec();
+                let bits = take(Some(n.div_ceil(8)))?.to_vec();
                 let nnz = (0..n).filter(|&i| bit(&bits, i)).count();
                 (Some(bits), nnz)
             } else {
                 (None, n)
             };
-            let codes: Vec<i8> = take(nnz)?.iter().map(|&b| b as i8).collect();
-            let scales = f32s(take(4 * channels)?);
-            let zero_points: Vec<i32> = take(channels)?.iter().map(|&b| b as i8 as i32).collect();
+            let codes: Vec<i8> = take(Some(nnz))?.iter().map(|&b| b as i8).collect();
+            let scales = f32s(take(channels.checked_mul(4))?);
+            let zero_points: Vec<i32> = take(Some(channels))?
+                .iter()
+                .map(|&b| b as i8 as i32)
+                .collect();
             let params: Vec<QuantParams> = scales
                 .into_iter()
                 .zip(zero_points)
@@ -303,9 +327,10 @@ impl Archive {
         if bytes.len() < 16 || &bytes[..8] != MAGIC {
             return Err(CompressError::format(file, "not a kiln-compress archive"));
         }
-        let header_len = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default()) as usize;
-        let header_end = 16usize
-            .checked_add(header_len)
+        let header_len = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
+        let header_end = usize::try_from(header_len)
+            .ok()
+            .and_then(|len| len.checked_add(16))
             .filter(|&e| e <= bytes.len())
             .ok_or_else(|| CompressError::format(file, "truncated header"))?;
         let header: Header = serde_json::from_slice(&bytes[16..header_end])
@@ -313,11 +338,13 @@ impl Archive {
         let blob = &bytes[header_end..];
         let mut tensors = BTreeMap::new();
         for entry in &header.tensors {
-            let slice = blob
-                .get(entry.offset as usize..(entry.offset + entry.len) as usize)
-                .ok_or_else(|| {
-                    CompressError::format(file, format!("tensor `{}` is truncated", entry.name))
-                })?;
+            let range = usize::try_from(entry.offset)
+                .ok()
+                .zip(usize::try_from(entry.len).ok())
+                .and_then(|(start, len)| Some(start..start.checked_add(len)?));
+            let slice = range.and_then(|r| blob.get(r)).ok_or_else(|| {
+                CompressError::format(file, format!("tensor `{}` is truncated", entry.name))
+            })?;
             tensors.insert(entry.name.clone(), decode(entry, slice, file)?);
         }
         Ok(Self {
@@ -391,28 +418,46 @@ fn gpt_config(archive: &Archive, path: &Path) -> Result<GptConfig> {
         .map_err(|e| CompressError::format(path, format!("bad config: {e}")))
 }
 
-/// Builds a `Gpt` from `config` on `device` and fills every f32 tensor of `archive` into it.
-fn fill_gpt(archive: &Archive, config: &GptConfig, device: &Device, path: &Path) -> Result<Gpt> {
-    let gpt = config.init(device)?;
-    let params = read_params(&gpt, &|_, _| true);
+/// Builds a `Gpt` from `config` on `device` without drawing its weights, and fills every
+/// parameter from `archive`'s f32 tensors, each checked against the parameter's shape first.
+/// With `int8_linears`, the linear layers' weights are left to the caller (they are int8 in
+/// the archive); every other parameter must be there as f32.
+fn fill_gpt(
+    archive: &Archive,
+    config: &GptConfig,
+    device: &Device,
+    path: &Path,
+    int8_linears: bool,
+) -> Result<Gpt> {
+    let gpt = config.init_lazy(device)?;
+    let skipped: Vec<String> = if int8_linears {
+        gpt.linears()
+            .into_iter()
+            .map(|(name, _)| format!("{name}.weight"))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut values = BTreeMap::new();
-    for p in &params {
-        match archive.tensors.get(&p.path) {
+    for (param, expected) in param_shapes(&gpt) {
+        if skipped.contains(&param) {
+            continue;
+        }
+        match archive.tensors.get(&param) {
             Some(StoredTensor::F32 { shape, values: v }) => {
-                if shape != &p.shape {
+                if shape != &expected {
                     return Err(CompressError::ShapeMismatch {
-                        path: p.path.clone(),
-                        expected: p.shape.clone(),
+                        path: param,
+                        expected,
                         found: shape.clone(),
                     });
                 }
-                values.insert(p.path.clone(), (shape.clone(), v.clone()));
+                values.insert(param, (shape.clone(), v.clone()));
             }
-            Some(StoredTensor::Int8(_) | StoredTensor::Bits { .. }) => {}
-            None => {
+            _ => {
                 return Err(CompressError::format(
                     path,
-                    format!("missing tensor `{}`", p.path),
+                    format!("missing f32 tensor `{param}`"),
                 ));
             }
         }
@@ -428,7 +473,7 @@ pub fn load_gpt(path: impl AsRef<Path>, device: &Device) -> Result<(Gpt, GptConf
         return Err(CompressError::format(path, "not an f32 GPT archive"));
     }
     let config = gpt_config(&archive, path)?;
-    Ok((fill_gpt(&archive, &config, device, path)?, config))
+    Ok((fill_gpt(&archive, &config, device, path, false)?, config))
 }
 
 /// Saves a quantized GPT: int8 codes as bytes, f32 for the rest. `config` is the config of
@@ -504,9 +549,12 @@ pub fn load_quantized_gpt(path: impl AsRef<Path>, device: &Device) -> Result<Qua
     let activations: BTreeMap<String, ActivationQuant> =
         serde_json::from_value(archive.meta["activations"].clone())
             .map_err(|e| CompressError::format(path, format!("bad activations: {e}")))?;
-    // The f32 parts go into a Gpt of the right shapes; the linear layers come from the codes.
-    let skeleton = fill_gpt(&archive, &config, device, path)?;
-    QuantizedGpt::from_gpt_with(&skeleton, |name, _| {
+    // The f32 parts go into a Gpt of the right shapes; the linear layers come from the codes,
+    // each checked against its layer's shape before the skeleton's layers are touched.
+    let skeleton = fill_gpt(&archive, &config, device, path, true)?;
+    let mut weights = BTreeMap::new();
+    for (name, layer) in skeleton.linears() {
+        let [d_in, d_out] = layer.weight.lazy_shape().dims::<2>();
         let weight = match archive.tensors.get(&format!("{name}.weight")) {
             Some(StoredTensor::Int8(q)) => q.clone(),
             _ => {
@@ -516,10 +564,24 @@ pub fn load_quantized_gpt(path: impl AsRef<Path>, device: &Device) -> Result<Qua
                 ));
             }
         };
-        let bias = match archive.tensors.get(&format!("{name}.bias")) {
-            Some(StoredTensor::F32 { values, .. }) => Some(values.clone()),
-            _ => None,
-        };
+        if weight.shape != [d_out, d_in] {
+            return Err(CompressError::ShapeMismatch {
+                path: format!("{name}.weight"),
+                expected: vec![d_out, d_in],
+                found: weight.shape.to_vec(),
+            });
+        }
+        weights.insert(name, weight);
+    }
+    QuantizedGpt::from_gpt_with(&skeleton, |name, layer| {
+        let weight = weights
+            .remove(name)
+            .ok_or_else(|| CompressError::format(path, format!("missing layer `{name}`")))?;
+        // The bias is the skeleton's, filled from the archive's f32 tensor and shape-checked.
+        let bias = layer
+            .bias
+            .as_ref()
+            .map(|b| crate::quantized_linear::to_host(b.val()));
         let act = activations
             .get(name)
             .copied()

@@ -60,6 +60,10 @@ pub enum CompressError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A size read from a file is above kiln's ceiling (kiln-model's
+    /// [`limits`](kiln_model::limits)).
+    #[error(transparent)]
+    Limit(#[from] kiln_base::limits::LimitError),
     /// An error from kiln-model (building or running the model).
     #[error(transparent)]
     Model(#[from] kiln_model::ModelError),

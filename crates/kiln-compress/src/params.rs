@@ -74,6 +74,37 @@ pub fn read_params<M: Module>(module: &M, filter: &ParamFilter<'_>) -> Vec<Named
     reader.out
 }
 
+struct Shapes {
+    path: Vec<String>,
+    out: Vec<(String, Vec<usize>)>,
+}
+
+impl ModuleVisitor for Shapes {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.out
+            .push((self.path.join("."), param.lazy_shape().as_slice().to_vec()));
+    }
+}
+
+/// The path and shape of every float parameter, in visiting order, without drawing a lazily
+/// initialized one: what a loader checks a file against before filling the model.
+pub(crate) fn param_shapes<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
+    let mut shapes = Shapes {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut shapes);
+    shapes.out
+}
+
 /// How [`write_params`] combines the stored values with the parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WriteMode {
