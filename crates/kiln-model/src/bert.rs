@@ -156,7 +156,7 @@ pub struct BertOutput {
 impl BertConfig {
     /// Checks sizes and probabilities. Every size is bounded by its ceiling in
     /// [`limits`](crate::limits), and the parameter count by
-    /// [`PARAMS`](crate::limits::PARAMS), before anything is allocated.
+    /// [`PARAMS`], before anything is allocated.
     pub fn validate(&self) -> Result<()> {
         VOCAB.check("vocab_size", self.vocab_size as u64)?;
         VOCAB.check("type_vocab_size", self.type_vocab_size as u64)?;

@@ -146,7 +146,7 @@ impl GptConfig {
 
     /// Checks sizes and probabilities. Every size is bounded by its ceiling in
     /// [`limits`](crate::limits), and the parameter count (with rotary tables) by
-    /// [`PARAMS`](crate::limits::PARAMS), before anything is allocated.
+    /// [`PARAMS`], before anything is allocated.
     pub fn validate(&self) -> Result<()> {
         VOCAB.check("vocab_size", self.vocab_size as u64)?;
         CONTEXT.check("block_size", self.block_size as u64)?;

@@ -12,7 +12,10 @@
 //!   own (`load_model::<GptConfig>(dir, &device)`, no closure: the config builds the model).
 //! - Training: GPT and both BERT heads are kiln-base `TrainModel`s on kiln's batch types, and
 //!   `BlockStack`s for per-block activation recomputation (`train.rs`).
-//! - Errors: every fallible call returns a [`ModelError`].
+//! - Untrusted input: every size a config or file gives is bounded by a ceiling in [`limits`]
+//!   (raised with `KILN_LIMIT_<NAME>`), loaders check every tensor against the config before
+//!   the model's weights exist, and ids and targets are range-checked at the model's edge.
+//! - Errors: every fallible call returns a [`ModelError`]; bad input never panics.
 //!
 //! Token ids are `u32` on the host, as kiln-data's tokenizers produce them
 //! ([`token_tensor`](loss::token_tensor) turns rows of them into a tensor). On the device Burn
