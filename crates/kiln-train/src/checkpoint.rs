@@ -10,7 +10,7 @@
 //! files do not match their manifest is reported by name and the previous one is used.
 //!
 //! Every byte read back is untrusted: the manifest and the JSON files are read with a ceiling
-//! ([`limits`](crate::limits)), the manifest may only name the files a checkpoint has, each
+//! ([`limits`]), the manifest may only name the files a checkpoint has, each
 //! file's length is checked before it is read, and the optimizer state is checked against the
 //! model before it is loaded. The manifest also names the run that wrote the checkpoint (its
 //! run id): a run only ever prunes or replaces its own checkpoints.

@@ -144,8 +144,6 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
         let device = config.recompute.training_device(device);
         let group = self.group.clone();
         let (rank, ranks) = (group.rank(), group.size());
-        // Held until `fit` returns.
-        let (mut locks, mut run_id) = claim_folders(&config, &group)?;
         let mut model = prepare(model, config.recompute);
         // Every rank runs the same config on the same data from rank 0's weights.
         let dp = DataParallel::new(group.clone(), config.data_parallel.clone(), &model)?;
@@ -169,6 +167,9 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             ))
         })?;
         let total = total_steps(&config, self.train.len(), ranks)?;
+        // The folders, once the settings are known to make a run (`overwrite` deletes); the
+        // locks are held until `fit` returns.
+        let (mut locks, mut run_id) = claim_folders(&config, &group)?;
         let mut optimizer = self.optimizer.init(&model)?;
         let mut scheduler = self.schedule.init_for_run(total)?;
         let checkpoints = config
