@@ -105,8 +105,12 @@ struct Args {
     #[arg(long)]
     run_dir: Option<String>,
     /// Continue from the newest usable checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Start a new run in a folder that holds another run's checkpoints or metrics, deleting
+    /// them (without it, such a folder is refused).
+    #[arg(long)]
+    overwrite: bool,
     /// Text samples to print after training (text data only).
     #[arg(long)]
     samples: Option<usize>,
@@ -224,6 +228,7 @@ fn run_config(args: &Args) -> kiln::Result<GptRun> {
         t.run_dir = args.run_dir.clone();
     }
     t.resume |= args.resume;
+    t.overwrite |= args.overwrite;
     let dp = &mut t.data_parallel;
     if let Some(stage) = args.zero_stage {
         dp.zero_stage = stage as usize;

@@ -840,6 +840,16 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_hash() {
         .unwrap();
     assert!(killed.success());
     let _ = job.wait();
+    // mpirun is gone; its ranks die a moment later, and with them their lock on the folder.
+    let lock = std::fs::File::open(checkpoints.join("kiln.lock")).unwrap();
+    while lock.try_lock().is_err() {
+        assert!(
+            start.elapsed() < JOB_TIMEOUT,
+            "the killed ranks still hold the checkpoint folder's lock"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(lock);
 
     args.push("--resume".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -151,3 +151,85 @@ fn a_saved_text_model_loads_with_its_tokenizer() {
         .unwrap();
     assert_eq!(out[0].len(), 10);
 }
+
+/// A run folder is locked while a run uses it: a second run fails at once, naming the holder.
+/// Killed with SIGKILL, the run leaves no stale lock; a new run in its folder is refused (the
+/// checkpoints are kept) until `--overwrite` replaces them.
+#[test]
+fn a_run_folder_is_locked_and_a_killed_run_leaves_no_stale_lock() {
+    let bin = binary_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let args = |steps: &'static str| {
+        vec![
+            "--max-steps".to_string(),
+            steps.into(),
+            "--batch".into(),
+            "4".into(),
+            "--d-model".into(),
+            "16".into(),
+            "--layers".into(),
+            "1".into(),
+            "--heads".into(),
+            "2".into(),
+            "--checkpoint-every".into(),
+            "5".into(),
+            "--accuracy-problems".into(),
+            "1".into(),
+            "--run-dir".into(),
+            run_dir.display().to_string(),
+        ]
+    };
+    let mut first = Command::new(&bin)
+        .args(args("1000000"))
+        .env_remove("OMPI_COMM_WORLD_SIZE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("train_gpt starts");
+    let checkpoint = run_dir.join("checkpoints").join("step-00000005");
+    let start = std::time::Instant::now();
+    while !checkpoint.exists() {
+        assert!(
+            start.elapsed().as_secs() < 300,
+            "no checkpoint appeared in 5 minutes"
+        );
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut resume = args("1000000");
+    resume.push("--resume".into());
+    let resume: Vec<&str> = resume.iter().map(String::as_str).collect();
+    let second = run(&bin, &resume);
+    let (_, stderr) = text(&second);
+    assert!(!second.status.success(), "the folder is in use");
+    assert!(stderr.contains("is in use by another run"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("\"pid\":{}", first.id())),
+        "{stderr}"
+    );
+
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let fresh: Vec<String> = args("3");
+    let fresh: Vec<&str> = fresh.iter().map(String::as_str).collect();
+    let refused = run(&bin, &fresh);
+    let (_, stderr) = text(&refused);
+    assert!(
+        !refused.status.success(),
+        "another run's checkpoints are there"
+    );
+    assert!(stderr.contains("--overwrite"), "{stderr}");
+    assert!(checkpoint.exists(), "and they are kept");
+
+    let mut overwrite = fresh.clone();
+    overwrite.push("--overwrite");
+    let replaced = run(&bin, &overwrite);
+    let (stdout, stderr) = text(&replaced);
+    assert!(replaced.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !checkpoint.exists(),
+        "the killed run's checkpoints are replaced"
+    );
+    assert!(run_dir.join("checkpoints").join("step-00000003").exists());
+}

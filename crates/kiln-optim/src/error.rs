@@ -28,6 +28,12 @@ pub enum OptimError {
         /// The regex compiler's message.
         reason: String,
     },
+    /// Optimizer state read from a file does not fit the model or the optimizer.
+    #[error("optimizer state: {0}")]
+    CorruptState(String),
+    /// A size read from a file is above its ceiling.
+    #[error(transparent)]
+    Limit(#[from] kiln_base::limits::LimitError),
     /// A parameter-group pattern matches no parameter of the model (almost always a typo).
     #[error(
         "parameter-group pattern `{pattern}` matches no parameter; parameter paths look like `{example}`"

@@ -16,7 +16,9 @@
 //! - [`schedule`]: HF warmup schedules, SGDR, step, exponential and one-cycle, as Burn
 //!   `LrScheduler`s; [`ScheduleConfig`] (serializable) sizes a schedule whose `total_steps`
 //!   is `None` to the run ([`ScheduleConfig::init_for_run`]).
-//! - [`OptimError`]: every refused hyperparameter.
+//! - [`load_state`]: optimizer state read from a checkpoint, checked against the model before
+//!   it is loaded (a typed error, never a panic in a later step).
+//! - [`OptimError`]: every refused hyperparameter and unusable state.
 //!
 //! ```
 //! use burn::module::{Module, Param};
@@ -73,3 +75,4 @@ pub use schedule::{
     ScheduleConfig, Scheduler, StepDecayConfig, WarmupDecayConfig, validate_lr,
 };
 pub use sgd::SgdConfig;
+pub use state::{OPTIMIZER_STEPS, load_state};

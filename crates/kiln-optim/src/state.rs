@@ -1,8 +1,28 @@
+//! Optimizer state in and out of checkpoints.
+//!
 //! Hand-written `RecordState` for kiln's optimizer states (Burn's derive only works inside
-//! burn-optim), so `ModuleOptimizer::to_record`/`load_record` save and restore them.
+//! burn-optim), so `ModuleOptimizer::to_record`/`load_record` save and restore them; and
+//! [`load_state`], which restores state read from a file only after checking every entry
+//! against the model, because Burn's `load_record` panics on some malformed records (a tensor
+//! without a parameter id, a rank above 8), steps panic on a moment of the wrong shape, and
+//! entries it cannot use are dropped without a word.
 
-use burn::optim::{StateSink, StateSource};
-use burn::tensor::{Device, Tensor};
+use std::collections::{BTreeMap, HashMap};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{ModuleOptimizer, OptimizerRecord, StateSink, StateSource};
+use burn::store::burn_pack::{Reader, Scalar};
+use burn::tensor::{Bytes, DType, Device, Tensor};
+use kiln_base::limits::Limit;
+
+use crate::error::OptimError;
+
+/// Optimizer steps an Adam or LAMB state may have counted: the bias correction raises the betas
+/// to this power as an `i32`.
+pub const OPTIMIZER_STEPS: Limit = Limit::new("OPTIMIZER_STEPS", i32::MAX as u64);
+
+/// The scalar Burn keeps per parameter for the rank of its state.
+const RANK_KEY: &str = "__rank";
 
 pub(crate) fn push<const D: usize>(out: &mut StateSink, prefix: &str, leaf: &str, t: &Tensor<D>) {
     out.push_tensor(prefix, leaf, t.clone().into_data());
@@ -15,6 +35,7 @@ pub(crate) fn take<const D: usize>(
     device: &Device,
 ) -> Option<Tensor<D>> {
     src.take_tensor(prefix, leaf)
+        .filter(|data| data.rank() == D)
         .map(|data| Tensor::from_data(data, device))
 }
 
@@ -24,5 +45,140 @@ pub(crate) fn push_time(out: &mut StateSink, prefix: &str, time: usize) {
 
 pub(crate) fn take_time(src: &mut StateSource, prefix: &str) -> Option<usize> {
     let scalar = src.take_scalar(prefix, "time")?;
-    u64::try_from(scalar).ok().map(|t| t as usize)
+    let time = u64::try_from(scalar).ok()?;
+    OPTIMIZER_STEPS
+        .check("the optimizer's step count", time)
+        .ok()
+}
+
+/// Restores `optimizer` (built for `model` with the config that wrote the state) from `bytes`
+/// written by `ModuleOptimizer::into_bytes`, as a checkpoint read from disk holds them.
+///
+/// Every entry is checked before Burn sees it: each tensor belongs to a parameter of `model`
+/// (by id, with the same shape and dtype), each scalar to such a parameter (a rank equal to
+/// the parameter's, a step count within [`OPTIMIZER_STEPS`]); and after loading, the optimizer
+/// must hold exactly what the bytes held, so a state of another optimizer or a partial one is
+/// refused rather than silently reinitialized. A subset of the parameters is fine (a ZeRO-1
+/// shard, or parameters that have not been stepped yet).
+///
+/// # Errors
+/// [`OptimError::CorruptState`] naming the first entry that does not fit, or
+/// [`OptimError::Limit`] for a step count above its ceiling.
+pub fn load_state<M: Module>(
+    optimizer: ModuleOptimizer,
+    bytes: Vec<u8>,
+    model: &M,
+) -> Result<ModuleOptimizer, OptimError> {
+    let params = Params::of(model);
+    let contents = Contents::read(bytes.clone())?;
+    contents.check_against(&params)?;
+    let record = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+        .map_err(|e| OptimError::CorruptState(format!("{e:?}")))?;
+    let optimizer = optimizer.load_record(record);
+    let kept = optimizer
+        .into_bytes()
+        .map_err(|e| OptimError::CorruptState(format!("{e:?}")))?;
+    if Contents::read(kept.to_vec())? != contents {
+        return Err(OptimError::CorruptState(
+            "it holds entries this optimizer does not use, or lacks some it needs (a state of another optimizer, or a partial one)".into(),
+        ));
+    }
+    Ok(optimizer)
+}
+
+/// A parameter's shape and dtype.
+type Signature = (Vec<usize>, DType);
+
+/// The parameters of a model: id → (shape, dtype).
+struct Params(HashMap<u64, Signature>);
+
+impl Params {
+    fn of<M: Module>(model: &M) -> Self {
+        struct Collect(HashMap<u64, Signature>);
+        impl ModuleVisitor for Collect {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let value = param.val();
+                self.0
+                    .insert(param.id.val(), (value.shape().to_vec(), value.dtype()));
+            }
+        }
+        let mut collect = Collect(HashMap::new());
+        model.visit(&mut collect);
+        Self(collect.0)
+    }
+
+    /// The parameter a `{id}.{leaf}` entry belongs to, and the leaf.
+    fn owner<'a>(&self, name: &'a str) -> Result<(u64, &'a str, &Signature), OptimError> {
+        let bad = |why: &str| OptimError::CorruptState(format!("entry `{name}`: {why}"));
+        let (id, leaf) = name
+            .split_once('.')
+            .ok_or_else(|| bad("not named `<parameter id>.<field>`"))?;
+        let id: u64 = id
+            .parse()
+            .map_err(|_| bad("not named `<parameter id>.<field>`"))?;
+        let param = self
+            .0
+            .get(&id)
+            .ok_or_else(|| bad("no parameter of the model has this id"))?;
+        Ok((id, leaf, param))
+    }
+}
+
+/// What a state file holds, without the tensor data: the tensors' names, parameter ids, shapes
+/// and dtypes, and the scalars.
+#[derive(PartialEq)]
+struct Contents {
+    tensors: BTreeMap<String, (Option<u64>, Vec<usize>, DType)>,
+    scalars: BTreeMap<String, Scalar>,
+}
+
+impl Contents {
+    fn read(bytes: Vec<u8>) -> Result<Self, OptimError> {
+        let corrupt = |e| OptimError::CorruptState(format!("{e:?}"));
+        let reader = Reader::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(corrupt)?;
+        let scalars = reader.scalars().clone();
+        let tensors = reader
+            .into_tensors()
+            .map_err(corrupt)?
+            .into_iter()
+            .map(|t| (t.name, (t.param_id, t.shape.to_vec(), t.dtype)))
+            .collect();
+        Ok(Self { tensors, scalars })
+    }
+
+    fn check_against(&self, params: &Params) -> Result<(), OptimError> {
+        for (name, (param_id, shape, dtype)) in &self.tensors {
+            let (id, _, (param_shape, param_dtype)) = params.owner(name)?;
+            let bad = |why: String| OptimError::CorruptState(format!("tensor `{name}`: {why}"));
+            if *param_id != Some(id) {
+                return Err(bad(format!(
+                    "its parameter id {param_id:?} is not the one its name says"
+                )));
+            }
+            if shape != param_shape || dtype != param_dtype {
+                return Err(bad(format!(
+                    "{dtype:?} {shape:?}, the parameter is {param_dtype:?} {param_shape:?}"
+                )));
+            }
+        }
+        for (name, value) in &self.scalars {
+            let (_, leaf, (param_shape, _)) = params.owner(name)?;
+            let bad = |why: String| OptimError::CorruptState(format!("scalar `{name}`: {why}"));
+            match leaf {
+                RANK_KEY if usize::try_from(*value) != Ok(param_shape.len()) => {
+                    return Err(bad(format!(
+                        "rank {value:?}, the parameter has rank {}",
+                        param_shape.len()
+                    )));
+                }
+                "time" => {
+                    let time = u64::try_from(*value)
+                        .map_err(|_| bad(format!("{value:?} is not a step count")))?;
+                    OPTIMIZER_STEPS.check("the optimizer's step count", time)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }

@@ -8,14 +8,21 @@
 //! temporary name, every file is fsynced, and only then is it renamed into place, so a run
 //! killed at any moment leaves either a complete checkpoint or none. On resume, a folder whose
 //! files do not match their manifest is reported by name and the previous one is used.
+//!
+//! Every byte read back is untrusted: the manifest and the JSON files are read with a ceiling
+//! ([`limits`]), the manifest may only name the files a checkpoint has, each
+//! file's length is checked before it is read, and the optimizer state is checked against the
+//! model before it is loaded. The manifest also names the run that wrote the checkpoint (its
+//! run id): a run only ever prunes or replaces its own checkpoints.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
+use burn::optim::ModuleOptimizer;
 use burn::optim::lr_scheduler::{LrScheduler, LrSchedulerRecord};
-use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Bytes;
 use kiln_base::store::sync_dir;
 use kiln_dist::ProcessGroup;
@@ -26,8 +33,10 @@ use crate::data_order::DataPosition;
 use crate::early_stopping::EarlyStopping;
 use crate::error::{Result, TrainError};
 use crate::evaluate::EvalMetrics;
+use crate::limits;
 use crate::loss_scale::LossScaler;
 use crate::param_ids::stable_param_ids;
+use crate::run_lock::is_run_id;
 
 const MODEL: &str = "model.bpk";
 const OPTIMIZER: &str = "optimizer.bpk";
@@ -37,8 +46,6 @@ const RUN: &str = "run.json";
 const BEST: &str = "best.bpk";
 const MANIFEST: &str = "manifest.json";
 const PREFIX: &str = "step-";
-/// The most optimizer shards (ranks of a ZeRO-1 run) a manifest may list.
-const MAX_SHARDS: usize = 1 << 16;
 
 /// The loop's own state: everything besides model, optimizer and schedule that a resumed run
 /// needs to continue exactly.
@@ -63,11 +70,15 @@ pub struct TrainerState {
     /// The number of data-parallel ranks that trained.
     #[serde(default = "one")]
     pub world_size: usize,
+    /// The number of training items the run reads (the data position counts in them).
+    pub train_items: usize,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Manifest {
     step: usize,
+    /// The run that wrote the checkpoint.
+    run_id: String,
     /// How many files the optimizer state is split into: 1, or the world size of a ZeRO-1
     /// run (`optimizer-rank{r}.bpk`).
     #[serde(default = "one")]
@@ -102,6 +113,8 @@ pub struct Snapshot<'a, M> {
     pub state: &'a TrainerState,
     /// The run's config.
     pub run: &'a serde_json::Value,
+    /// The run's id.
+    pub run_id: &'a str,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -119,6 +132,8 @@ pub struct Checkpoint {
     pub state: TrainerState,
     /// The config of the run that wrote it (JSON).
     pub run: serde_json::Value,
+    /// The id of the run that wrote it.
+    pub run_id: String,
     /// The number of optimizer state files (the world size of a ZeRO-1 run, else 1).
     pub optimizer_shards: usize,
     model: Vec<u8>,
@@ -141,12 +156,13 @@ impl Checkpoint {
             .transpose()
     }
 
-    /// Restores an optimizer built with the same config: `rank`'s shard of the state when the
-    /// checkpoint holds one per rank.
-    pub fn load_optimizer(
+    /// Restores an optimizer built with the same config for `model` (whose parameters the state
+    /// is checked against): `rank`'s shard of the state when the checkpoint holds one per rank.
+    pub fn load_optimizer<M: Module>(
         &self,
         optimizer: ModuleOptimizer,
         rank: usize,
+        model: &M,
     ) -> Result<ModuleOptimizer> {
         let shard = if self.optimizer_shards == 1 { 0 } else { rank };
         let path = self.path.join(optimizer_file(shard, self.optimizer_shards));
@@ -154,17 +170,37 @@ impl Checkpoint {
             .optimizer
             .get(shard)
             .ok_or_else(|| TrainError::corrupt(&path, "no such optimizer shard"))?;
-        let record = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(bytes.clone()))
-            .map_err(|e| TrainError::corrupt(&path, format!("{e:?}")))?;
-        Ok(optimizer.load_record(record))
+        kiln_optim::load_state(optimizer, bytes.clone(), model)
+            .map_err(|e| TrainError::corrupt(&path, e))
     }
 
-    /// Restores a schedule built with the same config.
+    /// Restores a schedule built with the same config. Its step must be the checkpoint's, and
+    /// the schedule must hold exactly what the file holds.
     pub fn load_scheduler(&self, scheduler: &mut dyn LrScheduler) -> Result<()> {
-        let record =
-            LrSchedulerRecord::from_bytes(Bytes::from_bytes_vec(self.scheduler.clone()))
-                .map_err(|e| TrainError::corrupt(self.path.join(SCHEDULER), format!("{e:?}")))?;
+        let path = self.path.join(SCHEDULER);
+        let record = LrSchedulerRecord::from_bytes(Bytes::from_bytes_vec(self.scheduler.clone()))
+            .map_err(|e| TrainError::corrupt(&path, format!("{e:?}")))?;
+        let step = record.scalar::<u64>("step");
+        if step != Some(self.state.step as u64) {
+            return Err(TrainError::corrupt(
+                &path,
+                format!(
+                    "the schedule is at step {step:?}, the checkpoint at {}",
+                    self.state.step
+                ),
+            ));
+        }
         scheduler.load_record(record);
+        let kept = scheduler
+            .to_record()
+            .into_bytes()
+            .map_err(|e| TrainError::corrupt(&path, format!("{e:?}")))?;
+        if kept.to_vec() != self.scheduler {
+            return Err(TrainError::corrupt(
+                &path,
+                "it holds entries this schedule does not use",
+            ));
+        }
         Ok(())
     }
 }
@@ -301,6 +337,7 @@ impl CheckpointDir {
         }
         let manifest = Manifest {
             step: snapshot.state.step,
+            run_id: snapshot.run_id.to_string(),
             optimizer_shards,
             files: entries,
         };
@@ -309,11 +346,19 @@ impl CheckpointDir {
         sync_dir(tmp);
 
         if final_path.exists() {
+            // A folder of this step from this run (resumed from an older checkpoint) is
+            // replaced; another run's never is.
+            if let Some(other) = run_id_of(final_path).filter(|id| id != snapshot.run_id) {
+                return Err(TrainError::Occupied {
+                    dir: self.dir.clone(),
+                    found: format!("{} of run {other}", final_path.display()),
+                });
+            }
             fs::remove_dir_all(final_path).map_err(|e| TrainError::io(final_path, e))?;
         }
         fs::rename(tmp, final_path).map_err(|e| TrainError::io(final_path, e))?;
         sync_dir(&self.dir);
-        self.prune()?;
+        self.prune(snapshot.run_id)?;
         Ok(final_path.to_path_buf())
     }
 
@@ -365,30 +410,106 @@ impl CheckpointDir {
         })
     }
 
-    fn prune(&self) -> Result<()> {
-        for (_, path) in self.list()?.into_iter().skip(self.keep) {
+    /// Removes this run's checkpoints beyond the newest `keep`; other runs' (and folders whose
+    /// run cannot be read) are left alone.
+    fn prune(&self, run_id: &str) -> Result<()> {
+        let own = self
+            .list()?
+            .into_iter()
+            .filter(|(_, path)| run_id_of(path).as_deref() == Some(run_id));
+        for (_, path) in own.skip(self.keep) {
             fs::remove_dir_all(&path).map_err(|e| TrainError::io(&path, e))?;
         }
         Ok(())
     }
+
+    /// What a new run would find here: a description of the checkpoint folders (with their
+    /// runs), or `None` when there are none.
+    pub fn occupants(&self) -> Result<Option<String>> {
+        let found = self.list()?;
+        let Some((_, newest)) = found.first() else {
+            return Ok(None);
+        };
+        let runs: BTreeSet<String> = found
+            .iter()
+            .map(|(_, path)| run_id_of(path).unwrap_or_else(|| "unknown".into()))
+            .collect();
+        Ok(Some(format!(
+            "{} checkpoint folder(s), the newest {}, of run(s) {}",
+            found.len(),
+            newest.display(),
+            runs.into_iter().collect::<Vec<_>>().join(", ")
+        )))
+    }
+
+    /// Deletes every checkpoint folder (and every unfinished one), for a run that replaces
+    /// what was here (`TrainerConfig::overwrite`).
+    pub fn clear(&self) -> Result<()> {
+        if !self.dir.exists() {
+            return Ok(());
+        }
+        for entry in fs::read_dir(&self.dir).map_err(|e| TrainError::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| TrainError::io(&self.dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let unfinished = name.starts_with(&format!(".{PREFIX}")) && name.ends_with(".tmp");
+            if (name.starts_with(PREFIX) || unfinished) && entry.path().is_dir() {
+                fs::remove_dir_all(entry.path()).map_err(|e| TrainError::io(entry.path(), e))?;
+            }
+        }
+        sync_dir(&self.dir);
+        Ok(())
+    }
 }
 
-/// Reads a checkpoint folder and checks every file against the manifest.
+/// The run id a checkpoint folder's manifest names, if it can be read.
+fn run_id_of(path: &Path) -> Option<String> {
+    let bytes = read_bounded(&path.join(MANIFEST)).ok()?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).ok()?;
+    is_run_id(&manifest.run_id).then_some(manifest.run_id)
+}
+
+/// Reads a checkpoint folder and checks every file against the manifest. The manifest may only
+/// name the files a checkpoint has, each once; every file must have the length and SHA-256 the
+/// manifest gives (the length is checked before the file is read).
 pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
     let manifest_path = path.join(MANIFEST);
-    let manifest = fs::read(&manifest_path).map_err(|e| TrainError::io(&manifest_path, e))?;
+    let manifest = read_bounded(&manifest_path)?;
     let manifest: Manifest =
         serde_json::from_slice(&manifest).map_err(|e| TrainError::corrupt(&manifest_path, e))?;
+    let bad_manifest = |reason: String| TrainError::corrupt(&manifest_path, reason);
+    if !is_run_id(&manifest.run_id) {
+        return Err(bad_manifest(format!(
+            "the run id {:?} is not one",
+            manifest.run_id
+        )));
+    }
+    let shards = limits::OPTIMIZER_SHARDS.check(
+        "the number of optimizer shards in a manifest",
+        manifest.optimizer_shards as u64,
+    )?;
+    if shards == 0 {
+        return Err(bad_manifest("0 optimizer shards".into()));
+    }
+    let mut required: BTreeSet<String> = [MODEL, SCHEDULER, TRAINER, RUN]
+        .iter()
+        .map(|name| name.to_string())
+        .chain((0..shards).map(|rank| optimizer_file(rank, shards)))
+        .collect();
     let mut contents = std::collections::HashMap::new();
     for entry in &manifest.files {
-        let file = path.join(&entry.name);
-        let bytes = fs::read(&file).map_err(|e| TrainError::io(&file, e))?;
-        if bytes.len() as u64 != entry.len {
-            return Err(TrainError::corrupt(
-                &file,
-                format!("{} bytes, the manifest says {}", bytes.len(), entry.len),
-            ));
+        // Only known names reach the file system: nothing outside the folder is read.
+        if !(required.remove(&entry.name) || (entry.name == BEST && !contents.contains_key(BEST))) {
+            return Err(bad_manifest(format!(
+                "it lists {:?}, which is not a checkpoint file or is listed twice",
+                entry.name
+            )));
         }
+        let file = path.join(&entry.name);
+        if [TRAINER, RUN].contains(&entry.name.as_str()) {
+            limits::CHECKPOINT_JSON_BYTES.check(&format!("{} bytes", entry.name), entry.len)?;
+        }
+        let bytes = read_exact_len(&file, entry.len)?;
         if sha256_hex(&bytes) != entry.sha256 {
             return Err(TrainError::corrupt(
                 &file,
@@ -397,17 +518,14 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
         }
         contents.insert(entry.name.clone(), bytes);
     }
-    let best = contents.remove(BEST);
-    let mut take = |name: &str| {
-        contents
-            .remove(name)
-            .ok_or_else(|| TrainError::corrupt(&manifest_path, format!("{name} is not listed")))
-    };
-    let trainer = take(TRAINER)?;
-    let run = take(RUN)?;
-    let run = serde_json::from_slice(&run).map_err(|e| TrainError::corrupt(path.join(RUN), e))?;
-    let state: TrainerState =
-        serde_json::from_slice(&trainer).map_err(|e| TrainError::corrupt(path.join(TRAINER), e))?;
+    if let Some(missing) = required.first() {
+        return Err(bad_manifest(format!("{missing} is not listed")));
+    }
+    let mut take = |name: &str| contents.remove(name).unwrap_or_default();
+    let run =
+        serde_json::from_slice(&take(RUN)).map_err(|e| TrainError::corrupt(path.join(RUN), e))?;
+    let state: TrainerState = serde_json::from_slice(&take(TRAINER))
+        .map_err(|e| TrainError::corrupt(path.join(TRAINER), e))?;
     if state.step != manifest.step {
         return Err(TrainError::corrupt(
             path.join(TRAINER),
@@ -417,28 +535,57 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
             ),
         ));
     }
-    if manifest.optimizer_shards == 0 || manifest.optimizer_shards > MAX_SHARDS {
-        return Err(TrainError::corrupt(
-            &manifest_path,
-            format!(
-                "{} optimizer shards (1 to {MAX_SHARDS})",
-                manifest.optimizer_shards
-            ),
-        ));
-    }
-    let optimizer = (0..manifest.optimizer_shards)
-        .map(|rank| take(&optimizer_file(rank, manifest.optimizer_shards)))
-        .collect::<Result<Vec<_>>>()?;
+    let optimizer = (0..shards)
+        .map(|rank| take(&optimizer_file(rank, shards)))
+        .collect();
     Ok(Checkpoint {
         path: path.to_path_buf(),
         state,
         run,
-        optimizer_shards: manifest.optimizer_shards,
-        model: take(MODEL)?,
+        run_id: manifest.run_id,
+        optimizer_shards: shards,
+        model: take(MODEL),
         optimizer,
-        scheduler: take(SCHEDULER)?,
-        best,
+        scheduler: take(SCHEDULER),
+        best: contents.remove(BEST),
     })
+}
+
+/// Reads a small JSON file of a checkpoint, refusing one above
+/// [`CHECKPOINT_JSON_BYTES`](limits::CHECKPOINT_JSON_BYTES) without reading it whole.
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    let max = limits::CHECKPOINT_JSON_BYTES.max();
+    let file = File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| TrainError::io(path, e))?;
+    limits::CHECKPOINT_JSON_BYTES
+        .check(&format!("{} bytes", path.display()), bytes.len() as u64)?;
+    Ok(bytes)
+}
+
+/// Reads `path` if it holds exactly `len` bytes, checked before reading it.
+fn read_exact_len(path: &Path, len: u64) -> Result<Vec<u8>> {
+    let file = File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let actual = file.metadata().map_err(|e| TrainError::io(path, e))?.len();
+    if actual != len {
+        return Err(TrainError::corrupt(
+            path,
+            format!("{actual} bytes, the manifest says {len}"),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| TrainError::io(path, e))?;
+    if bytes.len() as u64 != len {
+        return Err(TrainError::corrupt(
+            path,
+            format!("{} bytes, the manifest says {len}", bytes.len()),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Writes `bytes` to `path` and fsyncs it.

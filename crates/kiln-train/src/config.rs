@@ -4,6 +4,7 @@ use burn::config::Config;
 
 use crate::early_stopping::EarlyStoppingConfig;
 use crate::error::{Result as TrainResult, TrainError};
+use crate::limits;
 use crate::loss_scale::LossScaleConfig;
 use crate::recompute::Recompute;
 use kiln_base::Precision;
@@ -73,6 +74,11 @@ pub struct TrainerConfig {
     /// Continue from the newest usable checkpoint, if there is one.
     #[config(default = false)]
     pub resume: bool,
+    /// Start a new run even where the checkpoint folder holds another run's checkpoints (or
+    /// the run folder its metrics): they are deleted before the first step. Without it (and
+    /// without `resume`), such a folder is refused with [`TrainError::Occupied`].
+    #[config(default = false)]
+    pub overwrite: bool,
     /// Run folder for `metrics.jsonl` and `plot.svg`; nothing is written without it.
     #[config(default = "None")]
     pub run_dir: Option<String>,
@@ -113,6 +119,21 @@ impl TrainerConfig {
         if self.grad_accumulation == 0 {
             return bad("grad_accumulation must be > 0".into());
         }
+        // Sizes that allocate or are multiplied, before any of that happens.
+        limits::BATCH_SIZE.check("batch_size", self.batch_size as u64)?;
+        limits::BATCH_SIZE.check("eval_batch_size", self.eval_batch_size as u64)?;
+        limits::GRAD_ACCUMULATION.check("grad_accumulation", self.grad_accumulation as u64)?;
+        limits::EXAMPLES_PER_STEP.check_product(
+            "batch_size × grad_accumulation",
+            &[self.batch_size as u64, self.grad_accumulation as u64],
+        )?;
+        if let Some(steps) = self.max_steps {
+            limits::STEPS.check("max_steps", steps as u64)?;
+        }
+        if let Some(epochs) = self.max_epochs {
+            // An epoch is at least one step.
+            limits::STEPS.check("max_epochs", epochs as u64)?;
+        }
         if let Some(max) = self.clip_grad_norm
             && !(max.is_finite() && max > 0.0)
         {
@@ -127,6 +148,11 @@ impl TrainerConfig {
             .map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
         if let Some(es) = &self.early_stopping {
             es.validate().or_else(bad)?;
+        }
+        if self.resume && self.overwrite {
+            return bad(
+                "resume and overwrite contradict each other: resume continues the run in the folder, overwrite replaces it".into(),
+            );
         }
         if self.resume && self.checkpoint_dir.is_none() && self.run_dir.is_none() {
             return bad("resume needs checkpoint_dir or run_dir".into());

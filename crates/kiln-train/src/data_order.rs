@@ -6,6 +6,8 @@ use kiln_base::seed;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Result, TrainError};
+
 /// Where the loop is in its data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataPosition {
@@ -43,17 +45,34 @@ impl DataOrder {
         self.len / self.batch_size
     }
 
+    /// The position after `batches` batches from the start.
+    pub fn position_after(&self, batches: usize) -> DataPosition {
+        DataPosition {
+            epoch: batches / self.batches_per_epoch(),
+            batch: batches % self.batches_per_epoch(),
+        }
+    }
+
     /// The indices of the batch at `position`, which then moves on by one batch (to the next
-    /// epoch after the last full batch, so a changed epoch means one just ended).
-    pub fn next_batch(&mut self, position: &mut DataPosition) -> Vec<usize> {
+    /// epoch after the last full batch, so a changed epoch means one just ended). A position
+    /// past the end of an epoch (one this order never gives) is an error.
+    pub fn next_batch(&mut self, position: &mut DataPosition) -> Result<Vec<usize>> {
+        let per_epoch = self.batches_per_epoch();
+        let next_epoch = position.epoch.checked_add(1);
+        let (Some(next_epoch), true) = (next_epoch, position.batch < per_epoch) else {
+            return Err(TrainError::Data(format!(
+                "data position {position:?} is outside this order ({per_epoch} batches of {} per epoch)",
+                self.batch_size
+            )));
+        };
         let (start, size) = (position.batch * self.batch_size, self.batch_size);
         let indices = self.order(position.epoch)[start..start + size].to_vec();
         position.batch += 1;
-        if position.batch >= self.batches_per_epoch() {
-            position.epoch += 1;
+        if position.batch == per_epoch {
+            position.epoch = next_epoch;
             position.batch = 0;
         }
-        indices
+        Ok(indices)
     }
 
     fn order(&mut self, epoch: usize) -> &[usize] {
@@ -76,12 +95,16 @@ mod tests {
     fn an_epoch_visits_each_index_once_and_epochs_differ() {
         let mut order = DataOrder::new(10, 3, 7, true).unwrap();
         let mut pos = DataPosition::default();
-        let epoch0: Vec<usize> = (0..3).flat_map(|_| order.next_batch(&mut pos)).collect();
+        let epoch0: Vec<usize> = (0..3)
+            .flat_map(|_| order.next_batch(&mut pos).unwrap())
+            .collect();
         let mut sorted = epoch0.clone();
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), 9, "9 distinct indices, the 10th dropped");
-        let epoch1: Vec<usize> = (0..3).flat_map(|_| order.next_batch(&mut pos)).collect();
+        let epoch1: Vec<usize> = (0..3)
+            .flat_map(|_| order.next_batch(&mut pos).unwrap())
+            .collect();
         assert_eq!(pos, DataPosition { epoch: 2, batch: 0 });
         assert_ne!(epoch0, epoch1);
     }
@@ -91,13 +114,28 @@ mod tests {
         let mut a = DataOrder::new(50, 4, 1, true).unwrap();
         let mut pos = DataPosition::default();
         for _ in 0..17 {
-            a.next_batch(&mut pos);
+            a.next_batch(&mut pos).unwrap();
         }
         let saved = pos;
-        let next_a = a.next_batch(&mut pos);
+        let next_a = a.next_batch(&mut pos).unwrap();
         let mut b = DataOrder::new(50, 4, 1, true).unwrap();
         let mut pos_b = saved;
-        assert_eq!(b.next_batch(&mut pos_b), next_a);
+        assert_eq!(b.next_batch(&mut pos_b).unwrap(), next_a);
+    }
+
+    #[test]
+    fn positions_outside_the_order_are_errors_and_positions_follow_from_batch_counts() {
+        let mut order = DataOrder::new(10, 3, 7, true).unwrap();
+        assert_eq!(order.position_after(7), DataPosition { epoch: 2, batch: 1 });
+        for mut bad in [
+            DataPosition { epoch: 0, batch: 3 },
+            DataPosition {
+                epoch: usize::MAX,
+                batch: 2,
+            },
+        ] {
+            assert!(order.next_batch(&mut bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -119,6 +119,31 @@ impl EarlyStopping {
         self.best_step.zip(self.best)
     }
 
+    /// Checks a tracker read from a checkpoint at step `step` against the run's `config`: the
+    /// same settings, no more evaluations without improvement than the patience, a best value
+    /// that is a number and was reached by `step`.
+    pub fn check(&self, config: &EarlyStoppingConfig, step: usize) -> Result<(), String> {
+        let fresh = config.init();
+        if (self.metric, self.patience) != (fresh.metric, fresh.patience)
+            || self.min_delta.to_bits() != fresh.min_delta.to_bits()
+        {
+            return Err("the early-stopping settings are not the run's".into());
+        }
+        if self.evals_without_improvement > self.patience {
+            return Err(format!(
+                "{} evaluations without improvement, above the patience {}",
+                self.evals_without_improvement, self.patience
+            ));
+        }
+        match (self.best, self.best_step) {
+            (None, None) => Ok(()),
+            (Some(best), Some(at)) if !best.is_nan() && at <= step => Ok(()),
+            (best, at) => Err(format!(
+                "best value {best:?} at step {at:?} (the checkpoint is at step {step})"
+            )),
+        }
+    }
+
     /// Records the value measured at `step`. A NaN never counts as an improvement.
     pub fn update(&mut self, step: usize, value: f64) -> Verdict {
         let improved = match self.best {

@@ -87,6 +87,44 @@ pub enum TrainError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A size from the config, a flag or a checkpoint is above its ceiling
+    /// ([`limits`](crate::limits)), or arithmetic on sizes would overflow.
+    #[error(transparent)]
+    Limit(#[from] kiln_base::limits::LimitError),
+    /// Another run holds the run directory's lock.
+    #[error(
+        "{} is in use by another run ({holder}); wait for it to end, or use another folder",
+        dir.display()
+    )]
+    Locked {
+        /// The locked folder.
+        dir: PathBuf,
+        /// The identity the holder wrote into the lock file (run id, pid, host, start time).
+        holder: String,
+    },
+    /// A new run was started in a folder that holds another run's results.
+    #[error(
+        "{} already holds another run's results ({found}): resume that run (resume = true, --resume), use another folder, or replace it (overwrite = true, --overwrite)",
+        dir.display()
+    )]
+    Occupied {
+        /// The folder.
+        dir: PathBuf,
+        /// What it holds.
+        found: String,
+    },
+    /// A folder the run writes to cannot be written; checked before the first step.
+    #[error("{} is not writable (checked before training starts): {source}", path.display())]
+    NotWritable {
+        /// The folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Rank 0 of a data-parallel run could not start it (its own error names why); the other
+    /// ranks stop with this.
+    #[error("rank 0 could not start the run: {0}")]
+    MainRankFailed(String),
     /// Communication between the ranks of a data-parallel run failed, or they disagree.
     #[error(transparent)]
     Dist(#[from] kiln_dist::DistError),

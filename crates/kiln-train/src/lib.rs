@@ -16,7 +16,9 @@
 //!   any [`BlockStack`]).
 //! - [`evaluate`]: loss, perplexity and accuracy on held-out data.
 //! - [`early_stopping`]: patience on any metric, best weights restored.
-//! - [`checkpoint`]: atomic checkpoints, exact resume, corrupt files named and skipped.
+//! - [`checkpoint`]: atomic checkpoints, exact resume, corrupt files named and skipped; each
+//!   carries its run's id, and a run folder is locked while a run uses it.
+//! - [`limits`]: ceilings on the sizes read from configs, flags and checkpoints.
 //! - [`param_ids`]: parameter ids stable across processes, so optimizer state resumes.
 //! - [`metrics_log`], [`plot`], [`progress`]: JSON lines, an SVG plot, a progress display.
 
@@ -29,6 +31,7 @@ pub mod data_order;
 pub mod early_stopping;
 mod error;
 pub mod evaluate;
+pub mod limits;
 pub mod loss_scale;
 pub mod metrics_log;
 pub mod param_ids;
@@ -36,6 +39,7 @@ pub mod plot;
 pub mod progress;
 pub mod recompute;
 pub mod run_config;
+mod run_lock;
 mod trainer;
 
 pub use batch_source::BatchSource;

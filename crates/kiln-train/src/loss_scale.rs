@@ -76,6 +76,33 @@ impl LossScaler {
         self.scale
     }
 
+    /// Checks a scaler read from a checkpoint against the run's `config`: the same settings, a
+    /// finite positive scale, fewer clean steps than the growth interval.
+    pub fn check(&self, config: &LossScaleConfig) -> Result<(), String> {
+        let fresh = config.init();
+        if (
+            self.growth_factor,
+            self.backoff_factor,
+            self.growth_interval,
+        ) != (
+            fresh.growth_factor,
+            fresh.backoff_factor,
+            fresh.growth_interval,
+        ) {
+            return Err("the loss scaler's settings are not the run's".into());
+        }
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return Err(format!("loss scale {} is not finite and > 0", self.scale));
+        }
+        if self.clean_steps >= self.growth_interval {
+            return Err(format!(
+                "{} clean steps, at least the growth interval {}",
+                self.clean_steps, self.growth_interval
+            ));
+        }
+        Ok(())
+    }
+
     /// Records the outcome of a step: `overflowed` when a gradient was inf or NaN (the caller
     /// then skips the optimizer step).
     pub fn update(&mut self, overflowed: bool) {

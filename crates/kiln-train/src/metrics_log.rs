@@ -38,6 +38,9 @@ pub struct MetricsRecord {
     pub accuracy: Option<f64>,
 }
 
+/// The log's file name in the run folder.
+pub(crate) const METRICS_FILE: &str = "metrics.jsonl";
+
 /// Appends records to a JSONL file.
 pub struct MetricsLog {
     path: PathBuf,
@@ -48,7 +51,7 @@ impl MetricsLog {
     /// after that step by the interrupted run are dropped, so the log reads as one run.
     pub fn open(run_dir: &Path, resume_step: Option<usize>) -> Result<Self> {
         fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
-        let path = run_dir.join("metrics.jsonl");
+        let path = run_dir.join(METRICS_FILE);
         let kept = match resume_step {
             Some(step) => read_metrics(&path)?
                 .into_iter()

@@ -23,8 +23,9 @@ use crate::error::{Result, TrainError};
 
 /// Fields that say how a run is watched and stored, not what it computes: they may change
 /// when a run resumes.
-const OPERATIONAL: [&str; 7] = [
+const OPERATIONAL: [&str; 8] = [
     "trainer.resume",
+    "trainer.overwrite",
     "trainer.quiet",
     "trainer.log_every",
     "trainer.checkpoint_every",

@@ -2,7 +2,7 @@
 //! backward (in the configured precision, with the configured recomputation), average the
 //! gradients, unscale, check, clip, step; then log, evaluate, stop early, checkpoint.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::lr_scheduler::LrScheduler;
@@ -21,12 +21,14 @@ use crate::data_order::{DataOrder, DataPosition};
 use crate::early_stopping::Verdict;
 use crate::error::{Result, TrainError};
 use crate::evaluate::{EvalMetrics, evaluate_in};
-use crate::metrics_log::{MetricsLog, MetricsRecord};
+use crate::limits;
+use crate::metrics_log::{METRICS_FILE, MetricsLog, MetricsRecord};
 use crate::param_ids::stable_param_ids;
 use crate::plot::training_plot;
 use crate::progress::Progress;
 use crate::recompute::{Recompute, per_block_backward};
 use crate::run_config::{RunConfig, first_difference};
+use crate::run_lock::{RunIdentity, RunLock, new_run_id};
 
 /// The run's config, beside `metrics.jsonl` in the run folder.
 const RUN_FILE: &str = "run.json";
@@ -63,6 +65,8 @@ pub struct TrainOutcome<M> {
     pub last_eval: Option<(usize, EvalMetrics)>,
     /// The step the run resumed from.
     pub resumed_from: Option<usize>,
+    /// The run's id: new for a run started from scratch, the checkpoint's for a resumed one.
+    pub run_id: String,
 }
 
 /// kiln's training loop, built from a [`RunConfig`]: the optimizer and the schedule are
@@ -124,6 +128,12 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
 
     /// Trains `model` (built on `device`, with or without autodiff) and returns it with the
     /// run's outcome.
+    ///
+    /// Before anything else, the folders the run writes to (the checkpoint folder, the run
+    /// folder) are checked to be writable and locked for the run's duration
+    /// ([`TrainError::NotWritable`], [`TrainError::Locked`]); a run that does not resume
+    /// refuses folders holding another run's checkpoints or metrics ([`TrainError::Occupied`])
+    /// unless `overwrite` is set.
     pub fn fit(mut self, model: M, device: &Device) -> Result<TrainOutcome<M>> {
         let config = self.config.clone();
         if config.early_stopping.is_some() && self.eval.is_none() {
@@ -157,6 +167,9 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             ))
         })?;
         let total = total_steps(&config, self.train.len(), ranks)?;
+        // The folders, once the settings are known to make a run (`overwrite` deletes); the
+        // locks are held until `fit` returns.
+        let (mut locks, mut run_id) = claim_folders(&config, &group)?;
         let mut optimizer = self.optimizer.init(&model)?;
         let mut scheduler = self.schedule.init_for_run(total)?;
         let checkpoints = config
@@ -176,6 +189,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             stopped_early: false,
             best_eval: None,
             world_size: ranks,
+            train_items: self.train.len(),
         };
         let quiet = config.quiet || !group.is_main();
         let mut progress = Progress::new(0, total, B::UNITS, quiet);
@@ -188,12 +202,18 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 scheduler.as_mut(),
                 dir,
                 &dp,
+                &order,
+                total,
                 &progress,
             )?
         {
-            (model, state, best_model) = restored;
+            (model, state, best_model, run_id) = restored;
             resumed_from = Some(state.step);
             progress = Progress::new(state.step, total, B::UNITS, quiet);
+        }
+        let identity = RunIdentity::of_this_process(&run_id);
+        for lock in &mut locks {
+            lock.record(&identity)?;
         }
         let log = match config.run_dir.as_ref().filter(|_| group.is_main()) {
             Some(dir) => {
@@ -220,7 +240,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             let per_rank = config.grad_accumulation;
             let mut batches = Vec::with_capacity(per_rank);
             for index in 0..per_rank * ranks {
-                let indices = order.next_batch(&mut state.position);
+                let indices = order.next_batch(&mut state.position)?;
                 if index / per_rank == rank {
                     batches.push((index, self.train.batch(&indices, &device)?));
                 }
@@ -247,7 +267,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             let norm = grad_norm(&model, &grads);
             let lr = scheduler.step();
             state.step += 1;
-            state.units_seen += units as u64;
+            state.units_seen = state.units_seen.saturating_add(units as u64);
             let finite = loss.is_finite() && norm.is_finite();
             if let Some(scaler) = &mut state.scaler {
                 scaler.update(!finite);
@@ -396,6 +416,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                     scheduler: scheduler.as_ref(),
                     state: &state,
                     run: &self.run,
+                    run_id: &run_id,
                 };
                 dir.save(snapshot, &group, dp.shards_optimizer())?;
             }
@@ -421,18 +442,21 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             eval,
             last_eval,
             resumed_from,
+            run_id,
         })
     }
 }
 
-/// What [`Trainer::restore`] gives back: the model, the loop state and the best weights.
-type Restored<M> = (M, TrainerState, Option<M>);
+/// What [`Trainer::restore`] gives back: the model, the loop state, the best weights and the
+/// run id.
+type Restored<M> = (M, TrainerState, Option<M>, String);
 
 impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
     /// Restores model, optimizer, schedule and loop state from the newest usable checkpoint in
     /// `dir`, with the best weights early stopping kept; reports the checkpoints it skipped.
     /// `None` when `dir` holds no checkpoint; an error when the checkpoint was written with
-    /// another config.
+    /// another config or on other data, or holds a loop state this run cannot reach.
+    #[allow(clippy::too_many_arguments)]
     fn restore(
         &self,
         model: M,
@@ -440,6 +464,8 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
         scheduler: &mut dyn LrScheduler,
         dir: &CheckpointDir,
         dp: &DataParallel,
+        order: &DataOrder,
+        total: usize,
         progress: &Progress,
     ) -> Result<Option<Restored<M>>> {
         let Some((checkpoint, skipped)) = dir.latest()? else {
@@ -467,23 +493,175 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 checkpoint.optimizer_shards
             )));
         }
+        if checkpoint.state.train_items != self.train.len() {
+            return Err(TrainError::ConfigChanged {
+                checkpoint: checkpoint.path.clone(),
+                field: "the number of training items".into(),
+                saved: checkpoint.state.train_items.to_string(),
+                current: self.train.len().to_string(),
+            });
+        }
+        self.check_state(&checkpoint.state, ranks, order, total)
+            .map_err(|reason| TrainError::corrupt(checkpoint.path.join("trainer.json"), reason))?;
         let best = checkpoint.load_best(model.clone())?;
+        if best.is_some() != checkpoint.state.best_eval.is_some() {
+            return Err(TrainError::corrupt(
+                &checkpoint.path,
+                "best weights and the best evaluation must come together",
+            ));
+        }
         let model = checkpoint.load_model(model)?;
-        *optimizer = checkpoint.load_optimizer(optimizer.clone(), dp.group().rank())?;
+        *optimizer = checkpoint.load_optimizer(optimizer.clone(), dp.group().rank(), &model)?;
         checkpoint.load_scheduler(scheduler)?;
         progress.println(&format!(
-            "resumed from {} (step {})",
+            "resumed run {} from {} (step {})",
+            checkpoint.run_id,
             checkpoint.path.display(),
             checkpoint.state.step
         ));
-        Ok(Some((model, checkpoint.state, best)))
+        Ok(Some((model, checkpoint.state, best, checkpoint.run_id)))
+    }
+
+    /// Whether a loop state read from a checkpoint is one this run reaches: a step within the
+    /// run, the data position that step is at, the loss scaler and early stopping of this
+    /// config in a reachable state.
+    fn check_state(
+        &self,
+        state: &TrainerState,
+        ranks: usize,
+        order: &DataOrder,
+        total: usize,
+    ) -> std::result::Result<(), String> {
+        let config = &self.config;
+        if state.step > total {
+            return Err(format!(
+                "step {} is past the run's {total} steps",
+                state.step
+            ));
+        }
+        // Bounded by `limits::MICRO_BATCHES` in `total_steps`, so the product fits.
+        let expected = order.position_after(state.step * config.grad_accumulation * ranks);
+        if state.position != expected {
+            return Err(format!(
+                "data position {:?}, but step {} is at {expected:?}",
+                state.position, state.step
+            ));
+        }
+        if state.skipped_steps > state.step {
+            return Err(format!(
+                "{} skipped steps in {}",
+                state.skipped_steps, state.step
+            ));
+        }
+        match (&state.scaler, config.precision.needs_loss_scaling()) {
+            (Some(scaler), true) => scaler.check(&config.loss_scale)?,
+            (None, false) => {}
+            (found, _) => return Err(format!("loss scaler {found:?} in this precision")),
+        }
+        match (&state.early_stopping, &config.early_stopping) {
+            (Some(tracker), Some(es)) => tracker.check(es, state.step)?,
+            (None, None) => {}
+            _ => return Err("early stopping state does not match the config".into()),
+        }
+        if state.stopped_early && state.early_stopping.is_none() {
+            return Err("stopped early without early stopping".into());
+        }
+        if let Some((at, _)) = &state.best_eval
+            && (*at > state.step || state.early_stopping.is_none())
+        {
+            return Err(format!(
+                "a best evaluation at step {at} (the checkpoint is at step {})",
+                state.step
+            ));
+        }
+        Ok(())
     }
 }
 
+/// Rank 0 locks the folders the run writes to (checked writable first) and, for a run that
+/// does not resume, makes sure they hold no other run's results (or clears them with
+/// `overwrite`); every rank learns the outcome and the id a new run takes. Returns the locks
+/// (rank 0's) and that id.
+fn claim_folders(config: &TrainerConfig, group: &ProcessGroup) -> Result<(Vec<RunLock>, String)> {
+    let mine = if group.is_main() {
+        claim(config).map(|locks| (locks, new_run_id()))
+    } else {
+        Ok((Vec::new(), String::new()))
+    };
+    let mut word = match &mine {
+        Ok((_, id)) => format!("ok {id}"),
+        Err(e) => format!("error {e}"),
+    }
+    .into_bytes();
+    if group.size() > 1 {
+        group.broadcast_vec(&mut word, 0)?;
+    }
+    let word = String::from_utf8_lossy(&word).into_owned();
+    match (mine, word.split_once(' ')) {
+        (Err(e), _) => Err(e),
+        (Ok((locks, _)), Some(("ok", id))) => Ok((locks, id.to_string())),
+        (Ok(_), _) => Err(TrainError::MainRankFailed(
+            word.strip_prefix("error ").unwrap_or(&word).to_string(),
+        )),
+    }
+}
+
+/// Rank 0's part of [`claim_folders`].
+fn claim(config: &TrainerConfig) -> Result<Vec<RunLock>> {
+    let checkpoints = config
+        .checkpoint_path()
+        .filter(|_| config.checkpoint_every > 0 || config.resume);
+    let run_dir = config.run_dir.as_ref().map(PathBuf::from);
+    let mut dirs: Vec<&PathBuf> = checkpoints.iter().chain(run_dir.iter()).collect();
+    dirs.dedup();
+    let locks = dirs
+        .into_iter()
+        .map(|dir| RunLock::acquire(dir))
+        .collect::<Result<Vec<_>>>()?;
+    if config.resume {
+        return Ok(locks);
+    }
+    let checkpoints = checkpoints.map(|dir| CheckpointDir::new(dir, config.keep_checkpoints));
+    if config.overwrite {
+        if let Some(dir) = &checkpoints {
+            dir.clear()?;
+        }
+        return Ok(locks);
+    }
+    if let Some(dir) = &checkpoints
+        && let Some(found) = dir.occupants()?
+    {
+        return Err(TrainError::Occupied {
+            dir: dir.path().to_path_buf(),
+            found,
+        });
+    }
+    if let Some(dir) = &run_dir
+        && has_metrics(dir)
+    {
+        return Err(TrainError::Occupied {
+            dir: dir.clone(),
+            found: format!("the {METRICS_FILE} of an earlier run"),
+        });
+    }
+    Ok(locks)
+}
+
+/// Whether a run folder holds a non-empty metrics log.
+fn has_metrics(dir: &Path) -> bool {
+    std::fs::metadata(dir.join(METRICS_FILE)).is_ok_and(|m| m.len() > 0)
+}
+
 /// Optimizer steps of a run over `items` training items, each step taking
-/// `grad_accumulation` micro-batches on each of `ranks` ranks.
+/// `grad_accumulation` micro-batches on each of `ranks` ranks; within
+/// [`STEPS`](limits::STEPS), and the run's micro-batches within
+/// [`MICRO_BATCHES`](limits::MICRO_BATCHES).
 fn total_steps(config: &TrainerConfig, items: usize, ranks: usize) -> Result<usize> {
-    let micro = config.grad_accumulation.max(1) * ranks.max(1);
+    let (accumulation, ranks) = (config.grad_accumulation.max(1) as u64, ranks.max(1) as u64);
+    let micro = limits::MICRO_BATCHES.check_product(
+        "micro-batches per step (grad_accumulation × ranks)",
+        &[accumulation, ranks],
+    )?;
     let per_epoch = (items / config.batch_size.max(1)) / micro;
     if per_epoch == 0 {
         return Err(TrainError::InvalidConfig(format!(
@@ -491,12 +669,24 @@ fn total_steps(config: &TrainerConfig, items: usize, ranks: usize) -> Result<usi
             config.grad_accumulation, config.batch_size
         )));
     }
-    Ok(match (config.max_steps, config.max_epochs) {
-        (Some(steps), Some(epochs)) => steps.min(epochs * per_epoch),
-        (Some(steps), None) => steps,
-        (None, Some(epochs)) => epochs * per_epoch,
-        (None, None) => unreachable!("validated"),
-    })
+    // In u128: epochs × steps per epoch cannot wrap.
+    let of_epochs = |epochs: usize| epochs as u128 * per_epoch as u128;
+    let total = match (config.max_steps, config.max_epochs) {
+        (Some(steps), Some(epochs)) => of_epochs(epochs).min(steps as u128),
+        (Some(steps), None) => steps as u128,
+        (None, Some(epochs)) => of_epochs(epochs),
+        (None, None) => {
+            return Err(TrainError::InvalidConfig(
+                "set max_steps or max_epochs".into(),
+            ));
+        }
+    };
+    let total = limits::STEPS.check("the run's optimizer steps", total)?;
+    limits::MICRO_BATCHES.check_product(
+        "the run's micro-batches (steps × grad_accumulation × ranks)",
+        &[total as u64, accumulation, ranks],
+    )?;
+    Ok(total)
 }
 
 /// One step's micro-batches on this rank: `(index among the step's micro-batches on every
