@@ -56,6 +56,7 @@ pub mod dedup;
 mod error;
 mod hash;
 pub mod input;
+pub mod limits;
 pub mod minhash;
 pub mod mlm;
 pub mod packed_lm;
@@ -80,5 +81,5 @@ pub use kiln_base::batch::{Batch, ClassificationBatch, IGNORE_INDEX, LmBatch, Ml
 pub use mlm::{MlmBatcher, MlmConfig, MlmDataset, MlmItem, WithSpecialTokens};
 pub use packed_lm::{LmBatcher, PackedLmDataset};
 pub use pipeline::{CorpusPipeline, PipelineReport};
-pub use shards::{ShardMeta, ShardWriter, TokenDtype, TokenShards};
+pub use shards::{ShardCheck, ShardMeta, ShardWriter, TokenDtype, TokenShards};
 pub use tokenizer::{BertSpecialTokens, Tokenizer};
