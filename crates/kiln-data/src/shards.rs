@@ -345,8 +345,8 @@ pub enum ShardCheck {
     /// Everything [`ShardCheck::Fast`] checks, then one read of every shard: its SHA-256 against
     /// `meta.json` (a corrupted or replaced file is [`DataError::ChecksumMismatch`]) and every
     /// id against `vocab_size` (an id outside it is [`DataError::OutOfVocabulary`], naming the
-    /// shard and offset). All cores hash at once; on a CPU with SHA instructions this runs at
-    /// about a gigabyte per second and core. A folder without checksums (`meta.json` version 1)
+    /// shard and offset). Shards are hashed in parallel; with SHA instructions (x86 SHA-NI, ARMv8)
+    /// this runs at about a gigabyte per second and core (docs/data.md has the measurements). A folder without checksums (`meta.json` version 1)
     /// is refused.
     #[default]
     Full,
