@@ -56,6 +56,11 @@ fn cpu_seconds() -> Option<f64> {
 fn main() -> kiln::Result<()> {
     let args = Args::parse();
     let (mb, rounds, batch, num_perm) = (args.mb, args.rounds, args.batch_docs, args.num_perm);
+    // A --num-perm outside its sound range is an error before the corpus is generated.
+    CorpusPipeline::new(
+        CleanConfig::new(),
+        DedupConfig::new().with_num_perm(num_perm),
+    )?;
     // About 1.6 KB per document at the default lengths; copies add 20%.
     let unique = mb * 1_000_000 / 1600 * 10 / 12;
     let corpus = planted_corpus(&SyntheticConfig {

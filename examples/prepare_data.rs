@@ -20,7 +20,17 @@
 //! invalid UTF-8, malformed JSONL lines) is reported with file and line and counted; with
 //! `--strict` the first one is fatal. The default tokenizer is byte-level BPE with 8,192 ids.
 //! `--jaccard`, `--num-perm` and `--shingle` tune the near dedup and are errors with any other
-//! `--dedup`. `--seq-len N` only reports how many training windows of N tokens the shards hold.
+//! `--dedup`. `--seq-len N` only reports how many training windows of N tokens the shards hold
+//! (opening them verifies their checksums).
+//!
+//! Everything is written into a hidden folder inside DIR and moved into place when the run
+//! has succeeded, so a failed run leaves DIR's previous output as it was, and
+//! `--input DIR/documents.jsonl --output DIR` reads the old documents whole before replacing
+//! them. An input folder that holds DIR is refused. Sizes have ceilings (`--train-bpe` and
+//! `--train-wordpiece` up to 2^20 ids, `--num-perm` up to 8,192 and at least the minimum of
+//! `DedupConfig::min_num_perm`, 84 at `--jaccard 0.8`, `--shingle` up to 1,024, `--max-words` up
+//! to 10^6, `--batch-docs` up to 2^20), raised with `KILN_LIMIT_<NAME>` (docs/data.md). A
+//! symlink to a folder already read is skipped, so symlink cycles end.
 //!
 //! Train on the result with `kiln::data::PackedLmDataset::open(DIR, seq_len)`.
 
@@ -186,8 +196,12 @@ fn main() -> kiln::Result<()> {
         stats.documents_out
     );
     println!(
-        "skipped: {} unreadable file(s), {} invalid UTF-8 line(s), {} malformed JSONL line(s)",
-        stats.unreadable_files, stats.invalid_utf8_lines, stats.malformed_lines
+        "skipped: {} unreadable file(s), {} invalid UTF-8 line(s), {} malformed JSONL line(s), \
+         {} folder(s) already read",
+        stats.unreadable_files,
+        stats.invalid_utf8_lines,
+        stats.malformed_lines,
+        stats.input.repeated_directories
     );
     println!(
         "tokens: {} ({} train, {} val), vocabulary {}, separator id {}",

@@ -233,3 +233,28 @@ fn a_run_folder_is_locked_and_a_killed_run_leaves_no_stale_lock() {
     );
     assert!(run_dir.join("checkpoints").join("step-00000003").exists());
 }
+
+/// Issue 14: `--block 18446744073709551615` made `seq_len + 1` wrap in the packed dataset and
+/// the run panicked; it is now an error naming the ceiling.
+#[test]
+fn block_of_u64_max_is_an_error_not_a_panic() {
+    let bin = binary_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, "a small corpus of text to train on. ".repeat(60)).unwrap();
+    let output = run(
+        &bin,
+        &[
+            "--data",
+            corpus.to_str().unwrap(),
+            "--block",
+            "18446744073709551615",
+            "--max-steps",
+            "1",
+        ],
+    );
+    let (stdout, stderr) = text(&output);
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("ceiling"), "{stderr}");
+}

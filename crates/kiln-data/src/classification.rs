@@ -3,6 +3,10 @@
 //! per batch.
 //!
 //! Labels may be non-negative integers (used as class ids) or strings (sorted, then numbered).
+//! Any other label (a negative or fractional number, `null`, an array or object) is counted,
+//! and the file is refused with [`DataError::BadLabels`] naming the count and the first one:
+//! dropping those examples would silently train on part of the data (a file labelled -1/1
+//! would lose half of it). The number of classes is bounded by [`crate::limits::CLASSES`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +17,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::DataError;
 use crate::batch::ClassificationBatch;
+use crate::limits::CLASSES;
 use crate::tokenizer::Tokenizer;
 
 /// One labeled text.
@@ -43,7 +48,9 @@ enum RawLabel {
 impl ClassificationData {
     /// Reads JSONL (`.jsonl`/`.json`) or CSV (`.csv`, or any other name whose first line is not
     /// a JSON object). With `strict`, the first malformed line is the error; otherwise such
-    /// lines are skipped and listed in [`ClassificationData::skipped`].
+    /// lines are skipped and listed in [`ClassificationData::skipped`]. Labels that are neither
+    /// class ids nor names are [`DataError::BadLabels`], strict or not; more classes than
+    /// [`CLASSES`] is [`DataError::Limit`].
     pub fn load(path: impl AsRef<Path>, strict: bool) -> Result<Self, DataError> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
@@ -67,6 +74,8 @@ impl ClassificationData {
         };
         let mut skipped = Vec::new();
         let mut raw = Vec::new();
+        // Labels that are neither ids nor names: (count, first line, first label).
+        let mut bad_labels: Option<(usize, usize, String)> = None;
         let mut keep = |r: Result<(String, RawLabel), DataError>| -> Result<(), DataError> {
             match r {
                 Ok(x) => raw.push(x),
@@ -77,8 +86,16 @@ impl ClassificationData {
         };
         if jsonl {
             for (i, line) in text.lines().enumerate() {
-                if !line.trim().is_empty() {
-                    keep(parse_json_example(line, &name, i + 1))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match parse_json_example(line, &name, i + 1) {
+                    Err(Label::Bad(label)) => {
+                        let first = bad_labels.get_or_insert((0, i + 1, label));
+                        first.0 += 1;
+                    }
+                    Err(Label::Malformed(e)) => keep(Err(e))?,
+                    Ok(example) => keep(Ok(example))?,
                 }
             }
         } else {
@@ -112,7 +129,15 @@ impl ClassificationData {
                 })?;
             }
         }
-        let (examples, label_names) = number_labels(raw);
+        if let Some((count, line, label)) = bad_labels {
+            return Err(DataError::BadLabels {
+                path: name,
+                count,
+                line,
+                label,
+            });
+        }
+        let (examples, label_names) = number_labels(raw)?;
         Ok(Self {
             examples,
             label_names,
@@ -132,11 +157,21 @@ fn raw_label_of_str(s: &str) -> RawLabel {
         .map_or_else(|_| RawLabel::Name(s.trim().to_string()), RawLabel::Int)
 }
 
-fn parse_json_example(line: &str, path: &str, n: usize) -> Result<(String, RawLabel), DataError> {
-    let err = |message: String| DataError::MalformedJson {
-        path: path.into(),
-        line: n,
-        message,
+/// Why a JSONL line gave no example.
+enum Label {
+    /// The line is not an object with a string `text` and a `label`.
+    Malformed(DataError),
+    /// The label is there but is neither a class id nor a name (as written).
+    Bad(String),
+}
+
+fn parse_json_example(line: &str, path: &str, n: usize) -> Result<(String, RawLabel), Label> {
+    let err = |message: String| {
+        Label::Malformed(DataError::MalformedJson {
+            path: path.into(),
+            line: n,
+            message,
+        })
     };
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| err(e.to_string()))?;
     let text = v
@@ -144,26 +179,35 @@ fn parse_json_example(line: &str, path: &str, n: usize) -> Result<(String, RawLa
         .and_then(|t| t.as_str())
         .ok_or_else(|| err("no string \"text\" field".into()))?;
     let label = match v.get("label") {
-        Some(serde_json::Value::Number(x)) => RawLabel::Int(
-            x.as_u64()
-                .ok_or_else(|| err(format!("label {x} is not a non-negative integer")))?
-                as usize,
-        ),
+        None => return Err(err("no \"label\" field (integer or string)".into())),
+        Some(serde_json::Value::Number(x)) => match x.as_u64().map(usize::try_from) {
+            Some(Ok(id)) => RawLabel::Int(id),
+            _ => return Err(Label::Bad(x.to_string())),
+        },
         Some(serde_json::Value::String(s)) => raw_label_of_str(s),
         Some(serde_json::Value::Bool(b)) => RawLabel::Int(*b as usize),
-        _ => return Err(err("no \"label\" field (integer or string)".into())),
+        Some(other) => return Err(Label::Bad(other.to_string())),
     };
     Ok((text.to_string(), label))
 }
 
-fn number_labels(raw: Vec<(String, RawLabel)>) -> (Vec<ClassificationExample>, Vec<String>) {
+fn number_labels(
+    raw: Vec<(String, RawLabel)>,
+) -> Result<(Vec<ClassificationExample>, Vec<String>), DataError> {
     let all_int = raw.iter().all(|(_, l)| matches!(l, RawLabel::Int(_)));
     let names: Vec<String> = if all_int {
         let max = raw
             .iter()
             .map(|(_, l)| if let RawLabel::Int(i) = l { *i } else { 0 })
             .max();
-        max.map_or(Vec::new(), |m| (0..=m).map(|i| i.to_string()).collect())
+        match max {
+            // Checked before `0..=m` allocates one name per class.
+            Some(m) => {
+                let classes = CLASSES.check("the classes (largest label + 1)", m as u128 + 1)?;
+                (0..classes).map(|i| i.to_string()).collect()
+            }
+            None => Vec::new(),
+        }
     } else {
         let mut n: Vec<String> = raw
             .iter()
@@ -174,6 +218,7 @@ fn number_labels(raw: Vec<(String, RawLabel)>) -> (Vec<ClassificationExample>, V
             .collect();
         n.sort();
         n.dedup();
+        CLASSES.check("the classes (distinct labels)", n.len() as u64)?;
         n
     };
     let examples = raw
@@ -187,7 +232,7 @@ fn number_labels(raw: Vec<(String, RawLabel)>) -> (Vec<ClassificationExample>, V
             ClassificationExample { text, label }
         })
         .collect();
-    (examples, names)
+    Ok((examples, names))
 }
 
 /// The records of a CSV file with the 1-based line each starts on, as the `csv` crate reads
@@ -445,6 +490,53 @@ mod tests {
                 line: 3
             }
         );
+    }
+
+    /// Issue 14: a label of 10^12 allocated one name string per possible class.
+    #[test]
+    fn label_of_10_pow_12_is_a_limit_error() {
+        let f = file(
+            ".jsonl",
+            b"{\"text\": \"a\", \"label\": 0}\n{\"text\": \"b\", \"label\": 1000000000000}\n",
+        );
+        let err = ClassificationData::load(f.path(), false).unwrap_err();
+        assert!(
+            matches!(&err, DataError::Limit(l) if l.value == 1_000_000_000_001),
+            "{err}"
+        );
+        let csv = file(".csv", b"text,label\na,0\nb,1000000000000\n");
+        assert!(matches!(
+            ClassificationData::load(csv.path(), false),
+            Err(DataError::Limit(_))
+        ));
+    }
+
+    /// Issue 14: negative or fractional labels were skipped without a word, dropping half of a
+    /// -1/1 dataset; they are now counted and refused, strict or not.
+    #[test]
+    fn negative_and_float_labels_are_counted_and_refused() {
+        let f = file(
+            ".jsonl",
+            b"{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 0}\n\
+              {\"text\": \"c\", \"label\": -1}\n{\"text\": \"d\", \"label\": 1.5}\n\
+              {\"text\": \"e\", \"label\": null}\n{\"text\": \"f\", \"label\": 1}\n",
+        );
+        for strict in [false, true] {
+            assert_eq!(
+                ClassificationData::load(f.path(), strict).unwrap_err(),
+                DataError::BadLabels {
+                    path: f.path().display().to_string(),
+                    count: 3,
+                    line: 3,
+                    label: "-1".into(),
+                }
+            );
+        }
+        // In CSV every label is text: integers are ids, anything else a class name.
+        let csv = file(".csv", b"text,label\na,-1\nb,1\nc,-1\n");
+        let data = ClassificationData::load(csv.path(), false).unwrap();
+        assert_eq!(data.label_names, vec!["-1", "1"]);
+        assert_eq!(data.examples.len(), 3);
     }
 
     #[test]

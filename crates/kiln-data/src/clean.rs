@@ -17,6 +17,7 @@ use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfkc_quick};
 
 use crate::DataError;
 use crate::hash::BuildPreHashed;
+use crate::limits::MAX_WORDS;
 
 /// What the [`Cleaner`] does.
 #[derive(Config, Debug, PartialEq)]
@@ -38,7 +39,8 @@ pub struct CleanConfig {
     /// Drop documents with fewer words than this (after cleaning).
     #[config(default = 1)]
     pub min_words: usize,
-    /// Drop documents with more words than this (Gopher: 100,000).
+    /// Drop documents with more words than this (Gopher: 100,000); at most
+    /// [`crate::limits::MAX_WORDS`].
     #[config(default = 100_000)]
     pub max_words: usize,
     /// Drop documents whose fraction of duplicated non-empty lines exceeds this (Gopher: 0.3).
@@ -189,6 +191,7 @@ impl Cleaner {
                 "max_duplicate_line_fraction and max_char_run_fraction must be in [0, 1]".into(),
             ));
         }
+        MAX_WORDS.check("max_words", config.max_words as u64)?;
         if config.min_words > config.max_words {
             return Err(DataError::InvalidConfig(format!(
                 "min_words {} > max_words {}",
@@ -569,5 +572,14 @@ mod tests {
     fn bad_config_is_an_error() {
         assert!(Cleaner::new(CleanConfig::new().with_max_char_run_fraction(1.5)).is_err());
         assert!(Cleaner::new(CleanConfig::new().with_min_words(5).with_max_words(2)).is_err());
+    }
+
+    /// Issue 14: `--max-words 1e8` let a 50 MB one-line document through to the tokenizer,
+    /// which took 13 GB for it.
+    #[test]
+    fn max_words_of_1e8_is_a_limit_error() {
+        let err = Cleaner::new(CleanConfig::new().with_max_words(100_000_000)).unwrap_err();
+        assert!(matches!(err, DataError::Limit(_)), "{err}");
+        assert!(Cleaner::new(CleanConfig::new().with_max_words(1_000_000)).is_ok());
     }
 }

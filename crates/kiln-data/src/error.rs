@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use kiln_base::limits::LimitError;
+
 /// Errors of kiln-data.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DataError {
@@ -78,6 +80,61 @@ pub enum DataError {
         /// What was wrong.
         message: String,
     },
+    /// A shard's bytes differ from the SHA-256 checksum `meta.json` recorded for it: the file
+    /// was corrupted or replaced after it was written.
+    #[error(
+        "{path}: SHA-256 {actual} differs from {expected} in meta.json (the shard is corrupted or was replaced; prepare the folder again)"
+    )]
+    ChecksumMismatch {
+        /// The shard file.
+        path: String,
+        /// The checksum in `meta.json`.
+        expected: String,
+        /// The checksum of the file's bytes.
+        actual: String,
+    },
+    /// A shard holds a token id at or above the vocabulary size of its `meta.json`.
+    #[error(
+        "{path}: token {offset} is id {id}, outside the vocabulary of {vocab_size} in meta.json"
+    )]
+    OutOfVocabulary {
+        /// The shard file.
+        path: String,
+        /// The token's position in the shard (0-based, in tokens).
+        offset: u64,
+        /// The id found there.
+        id: u32,
+        /// The vocabulary size of `meta.json`.
+        vocab_size: usize,
+    },
+    /// A read of tokens `start..start + count` past the end of a token stream of `len`.
+    #[error("tokens {start}..{start}+{count} are past the end of a stream of {len}")]
+    TokenRange {
+        /// The first token asked for.
+        start: u64,
+        /// How many.
+        count: u64,
+        /// The stream's length.
+        len: u64,
+    },
+    /// Labels of a classification file that are neither class ids (non-negative integers) nor
+    /// class names (strings): negative or fractional numbers, `null`, arrays, objects.
+    #[error(
+        "{path}: {count} label(s) are neither class ids (integers from 0) nor class names (strings), the first on line {line}: {label}"
+    )]
+    BadLabels {
+        /// The file.
+        path: String,
+        /// How many such labels the file holds.
+        count: usize,
+        /// 1-based line of the first.
+        line: usize,
+        /// The first, as written.
+        label: String,
+    },
+    /// A size is above its ceiling (see [`crate::limits`]), or arithmetic on sizes overflowed.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     /// Too few tokens for even one training window.
     #[error("{tokens} tokens cannot fill one window of {needed}")]
     NotEnoughTokens {

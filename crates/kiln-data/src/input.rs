@@ -3,8 +3,12 @@
 //! line). Files are read line by line, never whole. Every problem (a file that cannot be
 //! opened or read, a line that is not UTF-8, a malformed JSONL line) is reported with its file
 //! and line and counted, then skipped, or returned as the error in strict mode.
+//!
+//! A directory stands for the files under it. Symlinks are followed, but each directory is
+//! read once: one reached again (by its resolved path, so a symlink to itself or to a folder
+//! above it) is skipped and listed in [`InputReport::issues`], so a cycle of symlinks ends.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -62,6 +66,9 @@ pub struct InputReport {
     pub invalid_utf8_documents: usize,
     /// JSONL lines that were not an object with a string `text` field.
     pub malformed_json_lines: usize,
+    /// Directories skipped because they had been read already (a symlink cycle, or a folder
+    /// given twice).
+    pub repeated_directories: usize,
     /// The first problems, with file and line (at most [`MAX_LISTED_ISSUES`]).
     pub issues: Vec<String>,
 }
@@ -88,6 +95,8 @@ pub struct DocumentReader {
     failed: bool,
     report: InputReport,
     buf: Vec<u8>,
+    /// Resolved paths of the directories read so far.
+    directories: HashSet<PathBuf>,
 }
 
 impl DocumentReader {
@@ -105,6 +114,7 @@ impl DocumentReader {
             failed: false,
             report,
             buf: Vec::new(),
+            directories: HashSet::new(),
         }
     }
 
@@ -129,6 +139,19 @@ impl DocumentReader {
     fn open_next(&mut self) -> Option<Result<(), DataError>> {
         let path = self.files.pop_front()?;
         if path.is_dir() {
+            // Each directory once, by its resolved path: symlink cycles end here.
+            let real = path.canonicalize().unwrap_or_else(|_| path.clone());
+            if !self.directories.insert(real) {
+                self.report.files -= 1;
+                self.report.repeated_directories += 1;
+                if self.report.issues.len() < MAX_LISTED_ISSUES {
+                    self.report.issues.push(format!(
+                        "{}: directory already read (a symlink cycle?), skipped",
+                        path.display()
+                    ));
+                }
+                return Some(Ok(()));
+            }
             // A directory stands for the files under it, in name order.
             return Some(match std::fs::read_dir(&path) {
                 Ok(entries) => {
@@ -412,6 +435,23 @@ mod tests {
         let docs: Vec<_> = reader.by_ref().collect::<Result<_, _>>().unwrap();
         assert_eq!(docs, vec!["first", "second", "third", "fourth"]);
         assert_eq!(reader.report().files, 3);
+    }
+
+    /// Issue 14: a directory with two symlinks to itself made `prepare_data` run forever.
+    #[test]
+    fn directory_with_two_symlinks_to_itself_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("doc.txt"), "only once\n").unwrap();
+        std::os::unix::fs::symlink(".", dir.path().join("a")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("b")).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink("..", dir.path().join("sub/up")).unwrap();
+        let mut reader = DocumentReader::new([dir.path()], true);
+        let docs: Vec<_> = reader.by_ref().take(10).collect::<Result<_, _>>().unwrap();
+        assert_eq!(docs, vec!["only once"]);
+        assert!(reader.next().is_none());
+        assert_eq!(reader.report().repeated_directories, 3);
+        assert_eq!(reader.report().files, 1);
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!    [`pipeline`] runs cleaning and dedup on all cores ([`CorpusPipeline`]).
 //! 4. [`tokenizer`]: one [`Tokenizer`] over HuggingFace `tokenizers` (load `tokenizer.json`,
 //!    train byte-level BPE or WordPiece) and the character-level [`CharTokenizer`].
-//! 5. [`shards`]: token shards, memory-mapped `u16`/`u32` files with a `meta.json`.
+//! 5. [`shards`]: token shards, memory-mapped `u16`/`u32` files with a `meta.json` that
+//!    records their SHA-256 checksums, verified with every id's range when opened
+//!    ([`ShardCheck`]).
 //! 6. Datasets (Burn `Dataset`) and batchers (Burn `Batcher`):
 //!    - [`packed_lm`]: packed causal LM windows ([`PackedLmDataset`], [`LmBatcher`] → [`LmBatch`]);
 //!    - [`mlm`]: BERT masked LM, masking fixed by `(seed, index)` ([`MlmDataset`],
@@ -20,6 +22,10 @@
 //!    - [`classification`]: text classification from JSONL/CSV ([`ClassificationDataset`],
 //!      [`ClassificationBatcher`] → [`ClassificationBatch`]);
 //!    - [`addition`]: the 3-digit addition task of the main job.
+//!
+//! Every size read from a file or a flag passes a ceiling from [`limits`] before anything is
+//! allocated (raised with `KILN_LIMIT_<NAME>`); bad input is a [`DataError`], never a panic
+//! (`tests/fuzz.rs` keeps it so).
 //!
 //! Also: [`batch`] (the batch types, defined in kiln-base), [`synthetic`] (corpora with
 //! planted duplicates for tests and benchmarks), [`prepare`] (the whole preparation of a corpus
@@ -56,6 +62,7 @@ pub mod dedup;
 mod error;
 mod hash;
 pub mod input;
+pub mod limits;
 pub mod minhash;
 pub mod mlm;
 pub mod packed_lm;
@@ -80,5 +87,5 @@ pub use kiln_base::batch::{Batch, ClassificationBatch, IGNORE_INDEX, LmBatch, Ml
 pub use mlm::{MlmBatcher, MlmConfig, MlmDataset, MlmItem, WithSpecialTokens};
 pub use packed_lm::{LmBatcher, PackedLmDataset};
 pub use pipeline::{CorpusPipeline, PipelineReport};
-pub use shards::{ShardMeta, ShardWriter, TokenDtype, TokenShards};
+pub use shards::{ShardCheck, ShardMeta, ShardWriter, TokenDtype, TokenShards};
 pub use tokenizer::{BertSpecialTokens, Tokenizer};

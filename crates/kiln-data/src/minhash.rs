@@ -137,9 +137,12 @@ unsafe fn signature_avx512(mul: &[u32], add: &[u32], hashes: &[u32]) -> Vec<u32>
 /// empty text has none.
 pub fn for_each_shingle(text: &str, k: usize, mut f: impl FnMut(u64)) {
     const BASE: u64 = 0x100_0000_01b3;
-    let base_k = (1..k).fold(1u64, |acc, _| acc.wrapping_mul(BASE)); // BASE^(k-1)
-    // A ring of the last k characters (k is small: a few characters).
-    let mut ring = vec![0u64; k.max(1)];
+    // A ring of the last k characters, needed only when the text can hold k of them (a
+    // character is at least a byte): the ring and `BASE^(k-1)` cost at most the text's length,
+    // whatever `k` is asked for.
+    let ring_len = if text.len() >= k { k.max(1) } else { 1 };
+    let base_k = (1..ring_len).fold(1u64, |acc, _| acc.wrapping_mul(BASE)); // BASE^(k-1)
+    let mut ring = vec![0u64; ring_len];
     let (mut h, mut seen, mut slot) = (0u64, 0usize, 0usize);
     for c in text.chars() {
         let c = c as u64 + 1;
@@ -149,7 +152,7 @@ pub fn for_each_shingle(text: &str, k: usize, mut f: impl FnMut(u64)) {
         h = h.wrapping_mul(BASE).wrapping_add(c);
         ring[slot] = c;
         slot += 1;
-        if slot == k {
+        if slot == ring_len {
             slot = 0;
         }
         seen += 1;
@@ -257,6 +260,10 @@ mod tests {
         for_each_shingle("ab", 5, |h| short.push(h));
         assert_eq!(short.len(), 1);
         for_each_shingle("", 5, |_| panic!("no shingles in empty text"));
+        // A shingle longer than the text allocates nothing for it: the text is one shingle.
+        let mut huge = Vec::new();
+        for_each_shingle("ab", usize::MAX, |h| huge.push(h));
+        assert_eq!(huge, short);
     }
 
     #[test]

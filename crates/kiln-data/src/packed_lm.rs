@@ -12,7 +12,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::DataError;
 use crate::batch::{IGNORE_INDEX, LmBatch};
-use crate::shards::{ShardMeta, TokenShards};
+use crate::limits::SEQ_LEN;
+use crate::shards::{ShardCheck, ShardMeta, TokenShards};
 
 #[derive(Debug, Clone)]
 enum Stream {
@@ -40,18 +41,32 @@ pub struct PackedLmDataset {
 }
 
 impl PackedLmDataset {
-    /// The `train` split of a directory written by `examples/prepare_data.rs`.
+    /// The `train` split of a directory written by `examples/prepare_data.rs`, verified
+    /// ([`ShardCheck::Full`]).
     pub fn open(dir: impl AsRef<Path>, seq_len: usize) -> Result<Self, DataError> {
         Self::open_split(dir, "train", seq_len)
     }
 
-    /// A split (`train`, `val`) of a directory written by `examples/prepare_data.rs`.
+    /// A split (`train`, `val`) of a directory written by `examples/prepare_data.rs`, verified
+    /// ([`ShardCheck::Full`]).
     pub fn open_split(
         dir: impl AsRef<Path>,
         split: &str,
         seq_len: usize,
     ) -> Result<Self, DataError> {
-        let (shards, meta) = TokenShards::open(dir, split)?;
+        Self::open_split_with(dir, split, seq_len, ShardCheck::Full)
+    }
+
+    /// [`PackedLmDataset::open_split`] with a choice of how much of the shards to verify.
+    pub fn open_split_with(
+        dir: impl AsRef<Path>,
+        split: &str,
+        seq_len: usize,
+        check: ShardCheck,
+    ) -> Result<Self, DataError> {
+        // The window size first: a bad one is an error before any shard is read.
+        SEQ_LEN.check("the sequence length", seq_len as u64)?;
+        let (shards, meta) = TokenShards::open_with(dir, split, check)?;
         let mut ds = Self::new(Stream::Mapped(Arc::new(shards)), seq_len)?;
         ds.meta = Some(meta);
         Ok(ds)
@@ -80,14 +95,18 @@ impl PackedLmDataset {
         if seq_len == 0 {
             return Err(DataError::InvalidConfig("seq_len must be positive".into()));
         }
+        // Bounded, so `seq_len + 1` and the window offsets below cannot wrap.
+        SEQ_LEN.check("the sequence length", seq_len as u64)?;
         let len = stream.len();
-        if len < seq_len as u64 + 1 {
+        if len <= seq_len as u64 {
             return Err(DataError::NotEnoughTokens {
-                tokens: len as usize,
+                tokens: usize::try_from(len).unwrap_or(usize::MAX),
                 needed: seq_len + 1,
             });
         }
-        let windows = ((len - 1) / seq_len as u64) as usize;
+        let windows = usize::try_from((len - 1) / seq_len as u64).map_err(|_| {
+            DataError::InvalidConfig(format!("{len} tokens are too many for this platform"))
+        })?;
         Ok(Self {
             stream,
             seq_len,
@@ -119,16 +138,15 @@ impl PackedLmDataset {
                 len: self.windows,
             });
         }
-        let start = index * self.seq_len;
+        // index < windows = (len - 1) / seq_len, so start + n <= len: no overflow.
+        let start = index as u64 * self.seq_len as u64;
         let n = self.seq_len + 1;
-        Ok(match &self.stream {
-            Stream::Memory(v) => v[start..start + n].to_vec(),
-            Stream::Mapped(s) => {
-                let mut out = Vec::with_capacity(n);
-                s.read_into(start as u64, n, &mut out);
-                out
-            }
-        })
+        let mut out = Vec::with_capacity(n);
+        match &self.stream {
+            Stream::Memory(v) => out.extend_from_slice(&v[start as usize..start as usize + n]),
+            Stream::Mapped(s) => s.read_into(start, n, &mut out)?,
+        }
+        Ok(out)
     }
 }
 
@@ -214,6 +232,19 @@ mod tests {
             }
         );
         assert!(PackedLmDataset::from_tokens(vec![1, 2], 0).is_err());
+    }
+
+    /// Issue 14: `train_gpt --block 18446744073709551615` made `seq_len + 1` wrap to 0, so a
+    /// dataset of no windows was accepted (and training divided by its length).
+    #[test]
+    fn sequence_length_of_u64_max_is_refused() {
+        for seq_len in [usize::MAX, usize::MAX - 1, (1 << 20) + 1] {
+            let err = PackedLmDataset::from_tokens(vec![1, 2, 3], seq_len).unwrap_err();
+            assert!(matches!(err, DataError::Limit(_)), "{seq_len}: {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let err = PackedLmDataset::open(dir.path(), usize::MAX).unwrap_err();
+        assert!(matches!(err, DataError::Limit(_)), "{err}");
     }
 
     #[test]

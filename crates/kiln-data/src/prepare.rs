@@ -5,6 +5,13 @@
 //! Memory stays bounded by the batch size and the deduplication index (hashes and
 //! signatures), never by the corpus: documents stream from the inputs to `documents.jsonl`,
 //! and from there to the shards.
+//!
+//! Everything is written into a new hidden folder inside the output folder and moved into
+//! place only when the preparation has succeeded, `meta.json` last: a failed or interrupted
+//! run leaves the previous output as it was, and an input inside the output folder (such as
+//! its own `documents.jsonl`, to train another tokenizer) is read whole before anything of the
+//! same name is replaced. An input *folder* that holds the output folder is refused: the
+//! output would be read as input while it is written.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -19,8 +26,9 @@ use crate::clean::{CleanConfig, CleanReport};
 use crate::dedup::{DedupConfig, DedupMode, DedupStats};
 use crate::hash::hash64;
 use crate::input::{DocumentReader, InputReport};
+use crate::limits::{BATCH_DOCS, VOCAB};
 use crate::pipeline::CorpusPipeline;
-use crate::shards::{ShardMeta, ShardWriter};
+use crate::shards::{META_FILE, ShardMeta, ShardWriter};
 use crate::tokenizer::{END_OF_TEXT, Tokenizer};
 
 /// The cleaned, deduplicated documents, one `{"text": ...}` per line.
@@ -85,6 +93,56 @@ impl PrepareConfig {
             batch_docs: 4096,
         }
     }
+
+    /// Checks what can be checked before any input is read: the fractions and counts, the
+    /// sizes against their ceilings ([`crate::limits`]), and that no input folder holds the
+    /// output folder. Cleaning and dedup settings are checked by [`CorpusPipeline::new`].
+    pub fn validate(&self) -> Result<(), DataError> {
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return Err(DataError::InvalidConfig(format!(
+                "val_fraction {} must be in [0, 1)",
+                self.val_fraction
+            )));
+        }
+        if self.inputs.is_empty() {
+            return Err(DataError::InvalidConfig("no input files".into()));
+        }
+        if self.shard_tokens == 0 || self.batch_docs == 0 {
+            return Err(DataError::InvalidConfig(
+                "shard_tokens and batch_docs must be positive".into(),
+            ));
+        }
+        BATCH_DOCS.check("documents per batch", self.batch_docs as u64)?;
+        match self.tokenizer {
+            TokenizerSource::TrainBpe(vocab_size)
+            | TokenizerSource::TrainWordPiece { vocab_size, .. } => {
+                VOCAB.check("the vocabulary size to train", vocab_size as u64)?;
+            }
+            TokenizerSource::Load(_) => {}
+        }
+        // An input folder holding the output folder would read the output while it is
+        // written (or the previous output). Paths that do not exist yet hold nothing.
+        let output = canonical_or_absolute(&self.output);
+        for input in self.inputs.iter().filter(|p| p.is_dir()) {
+            let folder = canonical_or_absolute(input);
+            if output.starts_with(&folder) {
+                return Err(DataError::InvalidConfig(format!(
+                    "input folder {} holds the output folder {}: the output would be read as \
+                     input; write the output elsewhere",
+                    input.display(),
+                    self.output.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `path` with symlinks resolved, or made absolute when it does not exist (yet).
+fn canonical_or_absolute(path: &Path) -> PathBuf {
+    path.canonicalize()
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// `stats.json`: what was read, removed and written. The counts add up:
@@ -145,20 +203,62 @@ pub struct PrepareStats {
     pub dedup: DedupStats,
 }
 
-/// Runs a preparation.
+/// Runs a preparation: [`PrepareConfig::validate`], then everything is written into a new
+/// hidden folder inside `config.output` and moved into place at the end (see the module docs).
 pub fn prepare_corpus(config: &PrepareConfig) -> Result<PrepareStats, DataError> {
-    let start = Instant::now();
-    if !(0.0..1.0).contains(&config.val_fraction) {
-        return Err(DataError::InvalidConfig(format!(
-            "val_fraction {} must be in [0, 1)",
-            config.val_fraction
-        )));
-    }
-    if config.inputs.is_empty() {
-        return Err(DataError::InvalidConfig("no input files".into()));
-    }
+    config.validate()?;
     let out = &config.output;
     std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
+    // Removed with everything in it when dropped, so a failed run leaves no trace.
+    let work = tempfile::Builder::new()
+        .prefix(".kiln-prepare-")
+        .tempdir_in(out)
+        .map_err(|e| DataError::io(out, e))?;
+    let stats = prepare_into(config, work.path())?;
+    move_into_place(work.path(), out)?;
+    Ok(stats)
+}
+
+/// Moves the files of a finished preparation from `work` into `out`: the old `meta.json`
+/// first (a reader sees no folder rather than a mix), then the new files, then shards of the
+/// old preparation that the new one does not have, then the new `meta.json`.
+fn move_into_place(work: &Path, out: &Path) -> Result<(), DataError> {
+    let old = ShardMeta::load(out).ok();
+    let old_meta = out.join(META_FILE);
+    if old_meta.exists() {
+        std::fs::remove_file(&old_meta).map_err(|e| DataError::io(&old_meta, e))?;
+    }
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(work).map_err(|e| DataError::io(work, e))? {
+        let name = entry.map_err(|e| DataError::io(work, e))?.file_name();
+        if name != META_FILE {
+            names.push(name);
+        }
+    }
+    for name in &names {
+        let (from, to) = (work.join(name), out.join(name));
+        std::fs::rename(&from, &to).map_err(|e| DataError::io(&to, e))?;
+    }
+    // Only names the old meta.json listed (plain names inside the folder: `load` checked).
+    for info in old.iter().flat_map(|m| m.splits.values().flatten()) {
+        if !names.iter().any(|n| *n == *info.file) {
+            let stale = out.join(&info.file);
+            std::fs::remove_file(&stale)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(e),
+                })
+                .map_err(|e| DataError::io(&stale, e))?;
+        }
+    }
+    std::fs::rename(work.join(META_FILE), &old_meta).map_err(|e| DataError::io(&old_meta, e))?;
+    kiln_base::store::sync_dir(out);
+    Ok(())
+}
+
+/// The preparation itself, writing every output file into `out`.
+fn prepare_into(config: &PrepareConfig, out: &Path) -> Result<PrepareStats, DataError> {
+    let start = Instant::now();
 
     // Pass 1: read, clean, dedup, write the kept documents.
     let mut pipeline = CorpusPipeline::new(config.clean.clone(), config.dedup.clone())?;

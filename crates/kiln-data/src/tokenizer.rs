@@ -29,6 +29,7 @@ use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{AddedToken, Trainer};
 
+use crate::limits::VOCAB;
 use crate::{CharTokenizer, DataError};
 
 /// GPT-2's end-of-text token, the document separator of byte-level BPE vocabularies trained
@@ -131,6 +132,8 @@ impl Tokenizer {
         I: Iterator<Item = S> + Send,
         S: AsRef<str> + Send,
     {
+        // HuggingFace's trainer reserves room for the whole vocabulary before it starts.
+        VOCAB.check("the vocabulary size to train", vocab_size as u64)?;
         let base = ByteLevel::alphabet().len() + special_tokens.len();
         if vocab_size < base {
             return Err(DataError::InvalidConfig(format!(
@@ -171,6 +174,7 @@ impl Tokenizer {
         I: Iterator<Item = S> + Send,
         S: AsRef<str> + Send,
     {
+        VOCAB.check("the vocabulary size to train", vocab_size as u64)?;
         if vocab_size <= BERT_SPECIAL_TOKENS.len() {
             return Err(DataError::InvalidConfig(format!(
                 "WordPiece vocabulary of {vocab_size} leaves no room past the special tokens"

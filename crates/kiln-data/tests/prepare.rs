@@ -213,3 +213,107 @@ fn strict_mode_stops_at_the_first_bad_input() {
         "{err}"
     );
 }
+
+/// The output folder's files, without the contents of hidden entries.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Issue 14: `prepare_data --input out/documents.jsonl --output out` truncated its own input
+/// before reading it and exited 0 with nothing. The output is now written beside and moved
+/// into place at the end, so the input is read whole first.
+#[test]
+fn output_folder_holding_its_input_is_read_before_it_is_replaced() {
+    let (dir, first, ..) = prepare(TokenizerSource::TrainBpe(600));
+    let out = dir.path().join("out");
+    let old_shards = ShardMeta::load(&out).unwrap().splits["train"].len();
+    let mut config = PrepareConfig::new(vec![out.join("documents.jsonl")], &out);
+    config.tokenizer = TokenizerSource::Load(out.join("tokenizer.json"));
+    config.val_fraction = 0.1;
+    config.shard_tokens = 1_000_000; // one shard now: the old ones must go
+    let second = prepare_corpus(&config).unwrap();
+    assert_eq!(second.documents_in, first.documents_out);
+    assert_eq!(second.documents_out, first.documents_out);
+    assert_eq!(second.tokens, first.tokens);
+    assert!(old_shards > 1);
+    assert_eq!(
+        listing(&out),
+        [
+            "documents.jsonl",
+            "meta.json",
+            "stats.json",
+            "tokenizer.json",
+            "train-00000.bin",
+            "val-00000.bin"
+        ]
+    );
+    let train = PackedLmDataset::open(&out, 16).unwrap();
+    assert_eq!(train.tokens(), second.train_tokens);
+}
+
+/// A run that fails (here: its tokenizer file is missing, found after the documents were
+/// read and deduplicated) leaves the previous output as it was, and no temporary folder.
+#[test]
+fn failed_preparation_leaves_the_previous_output_intact() {
+    let (dir, first, ..) = prepare(TokenizerSource::TrainBpe(300));
+    let out = dir.path().join("out");
+    let before = listing(&out);
+    let read = |name: &str| std::fs::read(out.join(name)).unwrap();
+    let (meta, docs) = (read("meta.json"), read("documents.jsonl"));
+    let mut config = PrepareConfig::new(vec![out.join("documents.jsonl")], &out);
+    config.tokenizer = TokenizerSource::Load(dir.path().join("missing-tokenizer.json"));
+    assert!(matches!(
+        prepare_corpus(&config),
+        Err(kiln_data::DataError::Io { .. })
+    ));
+    assert_eq!(listing(&out), before);
+    assert_eq!((read("meta.json"), read("documents.jsonl")), (meta, docs));
+    assert_eq!(
+        PackedLmDataset::open(&out, 16).unwrap().tokens(),
+        first.train_tokens
+    );
+}
+
+/// An input folder that holds the output folder would read the output while writing it.
+#[test]
+fn input_folder_holding_the_output_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "some text\n").unwrap();
+    let config = PrepareConfig::new(vec![dir.path().to_path_buf()], dir.path().join("out"));
+    let err = prepare_corpus(&config).unwrap_err();
+    assert!(err.to_string().contains("holds the output folder"), "{err}");
+    assert!(!dir.path().join("out").exists());
+}
+
+/// Issue 14: `--train-bpe 1e9` aborted on allocation in the trainer, after the whole corpus
+/// had been cleaned and deduplicated; `--batch-docs 1e10` likewise. Both are refused before
+/// any input is read.
+#[test]
+fn train_bpe_vocab_of_1e9_is_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = PrepareConfig::new(vec![dir.path().join("missing.txt")], dir.path());
+    for source in [
+        TokenizerSource::TrainBpe(1_000_000_000),
+        TokenizerSource::TrainWordPiece {
+            vocab_size: 1_000_000_000,
+            lowercase: true,
+        },
+    ] {
+        config.tokenizer = source;
+        let err = prepare_corpus(&config).unwrap_err();
+        assert!(matches!(err, kiln_data::DataError::Limit(_)), "{err}");
+    }
+    config.tokenizer = TokenizerSource::TrainBpe(300);
+    config.batch_docs = 10_000_000_000;
+    assert!(matches!(
+        prepare_corpus(&config),
+        Err(kiln_data::DataError::Limit(_))
+    ));
+    let err = Tokenizer::train_byte_level_bpe(["a b"].iter(), 1_000_000_000, &[]).unwrap_err();
+    assert!(matches!(err, kiln_data::DataError::Limit(_)), "{err}");
+}
