@@ -5,6 +5,29 @@
 //! untrusted until it has passed a [`Limit`]: a named ceiling, generous enough for real models,
 //! that a user who needs more raises with an environment variable (`KILN_LIMIT_<NAME>`). Products
 //! of sizes are checked in `u128`, so they cannot wrap before the check.
+//!
+//! The ceilings on what several crates read (a vocabulary, a context, a JSON or TOML file read
+//! whole) live here, so that one variable raises them everywhere; each crate's own ceilings sit
+//! in its `limits` module.
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::StoreError;
+
+/// Vocabulary size: `vocab_size` of a model config or a shard folder's `meta.json`, a tokenizer
+/// vocabulary to train, type vocabularies and class counts of a model. 2^24 = 16.7M ids, 64×
+/// the largest vocabularies in use (Gemma's 256K).
+pub const VOCAB: Limit = Limit::new("VOCAB", 1 << 24);
+
+/// Context length: a model's `block_size` / `max_position_embeddings`, a dataset's window
+/// (`seq_len`). 2^20 = 1M positions, 8× the longest contexts of current open models.
+pub const CONTEXT: Limit = Limit::new("CONTEXT", 1 << 20);
+
+/// Bytes of a JSON or TOML file read whole: a model's `config.json`, a safetensors index, a
+/// shard folder's `meta.json`, a checkpoint's manifest and state, a run config. 64 MiB; real
+/// ones are kilobytes (a `meta.json` listing half a million shards is the largest).
+pub const TEXT_FILE_BYTES: Limit = Limit::new("TEXT_FILE_BYTES", 64 << 20);
 
 /// A size that is too large, or whose arithmetic overflowed, with what it measures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +99,21 @@ impl Limit {
     }
 }
 
+/// The bytes of `path`, if it holds at most `limit` bytes. Reading stops one byte past the
+/// ceiling, so neither a lying size nor an endless file (a FIFO, `/dev/zero`) can exhaust memory.
+pub fn read_bounded(path: &Path, limit: &Limit) -> Result<Vec<u8>, StoreError> {
+    let file = std::fs::File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(limit.max().saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| StoreError::io(path, e))?;
+    limit.check(
+        &format!("the size of {} in bytes", path.display()),
+        bytes.len() as u64,
+    )?;
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +131,26 @@ mod tests {
             message.contains("KILN_LIMIT_KILN_BASE_UNIT_TEST"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_bounded_read_stops_past_the_ceiling() {
+        let dir = std::env::temp_dir().join(format!("kiln-base-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let small = Limit::new("KILN_BASE_UNIT_TEST_BYTES", 4);
+        std::fs::write(dir.join("ok"), b"1234").unwrap();
+        std::fs::write(dir.join("big"), b"12345").unwrap();
+        assert_eq!(read_bounded(&dir.join("ok"), &small).unwrap(), b"1234");
+        let err = read_bounded(&dir.join("big"), &small).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Limit(ref l) if l.value == 5),
+            "{err}"
+        );
+        // /dev/zero never ends: the read stops at the ceiling.
+        if Path::new("/dev/zero").exists() {
+            assert!(read_bounded(Path::new("/dev/zero"), &small).is_err());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A file is larger than kiln reads ([`read_bounded`](crate::limits::read_bounded)).
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
 }
 
 impl StoreError {

@@ -74,6 +74,7 @@ impl From<kiln_base::StoreError> for CompressError {
         match e {
             kiln_base::StoreError::Io { path, source } => Self::Io { file: path, source },
             kiln_base::StoreError::Format { path, reason } => Self::format(path, reason),
+            kiln_base::StoreError::Limit(e) => Self::Limit(e),
         }
     }
 }

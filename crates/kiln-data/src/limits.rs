@@ -3,22 +3,14 @@
 //! raised with `KILN_LIMIT_<NAME>=N` when a real corpus needs more.
 
 use kiln_base::limits::Limit;
-
-/// A vocabulary: `vocab_size` in `meta.json` and the size of a BPE or WordPiece vocabulary to
-/// train. The largest vocabularies in use are about 256K ids (Gemma); HuggingFace's trainers
-/// reserve a map and a list of this many entries before training, about 60 MB at 2^20.
-pub const VOCAB: Limit = Limit::new("VOCAB", 1 << 20);
+/// The ceilings kiln-data shares with the other crates: [`VOCAB`] (`vocab_size` in
+/// `meta.json`, a BPE or WordPiece vocabulary to train: HuggingFace's trainers reserve it up
+/// front), [`CONTEXT`] (the window of `PackedLmDataset`) and [`TEXT_FILE_BYTES`] (`meta.json`).
+pub use kiln_base::limits::{CONTEXT, TEXT_FILE_BYTES, VOCAB};
 
 /// Tokens in one split of a shard folder (and so in each shard file): 2^40, a trillion tokens,
 /// 2 to 4 TB of shards.
 pub const SPLIT_TOKENS: Limit = Limit::new("SPLIT_TOKENS", 1 << 40);
-
-/// Bytes of a `meta.json`, read whole: 64 MiB holds about half a million shard entries.
-pub const META_BYTES: Limit = Limit::new("META_BYTES", 1 << 26);
-
-/// Tokens per training window (`seq_len`, a model's context): 2^20, four times the longest
-/// contexts trained from scratch today.
-pub const SEQ_LEN: Limit = Limit::new("SEQ_LEN", 1 << 20);
 
 /// Classes of a classification file. Integer labels make `0..=max` classes, one name string
 /// each, so a label of 10^12 would otherwise allocate 10^12 strings; 2^20 covers extreme

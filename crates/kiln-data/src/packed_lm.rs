@@ -12,7 +12,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::DataError;
 use crate::batch::{IGNORE_INDEX, LmBatch};
-use crate::limits::SEQ_LEN;
+use crate::limits::CONTEXT;
 use crate::shards::{ShardCheck, ShardMeta, TokenShards};
 
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ impl PackedLmDataset {
         check: ShardCheck,
     ) -> Result<Self, DataError> {
         // The window size first: a bad one is an error before any shard is read.
-        SEQ_LEN.check("the sequence length", seq_len as u64)?;
+        CONTEXT.check("the sequence length", seq_len as u64)?;
         let (shards, meta) = TokenShards::open_with(dir, split, check)?;
         let mut ds = Self::new(Stream::Mapped(Arc::new(shards)), seq_len)?;
         ds.meta = Some(meta);
@@ -96,7 +96,7 @@ impl PackedLmDataset {
             return Err(DataError::InvalidConfig("seq_len must be positive".into()));
         }
         // Bounded, so `seq_len + 1` and the window offsets below cannot wrap.
-        SEQ_LEN.check("the sequence length", seq_len as u64)?;
+        CONTEXT.check("the sequence length", seq_len as u64)?;
         let len = stream.len();
         if len <= seq_len as u64 {
             return Err(DataError::NotEnoughTokens {

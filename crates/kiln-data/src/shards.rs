@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Component, Path, PathBuf};
 
 use memmap2::Mmap;
@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::DataError;
-use crate::limits::{META_BYTES, SPLIT_TOKENS, VOCAB};
+use crate::limits::{SPLIT_TOKENS, TEXT_FILE_BYTES, VOCAB};
 
 /// The format name in `meta.json`.
 pub const SHARD_FORMAT: &str = "kiln-token-shards";
@@ -124,14 +124,12 @@ impl ShardMeta {
     /// Reads and checks `DIR/meta.json` ([`ShardMeta::validate`]).
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, DataError> {
         let path = dir.as_ref().join(META_FILE);
-        let file = File::open(&path).map_err(|e| DataError::io(&path, e))?;
-        let len = file.metadata().map_err(|e| DataError::io(&path, e))?.len();
-        META_BYTES.check("the size of meta.json in bytes", len)?;
-        let mut text = String::new();
-        file.take(len)
-            .read_to_string(&mut text)
-            .map_err(|e| DataError::io(&path, e))?;
-        let meta: Self = serde_json::from_str(&text).map_err(|e| bad(&path, e))?;
+        let bytes =
+            kiln_base::limits::read_bounded(&path, &TEXT_FILE_BYTES).map_err(|e| match e {
+                kiln_base::StoreError::Limit(limit) => DataError::Limit(limit),
+                other => DataError::io(&path, other),
+            })?;
+        let meta: Self = serde_json::from_slice(&bytes).map_err(|e| bad(&path, e))?;
         meta.validate().map_err(|e| match e {
             DataError::BadShards { message, .. } => bad(&path, message),
             other => other,

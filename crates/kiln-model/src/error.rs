@@ -146,6 +146,7 @@ impl From<kiln_base::StoreError> for ModelError {
                 file: path,
                 message: reason,
             },
+            kiln_base::StoreError::Limit(e) => Self::Limit(e),
         }
     }
 }

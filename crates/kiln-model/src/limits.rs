@@ -5,14 +5,10 @@
 //! [`kiln_base::limits`]).
 
 use kiln_base::limits::Limit;
-
-/// Vocabulary size (also segment vocabularies and class counts): 2^24 = 16.7M entries, 64×
-/// the largest vocabularies in use (Gemma's 256k).
-pub const VOCAB: Limit = Limit::new("VOCAB", 1 << 24);
-
-/// Context length (`block_size`, `max_position_embeddings`): 2^20 = 1M positions, 8× the
-/// longest context of current open models.
-pub const CONTEXT: Limit = Limit::new("CONTEXT", 1 << 20);
+/// The ceilings kiln-model shares with the other crates: [`VOCAB`] (also type vocabularies and
+/// class counts), [`CONTEXT`] (`block_size`, `max_position_embeddings`) and [`TEXT_FILE_BYTES`]
+/// (a `config.json` or safetensors index, read whole).
+pub use kiln_base::limits::{CONTEXT, TEXT_FILE_BYTES, VOCAB};
 
 /// Number of Transformer blocks: 1024, 8× the deepest published dense models (~126 layers).
 pub const LAYERS: Limit = Limit::new("LAYERS", 1024);
@@ -26,10 +22,6 @@ pub const WIDTH: Limit = Limit::new("WIDTH", 1 << 17);
 /// moments: 16 bytes a parameter) fills an 80 GB accelerator; a user loading a larger model
 /// for inference raises it.
 pub const PARAMS: Limit = Limit::new("PARAMS", 1 << 32);
-
-/// Bytes of a `config.json` (HuggingFace or kiln's own), read whole: 16 MiB. Real ones are a
-/// few kB (a large `id2label` map some hundred kB).
-pub const CONFIG_BYTES: Limit = Limit::new("CONFIG_BYTES", 16 << 20);
 
 /// The sum of `terms`, each a product of sizes, in u128 (saturating: it cannot wrap around to a
 /// small number before [`PARAMS`] sees it).
@@ -45,12 +37,8 @@ pub(crate) fn count(terms: &[&[usize]]) -> u128 {
         .fold(0u128, u128::saturating_add)
 }
 
-/// Reads a config file of at most [`CONFIG_BYTES`] as text.
+/// Reads a config file of at most [`TEXT_FILE_BYTES`] as text.
 pub(crate) fn read_config_text(file: &std::path::Path) -> crate::Result<String> {
-    let meta = std::fs::metadata(file).map_err(|e| crate::ModelError::io(file, e))?;
-    CONFIG_BYTES.check(
-        &format!("the size of {} in bytes", file.display()),
-        meta.len(),
-    )?;
-    std::fs::read_to_string(file).map_err(|e| crate::ModelError::io(file, e))
+    let bytes = kiln_base::limits::read_bounded(file, &TEXT_FILE_BYTES)?;
+    String::from_utf8(bytes).map_err(|e| crate::ModelError::format(file, e))
 }

@@ -36,7 +36,7 @@ use crate::bert::{
 };
 use crate::error::{ModelError, Result};
 use crate::gpt::{Gpt, GptConfig};
-use crate::limits::{CONFIG_BYTES, read_config_text};
+use crate::limits::{TEXT_FILE_BYTES, read_config_text};
 
 /// The weights file inside a model folder.
 pub const WEIGHTS_FILE: &str = "model.bpk";
@@ -160,7 +160,7 @@ pub fn model_from_bytes<C: ModelConfig>(
     device: &Device,
 ) -> Result<(C::Model, C)> {
     let config_file = dir.join(CONFIG_FILE);
-    CONFIG_BYTES.check(
+    TEXT_FILE_BYTES.check(
         &format!("the size of {} in bytes", config_file.display()),
         config.len() as u64,
     )?;

@@ -507,7 +507,7 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
         }
         let file = path.join(&entry.name);
         if [TRAINER, RUN].contains(&entry.name.as_str()) {
-            limits::CHECKPOINT_JSON_BYTES.check(&format!("{} bytes", entry.name), entry.len)?;
+            limits::TEXT_FILE_BYTES.check(&format!("{} bytes", entry.name), entry.len)?;
         }
         let bytes = read_exact_len(&file, entry.len)?;
         if sha256_hex(&bytes) != entry.sha256 {
@@ -552,17 +552,12 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
 }
 
 /// Reads a small JSON file of a checkpoint, refusing one above
-/// [`CHECKPOINT_JSON_BYTES`](limits::CHECKPOINT_JSON_BYTES) without reading it whole.
+/// [`TEXT_FILE_BYTES`](limits::TEXT_FILE_BYTES) without reading it whole.
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    let max = limits::CHECKPOINT_JSON_BYTES.max();
-    let file = File::open(path).map_err(|e| TrainError::io(path, e))?;
-    let mut bytes = Vec::new();
-    file.take(max.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| TrainError::io(path, e))?;
-    limits::CHECKPOINT_JSON_BYTES
-        .check(&format!("{} bytes", path.display()), bytes.len() as u64)?;
-    Ok(bytes)
+    Ok(kiln_base::limits::read_bounded(
+        path,
+        &limits::TEXT_FILE_BYTES,
+    )?)
 }
 
 /// Reads `path` if it holds exactly `len` bytes, checked before reading it.

@@ -140,6 +140,7 @@ impl From<kiln_base::StoreError> for TrainError {
             kiln_base::StoreError::Format { path, reason } => {
                 Self::CorruptCheckpoint { path, reason }
             }
+            kiln_base::StoreError::Limit(e) => Self::Limit(e),
         }
     }
 }

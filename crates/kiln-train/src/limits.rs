@@ -3,6 +3,9 @@
 //! raised with `KILN_LIMIT_<NAME>`.
 
 use kiln_base::limits::Limit;
+/// The ceiling kiln-train shares with the other crates: the bytes of a JSON or TOML file read
+/// whole (a checkpoint's `manifest.json`, `trainer.json` and `run.json`; a run config).
+pub use kiln_base::limits::TEXT_FILE_BYTES;
 
 /// Examples per micro-batch (`batch_size`, `eval_batch_size`): a million sequences, far above
 /// any per-rank batch in practice (GPT-3 took 3.2M tokens per step across hundreds of GPUs).
@@ -24,10 +27,6 @@ pub const STEPS: Limit = Limit::new("STEPS", 1 << 40);
 /// Micro-batches a run reads over all its steps and ranks (`steps × grad_accumulation ×
 /// ranks`): the data position of a checkpoint is computed from it.
 pub const MICRO_BATCHES: Limit = Limit::new("MICRO_BATCHES", 1 << 56);
-
-/// Bytes of each JSON file of a checkpoint (`manifest.json`, `trainer.json`, `run.json`),
-/// read before they are parsed: a manifest listing the most optimizer shards is about 10 MiB.
-pub const CHECKPOINT_JSON_BYTES: Limit = Limit::new("CHECKPOINT_JSON_BYTES", 16 << 20);
 
 /// Optimizer state files of one checkpoint: one per rank of a ZeRO-1 run.
 pub const OPTIMIZER_SHARDS: Limit = Limit::new("OPTIMIZER_SHARDS", 1 << 16);

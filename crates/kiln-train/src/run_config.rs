@@ -223,24 +223,14 @@ impl Format {
     }
 }
 
-/// Bounds a config file before reading it whole: a run config is a few kilobytes.
-const MAX_CONFIG_BYTES: u64 = 1 << 20;
-
 fn read_value(path: &Path) -> Result<Value> {
     let bad = |reason: String| TrainError::RunConfig {
         path: path.into(),
         reason,
     };
     let format = Format::of(path)?;
-    let len = std::fs::metadata(path)
-        .map_err(|e| TrainError::io(path, e))?
-        .len();
-    if len > MAX_CONFIG_BYTES {
-        return Err(bad(format!(
-            "{len} bytes; a run config is at most {MAX_CONFIG_BYTES}"
-        )));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    let bytes = kiln_base::limits::read_bounded(path, &crate::limits::TEXT_FILE_BYTES)?;
+    let text = String::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;
     match format {
         Format::Json => serde_json::from_str(&text).map_err(|e| bad(e.to_string())),
         Format::Toml => toml::from_str(&text).map_err(|e| bad(e.to_string())),

@@ -1084,7 +1084,9 @@ fn checkpoint_files_are_untrusted() {
         .write(true)
         .open(folder.join("manifest.json"))
         .unwrap();
-    manifest.set_len(64 << 20).unwrap();
+    manifest
+        .set_len(kiln_train::limits::TEXT_FILE_BYTES.max() + 1)
+        .unwrap();
     expect(resume(), "manifest.json", "ceiling");
     reset();
 
