@@ -716,6 +716,15 @@ fn checkpointed(dir: &std::path::Path) -> TrainerConfig {
         .with_checkpoint_dir(Some(dir.display().to_string()))
 }
 
+/// A 4-step run checkpointed every 2 steps into `dir`, its last checkpoint removed: resuming
+/// starts from step 2.
+fn checkpointed_to_step_2(dir: &std::path::Path, device: &Device) {
+    adamw_trainer(checkpointed(dir), source(16, 1))
+        .fit(tiny_gpt(device, 1), device)
+        .unwrap();
+    std::fs::remove_dir_all(dir.join("step-00000004")).unwrap();
+}
+
 /// Resuming with a larger batch is a changed config; resuming on fewer items than the run was
 /// written with, or from a data position the run never reaches, is a typed error, not a slice
 /// out of range in `data_order.rs`.
@@ -723,10 +732,7 @@ fn checkpointed(dir: &std::path::Path) -> TrainerConfig {
 fn resume_with_a_larger_batch() {
     let device = Device::flex().autodiff();
     let dir = tempfile::tempdir().unwrap();
-    adamw_trainer(checkpointed(dir.path()), source(16, 1))
-        .fit(tiny_gpt(&device, 1), &device)
-        .unwrap();
-    std::fs::remove_dir_all(dir.path().join("step-00000004")).unwrap();
+    checkpointed_to_step_2(dir.path(), &device);
     let resume = |config: TrainerConfig, items: usize| {
         adamw_trainer(config.with_resume(true), source(items, 1))
             .fit(tiny_gpt(&device, 1), &device)
@@ -1049,10 +1055,7 @@ fn sizes_bounded_with_limits() {
 fn checkpoint_files_are_untrusted() {
     let device = Device::flex().autodiff();
     let dir = tempfile::tempdir().unwrap();
-    adamw_trainer(checkpointed(dir.path()), source(16, 1))
-        .fit(tiny_gpt(&device, 1), &device)
-        .unwrap();
-    std::fs::remove_dir_all(dir.path().join("step-00000004")).unwrap();
+    checkpointed_to_step_2(dir.path(), &device);
     let pristine = dir.path().join("pristine");
     copy_dir(&dir.path().join("step-00000002"), &pristine);
     let folder = dir.path().join("step-00000002");
