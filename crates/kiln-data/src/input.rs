@@ -7,6 +7,11 @@
 //! A directory stands for the files under it. Symlinks are followed, but each directory is
 //! read once: one reached again (by its resolved path, so a symlink to itself or to a folder
 //! above it) is skipped and listed in [`InputReport::issues`], so a cycle of symlinks ends.
+//!
+//! No line or document is held past [`DOCUMENT_BYTES`]: a longer one is skipped to its end
+//! without being buffered, counted in [`InputReport::oversized_documents`] and reported (an
+//! error in strict mode). Word counts cannot bound this: a 50 MB line without whitespace is one
+//! word, and tokenizing it whole takes gigabytes.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -16,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::DataError;
+use crate::limits::DOCUMENT_BYTES;
 
 /// How a file's documents are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +75,10 @@ pub struct InputReport {
     /// Directories skipped because they had been read already (a symlink cycle, or a folder
     /// given twice).
     pub repeated_directories: usize,
+    /// Documents (text blocks or JSONL lines) skipped for holding more than
+    /// [`DOCUMENT_BYTES`] bytes.
+    #[serde(default)]
+    pub oversized_documents: usize,
     /// The first problems, with file and line (at most [`MAX_LISTED_ISSUES`]).
     pub issues: Vec<String>,
 }
@@ -83,7 +93,49 @@ struct OpenFile {
     format: InputFormat,
     line: usize,
     /// A line read while sniffing the format, to hand out first.
-    pending: Option<Vec<u8>>,
+    pending: Option<Line>,
+}
+
+/// One line as read: its bytes without the line end (empty when it was too long), how many
+/// bytes it took in the file, and whether it ran past [`DOCUMENT_BYTES`].
+struct Line {
+    bytes: Vec<u8>,
+    read: u64,
+    too_long: bool,
+}
+
+/// Reads one line into `buf`, holding at most `max` bytes of it: a longer line is read to its
+/// end in the reader's own buffer and dropped (`too_long`, `buf` empty). `read` is 0 at the
+/// end of the file.
+fn read_line_bounded(
+    reader: &mut BufReader<File>,
+    buf: &mut Vec<u8>,
+    max: u64,
+) -> std::io::Result<(u64, bool)> {
+    use std::io::Read;
+    buf.clear();
+    let n = reader.by_ref().take(max + 1).read_until(b'\n', buf)? as u64;
+    if n <= max || buf.last() == Some(&b'\n') {
+        return Ok((n, false));
+    }
+    buf.clear();
+    let mut read = n;
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        let (used, end) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        reader.consume(used);
+        read += used as u64;
+        if end {
+            break;
+        }
+    }
+    Ok((read, true))
 }
 
 /// An iterator over the documents of several files. Items are `Ok(text)`, or in strict mode
@@ -95,6 +147,10 @@ pub struct DocumentReader {
     failed: bool,
     report: InputReport,
     buf: Vec<u8>,
+    /// Whether the line in `buf` ran past [`DOCUMENT_BYTES`] (and `buf` is empty).
+    too_long: bool,
+    /// [`DOCUMENT_BYTES`] in force.
+    max_bytes: u64,
     /// Resolved paths of the directories read so far.
     directories: HashSet<PathBuf>,
 }
@@ -114,6 +170,8 @@ impl DocumentReader {
             failed: false,
             report,
             buf: Vec::new(),
+            too_long: false,
+            max_bytes: DOCUMENT_BYTES.max(),
             directories: HashSet::new(),
         }
     }
@@ -182,25 +240,24 @@ impl DocumentReader {
         // Sniff the first non-blank line (kept to hand out first).
         let mut first = Vec::new();
         let mut skipped_lines = Vec::new();
-        loop {
-            first.clear();
-            match reader.read_until(b'\n', &mut first) {
-                Ok(0) => break,
-                Ok(_) if first.iter().all(|b| b.is_ascii_whitespace()) => {
-                    skipped_lines.push(first.clone());
+        let (read, too_long) = loop {
+            match read_line_bounded(&mut reader, &mut first, self.max_bytes) {
+                Ok((0, _)) => break (0, false),
+                Ok((read, false)) if first.iter().all(|b| b.is_ascii_whitespace()) => {
+                    skipped_lines.push(read);
                 }
-                Ok(_) => break,
+                Ok(line) => break line,
                 Err(e) => {
                     self.report.unreadable_files += 1;
                     return Some(self.issue(DataError::io(&path, e)).map_or(Ok(()), Err));
                 }
             }
-        }
+        };
         let first_str = std::str::from_utf8(&first).ok();
         let format = InputFormat::detect(&path, first_str);
         // Blank lines before the first content only separate nothing; count them as read.
-        for l in &skipped_lines {
-            self.report.bytes_in += l.len() as u64;
+        for read in &skipped_lines {
+            self.report.bytes_in += read;
             self.report.lines += 1;
         }
         self.current = Some(OpenFile {
@@ -209,7 +266,11 @@ impl DocumentReader {
             reader,
             format,
             line: skipped_lines.len(),
-            pending: (!first.is_empty()).then_some(first),
+            pending: (read > 0).then_some(Line {
+                bytes: first,
+                read,
+                too_long,
+            }),
         });
         Some(Ok(()))
     }
@@ -217,19 +278,24 @@ impl DocumentReader {
     /// The next raw line of the current file into `self.buf`; `Ok(false)` at its end.
     fn next_line(&mut self) -> Result<bool, DataError> {
         let f = self.current.as_mut().expect("a file is open");
-        self.buf.clear();
-        if let Some(p) = f.pending.take() {
-            self.buf = p;
+        self.too_long = false;
+        let read = if let Some(line) = f.pending.take() {
+            self.buf = line.bytes;
+            self.too_long = line.too_long;
+            line.read
         } else {
-            match f.reader.read_until(b'\n', &mut self.buf) {
-                Ok(0) => return Ok(false),
-                Ok(_) => {}
+            match read_line_bounded(&mut f.reader, &mut self.buf, self.max_bytes) {
+                Ok((0, _)) => return Ok(false),
+                Ok((read, too_long)) => {
+                    self.too_long = too_long;
+                    read
+                }
                 Err(e) => return Err(DataError::io(&f.path, e)),
             }
-        }
+        };
         f.line += 1;
         self.report.lines += 1;
-        self.report.bytes_in += self.buf.len() as u64;
+        self.report.bytes_in += read;
         while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
             self.buf.pop();
         }
@@ -260,6 +326,12 @@ impl DocumentReader {
             }
             let f = self.current.as_ref().expect("open");
             let (name, line) = (f.name.clone(), f.line);
+            if self.too_long {
+                match self.oversized(&name, line) {
+                    Some(e) => return Some(Err(e)),
+                    None => continue,
+                }
+            }
             let Ok(s) = std::str::from_utf8(&self.buf) else {
                 self.report.invalid_utf8_lines += 1;
                 match self.issue(DataError::InvalidUtf8 { path: name, line }) {
@@ -298,14 +370,23 @@ impl DocumentReader {
     fn next_text(&mut self) -> Option<Result<String, DataError>> {
         let mut doc = String::new();
         let mut bad_line: Option<usize> = None;
+        // The line at which the document ran past DOCUMENT_BYTES.
+        let mut too_long: Option<usize> = None;
         loop {
             let more = match self.next_line() {
                 Ok(m) => m,
                 Err(e) => return self.end_file(Some(e)),
             };
             let blank = !more || self.buf.iter().all(|b| b.is_ascii_whitespace());
-            if blank {
-                if let Some(line) = bad_line.take() {
+            if blank && !self.too_long {
+                if let Some(line) = too_long.take() {
+                    bad_line = None;
+                    doc.clear();
+                    let name = self.current.as_ref().expect("open").name.clone();
+                    if let Some(e) = self.oversized(&name, line) {
+                        return Some(Err(e));
+                    }
+                } else if let Some(line) = bad_line.take() {
                     self.report.invalid_utf8_documents += 1;
                     let name = self.current.as_ref().expect("open").name.clone();
                     doc.clear();
@@ -324,8 +405,15 @@ impl DocumentReader {
                 }
                 continue;
             }
+            let line = self.current.as_ref().expect("open").line;
+            let added = self.buf.len() + usize::from(!doc.is_empty());
+            if self.too_long || (doc.len() + added) as u64 > self.max_bytes {
+                too_long.get_or_insert(line);
+                doc.clear();
+                continue;
+            }
             match std::str::from_utf8(&self.buf) {
-                Ok(s) if bad_line.is_none() => {
+                Ok(s) if bad_line.is_none() && too_long.is_none() => {
                     if !doc.is_empty() {
                         doc.push('\n');
                     }
@@ -338,6 +426,23 @@ impl DocumentReader {
                 }
             }
         }
+    }
+}
+
+impl DocumentReader {
+    /// Counts and reports a document past [`DOCUMENT_BYTES`] at `name:line`; in strict mode
+    /// returns the error to yield.
+    fn oversized(&mut self, name: &str, line: usize) -> Option<DataError> {
+        self.report.oversized_documents += 1;
+        let err = DOCUMENT_BYTES
+            .check(
+                &format!(
+                    "the length in bytes of the document at {name}:{line} (read up to the ceiling)"
+                ),
+                self.max_bytes + 1,
+            )
+            .expect_err("one byte past the ceiling is refused");
+        self.issue(DataError::Limit(err))
     }
 }
 
@@ -381,6 +486,46 @@ mod tests {
         let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
         f.write_all(content).unwrap();
         f
+    }
+
+    /// Issue 14: a 50 MB line without whitespace was one "word", passed `max_words` and took
+    /// gigabytes to tokenize. Lines and documents past DOCUMENT_BYTES are skipped unread and
+    /// counted; the documents around them are kept.
+    #[test]
+    fn documents_past_the_byte_ceiling_are_skipped_and_counted() {
+        let max = DOCUMENT_BYTES.max() as usize;
+        let long_line = "x".repeat(max + 10);
+        let mut text = format!("first doc\n\n{long_line}\n\nthird\n\n");
+        // A block of short lines that only together pass the ceiling.
+        let line = "y".repeat(1 << 20);
+        for _ in 0..(max >> 20) + 1 {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text.push_str("\nlast\n");
+        let f = file(".txt", text.as_bytes());
+        let (docs, report) = read_documents(f.path(), false).unwrap();
+        assert_eq!(docs, vec!["first doc", "third", "last"]);
+        assert_eq!(report.oversized_documents, 2);
+        assert_eq!(report.bytes_in, text.len() as u64);
+        assert!(
+            report.issues[0].contains(":3 (read up to the ceiling)"),
+            "{:?}",
+            report.issues
+        );
+
+        // A JSONL line, and one first in its file (read while sniffing the format).
+        let jsonl = format!("{{\"text\": \"{long_line}\"}}\n{{\"text\": \"kept\"}}\n");
+        let f = file(".jsonl", jsonl.as_bytes());
+        let (docs, report) = read_documents(f.path(), false).unwrap();
+        assert_eq!(
+            (docs, report.oversized_documents),
+            (vec!["kept".to_string()], 1)
+        );
+        assert!(matches!(
+            read_documents(f.path(), true),
+            Err(DataError::Limit(_))
+        ));
     }
 
     #[test]

@@ -31,6 +31,11 @@ pub const SHINGLE: Limit = Limit::new("SHINGLE", 1 << 10);
 /// took 13 GB), so 10 times Gopher's 100,000 keeps one document near a gigabyte.
 pub const MAX_WORDS: Limit = Limit::new("MAX_WORDS", 1_000_000);
 
+/// Bytes of one document (a text block or a JSONL line) as read, before cleaning: longer ones
+/// are skipped unread and counted. A document is tokenized whole, with a few hundred bytes of
+/// tokenizer state per token (a 50 MB document took 13 GB); 16 MiB is some 50 novels.
+pub const DOCUMENT_BYTES: Limit = Limit::new("DOCUMENT_BYTES", 1 << 24);
+
 /// Documents per parallel batch of a preparation, held in memory together: 2^20 documents is
 /// a few GB of text at web-page sizes.
 pub const BATCH_DOCS: Limit = Limit::new("BATCH_DOCS", 1 << 20);
