@@ -47,23 +47,13 @@ pub fn check_token_ids(ids: &Tensor<2, Int>, vocab_size: usize, max_len: usize) 
     check_id_range(ids, vocab_size)
 }
 
-/// Checks that every id is in `0..vocab_size`.
+/// Checks that every id is in `0..vocab_size`: [`check_targets`]'s one reduction and one
+/// scalar read back, reported as [`ModelError::TokenOutOfVocab`].
 pub fn check_id_range<const D: usize>(ids: &Tensor<D, Int>, vocab_size: usize) -> Result<()> {
-    let min: i64 = ids.clone().min().into_scalar();
-    if min < 0 {
-        return Err(ModelError::TokenOutOfVocab {
-            id: min,
-            vocab_size,
-        });
-    }
-    let max: i64 = ids.clone().max().into_scalar();
-    if max >= vocab_size as i64 {
-        return Err(ModelError::TokenOutOfVocab {
-            id: max,
-            vocab_size,
-        });
-    }
-    Ok(())
+    check_targets(ids, vocab_size, None, "token id").map_err(|e| match e {
+        ModelError::IdOutOfRange { id, .. } => ModelError::TokenOutOfVocab { id, vocab_size },
+        other => other,
+    })
 }
 
 /// Checks that every target is in `0..num_classes` or equals `ignore_index`, with one reduction
