@@ -66,8 +66,10 @@ fn run(model: &HfModel, device: &Device) -> HfOutput {
         .unwrap()
 }
 
-/// Within 1e-6: BERT's weights come back as transposed views of HF's `[out, in]` matrices, and
-/// a matmul over a strided operand may sum in another order than over a contiguous one.
+/// Within 1e-6 of the outputs' scale: BERT's weights come back as transposed views of HF's
+/// `[out, in]` matrices, and a matmul over a strided operand may sum in another order than over a
+/// contiguous one (how many ulps that costs depends on the CPU's gemm kernel: CI's machine gave
+/// 1.2e-6 at a scale of 2.9).
 fn assert_same<const D: usize>(a: Tensor<D>, b: Tensor<D>) {
     assert_eq!(a.dims(), b.dims());
     let values = |t: Tensor<D>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
@@ -79,7 +81,10 @@ fn assert_same<const D: usize>(a: Tensor<D>, b: Tensor<D>) {
         .fold(0.0, f32::max);
     let scale = a.iter().map(|x| x.abs()).fold(0.0, f32::max);
     assert!(scale > 0.1, "outputs too small to compare ({scale})");
-    assert!(diff <= 1e-6, "outputs differ by {diff:e} (scale {scale})");
+    assert!(
+        diff <= 1e-6 * scale.max(1.0),
+        "outputs differ by {diff:e} (scale {scale})"
+    );
 }
 
 fn tiny_gpt() -> GptConfig {
