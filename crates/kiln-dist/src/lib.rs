@@ -13,6 +13,11 @@
 //! - [`flat`]: a model's parameters or gradients as one flat buffer.
 //! - [`DataParallel`] ([`data_parallel`]): what kiln-train's loop calls for data parallelism:
 //!   the model check and broadcast at the start, bucketed gradient all-reduce, ZeRO-1.
+//! - [`ProcessGrid`] ([`grid`]): data × pipeline × tensor, the groups of 3-D parallelism.
+//! - [`ModelParallel`] ([`model_parallel`]): a [`ParallelModel`] cut into this rank's part, the
+//!   tied embedding's gradient, the whole model's gradient norm, the whole model gathered.
+//! - [`TensorParallel`] ([`tensor_parallel`]): Megatron's column- and row-parallel layers and
+//!   its `f`/`g` operations, with their own backward.
 //! - [`DataParallelConfig`], [`ReduceDtype`] (`config.rs`), [`DistError`].
 //!
 //! ```
@@ -33,6 +38,8 @@ mod config;
 pub mod data_parallel;
 mod error;
 pub mod flat;
+pub mod grid;
+pub mod model_parallel;
 #[cfg(feature = "mpi")]
 mod mpi_comm;
 #[cfg(feature = "nccl")]
@@ -40,11 +47,14 @@ mod nccl;
 pub mod process_group;
 pub mod ring;
 pub mod tensor;
+pub mod tensor_parallel;
 
 pub use communicator::{Communicator, ReduceOp, SingleProcess};
 pub use config::{DataParallelConfig, ReduceDtype};
 pub use data_parallel::DataParallel;
 pub use error::{DistError, Result};
+pub use grid::{GridShape, ProcessGrid};
+pub use model_parallel::{ModelParallel, ModelPart, ParallelModel, TensorSplit};
 /// The rsmpi crate kiln's MPI engine is built on (for benchmarks against it, or MPI calls of
 /// your own once a [`ProcessGroup`] has initialized MPI).
 #[cfg(feature = "mpi")]
@@ -54,3 +64,4 @@ pub use mpi_comm::MpiCommunicator;
 #[cfg(feature = "nccl")]
 pub use nccl::NcclCommunicator;
 pub use process_group::ProcessGroup;
+pub use tensor_parallel::TensorParallel;

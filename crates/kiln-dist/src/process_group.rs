@@ -11,6 +11,9 @@ use std::sync::Arc;
 use crate::communicator::{Communicator, ReduceOp, SingleProcess};
 use crate::error::{DistError, Result};
 
+/// The largest piece [`ProcessGroup::send_vec`] sends at once.
+const MAX_MESSAGE: usize = 1 << 30;
+
 /// The ranks that train together.
 #[derive(Clone)]
 pub struct ProcessGroup {
@@ -213,6 +216,31 @@ impl ProcessGroup {
     /// Receives exactly `data.len()` f32 values from `source`.
     pub fn recv_f32(&self, data: &mut [f32], source: usize, tag: u16) -> Result<()> {
         self.comm.recv(bytemuck::cast_slice_mut(data), source, tag)
+    }
+
+    /// Sends bytes of any length to `dest` (its length first, then pieces of at most 1 GiB:
+    /// MPI counts are 32-bit).
+    pub fn send_vec(&self, data: &[u8], dest: usize, tag: u16) -> Result<()> {
+        self.comm
+            .send(&(data.len() as u64).to_le_bytes(), dest, tag)?;
+        for piece in data.chunks(MAX_MESSAGE) {
+            self.comm.send(piece, dest, tag)?;
+        }
+        Ok(())
+    }
+
+    /// Receives what [`send_vec`](Self::send_vec) sent from `source`.
+    pub fn recv_vec(&self, source: usize, tag: u16) -> Result<Vec<u8>> {
+        let mut len = [0u8; 8];
+        self.comm.recv(&mut len, source, tag)?;
+        let len = usize::try_from(u64::from_le_bytes(len)).map_err(|_| {
+            DistError::InvalidArgument(format!("rank {source} announced a message past memory"))
+        })?;
+        let mut data = vec![0u8; len];
+        for piece in data.chunks_mut(MAX_MESSAGE) {
+            self.comm.recv(piece, source, tag)?;
+        }
+        Ok(data)
     }
 
     /// Checks that every rank holds the same `value` (a setting, a data length), naming the

@@ -8,6 +8,8 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Tensor};
 
+use kiln_dist::TensorParallel;
+
 use crate::init::normal_linear;
 use crate::linear::LinearLayer;
 use crate::rotary::RotaryEmbedding;
@@ -57,8 +59,13 @@ pub struct MultiHeadAttention<L: LinearLayer = Linear> {
     pub attn_dropout: Dropout,
     /// Dropout on the output.
     pub resid_dropout: Dropout,
-    /// Number of heads.
+    /// Number of heads (this rank's share under tensor parallelism).
     pub n_head: usize,
+    /// The group the heads are split across, under tensor parallelism (Megatron's parallel
+    /// attention: q, k and v column-parallel, the output row-parallel); see
+    /// [`tensor_parallel`](crate::tensor_parallel).
+    #[module(skip)]
+    pub tensor_parallel: Option<TensorParallel>,
 }
 
 /// The keys and values of the positions seen so far, for one attention layer.
@@ -112,6 +119,7 @@ impl MultiHeadAttentionConfig {
             attn_dropout: DropoutConfig::new(self.attn_dropout).init(),
             resid_dropout: DropoutConfig::new(self.resid_dropout).init(),
             n_head: self.n_head,
+            tensor_parallel: None,
         }
     }
 }
@@ -130,6 +138,10 @@ impl<L: LinearLayer> MultiHeadAttention<L> {
         cache: Option<&mut LayerKvCache>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
+        let x = match &self.tensor_parallel {
+            Some(tp) => tp.copy_to_region(x),
+            None => x,
+        };
         let heads = self.n_head;
         // From the projection, not from `d_model`: structured pruning may have removed heads.
         let head_dim = self.query.d_out() / heads;
@@ -180,7 +192,11 @@ impl<L: LinearLayer> MultiHeadAttention<L> {
         let context = context
             .swap_dims(1, 2)
             .reshape([batch, seq, heads * head_dim]);
-        self.resid_dropout.forward(self.out.forward(context))
+        let out = match &self.tensor_parallel {
+            Some(tp) => tp.reduce_from_region(self.out.forward(context)),
+            None => self.out.forward(context),
+        };
+        self.resid_dropout.forward(out)
     }
 
     fn explicit_attention(

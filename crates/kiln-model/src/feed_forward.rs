@@ -5,6 +5,8 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Device, Tensor};
 
+use kiln_dist::TensorParallel;
+
 use crate::activation::Activation;
 use crate::init::normal_linear;
 use crate::linear::LinearLayer;
@@ -60,6 +62,11 @@ pub struct FeedForward<L: LinearLayer = Linear> {
     /// The non-linearity.
     #[module(skip)]
     pub activation: Activation,
+    /// The group the hidden units are split across, under tensor parallelism (Megatron's
+    /// parallel MLP: up and gate column-parallel, down row-parallel); see
+    /// [`tensor_parallel`](crate::tensor_parallel).
+    #[module(skip)]
+    pub tensor_parallel: Option<TensorParallel>,
 }
 
 impl FeedForwardConfig {
@@ -78,6 +85,7 @@ impl FeedForwardConfig {
             } else {
                 self.activation
             },
+            tensor_parallel: None,
         }
     }
 }
@@ -85,10 +93,20 @@ impl FeedForwardConfig {
 impl<L: LinearLayer> FeedForward<L> {
     /// `[batch, seq, d_model] -> [batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let tp = self.tensor_parallel.as_ref();
+        let x = match tp {
+            Some(tp) => tp.copy_to_region(x),
+            None => x,
+        };
         let hidden = match &self.gate {
             Some(gate) => self.activation.forward(gate.forward(x.clone())) * self.up.forward(x),
             None => self.activation.forward(self.up.forward(x)),
         };
-        self.dropout.forward(self.down.forward(hidden))
+        let out = self.down.forward(hidden);
+        let out = match tp {
+            Some(tp) => tp.reduce_from_region(out),
+            None => out,
+        };
+        self.dropout.forward(out)
     }
 }

@@ -537,6 +537,7 @@ impl<L: LinearLayer> Gpt<L> {
                     attn_dropout: attn.attn_dropout.clone(),
                     resid_dropout: attn.resid_dropout.clone(),
                     n_head: attn.n_head,
+                    tensor_parallel: attn.tensor_parallel.clone(),
                 },
                 ffn_norm: b.ffn_norm.clone(),
                 ffn: FeedForward {
@@ -545,6 +546,7 @@ impl<L: LinearLayer> Gpt<L> {
                     down: f("ffn.down", &ffn.down)?,
                     dropout: ffn.dropout.clone(),
                     activation: ffn.activation,
+                    tensor_parallel: ffn.tensor_parallel.clone(),
                 },
                 norm_position: b.norm_position,
             });

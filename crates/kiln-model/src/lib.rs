@@ -12,6 +12,8 @@
 //!   own (`load_model::<GptConfig>(dir, &device)`, no closure: the config builds the model).
 //! - Training: GPT and both BERT heads are kiln-base `TrainModel`s on kiln's batch types, and
 //!   `BlockStack`s for per-block activation recomputation (`train.rs`).
+//! - Parallelism: [`parallel`] cuts GPT and the BERTs into the parts of tensor (Megatron) and
+//!   pipeline parallelism (kiln-dist's `ParallelModel`).
 //! - Untrusted input: every size a config or file gives is bounded by a ceiling in [`limits`]
 //!   (raised with `KILN_LIMIT_<NAME>`), loaders check every tensor against the config before
 //!   the model's weights exist, and ids and targets are range-checked at the model's edge.
@@ -54,6 +56,7 @@ pub mod init;
 pub mod limits;
 pub mod linear;
 pub mod loss;
+pub mod parallel;
 pub mod rotary;
 pub mod sampling;
 pub mod store;

@@ -1,0 +1,280 @@
+//! GPT and the BERTs cut into parts for tensor and pipeline parallelism (kiln-dist's
+//! [`ParallelModel`]).
+//!
+//! - Tensor parallel (Megatron-LM): in every block, q, k and v are column-parallel (each rank
+//!   keeps `n_head/t` heads), attention's output row-parallel; the MLP's up (and gate)
+//!   column-parallel, its down row-parallel. The blocks then call kiln-dist's `f` and `g`
+//!   around each region ([`MultiHeadAttention::forward`], [`FeedForward::forward`]).
+//!   Embeddings, LayerNorms and the head are replicated: the vocabularies kiln trains on are
+//!   small next to the blocks, so the vocabulary-parallel embedding and cross-entropy of
+//!   Megatron (which never gather the logits whole) are left out; see `docs/distributed.md`.
+//! - Pipeline parallel: a stage keeps its consecutive blocks; the embeddings live on the first
+//!   stage, the final norm and head on the last, and a tied embedding on both. What a stage
+//!   does not hold becomes an empty tensor of the same id, so a part is still a model of the
+//!   same type (and kiln-dist's gather skips empty tensors).
+
+use burn::module::{Param, ParamId};
+use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::tensor::Tensor;
+use kiln_dist::model_parallel::{ModelPart, ParallelModel, TensorSplit};
+use kiln_dist::tensor_parallel::{TensorParallel, column_shard, row_shard};
+use kiln_dist::{DistError, Result};
+
+use crate::attention::MultiHeadAttention;
+use crate::bert::{Bert, BertForMaskedLm, BertForSequenceClassification};
+use crate::block::TransformerBlock;
+use crate::feed_forward::FeedForward;
+use crate::gpt::Gpt;
+
+impl TransformerBlock {
+    /// This rank's tensor-parallel shard of the block (Megatron's parallel attention and MLP).
+    pub fn into_tensor_parallel(self, tp: &TensorParallel) -> Result<Self> {
+        let attn = self.attn;
+        let heads = tp.shard("the number of heads", attn.n_head)?;
+        let ffn = self.ffn;
+        Ok(Self {
+            attn: MultiHeadAttention {
+                query: column_shard(attn.query, tp)?,
+                key: column_shard(attn.key, tp)?,
+                value: column_shard(attn.value, tp)?,
+                out: row_shard(attn.out, tp)?,
+                n_head: heads.len(),
+                tensor_parallel: Some(tp.clone()),
+                ..attn
+            },
+            ffn: FeedForward {
+                up: column_shard(ffn.up, tp)?,
+                gate: ffn.gate.map(|g| column_shard(g, tp)).transpose()?,
+                down: row_shard(ffn.down, tp)?,
+                tensor_parallel: Some(tp.clone()),
+                ..ffn
+            },
+            ..self
+        })
+    }
+
+    /// How this block's parameters are split (empty when it is not tensor-parallel).
+    pub fn tensor_splits(&self) -> Vec<(ParamId, TensorSplit)> {
+        if self.attn.tensor_parallel.is_none() {
+            return Vec::new();
+        }
+        let (attn, ffn) = (&self.attn, &self.ffn);
+        let mut splits = Vec::new();
+        let columns = [&attn.query, &attn.key, &attn.value, &ffn.up]
+            .into_iter()
+            .chain(ffn.gate.as_ref());
+        for linear in columns {
+            splits.push((linear.weight.id, TensorSplit::Dim(1)));
+            splits.extend(linear.bias.as_ref().map(|b| (b.id, TensorSplit::Dim(0))));
+        }
+        for linear in [&attn.out, &ffn.down] {
+            splits.push((linear.weight.id, TensorSplit::Dim(0)));
+            splits.extend(linear.bias.as_ref().map(|b| (b.id, TensorSplit::FirstRank)));
+        }
+        splits
+    }
+}
+
+/// The blocks of a stage, each split across the tensor-parallel group.
+fn stage_of(blocks: Vec<TransformerBlock>, part: &ModelPart) -> Result<Vec<TransformerBlock>> {
+    if part.blocks.end > blocks.len() {
+        return Err(DistError::InvalidArgument(format!(
+            "stage blocks {:?} of a model of {} blocks",
+            part.blocks,
+            blocks.len()
+        )));
+    }
+    blocks
+        .into_iter()
+        .skip(part.blocks.start)
+        .take(part.blocks.len())
+        .map(|block| match &part.tensor_parallel {
+            Some(tp) => block.into_tensor_parallel(tp),
+            None => Ok(block),
+        })
+        .collect()
+}
+
+fn block_splits(blocks: &[TransformerBlock]) -> Vec<(ParamId, TensorSplit)> {
+    blocks.iter().flat_map(|b| b.tensor_splits()).collect()
+}
+
+/// A parameter a stage does not hold: empty, with its id.
+fn emptied<const D: usize>(param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+    let (id, tensor, mapper) = param.consume();
+    let mut dims = tensor.dims();
+    dims[0] = 0;
+    let empty = Tensor::zeros(dims, &tensor.device());
+    Param::from_mapped_value(id, empty, mapper)
+}
+
+fn emptied_embedding(embedding: Embedding) -> Embedding {
+    Embedding {
+        weight: emptied(embedding.weight),
+    }
+}
+
+fn emptied_norm(mut norm: LayerNorm) -> LayerNorm {
+    norm.gamma = emptied(norm.gamma);
+    norm.beta = norm.beta.map(emptied);
+    norm
+}
+
+fn emptied_linear(linear: Linear) -> Linear {
+    Linear {
+        weight: emptied(linear.weight),
+        bias: linear.bias.map(emptied),
+    }
+}
+
+fn is_empty<const D: usize>(param: &Param<Tensor<D>>) -> bool {
+    param.dims()[0] == 0
+}
+
+impl ParallelModel for Gpt {
+    fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn into_part(self, part: &ModelPart) -> Result<Self> {
+        let tied = self.lm_head.is_none();
+        let blocks = stage_of(self.blocks, part)?;
+        let keeps_embedding = part.is_first() || (tied && part.is_last());
+        Ok(Self {
+            token_embedding: if keeps_embedding {
+                self.token_embedding
+            } else {
+                emptied_embedding(self.token_embedding)
+            },
+            position_embedding: self.position_embedding.map(|e| {
+                if part.is_first() {
+                    e
+                } else {
+                    emptied_embedding(e)
+                }
+            }),
+            blocks,
+            final_norm: if part.is_last() {
+                self.final_norm
+            } else {
+                emptied_norm(self.final_norm)
+            },
+            // An untied head off the last stage is emptied, not dropped: `None` stays the sign
+            // of a tied embedding on every stage.
+            lm_head: self
+                .lm_head
+                .map(|h| if part.is_last() { h } else { emptied_linear(h) }),
+            ..self
+        })
+    }
+
+    fn tensor_splits(&self) -> Vec<(ParamId, TensorSplit)> {
+        block_splits(&self.blocks)
+    }
+
+    fn tied_params(&self) -> Vec<ParamId> {
+        let weight = &self.token_embedding.weight;
+        if self.lm_head.is_none() && !is_empty(weight) {
+            vec![weight.id]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+impl Bert {
+    /// The encoder's part: its embeddings on the first stage, the pooler on the last; the word
+    /// embeddings also on the last when `tied` (the masked-LM decoder).
+    fn into_part(self, part: &ModelPart, tied: bool) -> Result<Self> {
+        let layers = stage_of(self.layers, part)?;
+        let mut embeddings = self.embeddings;
+        if !part.is_first() {
+            if !(tied && part.is_last()) {
+                embeddings.word = emptied_embedding(embeddings.word);
+            }
+            embeddings.position = emptied_embedding(embeddings.position);
+            embeddings.token_type = emptied_embedding(embeddings.token_type);
+            embeddings.norm = emptied_norm(embeddings.norm);
+        }
+        Ok(Self {
+            embeddings,
+            layers,
+            pooler: self
+                .pooler
+                .map(|p| if part.is_last() { p } else { emptied_linear(p) }),
+            ..self
+        })
+    }
+
+    fn tied_word_embedding(&self) -> Vec<ParamId> {
+        let weight = &self.embeddings.word.weight;
+        if is_empty(weight) {
+            Vec::new()
+        } else {
+            vec![weight.id]
+        }
+    }
+}
+
+impl ParallelModel for BertForMaskedLm {
+    fn num_blocks(&self) -> usize {
+        self.bert.layers.len()
+    }
+
+    fn into_part(self, part: &ModelPart) -> Result<Self> {
+        let last = part.is_last();
+        Ok(Self {
+            bert: self.bert.into_part(part, true)?,
+            transform: if last {
+                self.transform
+            } else {
+                emptied_linear(self.transform)
+            },
+            transform_norm: if last {
+                self.transform_norm
+            } else {
+                emptied_norm(self.transform_norm)
+            },
+            decoder_bias: if last {
+                self.decoder_bias
+            } else {
+                emptied(self.decoder_bias)
+            },
+            ..self
+        })
+    }
+
+    fn tensor_splits(&self) -> Vec<(ParamId, TensorSplit)> {
+        block_splits(&self.bert.layers)
+    }
+
+    fn tied_params(&self) -> Vec<ParamId> {
+        self.bert.tied_word_embedding()
+    }
+}
+
+impl ParallelModel for BertForSequenceClassification {
+    fn num_blocks(&self) -> usize {
+        self.bert.layers.len()
+    }
+
+    fn into_part(self, part: &ModelPart) -> Result<Self> {
+        Ok(Self {
+            bert: self.bert.into_part(part, false)?,
+            classifier: if part.is_last() {
+                self.classifier
+            } else {
+                emptied_linear(self.classifier)
+            },
+            ..self
+        })
+    }
+
+    fn tensor_splits(&self) -> Vec<(ParamId, TensorSplit)> {
+        block_splits(&self.bert.layers)
+    }
+
+    fn tied_params(&self) -> Vec<ParamId> {
+        Vec::new()
+    }
+}

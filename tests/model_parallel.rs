@@ -1,0 +1,285 @@
+//! Tensor and pipeline parallelism against one process holding the same weights. Each test
+//! runs this binary's ignored `child` test under `mpirun` (see `common`); every rank also
+//! builds the whole model and checks its own part against it. They need the `mpi` feature and
+//! Open MPI (`cargo test --release --features mpi --test model_parallel`); without them each
+//! test says loudly that it was skipped.
+
+mod common;
+
+use burn::module::{ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use common::{CHILD, assert_success, launch};
+use kiln::base::{MlmBatch, TrainModel};
+use kiln::dist::{GridShape, ModelParallel, ParallelModel, ProcessGrid, ProcessGroup, TensorSplit};
+use kiln::model::bert::{BertConfig, BertForMaskedLm, BertInput};
+use kiln::prelude::*;
+use kiln::train::param_ids::stable_param_ids;
+use std::collections::HashMap;
+
+/// What a child does: read the scenario and run it on this rank.
+#[test]
+#[ignore = "a rank of the multi-process tests: they run it under mpirun"]
+fn child() {
+    let scenario = std::env::var(CHILD).expect("run by the model_parallel tests under mpirun");
+    let world = ProcessGroup::from_env().expect("a process group");
+    let shape = |t: usize, p: usize| GridShape {
+        tensor: t,
+        pipeline: p,
+    };
+    let n = world.size();
+    match scenario.as_str() {
+        "tensor_gpt" => tensor_parallel_matches(world, shape(n, 1), gpt_case),
+        "tensor_bert" => tensor_parallel_matches(world, shape(n, 1), bert_case),
+        "gather_pipeline" => gathered_whole(world, shape(1, n)),
+        "gather_grid" => gathered_whole(world, shape(2, n / 2)),
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+fn gpt_config() -> GptConfig {
+    GptConfig::new(37)
+        .with_block_size(12)
+        .with_n_layer(4)
+        .with_n_head(4)
+        .with_d_model(32)
+        .with_d_ff(Some(48))
+}
+
+/// The whole model, the same on every rank (the device is seeded), with kiln's stable ids.
+fn whole_gpt(seed: u64, device: &Device) -> Gpt {
+    device.seed(seed);
+    stable_param_ids(gpt_config().init(device).unwrap())
+}
+
+/// Ids in range, the same on every rank.
+fn ids(batch: usize, seq: usize, vocab: usize, salt: usize, device: &Device) -> Tensor<2, Int> {
+    let values: Vec<i64> = (0..batch * seq)
+        .map(|i| ((i * 7 + salt * 13 + i * i) % vocab) as i64)
+        .collect();
+    Tensor::from_data(TensorData::new(values, [batch, seq]), device)
+}
+
+/// A model and a batch it trains on; the loss and gradients of one step.
+type Case<M> = fn(&Device) -> (M, Box<dyn Fn(&M) -> (Tensor<3>, Tensor<1>)>);
+
+fn gpt_case(device: &Device) -> (Gpt, Box<dyn Fn(&Gpt) -> (Tensor<3>, Tensor<1>)>) {
+    let batch = LmBatch {
+        inputs: ids(3, 10, 37, 1, device),
+        targets: ids(3, 10, 37, 2, device),
+    };
+    let run = move |model: &Gpt| {
+        let logits = model.forward(batch.inputs.clone()).unwrap();
+        let loss = model.forward_step(&batch).unwrap().loss;
+        (logits, loss)
+    };
+    (whole_gpt(7, device), Box::new(run))
+}
+
+fn bert_case(
+    device: &Device,
+) -> (
+    BertForMaskedLm,
+    Box<dyn Fn(&BertForMaskedLm) -> (Tensor<3>, Tensor<1>)>,
+) {
+    device.seed(11);
+    let config = BertConfig::new(29)
+        .with_hidden_size(24)
+        .with_num_hidden_layers(2)
+        .with_num_attention_heads(4)
+        .with_intermediate_size(40)
+        .with_max_position_embeddings(16)
+        .with_hidden_dropout_prob(0.0)
+        .with_attention_probs_dropout_prob(0.0);
+    let model = stable_param_ids(config.init_masked_lm(device).unwrap());
+    let input_ids = ids(2, 9, 29, 3, device);
+    // The second sequence is padded after 6 tokens; labels on a few real tokens.
+    let padding = Tensor::<2, Int>::from_data(
+        TensorData::new(
+            (0..18).map(|i| i64::from(i >= 15)).collect::<Vec<_>>(),
+            [2, 9],
+        ),
+        device,
+    )
+    .equal_elem(1);
+    let labels: Vec<i64> = (0..18)
+        .map(|i| {
+            if i % 3 == 0 && i < 15 {
+                (i % 29) as i64
+            } else {
+                -100
+            }
+        })
+        .collect();
+    let batch = MlmBatch {
+        input_ids: input_ids.clone(),
+        token_type_ids: input_ids.zeros_like(),
+        padding_mask: padding,
+        labels: Tensor::from_data(TensorData::new(labels, [2, 9]), device),
+    };
+    let run = move |model: &BertForMaskedLm| {
+        let input = BertInput {
+            input_ids: batch.input_ids.clone(),
+            token_type_ids: Some(batch.token_type_ids.clone()),
+            attention_mask: Some(batch.padding_mask.clone().bool_not().int()),
+        };
+        let logits = model.forward(input).unwrap();
+        let loss = model.forward_step(&batch).unwrap().loss;
+        (logits, loss)
+    };
+    (model, Box::new(run))
+}
+
+/// Largest difference between two tensors, relative to the larger's scale (at least 1).
+fn relative_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let values = |t: Tensor<D>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let (a, b) = (values(a), values(b));
+    let scale = a.iter().chain(&b).fold(1.0f32, |m, x| m.max(x.abs()));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+/// Tensor-parallel logits and every gradient of this rank's shard within 1e-5 of the whole
+/// model's on one process.
+fn tensor_parallel_matches<M: ParallelModel + TrainModel<B> + Clone, B>(
+    world: ProcessGroup,
+    shape: GridShape,
+    case: Case<M>,
+) where
+    B: kiln::base::Batch,
+{
+    let device = Device::flex().autodiff();
+    let (whole, run) = case(&device);
+    let grid = ProcessGrid::new(world, shape).unwrap();
+    let mp = ModelParallel::new(grid, whole.num_blocks()).unwrap();
+    let part = mp.partition(whole.clone()).unwrap();
+
+    let (whole_logits, whole_loss) = run(&whole);
+    let (part_logits, part_loss) = run(&part);
+    let logits_diff = relative_diff(whole_logits, part_logits);
+    assert!(logits_diff <= 1e-5, "logits differ by {logits_diff:e}");
+    let whole_grads = GradientsParams::from_grads(whole_loss.clone().backward(), &whole);
+    let part_grads = GradientsParams::from_grads(part_loss.clone().backward(), &part);
+    let loss_diff = relative_diff(whole_loss, part_loss);
+    assert!(loss_diff <= 1e-6, "losses differ by {loss_diff:e}");
+
+    let mut compare = CompareGrads {
+        splits: part.tensor_splits().into_iter().collect(),
+        rank: mp.grid().tensor().rank(),
+        whole: &whole_grads,
+        part: &part_grads,
+        checked: 0,
+        split: 0,
+    };
+    part.visit(&mut compare);
+    assert!(compare.split > 0, "no parameter was split");
+    assert!(
+        compare.checked > compare.split,
+        "replicated parameters were checked"
+    );
+}
+
+struct CompareGrads<'a> {
+    splits: HashMap<ParamId, TensorSplit>,
+    rank: usize,
+    whole: &'a GradientsParams,
+    part: &'a GradientsParams,
+    checked: usize,
+    split: usize,
+}
+
+impl ModuleVisitor for CompareGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let whole = self.whole.get::<D>(param.id);
+        let part = self.part.get::<D>(param.id);
+        let (Some(whole), Some(part)) = (whole, part) else {
+            assert!(
+                self.part.get::<D>(param.id).is_none(),
+                "a gradient the whole model lacks: {:?}",
+                param.id
+            );
+            return;
+        };
+        let expected = match self.splits.get(&param.id) {
+            Some(TensorSplit::Dim(dim)) => {
+                self.split += 1;
+                let len = part.dims()[*dim];
+                whole.narrow(*dim, self.rank * len, len)
+            }
+            Some(TensorSplit::FirstRank) | None => whole,
+        };
+        let diff = relative_diff(expected, part);
+        assert!(
+            diff <= 1e-5,
+            "gradient of {:?} differs by {diff:e}",
+            param.id
+        );
+        self.checked += 1;
+    }
+}
+
+/// Every parameter of a module on the host, by id.
+fn host_params<M: Module>(model: &M) -> HashMap<ParamId, (Vec<usize>, Vec<f32>)> {
+    struct Host(HashMap<ParamId, (Vec<usize>, Vec<f32>)>);
+    impl ModuleVisitor for Host {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            let values = t.to_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+            self.0.insert(param.id, (t.dims().to_vec(), values));
+        }
+    }
+    let mut host = Host(HashMap::new());
+    model.visit(&mut host);
+    host.0
+}
+
+/// Cut into parts and gathered again, the whole model comes back bit for bit on rank 0
+/// (into a template of other weights).
+fn gathered_whole(world: ProcessGroup, shape: GridShape) {
+    let device = Device::flex();
+    let whole = whole_gpt(7, &device);
+    let template = world.is_main().then(|| whole_gpt(8, &device));
+    let grid = ProcessGrid::new(world.clone(), shape).unwrap();
+    let mp = ModelParallel::new(grid, whole.num_blocks()).unwrap();
+    let part = mp.partition(whole.clone()).unwrap();
+    // Each stage holds its blocks only.
+    let blocks = mp.part().blocks.clone();
+    assert_eq!(part.blocks.len(), blocks.len());
+    let gathered = mp.gather(&part, template).unwrap();
+    assert_eq!(gathered.is_some(), world.is_main());
+    if let Some(gathered) = gathered {
+        assert_eq!(host_params(&gathered), host_params(&whole));
+    }
+}
+
+#[test]
+fn tensor_parallel_gpt_matches_one_process() {
+    skip_unless_mpi!();
+    for ranks in [2, 4] {
+        let output = launch(ranks, false, "tensor_gpt", &[]);
+        assert_success(&output, &format!("tensor-parallel GPT on {ranks} ranks"));
+    }
+}
+
+#[test]
+fn tensor_parallel_bert_matches_one_process() {
+    skip_unless_mpi!();
+    let output = launch(2, false, "tensor_bert", &[]);
+    assert_success(&output, "tensor-parallel BERT on 2 ranks");
+}
+
+#[test]
+fn parts_gather_into_the_whole_model() {
+    skip_unless_mpi!();
+    for (ranks, scenario) in [
+        (2, "gather_pipeline"),
+        (4, "gather_pipeline"),
+        (4, "gather_grid"),
+    ] {
+        let output = launch(ranks, false, scenario, &[]);
+        assert_success(&output, &format!("{scenario} on {ranks} ranks"));
+    }
+}
