@@ -32,7 +32,7 @@ use burn::data::dataset::Dataset;
 use burn::module::{ModuleVisitor, Param};
 use clap::Parser;
 use kiln::data::addition::{AdditionBatcher, AdditionDataset};
-use kiln::dist::{ProcessGroup, ReduceDtype};
+use kiln::dist::{PipelineSchedule, ProcessGroup, ReduceDtype};
 use kiln::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -59,8 +59,9 @@ struct Args {
     /// Sequences per micro-batch.
     #[arg(long)]
     batch: Option<usize>,
-    /// Micro-batches per optimizer step (gradient accumulation).
-    #[arg(long)]
+    /// Micro-batches per optimizer step (gradient accumulation; under pipeline parallelism,
+    /// the pipeline's micro-batches).
+    #[arg(long, alias = "micro-batches")]
     accum: Option<usize>,
     /// Peak learning rate.
     #[arg(long)]
@@ -126,6 +127,16 @@ struct Args {
     /// The dtype gradients travel in under mpirun.
     #[arg(long, value_enum)]
     reduce_dtype: Option<ReduceDtype>,
+    /// Under mpirun: ranks each block's matrices are split across (Megatron's tensor
+    /// parallelism); must divide the heads and the MLP width.
+    #[arg(long)]
+    tensor_parallel: Option<usize>,
+    /// Under mpirun: pipeline stages the blocks are cut into.
+    #[arg(long)]
+    pipeline_parallel: Option<usize>,
+    /// The pipeline's schedule.
+    #[arg(long, value_enum)]
+    schedule: Option<PipelineSchedule>,
     /// Save the trained model into this folder with its config (and tokenizer for text data):
     /// `kiln::saved::load::<GptConfig>(dir, &device)` reads it back.
     #[arg(long)]
@@ -235,6 +246,10 @@ fn run_config(args: &Args) -> kiln::Result<GptRun> {
     }
     set(&mut dp.bucket_mb, args.bucket_mb);
     set(&mut dp.reduce_dtype, args.reduce_dtype);
+    let mp = &mut t.model_parallel;
+    set(&mut mp.tensor_parallel, args.tensor_parallel);
+    set(&mut mp.pipeline_parallel, args.pipeline_parallel);
+    set(&mut mp.schedule, args.schedule);
     if (t.resume || t.checkpoint_every > 0) && t.checkpoint_dir.is_none() && t.run_dir.is_none() {
         t.checkpoint_dir = Some("checkpoints/train_gpt".into());
     }
@@ -361,6 +376,7 @@ fn train(args: &Args, group: &ProcessGroup) -> kiln::Result<()> {
     let outcome = Trainer::new(&run, train)?
         .with_eval(eval)
         .with_process_group(group.clone())
+        .with_model_parallel()
         .fit(gpt, &device)?;
     if !main {
         return Ok(());

@@ -10,7 +10,9 @@ use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use common::{CHILD, assert_success, launch};
 use kiln::base::{MlmBatch, TrainModel};
-use kiln::dist::{GridShape, ModelParallel, ParallelModel, ProcessGrid, ProcessGroup, TensorSplit};
+use kiln::dist::{
+    ModelParallel, ModelParallelConfig, ParallelModel, ProcessGrid, ProcessGroup, TensorSplit,
+};
 use kiln::model::bert::{BertConfig, BertForMaskedLm, BertInput};
 use kiln::prelude::*;
 use kiln::train::param_ids::stable_param_ids;
@@ -22,9 +24,10 @@ use std::collections::HashMap;
 fn child() {
     let scenario = std::env::var(CHILD).expect("run by the model_parallel tests under mpirun");
     let world = ProcessGroup::from_env().expect("a process group");
-    let shape = |t: usize, p: usize| GridShape {
-        tensor: t,
-        pipeline: p,
+    let shape = |t: usize, p: usize| {
+        ModelParallelConfig::new()
+            .with_tensor_parallel(t)
+            .with_pipeline_parallel(p)
     };
     let n = world.size();
     match scenario.as_str() {
@@ -146,14 +149,14 @@ fn relative_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
 /// model's on one process.
 fn tensor_parallel_matches<M: ParallelModel + TrainModel<B> + Clone, B>(
     world: ProcessGroup,
-    shape: GridShape,
+    shape: ModelParallelConfig,
     case: Case<M>,
 ) where
     B: kiln::base::Batch,
 {
     let device = Device::flex().autodiff();
     let (whole, run) = case(&device);
-    let grid = ProcessGrid::new(world, shape).unwrap();
+    let grid = ProcessGrid::new(world, &shape).unwrap();
     let mp = ModelParallel::new(grid, whole.num_blocks()).unwrap();
     let part = mp.partition(whole.clone()).unwrap();
 
@@ -238,11 +241,11 @@ fn host_params<M: Module>(model: &M) -> HashMap<ParamId, (Vec<usize>, Vec<f32>)>
 
 /// Cut into parts and gathered again, the whole model comes back bit for bit on rank 0
 /// (into a template of other weights).
-fn gathered_whole(world: ProcessGroup, shape: GridShape) {
+fn gathered_whole(world: ProcessGroup, shape: ModelParallelConfig) {
     let device = Device::flex();
     let whole = whole_gpt(7, &device);
     let template = world.is_main().then(|| whole_gpt(8, &device));
-    let grid = ProcessGrid::new(world.clone(), shape).unwrap();
+    let grid = ProcessGrid::new(world.clone(), &shape).unwrap();
     let mp = ModelParallel::new(grid, whole.num_blocks()).unwrap();
     let part = mp.partition(whole.clone()).unwrap();
     // Each stage holds its blocks only.

@@ -1,4 +1,4 @@
-//! The data-parallel settings of a run (part of kiln-train's `TrainerConfig`).
+//! The data- and model-parallel settings of a run (part of kiln-train's `TrainerConfig`).
 
 use burn::config::Config;
 
@@ -54,5 +54,52 @@ impl DataParallelConfig {
     /// Elements of f32 per bucket (at least one).
     pub fn bucket_elements(&self) -> usize {
         ((self.bucket_mb * 1e6 / 4.0) as usize).max(1)
+    }
+}
+
+/// The order in which a pipeline stage runs the forward and backward passes of a step's
+/// micro-batches.
+#[derive(Config, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum PipelineSchedule {
+    /// GPipe (Huang et al. 2019): every forward, then every backward; each stage keeps the
+    /// activations of all `m` micro-batches.
+    GPipe,
+    /// 1F1B (PipeDream-Flush, Narayanan et al. 2021): after a warm-up, one forward then one
+    /// backward; a stage keeps at most `p - stage` micro-batches in flight. The same bubble
+    /// as GPipe, less memory.
+    OneFOneB,
+}
+
+/// How the model is cut: each layer across `tensor_parallel` ranks (Megatron-LM), the blocks
+/// into `pipeline_parallel` stages; the world's remaining factor trains data-parallel.
+#[derive(Config, Debug, PartialEq)]
+pub struct ModelParallelConfig {
+    /// Ranks each block's matrices are split across; must divide the number of heads and the
+    /// MLP width.
+    #[config(default = 1)]
+    pub tensor_parallel: usize,
+    /// Pipeline stages the blocks are cut into (at most the number of blocks).
+    #[config(default = 1)]
+    pub pipeline_parallel: usize,
+    /// The pipeline's schedule; the step's micro-batches are its gradient accumulation.
+    #[config(default = "PipelineSchedule::OneFOneB")]
+    pub schedule: PipelineSchedule,
+}
+
+impl ModelParallelConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.tensor_parallel == 0 || self.pipeline_parallel == 0 {
+            return Err(DistError::InvalidArgument(
+                "tensor_parallel and pipeline_parallel must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the model is split at all.
+    pub fn is_model_parallel(&self) -> bool {
+        self.tensor_parallel * self.pipeline_parallel > 1
     }
 }

@@ -12,34 +12,9 @@
 //! | pipeline | data and tensor index | activations and their gradients, between stages |
 //! | embedding | the first and last stage of one pipeline | the tied embedding's gradient |
 
+use crate::config::ModelParallelConfig;
 use crate::error::{DistError, Result};
 use crate::process_group::ProcessGroup;
-
-/// How many ranks split each layer (`tensor`) and how many stages the blocks are cut into
-/// (`pipeline`); the world's remaining factor trains data-parallel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct GridShape {
-    /// Tensor-parallel size `t`.
-    pub tensor: usize,
-    /// Pipeline-parallel size `p` (the number of stages).
-    pub pipeline: usize,
-}
-
-impl Default for GridShape {
-    fn default() -> Self {
-        Self {
-            tensor: 1,
-            pipeline: 1,
-        }
-    }
-}
-
-impl GridShape {
-    /// Whether the model is split at all (`t · p > 1`).
-    pub fn is_model_parallel(&self) -> bool {
-        self.tensor * self.pipeline > 1
-    }
-}
 
 /// This rank's place in the grid and the groups it belongs to.
 #[derive(Clone, Debug)]
@@ -52,9 +27,14 @@ pub struct ProcessGrid {
 }
 
 impl ProcessGrid {
-    /// Splits `world` into the grid's groups (every rank calls it, with the same `shape`).
-    pub fn new(world: ProcessGroup, shape: GridShape) -> Result<Self> {
-        let (n, t, p) = (world.size(), shape.tensor, shape.pipeline);
+    /// Splits `world` into the grid's groups (every rank calls it, with the same config).
+    pub fn new(world: ProcessGroup, config: &ModelParallelConfig) -> Result<Self> {
+        config.validate()?;
+        let (n, t, p) = (
+            world.size(),
+            config.tensor_parallel,
+            config.pipeline_parallel,
+        );
         if t == 0 || p == 0 || !n.is_multiple_of(t * p) {
             return Err(DistError::InvalidArgument(format!(
                 "{n} ranks do not divide into tensor-parallel {t} × pipeline-parallel {p} (the number of processes must be a multiple of {})",
@@ -121,14 +101,6 @@ impl ProcessGrid {
     /// there is one stage).
     pub fn embedding(&self) -> &ProcessGroup {
         &self.embedding
-    }
-
-    /// The shape.
-    pub fn shape(&self) -> GridShape {
-        GridShape {
-            tensor: self.tensor.size(),
-            pipeline: self.pipeline.size(),
-        }
     }
 
     /// This rank's stage.

@@ -18,7 +18,8 @@
 //!   tied embedding's gradient, the whole model's gradient norm, the whole model gathered.
 //! - [`TensorParallel`] ([`tensor_parallel`]): Megatron's column- and row-parallel layers and
 //!   its `f`/`g` operations, with their own backward.
-//! - [`DataParallelConfig`], [`ReduceDtype`] (`config.rs`), [`DistError`].
+//! - [`DataParallelConfig`], [`ReduceDtype`], [`ModelParallelConfig`], [`PipelineSchedule`]
+//!   (`config.rs`), [`DistError`].
 //!
 //! ```
 //! use kiln_dist::{ProcessGroup, ReduceOp};
@@ -50,10 +51,10 @@ pub mod tensor;
 pub mod tensor_parallel;
 
 pub use communicator::{Communicator, ReduceOp, SingleProcess};
-pub use config::{DataParallelConfig, ReduceDtype};
+pub use config::{DataParallelConfig, ModelParallelConfig, PipelineSchedule, ReduceDtype};
 pub use data_parallel::DataParallel;
 pub use error::{DistError, Result};
-pub use grid::{GridShape, ProcessGrid};
+pub use grid::ProcessGrid;
 pub use model_parallel::{ModelParallel, ModelPart, ParallelModel, TensorSplit};
 /// The rsmpi crate kiln's MPI engine is built on (for benchmarks against it, or MPI calls of
 /// your own once a [`ProcessGroup`] has initialized MPI).

@@ -11,14 +11,19 @@ use burn::tensor::Tensor;
 
 use crate::error::OptimError;
 
-/// Sums `g²` over every gradient of the module into one on-device scalar tensor.
-struct SquaredNorm<'a> {
+/// Sums `g²` over the gradients of the module's parameters that `counts` into one on-device
+/// scalar tensor.
+struct SquaredNorm<'a, F> {
     grads: &'a GradientsParams,
+    counts: F,
     total: Option<Tensor<1>>,
 }
 
-impl ModuleVisitor for SquaredNorm<'_> {
+impl<F: Fn(ParamId) -> bool> ModuleVisitor for SquaredNorm<'_, F> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if !(self.counts)(param.id) {
+            return;
+        }
         if let Some(grad) = self.grads.get::<D>(param.id) {
             let squares = grad.square().sum();
             self.total = Some(match self.total.take() {
@@ -32,13 +37,25 @@ impl ModuleVisitor for SquaredNorm<'_> {
 /// Global L2 norm over every parameter's gradient of `module` (the total norm of
 /// `torch.nn.utils.clip_grad_norm_`). Parameters without a gradient count as zero.
 pub fn grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
-    let mut visitor = SquaredNorm { grads, total: None };
+    grad_squares(module, grads, |_| true).sqrt()
+}
+
+/// The sum of squares of the gradients of the parameters that `counts` (the part of a global
+/// norm that one rank of a model-parallel run holds). One value read back.
+pub fn grad_squares<M: Module>(
+    module: &M,
+    grads: &GradientsParams,
+    counts: impl Fn(ParamId) -> bool,
+) -> f64 {
+    let mut visitor = SquaredNorm {
+        grads,
+        counts,
+        total: None,
+    };
     module.visit(&mut visitor);
-    match visitor.total {
-        // One read-back for the whole model.
-        Some(total) => (total.into_scalar::<f32>() as f64).sqrt(),
-        None => 0.0,
-    }
+    visitor
+        .total
+        .map_or(0.0, |total| total.into_scalar::<f32>() as f64)
 }
 
 /// Rewrites every gradient of the module through `f` (rank-generic).

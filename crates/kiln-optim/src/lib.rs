@@ -11,7 +11,7 @@
 //! - [`groups`]: parameter groups by path, [`DEFAULT_NO_DECAY`], [`GroupRule`] overrides,
 //!   per-group learning-rate multipliers.
 //! - [`regularization`]: coupled L2, decoupled decay, L1 (subgradient or proximal), elastic net.
-//! - [`clip`]: whole-model gradient utilities: [`grad_norm`], [`scale_grads`], [`add_grads`],
+//! - [`clip`]: whole-model gradient utilities: [`grad_norm`] (and its [`grad_squares`]), [`scale_grads`], [`add_grads`],
 //!   [`clip_grad_norm`] (torch `clip_grad_norm_` semantics), [`clip_grad_norm_lamb`].
 //! - [`schedule`]: HF warmup schedules, SGDR, step, exponential and one-cycle, as Burn
 //!   `LrScheduler`s; [`ScheduleConfig`] (serializable) sizes a schedule whose `total_steps`
@@ -64,7 +64,9 @@ pub mod sgd;
 mod state;
 
 pub use adam::{AdamConfig, AdamWConfig};
-pub use clip::{add_grads, clip_grad_norm, clip_grad_norm_lamb, grad_norm, scale_grads};
+pub use clip::{
+    add_grads, clip_grad_norm, clip_grad_norm_lamb, grad_norm, grad_squares, scale_grads,
+};
 pub use error::OptimError;
 pub use groups::{DEFAULT_NO_DECAY, GroupRule, GroupSettings, param_paths};
 pub use lamb::LambConfig;

@@ -8,7 +8,7 @@ use crate::limits;
 use crate::loss_scale::LossScaleConfig;
 use crate::recompute::Recompute;
 use kiln_base::Precision;
-use kiln_dist::DataParallelConfig;
+use kiln_dist::{DataParallelConfig, ModelParallelConfig};
 
 /// What to do when the loss or the gradient norm is NaN or infinite in an f32 or bf16 run
 /// (f16 runs skip the step and back off the loss scale instead).
@@ -101,6 +101,10 @@ pub struct TrainerConfig {
     /// gradient buckets, the reduction dtype, ZeRO-1. Ignored by a single process.
     #[config(default = "DataParallelConfig::new()")]
     pub data_parallel: DataParallelConfig,
+    /// Tensor and pipeline parallelism (`Trainer::with_model_parallel`): how the model is cut
+    /// across the process group; the pipeline's micro-batches are `grad_accumulation`.
+    #[config(default = "ModelParallelConfig::new()")]
+    pub model_parallel: ModelParallelConfig,
 }
 
 impl TrainerConfig {
@@ -144,6 +148,9 @@ impl TrainerConfig {
         }
         self.loss_scale.validate().or_else(bad)?;
         self.data_parallel
+            .validate()
+            .map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
+        self.model_parallel
             .validate()
             .map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
         if let Some(es) = &self.early_stopping {

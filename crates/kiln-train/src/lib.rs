@@ -19,6 +19,9 @@
 //! - [`checkpoint`]: atomic checkpoints, exact resume, corrupt files named and skipped; each
 //!   carries its run's id, and a run folder is locked while a run uses it.
 //! - [`limits`]: ceilings on the sizes read from configs, flags and checkpoints.
+//! - model parallelism (`model_parallel.rs`): tensor and pipeline parallelism through
+//!   kiln-dist's `ModelParallel`, for a model that is a `ParallelModel`
+//!   ([`Trainer::with_model_parallel`]); checkpoints hold the whole model.
 //! - [`param_ids`]: parameter ids stable across processes, so optimizer state resumes.
 //! - [`metrics_log`], [`plot`], [`progress`]: JSON lines, an SVG plot, a progress display.
 
@@ -34,6 +37,7 @@ pub mod evaluate;
 pub mod limits;
 pub mod loss_scale;
 pub mod metrics_log;
+mod model_parallel;
 pub mod param_ids;
 pub mod plot;
 pub mod progress;

@@ -9,7 +9,7 @@ use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, GradientCheckpointingStrategy, Tensor};
 use kiln_base::{Batch, BoxError, TrainModel, seed};
-use kiln_dist::{DataParallel, ProcessGroup, ReduceOp};
+use kiln_dist::{DataParallel, ParallelModel, ProcessGroup, ReduceOp};
 use kiln_optim::{OptimizerConfig, ScheduleConfig, grad_norm, scale_grads};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -23,6 +23,7 @@ use crate::error::{Result, TrainError};
 use crate::evaluate::{EvalMetrics, evaluate_in};
 use crate::limits;
 use crate::metrics_log::{METRICS_FILE, MetricsLog, MetricsRecord};
+use crate::model_parallel::{ModelSplit, Parts, PartsOf, all_finite};
 use crate::param_ids::stable_param_ids;
 use crate::plot::training_plot;
 use crate::progress::Progress;
@@ -80,6 +81,7 @@ pub struct Trainer<M, B> {
     eval: Option<BatchSource<B>>,
     hooks: Vec<Box<dyn StepHook<M>>>,
     group: ProcessGroup,
+    parts: Option<Box<dyn Parts<M>>>,
 }
 
 impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
@@ -100,6 +102,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             eval: None,
             hooks: Vec::new(),
             group: ProcessGroup::single(),
+            parts: None,
         })
     }
 
@@ -112,6 +115,26 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
     pub fn with_process_group(mut self, group: ProcessGroup) -> Self {
         self.group = group;
         self
+    }
+
+    /// The run's model split, when `TrainerConfig::model_parallel` asks for one.
+    fn model_split(&mut self, world: &ProcessGroup, model: &M) -> Result<Option<ModelSplit<M>>> {
+        let config = &self.config.model_parallel;
+        if !config.is_model_parallel() {
+            return Ok(None);
+        }
+        let Some(parts) = self.parts.take() else {
+            return Err(TrainError::InvalidConfig(
+                "tensor or pipeline parallelism needs a model that is a ParallelModel: build the trainer with `with_model_parallel`".into(),
+            ));
+        };
+        if matches!(self.optimizer, OptimizerConfig::Lamb(_)) {
+            // LAMB's trust ratios are per whole tensor, and a part holds slices of them.
+            return Err(TrainError::InvalidConfig(
+                "LAMB does not combine with tensor or pipeline parallelism (its trust ratio needs each whole tensor); use AdamW".into(),
+            ));
+        }
+        ModelSplit::new(world, config, parts, model).map(Some)
     }
 
     /// Evaluation data: loss, perplexity and accuracy every `eval_every` steps.
@@ -143,16 +166,30 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
         }
         let device = config.recompute.training_device(device);
         let group = self.group.clone();
-        let (rank, ranks) = (group.rank(), group.size());
         let mut model = prepare(model, config.recompute);
-        // Every rank runs the same config on the same data from rank 0's weights.
-        let dp = DataParallel::new(group.clone(), config.data_parallel.clone(), &model)?;
+        // Every rank runs the same config on the same data.
         group.check_same("the run config", self.run.to_string().as_bytes())?;
         group.check_same(
             "the number of training items",
             self.train.len().to_string().as_bytes(),
         )?;
+        // Tensor and pipeline parallelism: every rank keeps its part of the model (the whole
+        // one stays until a checkpoint is restored into it); the data-parallel replicas of
+        // each part are the ranks of the grid's data group.
+        let split = self.model_split(&group, &model)?;
+        let whole = split.as_ref().map(|_| model.clone());
+        if let Some(split) = &split {
+            model = split.partition(model)?;
+        }
+        let data_group = split
+            .as_ref()
+            .map_or_else(|| group.clone(), |s| s.grid().data().clone());
+        let (rank, ranks) = (data_group.rank(), data_group.size());
+        // Every replica starts from the weights of the data group's rank 0.
+        let dp = DataParallel::new(data_group.clone(), config.data_parallel.clone(), &model)?;
         model = dp.check_and_broadcast(model)?;
+        // Under model parallelism each rank's optimizer state is its own.
+        let shard_optimizer = dp.shards_optimizer() || split.is_some();
         let mut order = DataOrder::new(
             self.train.len(),
             config.batch_size,
@@ -188,7 +225,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             early_stopping: config.early_stopping.as_ref().map(|c| c.init()),
             stopped_early: false,
             best_eval: None,
-            world_size: ranks,
+            world_size: group.size(),
             train_items: self.train.len(),
         };
         let quiet = config.quiet || !group.is_main();
@@ -197,11 +234,14 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
         let mut best_model: Option<M> = None;
         if let Some(dir) = checkpoints.as_ref().filter(|_| config.resume)
             && let Some(restored) = self.restore(
-                model.clone(),
+                whole.clone().unwrap_or_else(|| model.clone()),
+                split.as_ref(),
                 &mut optimizer,
                 scheduler.as_mut(),
                 dir,
-                &dp,
+                &group,
+                shard_optimizer,
+                ranks,
                 &order,
                 total,
                 &progress,
@@ -211,6 +251,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             resumed_from = Some(state.step);
             progress = Progress::new(state.step, total, B::UNITS, quiet);
         }
+        drop(whole);
         let identity = RunIdentity::of_this_process(&run_id);
         for lock in &mut locks {
             lock.record(&identity)?;
@@ -246,7 +287,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 }
             }
             let mut units = [batches.iter().map(|(_, b)| b.weight() as f64).sum::<f64>()];
-            group.all_reduce_f64(&mut units, ReduceOp::Sum)?;
+            data_group.all_reduce_f64(&mut units, ReduceOp::Sum)?;
             let units = units[0] as usize;
 
             // 2. Forward and backward of each, gradients averaged by weight, then summed over
@@ -255,16 +296,27 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             let (loss, grads) = accumulate_gradients(
                 &model, &batches, units, loss_scale, step_seed, &config, &device,
             )?;
-            let mut loss = [loss];
+            // One rank per replica reports the loss (the parts of one replica share it).
+            let mut loss = [if split.as_ref().is_none_or(|s| s.reports_loss()) {
+                loss
+            } else {
+                0.0
+            }];
             group.all_reduce_f64(&mut loss, ReduceOp::Sum)?;
             let loss = loss[0];
             let mut grads = dp.all_reduce_gradients(&model, grads)?;
+            if let Some(split) = &split {
+                grads = split.sync_tied(&model, grads)?;
+            }
 
             // 3. Unscale, check, clip (every rank holds the same gradients: same decisions).
             if loss_scale != 1.0 {
                 grads = scale_grads(&model, grads, 1.0 / loss_scale);
             }
-            let norm = grad_norm(&model, &grads);
+            let norm = match &split {
+                Some(split) => split.grad_norm(&model, &grads)?,
+                None => grad_norm(&model, &grads),
+            };
             let lr = scheduler.step();
             state.step += 1;
             state.units_seen = state.units_seen.saturating_add(units as u64);
@@ -284,9 +336,9 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 let grads = dp.owned_gradients(&model, grads)?;
                 model = optimizer.step(lr, model, grads);
                 model = dp.share_updated(model)?;
-                if !reported_memory && ranks > 1 {
+                if !reported_memory && group.size() > 1 {
                     reported_memory = true;
-                    report_optimizer_memory(&optimizer, &dp, &progress)?;
+                    report_memory(&model, &optimizer, &group, &dp, &progress)?;
                 }
                 if !self.hooks.is_empty() {
                     for hook in &mut self.hooks {
@@ -350,7 +402,7 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                     config.eval_batch_size,
                     config.eval_items,
                     &device,
-                    &group,
+                    &data_group,
                 )?;
                 progress.println(&format!("step {}: held-out {metrics}", state.step));
                 if let Some(log) = &log {
@@ -406,19 +458,31 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                     || last_step
                     || state.stopped_early);
             if let Some(dir) = checkpoints.as_ref().filter(|_| checkpoint_due) {
-                if !params_finite(&model) {
+                if !all_finite(&group, params_finite(&model))? {
                     return Err(TrainError::NonFiniteWeights { step: state.step });
                 }
+                // Checkpoints hold the whole model, gathered on rank 0.
+                let (whole, whole_best) = match &split {
+                    Some(split) => (
+                        split.gather(&model)?,
+                        best_model
+                            .as_ref()
+                            .map(|b| split.gather(b))
+                            .transpose()?
+                            .flatten(),
+                    ),
+                    None => (None, None),
+                };
                 let snapshot = Snapshot {
-                    model: &model,
-                    best: best_model.as_ref(),
+                    model: whole.as_ref().unwrap_or(&model),
+                    best: whole_best.as_ref().or(best_model.as_ref()),
                     optimizer: &optimizer,
                     scheduler: scheduler.as_ref(),
                     state: &state,
                     run: &self.run,
                     run_id: &run_id,
                 };
-                dir.save(snapshot, &group, dp.shards_optimizer())?;
+                dir.save(snapshot, &group, shard_optimizer)?;
             }
         }
         progress.finish();
@@ -436,6 +500,12 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             }
             _ => last_eval.clone(),
         };
+        // Rank 0 returns the whole model; the others their part.
+        if let Some(split) = &split
+            && let Some(whole) = split.gather(&model)?
+        {
+            model = whole;
+        }
         Ok(TrainOutcome {
             model,
             state,
@@ -444,6 +514,19 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             resumed_from,
             run_id,
         })
+    }
+}
+
+impl<M: TrainModel<B> + ParallelModel, B: Batch> Trainer<M, B> {
+    /// Lets `TrainerConfig::model_parallel` cut the model: each layer across
+    /// `tensor_parallel` ranks (Megatron-LM), the blocks into `pipeline_parallel` stages, the
+    /// rest of the process group (`with_process_group`) training data-parallel. Gradient
+    /// accumulation (the pipeline's micro-batches), mixed precision, clipping on the whole
+    /// model's norm and exact resume work as in one process; checkpoints hold the whole model,
+    /// gathered on rank 0, which `fit` also returns there (the other ranks return their part).
+    pub fn with_model_parallel(mut self) -> Self {
+        self.parts = Some(Box::new(PartsOf));
+        self
     }
 }
 
@@ -460,10 +543,13 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
     fn restore(
         &self,
         model: M,
+        split: Option<&ModelSplit<M>>,
         optimizer: &mut ModuleOptimizer,
         scheduler: &mut dyn LrScheduler,
         dir: &CheckpointDir,
-        dp: &DataParallel,
+        world: &ProcessGroup,
+        shard_optimizer: bool,
+        data_ranks: usize,
         order: &DataOrder,
         total: usize,
         progress: &Progress,
@@ -483,8 +569,8 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 current,
             });
         }
-        let ranks = dp.group().size();
-        let shards = if dp.shards_optimizer() { ranks } else { 1 };
+        let ranks = world.size();
+        let shards = if shard_optimizer { ranks } else { 1 };
         if checkpoint.state.world_size != ranks || checkpoint.optimizer_shards != shards {
             return Err(TrainError::InvalidConfig(format!(
                 "{} was written by {} rank(s) with {} optimizer shard(s); this run has {ranks} rank(s) and {shards}: resume with the same number of processes (and ZeRO setting)",
@@ -501,17 +587,22 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 current: self.train.len().to_string(),
             });
         }
-        self.check_state(&checkpoint.state, ranks, order, total)
+        self.check_state(&checkpoint.state, data_ranks, order, total)
             .map_err(|reason| TrainError::corrupt(checkpoint.path.join("trainer.json"), reason))?;
-        let best = checkpoint.load_best(model.clone())?;
+        // The checkpoint holds the whole model: loaded whole, then cut into this rank's part.
+        let part = |whole: M| match split {
+            Some(split) => split.partition(whole),
+            None => Ok(whole),
+        };
+        let best = checkpoint.load_best(model.clone())?.map(part).transpose()?;
         if best.is_some() != checkpoint.state.best_eval.is_some() {
             return Err(TrainError::corrupt(
                 &checkpoint.path,
                 "best weights and the best evaluation must come together",
             ));
         }
-        let model = checkpoint.load_model(model)?;
-        *optimizer = checkpoint.load_optimizer(optimizer.clone(), dp.group().rank(), &model)?;
+        let model = part(checkpoint.load_model(model)?)?;
+        *optimizer = checkpoint.load_optimizer(optimizer.clone(), world.rank(), &model)?;
         checkpoint.load_scheduler(scheduler)?;
         progress.println(&format!(
             "resumed run {} from {} (step {})",
@@ -772,27 +863,36 @@ impl ModuleMapper for AsLeaves {
     }
 }
 
-/// Prints the optimizer state each rank keeps (all of it, or its ZeRO-1 shard), once.
-fn report_optimizer_memory(
+/// Prints, once, the parameters and the optimizer state each rank keeps (all of them, its
+/// part of the model, or its ZeRO-1 shard).
+fn report_memory<M: Module>(
+    model: &M,
     optimizer: &ModuleOptimizer,
+    world: &ProcessGroup,
     dp: &DataParallel,
     progress: &Progress,
 ) -> Result<()> {
-    let bytes = optimizer
+    let state = optimizer
         .into_bytes()
         .map_err(|e| TrainError::Data(format!("serializing the optimizer: {e:?}")))?
-        .len();
-    let all = dp.group().all_gather_vec(&(bytes as u64).to_le_bytes())?;
-    let mib: Vec<String> = all
-        .iter()
-        .map(|b| {
-            let bytes = u64::from_le_bytes(b.as_slice().try_into().unwrap_or([0; 8]));
-            format!("{:.2}", bytes as f64 / (1 << 20) as f64)
-        })
-        .collect();
+        .len() as u64;
+    let params = model.num_params() as u64 * 4;
+    let mine = [params.to_le_bytes(), state.to_le_bytes()].concat();
+    let all = world.all_gather_vec(&mine)?;
+    let mib = |bytes: &[u8]| {
+        let value = u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
+        format!("{:.2}", value as f64 / (1 << 20) as f64)
+    };
+    let column = |at: usize| {
+        all.iter()
+            .map(|b| b.get(at..at + 8).map_or("?".into(), mib))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     progress.println(&format!(
-        "optimizer state per rank (MiB): {} ({} of {} parameters on this rank)",
-        mib.join(", "),
+        "parameters per rank (MiB, f32): {}\noptimizer state per rank (MiB): {} ({} of {} parameters of this rank's part stepped here)",
+        column(0),
+        column(8),
         dp.owned_elements(),
         dp.total_elements()
     ));
