@@ -8,15 +8,22 @@ mod common;
 
 use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use common::{CHILD, assert_success, launch};
+use common::{CHILD, OUT, assert_success, launch};
 use kiln::base::{MlmBatch, TrainModel};
+use kiln::data::addition::{AdditionBatcher, AdditionDataset, VOCAB_SIZE};
+use kiln::dist::PipelineSchedule;
+use kiln::dist::flat::{Layout, read_params};
 use kiln::dist::{
     ModelParallel, ModelParallelConfig, ParallelModel, ProcessGrid, ProcessGroup, TensorSplit,
 };
 use kiln::model::bert::{BertConfig, BertForMaskedLm, BertInput};
+use kiln::optim::{AdamWConfig, OptimizerConfig, ScheduleConfig};
 use kiln::prelude::*;
+use kiln::train::checkpoint::CheckpointDir;
 use kiln::train::param_ids::stable_param_ids;
+use kiln::train::{BatchSource, RunConfig, Trainer, TrainerConfig};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 /// What a child does: read the scenario and run it on this rank.
 #[test]
@@ -35,6 +42,7 @@ fn child() {
         "tensor_bert" => tensor_parallel_matches(world, shape(n, 1), bert_case),
         "gather_pipeline" => gathered_whole(world, shape(1, n)),
         "gather_grid" => gathered_whole(world, shape(2, n / 2)),
+        "train" => train_child(world),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -285,4 +293,206 @@ fn parts_gather_into_the_whole_model() {
         let output = launch(ranks, false, scenario, &[]);
         assert_success(&output, &format!("{scenario} on {ranks} ranks"));
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Training: the Trainer on a grid against one process.
+
+/// How a training job is cut.
+#[derive(Clone, Copy, Debug)]
+struct Grid {
+    tensor: usize,
+    pipeline: usize,
+    schedule: PipelineSchedule,
+    micro_batches: usize,
+}
+
+impl Grid {
+    fn env(&self, out: &Path) -> Vec<(&'static str, String)> {
+        vec![
+            ("KILN_MP_TENSOR", self.tensor.to_string()),
+            ("KILN_MP_PIPELINE", self.pipeline.to_string()),
+            ("KILN_MP_SCHEDULE", format!("{:?}", self.schedule)),
+            ("KILN_MP_MICRO", self.micro_batches.to_string()),
+            (OUT, out.display().to_string()),
+        ]
+    }
+
+    fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).unwrap();
+        Self {
+            tensor: var("KILN_MP_TENSOR").parse().unwrap(),
+            pipeline: var("KILN_MP_PIPELINE").parse().unwrap(),
+            schedule: match var("KILN_MP_SCHEDULE").as_str() {
+                "GPipe" => PipelineSchedule::GPipe,
+                _ => PipelineSchedule::OneFOneB,
+            },
+            micro_batches: var("KILN_MP_MICRO").parse().unwrap(),
+        }
+    }
+}
+
+/// A 4-block GPT for the addition task; the same on every rank.
+fn addition_gpt(device: &Device) -> Gpt {
+    device.seed(5);
+    GptConfig::new(VOCAB_SIZE)
+        .with_block_size(12)
+        .with_n_layer(4)
+        .with_n_head(4)
+        .with_d_model(32)
+        .init(device)
+        .unwrap()
+}
+
+/// 20 AdamW steps (clipped on the global norm) on `grid`, checkpointed into `checkpoints`;
+/// the trained model (whole on rank 0) and its held-out loss.
+fn train(world: &ProcessGroup, grid: Grid, checkpoints: &Path) -> (Gpt, f64) {
+    let device = Device::flex();
+    let trainer = TrainerConfig::new()
+        .with_max_steps(Some(20))
+        .with_batch_size(8)
+        .with_grad_accumulation(grid.micro_batches)
+        .with_clip_grad_norm(Some(0.5))
+        .with_eval_items(Some(64))
+        .with_checkpoint_every(20)
+        .with_checkpoint_dir(Some(checkpoints.display().to_string()))
+        .with_quiet(true)
+        .with_model_parallel(
+            ModelParallelConfig::new()
+                .with_tensor_parallel(grid.tensor)
+                .with_pipeline_parallel(grid.pipeline)
+                .with_schedule(grid.schedule),
+        );
+    let run = RunConfig::new(
+        (),
+        (),
+        OptimizerConfig::from(AdamWConfig::new()),
+        ScheduleConfig::Constant(3e-3),
+        trainer,
+    );
+    let data = BatchSource::new(AdditionDataset::train(), AdditionBatcher);
+    let eval = BatchSource::new(AdditionDataset::held_out(), AdditionBatcher);
+    let outcome = Trainer::new(&run, data)
+        .unwrap()
+        .with_eval(eval)
+        .with_process_group(world.clone())
+        .with_model_parallel()
+        .fit(addition_gpt(&device), &device)
+        .unwrap();
+    (outcome.model, outcome.last_eval.unwrap().1.loss)
+}
+
+fn params(model: &Gpt) -> Vec<f32> {
+    read_params(model, &Layout::of(model)).unwrap()
+}
+
+fn train_child(world: ProcessGroup) {
+    let grid = Grid::from_env();
+    let out = PathBuf::from(std::env::var(OUT).unwrap());
+    let (model, loss) = train(&world, grid, &out.with_extension("checkpoints"));
+    if world.is_main() {
+        let bytes: Vec<u8> = params(&model)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        std::fs::write(&out, bytes).unwrap();
+        std::fs::write(out.with_extension("loss"), loss.to_string()).unwrap();
+    }
+}
+
+/// Trains on `ranks` ranks cut by `grid`: rank 0's whole model, its held-out loss, and the
+/// checkpoint folder the job wrote.
+fn train_in_parallel(ranks: usize, grid: Grid, dir: &Path) -> (Vec<f32>, f64, PathBuf) {
+    let out = dir.join(format!(
+        "{}x{}-{:?}",
+        grid.tensor, grid.pipeline, grid.schedule
+    ));
+    let output = launch(ranks, false, "train", &grid.env(&out));
+    assert_success(&output, &format!("training {grid:?} on {ranks} ranks"));
+    let values = std::fs::read(&out)
+        .unwrap()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let loss = std::fs::read_to_string(out.with_extension("loss"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    (values, loss, out.with_extension("checkpoints"))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// A run on a grid matches one process within 1e-4 after 20 AdamW steps, and the checkpoint it
+/// wrote (the whole model, gathered) loads in one process with the same weights and logits.
+fn grid_matches_one_process(ranks: usize, grid: Grid) {
+    let dir = tempfile::tempdir().unwrap();
+    let single = Grid {
+        tensor: 1,
+        pipeline: 1,
+        ..grid
+    };
+    let (reference, reference_loss) =
+        train(&ProcessGroup::single(), single, &dir.path().join("one"));
+    let reference = params(&reference);
+    let initial = params(&addition_gpt(&Device::flex()));
+    assert!(
+        max_abs_diff(&initial, &reference) > 1e-2,
+        "training moved the weights"
+    );
+
+    let (values, loss, checkpoints) = train_in_parallel(ranks, grid, dir.path());
+    let diff = max_abs_diff(&values, &reference);
+    eprintln!("{grid:?} on {ranks} ranks: parameters within {diff:e} of one process");
+    assert!(diff <= 1e-4, "{grid:?}: parameters differ by {diff:e}");
+    assert!(
+        (loss - reference_loss).abs() <= 1e-4,
+        "{grid:?}: held-out loss {loss} vs {reference_loss}"
+    );
+
+    // The checkpoint: the whole model, loadable without any grid.
+    let (checkpoint, skipped) = CheckpointDir::new(&checkpoints, 3)
+        .latest()
+        .unwrap()
+        .unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let device = Device::flex();
+    let loaded = checkpoint.load_model(addition_gpt(&device)).unwrap();
+    assert_eq!(
+        params(&loaded),
+        values,
+        "the checkpoint holds the returned model"
+    );
+    let ids = ids(4, 12, VOCAB_SIZE, 5, &device);
+    let template = addition_gpt(&device);
+    let layout = Layout::of(&template);
+    let expected = kiln::dist::flat::write_params(template, &layout, &reference, |_| true);
+    let logits_diff = relative_diff(
+        loaded.forward(ids.clone()).unwrap(),
+        expected.forward(ids).unwrap(),
+    );
+    assert!(
+        logits_diff <= 1e-4,
+        "{grid:?}: logits differ by {logits_diff:e}"
+    );
+}
+
+#[test]
+fn tensor_parallel_training_matches_one_process() {
+    skip_unless_mpi!();
+    grid_matches_one_process(
+        2,
+        Grid {
+            tensor: 2,
+            pipeline: 1,
+            schedule: PipelineSchedule::OneFOneB,
+            micro_batches: 2,
+        },
+    );
 }
