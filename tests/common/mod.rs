@@ -1,0 +1,135 @@
+//! What the multi-process tests share: each runs its own test binary again under `mpirun -np N`
+//! (the binary's ignored `child` test, told its scenario through the environment, [`CHILD`]),
+//! and says loudly that it was skipped where MPI is missing.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The scenario a child runs (set by the parent).
+pub const CHILD: &str = "KILN_MP_CHILD";
+/// How long a job may take before it counts as hung.
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Why these tests cannot run here, if they cannot.
+pub fn skip_reason() -> Option<String> {
+    if !cfg!(feature = "mpi") {
+        return Some("this test binary was built without `--features mpi`".into());
+    }
+    match Command::new("mpirun").arg("--version").output() {
+        Ok(out) if out.status.success() => None,
+        _ => Some("`mpirun` is not installed (apt-get install openmpi-bin libopenmpi-dev)".into()),
+    }
+}
+
+/// Returns from the test, saying why on stderr, where MPI is missing.
+macro_rules! skip_unless_mpi {
+    () => {
+        if let Some(reason) = $crate::common::skip_reason() {
+            // Straight to the process's stderr: the test harness captures `eprintln!`.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED (multi-process test): {reason} ***\n"
+            );
+            return;
+        }
+    };
+}
+
+/// `mpirun -np ranks` of `program args`, with the environment `env`; `tcp` forces the
+/// transport used between machines. Fails the test if the job outlives [`JOB_TIMEOUT`].
+pub fn mpirun(
+    ranks: usize,
+    tcp: bool,
+    env: &[(&str, String)],
+    program: &Path,
+    args: &[&str],
+) -> Output {
+    let mut command = Command::new("mpirun");
+    command
+        .args([
+            "-np",
+            &ranks.to_string(),
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+        ])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    if tcp {
+        command.args(["--mca", "btl", "tcp,self"]);
+    }
+    for (key, value) in env {
+        command.args(["-x", &format!("{key}={value}")]);
+    }
+    command.arg(program).args(args);
+    run_with_timeout(command)
+}
+
+pub fn run_with_timeout(mut command: Command) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun starts");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_end(&mut stdout)
+                .unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_end(&mut stderr)
+                .unwrap();
+            return Output {
+                status,
+                stdout,
+                stderr,
+            };
+        }
+        if start.elapsed() > JOB_TIMEOUT {
+            let _ = child.kill();
+            panic!("the job hung for {JOB_TIMEOUT:?}: {command:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs the `child` test of this binary as `ranks` processes, in `scenario`, with settings.
+pub fn launch(ranks: usize, tcp: bool, scenario: &str, settings: &[(&str, String)]) -> Output {
+    let mut env = vec![(CHILD, scenario.to_string())];
+    env.extend(settings.iter().cloned());
+    let me = std::env::current_exe().expect("the test binary");
+    mpirun(
+        ranks,
+        tcp,
+        &env,
+        &me,
+        &[
+            "--exact",
+            "child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ],
+    )
+}
+
+pub fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
