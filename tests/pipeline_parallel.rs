@@ -93,18 +93,11 @@ fn pipelined(
     batches: &[(usize, LmBatch)],
     units: usize,
     loss_scale: f64,
+    precision: Precision,
 ) -> (f64, Vec<f32>) {
     let device = Device::flex().autodiff();
     let (loss, grads) = pipeline_step(
-        model,
-        stage,
-        schedule,
-        batches,
-        units,
-        loss_scale,
-        7,
-        Precision::F32,
-        &device,
+        model, stage, schedule, batches, units, loss_scale, 7, precision, &device,
     )
     .unwrap();
     let mut grads = flat(model, grads);
@@ -145,7 +138,15 @@ fn one_stage_is_accumulation() {
     let (batches, units) = micro_batches(3, &device);
     let (loss, reference) = accumulated(&model, &batches, units, 4.0);
     for schedule in SCHEDULES {
-        let (pipe_loss, grads) = pipelined(&model, &stage, schedule, &batches, units, 4.0);
+        let (pipe_loss, grads) = pipelined(
+            &model,
+            &stage,
+            schedule,
+            &batches,
+            units,
+            4.0,
+            Precision::F32,
+        );
         assert!((pipe_loss - loss).abs() < 1e-9, "{pipe_loss} vs {loss}");
         let diff = relative_diff(&grads, &reference);
         assert!(diff <= 1e-6, "{schedule:?}: gradients differ by {diff}");
@@ -200,9 +201,14 @@ fn a_stage_outside_the_model_is_an_error() {
 fn child() {
     let scenario = std::env::var(CHILD).expect("run by the pipeline tests under mpirun");
     let group = ProcessGroup::from_env().expect("a process group");
-    match scenario.as_str() {
-        "gradients" => gradients_child(group),
+    // A rank that fails ends the job at once: unwinding would wait in MPI for peers that wait
+    // for it, until the job's timeout.
+    let run = std::panic::AssertUnwindSafe(|| match scenario.as_str() {
+        "gradients" => gradients_child(group.clone()),
         other => panic!("unknown scenario {other}"),
+    });
+    if std::panic::catch_unwind(run).is_err() {
+        group.abort(1);
     }
 }
 
@@ -223,8 +229,15 @@ fn gradients_child(group: ProcessGroup) {
         let (loss, reference) = accumulated(&model, &batches, units, loss_scale);
         let mut by_schedule = Vec::new();
         for schedule in SCHEDULES {
-            let (pipe_loss, grads) =
-                pipelined(&model, &stage, schedule, &batches, units, loss_scale);
+            let (pipe_loss, grads) = pipelined(
+                &model,
+                &stage,
+                schedule,
+                &batches,
+                units,
+                loss_scale,
+                Precision::F32,
+            );
             let diff = relative_diff(&grads, &reference);
             if group.is_main() {
                 println!(
@@ -256,6 +269,7 @@ fn gradients_child(group: ProcessGroup) {
         &batches,
         units,
         1.0,
+        Precision::F32,
     );
     let (_, without_dropout) = accumulated(&model, &batches, units, 1.0);
     assert!(
@@ -269,12 +283,46 @@ fn gradients_child(group: ProcessGroup) {
         &batches,
         units,
         1.0,
+        Precision::F32,
     );
     let diff = relative_diff(&grads, &alone);
     assert!(diff <= 1e-6, "dropout: gradients differ by {diff}");
     assert!(
         (loss - alone_loss).abs() <= 1e-9,
         "dropout: loss {loss} vs {alone_loss}"
+    );
+
+    // Half precision: bf16 activations and gradients travel as f32 (exactly) and come back as
+    // bf16; against one stage, only the tied embedding's two parts are summed in another
+    // order (in f32 here, in bf16 within one backward pass there).
+    let (alone_loss, alone) = pipelined(
+        &model,
+        &whole,
+        PipelineSchedule::GPipe,
+        &batches,
+        units,
+        1.0,
+        Precision::Bf16,
+    );
+    let (loss, grads) = pipelined(
+        &model,
+        &stage,
+        PipelineSchedule::OneFOneB,
+        &batches,
+        units,
+        1.0,
+        Precision::Bf16,
+    );
+    let diff = relative_diff(&grads, &alone);
+    if group.is_main() {
+        println!(
+            "{stages} stages in bf16: loss {loss} (one stage: {alone_loss}), gradients within {diff:e}"
+        );
+    }
+    assert!(diff <= 1e-2, "bf16: gradients differ by {diff}");
+    assert!(
+        (loss - alone_loss).abs() <= 1e-6,
+        "bf16: loss {loss} vs {alone_loss}"
     );
 
     // Evaluation's forward pass: the last stage gets each batch's loss.

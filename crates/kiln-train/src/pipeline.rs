@@ -282,7 +282,10 @@ pub fn pipeline_step<M: TrainModel<B>, B: Batch>(
                             .upstream
                             .take()
                             .expect("the plan receives the gradient before the backward pass");
-                        let g = g.cast(output.dtype());
+                        let g = match output.dtype() {
+                            dtype if dtype != g.dtype() => g.cast(dtype),
+                            _ => g,
+                        };
                         (output * g).sum().backward()
                     }
                     (None, None) => unreachable!("the plan runs the forward pass first"),
@@ -571,9 +574,10 @@ impl<'a> Link<'a> {
         Ok(dims)
     }
 
+    /// The received values in the compute dtype (`from_data` without a dtype would take the
+    /// device's default, f32).
     fn tensor(&self, values: Vec<f32>, dims: [usize; 3]) -> Tensor<3> {
-        let data = TensorData::new(values, dims).convert_dtype(self.dtype);
-        Tensor::from_data(data, self.device)
+        Tensor::from_data(TensorData::new(values, dims), (self.device, self.dtype))
     }
 }
 
