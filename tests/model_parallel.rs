@@ -431,7 +431,8 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// A run on a grid matches one process within 1e-4 after 20 AdamW steps, and the checkpoint it
 /// wrote (the whole model, gathered) loads in one process with the same weights and logits.
-fn grid_matches_one_process(ranks: usize, grid: Grid) {
+/// Returns the run's parameters.
+fn grid_matches_one_process(ranks: usize, grid: Grid) -> Vec<f32> {
     let dir = tempfile::tempdir().unwrap();
     let single = Grid {
         tensor: 1,
@@ -481,12 +482,13 @@ fn grid_matches_one_process(ranks: usize, grid: Grid) {
         logits_diff <= 1e-4,
         "{grid:?}: logits differ by {logits_diff:e}"
     );
+    values
 }
 
 #[test]
 fn tensor_parallel_training_matches_one_process() {
     skip_unless_mpi!();
-    grid_matches_one_process(
+    let _ = grid_matches_one_process(
         2,
         Grid {
             tensor: 2,
@@ -495,4 +497,42 @@ fn tensor_parallel_training_matches_one_process() {
             micro_batches: 2,
         },
     );
+}
+
+/// Two stages of a pipeline, four micro-batches: GPipe and 1F1B match one process accumulating
+/// four, and each other bit for bit (the same passes in another order).
+#[test]
+fn pipeline_training_matches_one_process() {
+    skip_unless_mpi!();
+    let grid = |schedule| Grid {
+        tensor: 1,
+        pipeline: 2,
+        schedule,
+        micro_batches: 4,
+    };
+    let gpipe = grid_matches_one_process(2, grid(PipelineSchedule::GPipe));
+    let one_f_one_b = grid_matches_one_process(2, grid(PipelineSchedule::OneFOneB));
+    assert!(
+        gpipe == one_f_one_b,
+        "GPipe and 1F1B differ by {:e}",
+        max_abs_diff(&gpipe, &one_f_one_b)
+    );
+}
+
+/// The 3-D grid's model-parallel plane: 2 tensor-parallel ranks × 2 stages (4 processes), and
+/// 4 stages with 8 micro-batches.
+#[test]
+fn tensor_and_pipeline_grid_matches_one_process() {
+    skip_unless_mpi!();
+    for (tensor, pipeline, micro_batches) in [(2, 2, 4), (1, 4, 8)] {
+        let _ = grid_matches_one_process(
+            4,
+            Grid {
+                tensor,
+                pipeline,
+                schedule: PipelineSchedule::OneFOneB,
+                micro_batches,
+            },
+        );
+    }
 }

@@ -3,6 +3,7 @@
 use burn::config::Config;
 
 use crate::error::{DistError, Result};
+use crate::schedule::PipelineSchedule;
 
 /// The dtype gradients travel in.
 #[derive(Config, Copy, Debug, PartialEq, Eq)]
@@ -55,20 +56,6 @@ impl DataParallelConfig {
     pub fn bucket_elements(&self) -> usize {
         ((self.bucket_mb * 1e6 / 4.0) as usize).max(1)
     }
-}
-
-/// The order in which a pipeline stage runs the forward and backward passes of a step's
-/// micro-batches.
-#[derive(Config, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-pub enum PipelineSchedule {
-    /// GPipe (Huang et al. 2019): every forward, then every backward; each stage keeps the
-    /// activations of all `m` micro-batches.
-    GPipe,
-    /// 1F1B (PipeDream-Flush, Narayanan et al. 2021): after a warm-up, one forward then one
-    /// backward; a stage keeps at most `p - stage` micro-batches in flight. The same bubble
-    /// as GPipe, less memory.
-    OneFOneB,
 }
 
 /// How the model is cut: each layer across `tensor_parallel` ranks (Megatron-LM), the blocks

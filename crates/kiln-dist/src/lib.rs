@@ -16,10 +16,10 @@
 //! - [`ProcessGrid`] ([`grid`]): data × pipeline × tensor, the groups of 3-D parallelism.
 //! - [`ModelParallel`] ([`model_parallel`]): a [`ParallelModel`] cut into this rank's part, the
 //!   tied embedding's gradient, the whole model's gradient norm, the whole model gathered.
+//! - [`PipelineSchedule`] ([`schedule`]): GPipe and 1F1B, their passes, bubble and memory.
 //! - [`TensorParallel`] ([`tensor_parallel`]): Megatron's column- and row-parallel layers and
 //!   its `f`/`g` operations, with their own backward.
-//! - [`DataParallelConfig`], [`ReduceDtype`], [`ModelParallelConfig`], [`PipelineSchedule`]
-//!   (`config.rs`), [`DistError`].
+//! - [`DataParallelConfig`], [`ReduceDtype`], [`ModelParallelConfig`] (`config.rs`), [`DistError`].
 //!
 //! ```
 //! use kiln_dist::{ProcessGroup, ReduceOp};
@@ -47,11 +47,12 @@ mod mpi_comm;
 mod nccl;
 pub mod process_group;
 pub mod ring;
+pub mod schedule;
 pub mod tensor;
 pub mod tensor_parallel;
 
 pub use communicator::{Communicator, ReduceOp, SingleProcess};
-pub use config::{DataParallelConfig, ModelParallelConfig, PipelineSchedule, ReduceDtype};
+pub use config::{DataParallelConfig, ModelParallelConfig, ReduceDtype};
 pub use data_parallel::DataParallel;
 pub use error::{DistError, Result};
 pub use grid::ProcessGrid;
@@ -65,4 +66,5 @@ pub use mpi_comm::MpiCommunicator;
 #[cfg(feature = "nccl")]
 pub use nccl::NcclCommunicator;
 pub use process_group::ProcessGroup;
+pub use schedule::{Pass, PipelineSchedule};
 pub use tensor_parallel::TensorParallel;

@@ -45,8 +45,18 @@ impl ModelPart {
     }
 }
 
-/// The blocks of stage `stage` of `stages`: consecutive, balanced, the first stages taking
-/// one more when they do not divide evenly.
+/// The blocks stage `stage` of `stages` runs: consecutive, balanced, the earlier stages taking
+/// one block more when the blocks do not divide evenly (so stage 0, which also embeds, and
+/// the last stage, which also runs the head, are not both loaded). An error when there are
+/// no stages, more stages than blocks, or `stage` is not one of them.
+///
+/// ```
+/// use kiln_dist::model_parallel::stage_blocks;
+///
+/// let ranges: Vec<_> = (0..3).map(|s| stage_blocks(7, 3, s).unwrap()).collect();
+/// assert_eq!(ranges, [0..3, 3..5, 5..7]);
+/// assert!(stage_blocks(2, 3, 0).is_err());
+/// ```
 pub fn stage_blocks(num_blocks: usize, stages: usize, stage: usize) -> Result<Range<usize>> {
     if stages == 0 || stages > num_blocks || stage >= stages {
         return Err(DistError::InvalidArgument(format!(
@@ -402,4 +412,48 @@ fn decode(bytes: &[u8]) -> Result<Vec<Named>> {
         params.push(Named { id, shape, values });
     }
     Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_cover_the_blocks_in_balanced_consecutive_ranges() {
+        for blocks in 1..=12 {
+            for stages in 1..=blocks {
+                let ranges: Vec<_> = (0..stages)
+                    .map(|s| stage_blocks(blocks, stages, s).unwrap())
+                    .collect();
+                assert_eq!(ranges[0].start, 0);
+                assert_eq!(ranges[stages - 1].end, blocks);
+                for pair in ranges.windows(2) {
+                    assert_eq!(pair[0].end, pair[1].start, "consecutive");
+                    // Earlier stages take the extra blocks.
+                    assert!(pair[0].len() >= pair[1].len());
+                }
+                let (min, max) = (
+                    ranges.iter().map(|r| r.len()).min().unwrap(),
+                    ranges.iter().map(|r| r.len()).max().unwrap(),
+                );
+                assert!(
+                    min >= 1 && max - min <= 1,
+                    "{blocks} over {stages}: {ranges:?}"
+                );
+            }
+        }
+        assert_eq!(stage_blocks(4, 2, 1).unwrap(), 2..4);
+        assert_eq!(stage_blocks(5, 2, 0).unwrap(), 0..3);
+    }
+
+    #[test]
+    fn impossible_cuts_are_errors() {
+        for (blocks, stages, stage) in [(4, 0, 0), (2, 3, 0), (0, 1, 0), (4, 2, 2)] {
+            let err = stage_blocks(blocks, stages, stage).unwrap_err();
+            assert!(
+                matches!(err, DistError::InvalidArgument(ref m) if m.contains("stage")),
+                "{err}"
+            );
+        }
+    }
 }

@@ -3,11 +3,12 @@
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use kiln_base::{Batch, TrainModel};
+use kiln_base::{Batch, Precision, TrainModel};
 use kiln_dist::{ProcessGroup, ReduceOp};
 
 use crate::batch_source::BatchSource;
 use crate::error::{Result, TrainError};
+use crate::pipeline::{PipelineStage, pipeline_forward};
 
 /// What an evaluation measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -74,6 +75,41 @@ where
     M: TrainModel<B>,
     B: Batch,
 {
+    let ranks = EvalRanks {
+        replicas: group,
+        all: group,
+        stage: None,
+        reports: true,
+    };
+    evaluate_on(model, data, batch_size, max_items, device, &ranks)
+}
+
+/// How the ranks of a run share an evaluation.
+pub(crate) struct EvalRanks<'a> {
+    /// The ranks that take batches in turn (the data-parallel replicas of the model).
+    pub replicas: &'a ProcessGroup,
+    /// The ranks the sums are reduced over: every rank of the run, so that all act alike.
+    pub all: &'a ProcessGroup,
+    /// This rank's pipeline stage, when the model is cut into stages.
+    pub stage: Option<&'a PipelineStage>,
+    /// Whether this rank's sums count (one rank per replica: the last stage's first
+    /// tensor-parallel rank).
+    pub reports: bool,
+}
+
+/// [`evaluate_in`] for any way of sharing the model and the data.
+pub(crate) fn evaluate_on<M, B>(
+    model: &M,
+    data: &BatchSource<B>,
+    batch_size: usize,
+    max_items: Option<usize>,
+    device: &Device,
+    ranks: &EvalRanks<'_>,
+) -> Result<EvalMetrics>
+where
+    M: TrainModel<B>,
+    B: Batch,
+{
     let model = model.valid();
     let device = device.clone().without_autodiff();
     let items = max_items.map_or(data.len(), |m| m.min(data.len()));
@@ -81,18 +117,32 @@ where
     let mut sums = [0.0f64; 4];
     let indices: Vec<usize> = (0..items).collect();
     let chunks = indices.chunks(batch_size.max(1));
-    for chunk in chunks.skip(group.rank()).step_by(group.size()) {
-        let batch = data.batch(chunk, &device)?;
-        let weight = batch.weight();
-        let out = model.forward_step(&batch).map_err(TrainError::Model)?;
-        sums[0] += out.loss.into_scalar::<f64>() * weight as f64;
-        sums[1] += weight as f64;
-        match out.correct {
-            Some(c) => sums[2] += c.into_scalar::<i64>() as f64,
-            None => sums[3] += 1.0,
+    let mut batches = Vec::new();
+    for chunk in chunks
+        .skip(ranks.replicas.rank())
+        .step_by(ranks.replicas.size())
+    {
+        batches.push(data.batch(chunk, &device)?);
+    }
+    let outputs = match ranks.stage {
+        Some(stage) => pipeline_forward(&model, stage, &batches, Precision::F32, &device)?,
+        None => batches
+            .iter()
+            .map(|batch| model.forward_step(batch).map_err(TrainError::Model))
+            .collect::<Result<Vec<_>>>()?,
+    };
+    if ranks.reports {
+        for (batch, out) in batches.iter().zip(outputs) {
+            let weight = batch.weight();
+            sums[0] += out.loss.into_scalar::<f64>() * weight as f64;
+            sums[1] += weight as f64;
+            match out.correct {
+                Some(c) => sums[2] += c.into_scalar::<i64>() as f64,
+                None => sums[3] += 1.0,
+            }
         }
     }
-    group.all_reduce_f64(&mut sums, ReduceOp::Sum)?;
+    ranks.all.all_reduce_f64(&mut sums, ReduceOp::Sum)?;
     let [loss_sum, units, correct, uncounted] = sums;
     let loss = if units == 0.0 {
         f64::NAN

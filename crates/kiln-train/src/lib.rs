@@ -15,6 +15,8 @@
 //! - [`recompute`]: activation recomputation, Burn's balanced checkpointing or per block (for
 //!   any [`BlockStack`]).
 //! - [`evaluate`]: loss, perplexity and accuracy on held-out data.
+//! - [`pipeline`]: pipeline parallelism, a [`BlockStack`] cut into stages over a process group,
+//!   GPipe and 1F1B schedules.
 //! - [`early_stopping`]: patience on any metric, best weights restored.
 //! - [`checkpoint`]: atomic checkpoints, exact resume, corrupt files named and skipped; each
 //!   carries its run's id, and a run folder is locked while a run uses it.
@@ -39,6 +41,7 @@ pub mod loss_scale;
 pub mod metrics_log;
 mod model_parallel;
 pub mod param_ids;
+pub mod pipeline;
 pub mod plot;
 pub mod progress;
 pub mod recompute;
@@ -53,6 +56,7 @@ pub use error::{Result, TrainError};
 pub use evaluate::EvalMetrics;
 pub use kiln_base::{Batch, BlockStack, Precision, StepOutput, TrainModel};
 pub use loss_scale::LossScaleConfig;
+pub use pipeline::PipelineStage;
 pub use recompute::Recompute;
 pub use run_config::RunConfig;
 pub use trainer::{StepHook, TrainOutcome, Trainer, params_finite};

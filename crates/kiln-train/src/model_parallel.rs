@@ -12,6 +12,7 @@ use kiln_dist::{
 };
 
 use crate::error::{Result, TrainError};
+use crate::pipeline::PipelineStage;
 
 /// A model's [`ParallelModel`] methods, for a loop generic over any model.
 pub(crate) trait Parts<M>: Send {
@@ -101,6 +102,16 @@ impl<M: Clone> ModelSplit<M> {
     /// This rank's part of the whole `model`.
     pub fn partition(&self, model: M) -> Result<M> {
         Ok(self.parts.partition(&self.mp, model)?)
+    }
+
+    /// This rank's stage, when the blocks are cut into more than one (the part holds only its
+    /// own blocks, so the stage runs all of them).
+    pub fn pipeline_stage(&self) -> Option<PipelineStage> {
+        let grid = self.mp.grid();
+        (grid.pipeline().size() > 1).then(|| PipelineStage {
+            group: grid.pipeline().clone(),
+            blocks: 0..self.mp.part().blocks.len(),
+        })
     }
 
     /// Whether this rank reports the loss: one rank per data-parallel replica (the last

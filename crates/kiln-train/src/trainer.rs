@@ -20,11 +20,12 @@ use crate::config::{NonFinitePolicy, TrainerConfig};
 use crate::data_order::{DataOrder, DataPosition};
 use crate::early_stopping::Verdict;
 use crate::error::{Result, TrainError};
-use crate::evaluate::{EvalMetrics, evaluate_in};
+use crate::evaluate::{EvalMetrics, EvalRanks, evaluate_on};
 use crate::limits;
 use crate::metrics_log::{METRICS_FILE, MetricsLog, MetricsRecord};
 use crate::model_parallel::{ModelSplit, Parts, PartsOf, all_finite};
 use crate::param_ids::stable_param_ids;
+use crate::pipeline::{PipelineStage, pipeline_step};
 use crate::plot::training_plot;
 use crate::progress::Progress;
 use crate::recompute::{Recompute, per_block_backward};
@@ -128,6 +129,11 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 "tensor or pipeline parallelism needs a model that is a ParallelModel: build the trainer with `with_model_parallel`".into(),
             ));
         };
+        if config.pipeline_parallel > 1 && self.config.recompute == Recompute::PerBlock {
+            return Err(TrainError::InvalidConfig(
+                "per-block recomputation does not combine with pipeline parallelism (the pipeline drives the blocks' backward passes itself); use Recompute::Balanced".into(),
+            ));
+        }
         if matches!(self.optimizer, OptimizerConfig::Lamb(_)) {
             // LAMB's trust ratios are per whole tensor, and a part holds slices of them.
             return Err(TrainError::InvalidConfig(
@@ -190,6 +196,11 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
         model = dp.check_and_broadcast(model)?;
         // Under model parallelism each rank's optimizer state is its own.
         let shard_optimizer = dp.shards_optimizer() || split.is_some();
+        let stage = split.as_ref().and_then(|s| s.pipeline_stage());
+        let reports = split.as_ref().is_none_or(|s| s.reports_loss());
+        if let Some(stage) = &stage {
+            report_pipeline(stage, &config, &group)?;
+        }
         let mut order = DataOrder::new(
             self.train.len(),
             config.batch_size,
@@ -293,15 +304,24 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
             // 2. Forward and backward of each, gradients averaged by weight, then summed over
             //    the ranks.
             let loss_scale = state.scaler.as_ref().map_or(1.0, |s| s.scale());
-            let (loss, grads) = accumulate_gradients(
-                &model, &batches, units, loss_scale, step_seed, &config, &device,
-            )?;
+            let (loss, grads) = match &stage {
+                Some(stage) => pipeline_step(
+                    &model,
+                    stage,
+                    config.model_parallel.schedule,
+                    &batches,
+                    units,
+                    loss_scale,
+                    step_seed,
+                    config.precision,
+                    &device,
+                )?,
+                None => accumulate_gradients(
+                    &model, &batches, units, loss_scale, step_seed, &config, &device,
+                )?,
+            };
             // One rank per replica reports the loss (the parts of one replica share it).
-            let mut loss = [if split.as_ref().is_none_or(|s| s.reports_loss()) {
-                loss
-            } else {
-                0.0
-            }];
+            let mut loss = [if reports { loss } else { 0.0 }];
             group.all_reduce_f64(&mut loss, ReduceOp::Sum)?;
             let loss = loss[0];
             let mut grads = dp.all_reduce_gradients(&model, grads)?;
@@ -396,13 +416,19 @@ impl<M: TrainModel<B>, B: Batch> Trainer<M, B> {
                 every => state.step.is_multiple_of(every),
             };
             if let Some(eval) = self.eval.as_ref().filter(|_| due || last_step) {
-                let metrics = evaluate_in(
+                let ranks = EvalRanks {
+                    replicas: &data_group,
+                    all: &group,
+                    stage: stage.as_ref(),
+                    reports,
+                };
+                let metrics = evaluate_on(
                     &model,
                     eval,
                     config.eval_batch_size,
                     config.eval_items,
                     &device,
-                    &data_group,
+                    &ranks,
                 )?;
                 progress.println(&format!("step {}: held-out {metrics}", state.step));
                 if let Some(log) = &log {
@@ -896,6 +922,32 @@ fn report_memory<M: Module>(
         dp.owned_elements(),
         dp.total_elements()
     ));
+    Ok(())
+}
+
+/// Prints the pipeline's shape once: each stage's blocks, the schedule, the bubble.
+fn report_pipeline(
+    stage: &PipelineStage,
+    config: &TrainerConfig,
+    world: &ProcessGroup,
+) -> Result<()> {
+    let blocks = stage
+        .group
+        .all_gather_vec(&(stage.blocks.len() as u64).to_le_bytes())?;
+    if world.is_main() && !config.quiet {
+        let (p, m) = (stage.group.size(), config.grad_accumulation);
+        let schedule = config.model_parallel.schedule;
+        let blocks: Vec<String> = blocks
+            .iter()
+            .map(|b| u64::from_le_bytes(b.as_slice().try_into().unwrap_or([0; 8])).to_string())
+            .collect();
+        eprintln!(
+            "pipeline: {p} stages of {} blocks, {m} micro-batches, {schedule:?}: bubble {:.1}% of the step, at most {} micro-batches in flight on stage 0",
+            blocks.join(", "),
+            100.0 * kiln_dist::schedule::bubble_fraction(p, m),
+            schedule.peak_in_flight(p, 0, m)
+        );
+    }
     Ok(())
 }
 
