@@ -90,15 +90,17 @@ fn to_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
         .map_err(|e| DistError::Tensor(format!("{e:?}")))
 }
 
-/// A tensor of `shape` and `dtype` on the device of `like`, from f32 values.
-fn from_f32<const D: usize>(
+/// A tensor of `shape` and `dtype` on the device of `like`, from f32 values. (The dtype goes
+/// with the device: `Tensor::from_data` on a device alone makes the device's default float,
+/// f32, whatever the data's dtype.)
+pub(crate) fn from_f32<const D: usize>(
     values: &[f32],
     shape: &[usize],
     dtype: DType,
     like: &Tensor<D>,
 ) -> Tensor<D> {
-    let data = TensorData::new(values.to_vec(), shape.to_vec()).convert_dtype(dtype);
-    Tensor::from_data(data, &like.device())
+    let data = TensorData::new(values.to_vec(), shape.to_vec());
+    Tensor::from_data(data, (&like.device(), dtype))
 }
 
 /// Every float parameter's values, flat.

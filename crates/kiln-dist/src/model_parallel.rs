@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use crate::communicator::ReduceOp;
 use crate::error::{DistError, Result};
@@ -350,8 +350,8 @@ impl ModuleMapper for Fill {
                 )));
                 return tensor;
             }
-            let data = TensorData::new(named.values, named.shape).convert_dtype(tensor.dtype());
-            let filled = Tensor::from_data(data, &tensor.device());
+            let filled =
+                crate::flat::from_f32(&named.values, &named.shape, tensor.dtype(), &tensor);
             if tensor.is_require_grad() {
                 filled.require_grad()
             } else {

@@ -1,7 +1,7 @@
 //! Collectives on Burn tensors: through the host (kiln's MPI engine moves host memory), the
 //! tensor coming back on its device with its dtype.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use crate::communicator::ReduceOp;
 use crate::error::{DistError, Result};
@@ -16,8 +16,7 @@ fn host<const D: usize>(tensor: &Tensor<D>) -> Result<Vec<f32>> {
 }
 
 fn back<const D: usize>(values: Vec<f32>, shape: Vec<usize>, like: &Tensor<D>) -> Tensor<D> {
-    let data = TensorData::new(values, shape).convert_dtype(like.dtype());
-    Tensor::from_data(data, &like.device())
+    crate::flat::from_f32(&values, &shape, like.dtype(), like)
 }
 
 impl ProcessGroup {
