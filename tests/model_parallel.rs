@@ -43,6 +43,7 @@ fn child() {
         "gather_pipeline" => gathered_whole(world, shape(1, n)),
         "gather_grid" => gathered_whole(world, shape(2, n / 2)),
         "train" => train_child(world),
+        "resume" => resume_child(world),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -347,6 +348,19 @@ fn addition_gpt(device: &Device) -> Gpt {
 /// 20 AdamW steps (clipped on the global norm) on `grid`, checkpointed into `checkpoints`;
 /// the trained model (whole on rank 0) and its held-out loss.
 fn train(world: &ProcessGroup, grid: Grid, checkpoints: &Path) -> (Gpt, f64) {
+    let (model, loss, _) = train_from(world, grid, checkpoints, 20, false);
+    (model, loss)
+}
+
+/// [`train`] with checkpoints every `checkpoint_every` steps, resuming from the newest one;
+/// also the step it resumed from.
+fn train_from(
+    world: &ProcessGroup,
+    grid: Grid,
+    checkpoints: &Path,
+    checkpoint_every: usize,
+    resume: bool,
+) -> (Gpt, f64, Option<usize>) {
     let device = Device::flex();
     let trainer = TrainerConfig::new()
         .with_max_steps(Some(20))
@@ -354,7 +368,8 @@ fn train(world: &ProcessGroup, grid: Grid, checkpoints: &Path) -> (Gpt, f64) {
         .with_grad_accumulation(grid.micro_batches)
         .with_clip_grad_norm(Some(0.5))
         .with_eval_items(Some(64))
-        .with_checkpoint_every(20)
+        .with_checkpoint_every(checkpoint_every)
+        .with_resume(resume)
         .with_checkpoint_dir(Some(checkpoints.display().to_string()))
         .with_quiet(true)
         .with_model_parallel(
@@ -379,7 +394,8 @@ fn train(world: &ProcessGroup, grid: Grid, checkpoints: &Path) -> (Gpt, f64) {
         .with_model_parallel()
         .fit(addition_gpt(&device), &device)
         .unwrap();
-    (outcome.model, outcome.last_eval.unwrap().1.loss)
+    let loss = outcome.last_eval.unwrap().1.loss;
+    (outcome.model, loss, outcome.resumed_from)
 }
 
 fn params(model: &Gpt) -> Vec<f32> {
@@ -535,4 +551,45 @@ fn tensor_and_pipeline_grid_matches_one_process() {
             },
         );
     }
+}
+
+/// A run on a grid stopped at step 10 and resumed (its checkpoint: the whole model, each
+/// rank's optimizer state) ends with the uninterrupted run's weights, bit for bit.
+fn resume_child(world: ProcessGroup) {
+    let grid = Grid::from_env();
+    let out = PathBuf::from(std::env::var(OUT).unwrap());
+    let checkpoints = out.with_extension("checkpoints");
+    let (full, _, _) = train_from(&world, grid, &checkpoints, 10, false);
+    world.barrier().unwrap();
+    if world.is_main() {
+        std::fs::remove_dir_all(checkpoints.join("step-00000020")).unwrap();
+    }
+    world.barrier().unwrap();
+    let (resumed, _, from) = train_from(&world, grid, &checkpoints, 10, true);
+    assert_eq!(from, Some(10), "resumed from the step-10 checkpoint");
+    if world.is_main() {
+        let (full, resumed) = (params(&full), params(&resumed));
+        assert!(
+            full == resumed,
+            "{grid:?}: the resumed run differs by {:e}",
+            max_abs_diff(&full, &resumed)
+        );
+        std::fs::write(&out, b"resumed").unwrap();
+    }
+}
+
+#[test]
+fn a_model_parallel_run_resumes_exactly() {
+    skip_unless_mpi!();
+    let dir = tempfile::tempdir().unwrap();
+    let grid = Grid {
+        tensor: 2,
+        pipeline: 2,
+        schedule: PipelineSchedule::OneFOneB,
+        micro_batches: 2,
+    };
+    let out = dir.path().join("resume");
+    let output = launch(4, false, "resume", &grid.env(&out));
+    assert_success(&output, "a 2 x 2 run resumed from step 10");
+    assert_eq!(std::fs::read(&out).unwrap(), b"resumed");
 }
