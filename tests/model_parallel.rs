@@ -71,10 +71,13 @@ fn ids(batch: usize, seq: usize, vocab: usize, salt: usize, device: &Device) -> 
     Tensor::from_data(TensorData::new(values, [batch, seq]), device)
 }
 
-/// A model and a batch it trains on; the loss and gradients of one step.
-type Case<M> = fn(&Device) -> (M, Box<dyn Fn(&M) -> (Tensor<3>, Tensor<1>)>);
+/// One batch through a model: its logits and its loss.
+type Run<M> = Box<dyn Fn(&M) -> (Tensor<3>, Tensor<1>)>;
 
-fn gpt_case(device: &Device) -> (Gpt, Box<dyn Fn(&Gpt) -> (Tensor<3>, Tensor<1>)>) {
+/// A model and the batch it is checked on.
+type Case<M> = fn(&Device) -> (M, Run<M>);
+
+fn gpt_case(device: &Device) -> (Gpt, Run<Gpt>) {
     let batch = LmBatch {
         inputs: ids(3, 10, 37, 1, device),
         targets: ids(3, 10, 37, 2, device),
@@ -87,12 +90,7 @@ fn gpt_case(device: &Device) -> (Gpt, Box<dyn Fn(&Gpt) -> (Tensor<3>, Tensor<1>)
     (whole_gpt(7, device), Box::new(run))
 }
 
-fn bert_case(
-    device: &Device,
-) -> (
-    BertForMaskedLm,
-    Box<dyn Fn(&BertForMaskedLm) -> (Tensor<3>, Tensor<1>)>,
-) {
+fn bert_case(device: &Device) -> (BertForMaskedLm, Run<BertForMaskedLm>) {
     device.seed(11);
     let config = BertConfig::new(29)
         .with_hidden_size(24)

@@ -63,7 +63,7 @@ pub struct MultiHeadAttention<L: LinearLayer = Linear> {
     pub n_head: usize,
     /// The group the heads are split across, under tensor parallelism (Megatron's parallel
     /// attention: q, k and v column-parallel, the output row-parallel); see
-    /// [`tensor_parallel`](crate::tensor_parallel).
+    /// [`parallel`](crate::parallel).
     #[module(skip)]
     pub tensor_parallel: Option<TensorParallel>,
 }

@@ -64,7 +64,7 @@ pub struct FeedForward<L: LinearLayer = Linear> {
     pub activation: Activation,
     /// The group the hidden units are split across, under tensor parallelism (Megatron's
     /// parallel MLP: up and gate column-parallel, down row-parallel); see
-    /// [`tensor_parallel`](crate::tensor_parallel).
+    /// [`parallel`](crate::parallel).
     #[module(skip)]
     pub tensor_parallel: Option<TensorParallel>,
 }
