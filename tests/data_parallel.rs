@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{CHILD, JOB_TIMEOUT, OUT, assert_success, launch, mpirun};
+use common::{CHILD, JOB_TIMEOUT, OUT, assert_success, launch, max_abs_diff, mpirun};
 use kiln::data::addition::{AdditionBatcher, AdditionDataset, VOCAB_SIZE};
 use kiln::dist::flat::{Layout, read_params, write_params};
 use kiln::dist::{DataParallelConfig, ProcessGroup, ReduceDtype, ReduceOp};
@@ -388,14 +388,6 @@ fn train_in_parallel(ranks: usize, tcp: bool, setting: &Setting) -> (Vec<f32>, E
         .collect();
     let eval = serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
     (params, eval)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Two ranks of one micro-batch each take the step of one process accumulating two, bit for

@@ -8,7 +8,7 @@ mod common;
 
 use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use common::{CHILD, OUT, assert_success, launch};
+use common::{CHILD, OUT, assert_success, launch, max_abs_diff};
 use kiln::base::{MlmBatch, TrainModel};
 use kiln::data::addition::{AdditionBatcher, AdditionDataset, VOCAB_SIZE};
 use kiln::dist::PipelineSchedule;
@@ -433,14 +433,6 @@ fn train_in_parallel(ranks: usize, grid: Grid, dir: &Path) -> (Vec<f32>, f64, Pa
         .parse()
         .unwrap();
     (values, loss, out.with_extension("checkpoints"))
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// A run on a grid matches one process within 1e-4 after 20 AdamW steps, and the checkpoint it

@@ -343,26 +343,19 @@ fn gradients_child(group: ProcessGroup) {
     group.barrier().unwrap();
 }
 
+/// 2 stages with 4 micro-batches and 4 stages with 8 (and the edge cases each child runs).
 #[test]
-fn two_stages_equal_one_process_accumulating() {
+fn stages_equal_one_process_accumulating() {
     skip_unless_mpi!();
-    let output = launch(2, false, "gradients", &[]);
-    assert_success(&output, "a pipeline of 2 stages");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("2 stages, 4 micro-batches, OneFOneB"),
-        "{stdout}"
-    );
-}
-
-#[test]
-fn four_stages_equal_one_process_accumulating() {
-    skip_unless_mpi!();
-    let output = launch(4, false, "gradients", &[]);
-    assert_success(&output, "a pipeline of 4 stages");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("4 stages, 8 micro-batches, OneFOneB"),
-        "{stdout}"
-    );
+    for (stages, micro_batches) in [(2, 4), (4, 8)] {
+        let output = launch(stages, false, "gradients", &[]);
+        assert_success(&output, &format!("a pipeline of {stages} stages"));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains(&format!(
+                "{stages} stages, {micro_batches} micro-batches, OneFOneB"
+            )),
+            "{stdout}"
+        );
+    }
 }

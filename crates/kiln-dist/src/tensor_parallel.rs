@@ -248,74 +248,54 @@ impl TensorParallelBackend for burn::backend::Cube {}
 
 impl<B: Backend, C: CheckpointStrategy> TensorParallelBackend for Autodiff<B, C> {
     fn copy_to_region(x: FloatTensor<Self>, group: &ProcessGroup) -> FloatTensor<Self> {
-        /// `f`'s backward: the gradient summed over the group.
-        #[derive(Debug)]
-        struct SumGradient;
-
-        impl<B: Backend> Backward<B, 1> for SumGradient {
-            type State = ProcessGroup;
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [parent] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                if let Some(node) = parent {
-                    grads.register::<B>(node.id, all_reduce::<B>(grad, &ops.state));
-                }
-            }
-        }
-
-        // Compute-bound: nothing to recompute (the state is the group, not a tensor).
-        match SumGradient
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let output = x.primitive().clone();
-                prep.finish(group.clone(), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(x.into_primitive()),
-        }
+        region::<B, C>(x, Some(group.clone()), |x| x)
     }
 
     fn reduce_from_region(x: FloatTensor<Self>, group: &ProcessGroup) -> FloatTensor<Self> {
-        /// `g`'s backward: the gradient passed through.
-        #[derive(Debug)]
-        struct PassGradient;
+        region::<B, C>(x, None, |x| all_reduce::<B>(x, group))
+    }
+}
 
-        impl<B: Backend> Backward<B, 1> for PassGradient {
-            type State = ();
+/// `f` or `g` on an autodiff tensor: `forward` on the inner backend, and a backward that sums
+/// the gradient over `sum_over` (`f`) or passes it through (`g`, `None`).
+fn region<B: Backend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    sum_over: Option<ProcessGroup>,
+    forward: impl FnOnce(FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    // Compute-bound: a recomputation under Balanced checkpointing would communicate again.
+    match RegionBackward
+        .prepare::<C>([x.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(sum_over, forward(x.primitive().clone())),
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive())),
+    }
+}
 
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [parent] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                if let Some(node) = parent {
-                    grads.register::<B>(node.id, grad);
-                }
-            }
-        }
+/// The backward of `f` (the gradient summed over the group in the state) and of `g` (no group:
+/// the gradient passed through).
+#[derive(Debug)]
+struct RegionBackward;
 
-        // Compute-bound: a recomputation under Balanced checkpointing would communicate again.
-        match PassGradient
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let output = all_reduce::<B>(x.primitive().clone(), group);
-                prep.finish((), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(all_reduce::<B>(x.into_primitive(), group)),
+impl<B: Backend> Backward<B, 1> for RegionBackward {
+    type State = Option<ProcessGroup>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = parent {
+            let grad = match &ops.state {
+                Some(group) => all_reduce::<B>(grad, group),
+                None => grad,
+            };
+            grads.register::<B>(node.id, grad);
         }
     }
 }
