@@ -6,11 +6,13 @@
 
 mod common;
 
+use burn::data::dataset::InMemDataset;
 use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use common::{CHILD, OUT, assert_success, launch, max_abs_diff};
 use kiln::base::{MlmBatch, TrainModel};
 use kiln::data::addition::{AdditionBatcher, AdditionDataset, VOCAB_SIZE};
+use kiln::data::mlm::{MlmBatcher, MlmConfig, MlmDataset};
 use kiln::dist::PipelineSchedule;
 use kiln::dist::flat::{Layout, read_params};
 use kiln::dist::{
@@ -22,6 +24,7 @@ use kiln::prelude::*;
 use kiln::train::checkpoint::CheckpointDir;
 use kiln::train::param_ids::stable_param_ids;
 use kiln::train::{BatchSource, RunConfig, Trainer, TrainerConfig};
+use rand::Rng;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -44,6 +47,7 @@ fn child() {
         "gather_grid" => gathered_whole(world, shape(2, n / 2)),
         "train" => train_child(world),
         "resume" => resume_child(world),
+        "train_bert" => bert_child(world),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -360,29 +364,11 @@ fn train_from(
     resume: bool,
 ) -> (Gpt, f64, Option<usize>) {
     let device = Device::flex();
-    let trainer = TrainerConfig::new()
-        .with_max_steps(Some(20))
-        .with_batch_size(8)
-        .with_grad_accumulation(grid.micro_batches)
-        .with_clip_grad_norm(Some(0.5))
-        .with_eval_items(Some(64))
+    let trainer = trainer_config(grid)
         .with_checkpoint_every(checkpoint_every)
         .with_resume(resume)
-        .with_checkpoint_dir(Some(checkpoints.display().to_string()))
-        .with_quiet(true)
-        .with_model_parallel(
-            ModelParallelConfig::new()
-                .with_tensor_parallel(grid.tensor)
-                .with_pipeline_parallel(grid.pipeline)
-                .with_schedule(grid.schedule),
-        );
-    let run = RunConfig::new(
-        (),
-        (),
-        OptimizerConfig::from(AdamWConfig::new()),
-        ScheduleConfig::Constant(3e-3),
-        trainer,
-    );
+        .with_checkpoint_dir(Some(checkpoints.display().to_string()));
+    let run = adamw_run(trainer);
     let data = BatchSource::new(AdditionDataset::train(), AdditionBatcher);
     let eval = BatchSource::new(AdditionDataset::held_out(), AdditionBatcher);
     let outcome = Trainer::new(&run, data)
@@ -396,7 +382,34 @@ fn train_from(
     (outcome.model, loss, outcome.resumed_from)
 }
 
-fn params(model: &Gpt) -> Vec<f32> {
+/// 20 steps of `grid.micro_batches` micro-batches of 8, clipped at 0.5, cut by `grid`.
+fn trainer_config(grid: Grid) -> TrainerConfig {
+    TrainerConfig::new()
+        .with_max_steps(Some(20))
+        .with_batch_size(8)
+        .with_grad_accumulation(grid.micro_batches)
+        .with_clip_grad_norm(Some(0.5))
+        .with_eval_items(Some(64))
+        .with_quiet(true)
+        .with_model_parallel(
+            ModelParallelConfig::new()
+                .with_tensor_parallel(grid.tensor)
+                .with_pipeline_parallel(grid.pipeline)
+                .with_schedule(grid.schedule),
+        )
+}
+
+fn adamw_run(trainer: TrainerConfig) -> RunConfig<(), ()> {
+    RunConfig::new(
+        (),
+        (),
+        OptimizerConfig::from(AdamWConfig::new()),
+        ScheduleConfig::Constant(3e-3),
+        trainer,
+    )
+}
+
+fn params<M: Module>(model: &M) -> Vec<f32> {
     read_params(model, &Layout::of(model)).unwrap()
 }
 
@@ -582,4 +595,86 @@ fn a_model_parallel_run_resumes_exactly() {
     let output = launch(4, false, "resume", &grid.env(&out));
     assert_success(&output, "a 2 x 2 run resumed from step 10");
     assert_eq!(std::fs::read(&out).unwrap(), b"resumed");
+}
+
+/// BERT's masked-LM model (its word embeddings tied to the decoder) on random sequences.
+fn bert_training(world: &ProcessGroup, grid: Grid) -> Vec<f32> {
+    let device = Device::flex();
+    device.seed(3);
+    let vocab = 40;
+    let model = BertConfig::new(vocab)
+        .with_hidden_size(32)
+        .with_num_hidden_layers(4)
+        .with_num_attention_heads(4)
+        .with_intermediate_size(64)
+        .with_max_position_embeddings(16)
+        .with_hidden_dropout_prob(0.0)
+        .with_attention_probs_dropout_prob(0.0)
+        .init_masked_lm(&device)
+        .unwrap();
+    let mut rng = kiln::base::seed::rng(9);
+    let sequences: Vec<Vec<u32>> = (0..400)
+        .map(|i| {
+            let len = 6 + i % 7;
+            (0..len)
+                .map(|_| rng.random_range(4..vocab as u32))
+                .collect()
+        })
+        .collect();
+    let masked = |seed| {
+        let config = MlmConfig::new(vocab, 3, vec![0, 1, 2, 3]).with_seed(seed);
+        MlmDataset::new(InMemDataset::new(sequences.clone()), config).unwrap()
+    };
+    let data = BatchSource::new(masked(1), MlmBatcher::new(0));
+    let eval = BatchSource::new(masked(2), MlmBatcher::new(0));
+    let outcome = Trainer::new(&adamw_run(trainer_config(grid)), data)
+        .unwrap()
+        .with_eval(eval)
+        .with_process_group(world.clone())
+        .with_model_parallel()
+        .fit(model, &device)
+        .unwrap();
+    params(&outcome.model)
+}
+
+fn bert_child(world: ProcessGroup) {
+    let values = bert_training(&world, Grid::from_env());
+    if world.is_main() {
+        let out = PathBuf::from(std::env::var(OUT).unwrap());
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(out, bytes).unwrap();
+    }
+}
+
+/// BERT on 2 stages and on a 2 × 2 grid: the masked-LM decoder's tied word embeddings are
+/// summed between the first and last stage; 20 steps within 1e-4 of one process.
+#[test]
+fn bert_on_a_grid_matches_one_process() {
+    skip_unless_mpi!();
+    let one = Grid {
+        tensor: 1,
+        pipeline: 1,
+        schedule: PipelineSchedule::OneFOneB,
+        micro_batches: 2,
+    };
+    let reference = bert_training(&ProcessGroup::single(), one);
+    let dir = tempfile::tempdir().unwrap();
+    for (ranks, tensor, pipeline) in [(2, 1, 2), (4, 2, 2)] {
+        let grid = Grid {
+            tensor,
+            pipeline,
+            ..one
+        };
+        let out = dir.path().join(format!("bert-{tensor}x{pipeline}"));
+        let output = launch(ranks, false, "train_bert", &grid.env(&out));
+        assert_success(&output, &format!("BERT on {grid:?}"));
+        let values: Vec<f32> = std::fs::read(&out)
+            .unwrap()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let diff = max_abs_diff(&values, &reference);
+        eprintln!("BERT {grid:?}: parameters within {diff:e} of one process");
+        assert!(diff <= 1e-4, "BERT {grid:?}: parameters differ by {diff:e}");
+    }
 }
