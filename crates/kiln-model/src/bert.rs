@@ -7,13 +7,13 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
 };
 use burn::tensor::activation::softmax;
-use burn::tensor::module::linear;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::activation::Activation;
 use crate::attention::AttentionMask;
 use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
 use crate::error::{ModelError, Result};
+use crate::fused::linear::linear;
 use crate::gpt::check_probability;
 use crate::inference::{for_inference, host_floats, host_ids};
 use crate::init::{materialize, normal_linear};

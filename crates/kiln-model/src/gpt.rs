@@ -10,7 +10,6 @@ use burn::module::Module;
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
 };
-use burn::tensor::module::linear;
 use burn::tensor::{Bool, Device, Int, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -20,6 +19,7 @@ use crate::attention::{AttentionMask, LayerKvCache, MultiHeadAttention};
 use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
 use crate::error::{ModelError, Result};
 use crate::feed_forward::{FeedForward, FeedForwardKind};
+use crate::fused::linear::linear;
 use crate::inference::{for_inference, host_floats};
 use crate::init::{materialize, normal_linear};
 use crate::limits::{CONTEXT, LAYERS, PARAMS, VOCAB, WIDTH, count};

@@ -23,8 +23,10 @@ pub trait LinearLayer: Module + ModuleDisplay {
 }
 
 impl LinearLayer for Linear {
+    /// Burn's `Linear::forward`, as one gemm with the bias in its epilogue on flex
+    /// ([`fused::linear`](crate::fused::linear)).
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        Linear::forward(self, x)
+        crate::fused::linear::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
     }
 
     fn d_out(&self) -> usize {
