@@ -192,6 +192,34 @@ fn the_bias_gradient_sums_every_row() {
     assert!(db.iter().all(|&v| v == 1500.0), "{db:?}");
 }
 
+#[test]
+fn matches_burn_under_balanced_gradient_checkpointing() {
+    // Burn's Balanced strategy may recompute the checkpointed x (here the output of a GELU, a
+    // memory-bound op) in the backward pass instead of keeping it.
+    let device = Device::flex().autodiff().gradient_checkpointing();
+    let run = |fused: bool| {
+        let x = tensor([2, 7, 12], 1, &device).require_grad();
+        let w = tensor([12, 10], 2, &device).require_grad();
+        let b = tensor([10], 3, &device).require_grad();
+        let h = burn::tensor::activation::gelu(x.clone());
+        let y = if fused {
+            linear(h, w.clone(), Some(b.clone()))
+        } else {
+            burn::tensor::module::linear(h, w.clone(), Some(b.clone()))
+        };
+        let upstream = tensor([2, 7, 10], 4, &device);
+        let grads = (y * upstream).sum().backward();
+        [
+            x.grad(&grads).unwrap().flatten::<1>(0, 2),
+            w.grad(&grads).unwrap().flatten::<1>(0, 1),
+            b.grad(&grads).unwrap(),
+        ]
+    };
+    for (fused, burn) in run(true).into_iter().zip(run(false)) {
+        assert!(relative_error(fused, burn) <= 1e-5);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(40))]
 
