@@ -4,6 +4,8 @@
 //!   with a KV cache), [`feed_forward`] (GELU MLP or SwiGLU), [`block`] (pre- or post-norm
 //!   Transformer block), [`rotary`] positions, [`activation`]s and [`init`]. The blocks are
 //!   generic over their [`linear`] layer: Burn's `Linear` by default, int8 in kiln-compress.
+//! - [`fused`]: CPU kernels with their own backward (GELU, LayerNorm) that the layers call on
+//!   flex; other backends run the composite Burn ops.
 //! - Models: [`gpt`] (decoder-only language model; [`Gpt::generate`](gpt::Gpt::generate)
 //!   decodes with a KV cache and a sliding window past the context, [`sampling`] picks tokens
 //!   from a seeded ChaCha8 generator) and [`bert`] (encoder, masked-LM and
@@ -49,6 +51,7 @@ pub mod bert;
 pub mod block;
 mod error;
 pub mod feed_forward;
+pub mod fused;
 pub mod gpt;
 pub mod hf;
 mod inference;
