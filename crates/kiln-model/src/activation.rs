@@ -4,6 +4,8 @@ use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation;
 
+use crate::fused::{self, GeluKind};
+
 /// Which non-linearity a feed-forward layer applies.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -21,8 +23,8 @@ impl Activation {
     /// Applies the activation element-wise.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Activation::Gelu => activation::gelu(x),
-            Activation::GeluTanh => gelu_tanh(x),
+            Activation::Gelu => fused::gelu(x, GeluKind::Exact),
+            Activation::GeluTanh => fused::gelu(x, GeluKind::Tanh),
             Activation::Relu => activation::relu(x),
             Activation::Silu => activation::silu(x),
         }
@@ -58,6 +60,9 @@ impl Activation {
 /// `tanh` is a scalar libm call per element and dominated the profile of a training step. This
 /// form has one transcendental (`exp`, inside Burn's fused sigmoid, which also has its own
 /// one-pass backward) and two fewer ops in the autodiff graph.
+///
+/// This is the composite form, which [`Activation::forward`] runs off flex; on flex it runs
+/// the fused kernel ([`fused::gelu()`]).
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
     let inner = (x.clone() * x.clone() * 0.044715 + 1.0) * x.clone() * TWO_SQRT_2_OVER_PI;

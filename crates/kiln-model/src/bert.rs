@@ -14,6 +14,7 @@ use crate::attention::AttentionMask;
 use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
 use crate::error::{ModelError, Result};
 use crate::fused::linear::linear;
+use crate::fused::layer_norm;
 use crate::gpt::check_probability;
 use crate::inference::{for_inference, host_floats, host_ids};
 use crate::init::{materialize, normal_linear};
@@ -395,7 +396,7 @@ impl Bert {
         let mut x = emb.word.forward(ids) + emb.token_type.forward(types);
         let hidden = x.dims()[2];
         x = x + emb.position.forward(positions).expand([batch, seq, hidden]);
-        emb.dropout.forward(emb.norm.forward(x))
+        emb.dropout.forward(layer_norm(&emb.norm, x))
     }
 
     /// The encoder layers' attention mask: bidirectional, `padding` `true` at padding keys.
@@ -442,9 +443,10 @@ impl BertForMaskedLm {
 
     /// The masked-LM head on the encoder's last hidden states: logits `[batch, seq, vocab]`.
     pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
-        let h = self
-            .transform_norm
-            .forward(self.activation.forward(self.transform.forward(hidden)));
+        let h = layer_norm(
+            &self.transform_norm,
+            self.activation.forward(self.transform.forward(hidden)),
+        );
         let decoder = self.bert.embeddings.word.weight.val().transpose();
         linear(h, decoder, Some(self.decoder_bias.val()))
     }

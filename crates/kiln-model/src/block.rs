@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor};
 use crate::activation::Activation;
 use crate::attention::{AttentionMask, LayerKvCache, MultiHeadAttention, MultiHeadAttentionConfig};
 use crate::feed_forward::{FeedForward, FeedForwardConfig, FeedForwardKind};
+use crate::fused::layer_norm;
 use crate::linear::LinearLayer;
 use crate::rotary::RotaryEmbedding;
 
@@ -122,14 +123,15 @@ impl<L: LinearLayer> TransformerBlock<L> {
                 let x = x.clone()
                     + self
                         .attn
-                        .forward(self.attn_norm.forward(x), mask, rope, cache);
-                x.clone() + self.ffn.forward(self.ffn_norm.forward(x))
+                        .forward(layer_norm(&self.attn_norm, x), mask, rope, cache);
+                x.clone() + self.ffn.forward(layer_norm(&self.ffn_norm, x))
             }
             NormPosition::Post => {
-                let x = self
-                    .attn_norm
-                    .forward(x.clone() + self.attn.forward(x, mask, rope, cache));
-                self.ffn_norm.forward(x.clone() + self.ffn.forward(x))
+                let x = layer_norm(
+                    &self.attn_norm,
+                    x.clone() + self.attn.forward(x, mask, rope, cache),
+                );
+                layer_norm(&self.ffn_norm, x.clone() + self.ffn.forward(x))
             }
         }
     }

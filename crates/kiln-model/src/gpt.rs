@@ -20,6 +20,7 @@ use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
 use crate::error::{ModelError, Result};
 use crate::feed_forward::{FeedForward, FeedForwardKind};
 use crate::fused::linear::linear;
+use crate::fused::layer_norm;
 use crate::inference::{for_inference, host_floats};
 use crate::init::{materialize, normal_linear};
 use crate::limits::{CONTEXT, LAYERS, PARAMS, VOCAB, WIDTH, count};
@@ -347,7 +348,7 @@ impl<L: LinearLayer> Gpt<L> {
     /// The last stage of the forward pass: final norm and the LM head (the token embedding,
     /// transposed, when tied), from the last block's output to logits `[batch, seq, vocab]`.
     pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = self.final_norm.forward(x);
+        let x = layer_norm(&self.final_norm, x);
         match &self.lm_head {
             Some(head) => head.forward(x),
             None => linear(x, self.token_embedding.weight.val().transpose(), None),

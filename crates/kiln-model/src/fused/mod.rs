@@ -1,25 +1,38 @@
-//! Fused CPU kernels (issue 12): ops that Burn runs as several passes or calls, run as one on the
-//! flex backend, with their own backward under autodiff. Each op has a tensor-level entry point
-//! that runs the fused kernel on flex (plain or autodiff) and Burn's composite code on every
-//! other backend.
+//! Fused CPU kernels (issue 12): the operations of a training step that Burn runs as several
+//! passes or calls, each run as one multi-threaded, vectorized pass forward and one backward on
+//! Burn's flex backend.
 //!
-//! - [`linear`]: a linear layer as one gemm over all the rows with the bias in its epilogue, and
-//!   its backward (`dX`, `dW`, `db`) the same way.
+//! Each operation is a Burn backend extension (`#[backend_extension]`) with its own autodiff
+//! backward, behind a tensor-level function that runs the fused kernel when the tensor lives on
+//! flex (plain or autodiff) and the composite Burn ops on every other backend (wgpu, CUDA), so
+//! that both compute the same function.
+//!
+//! - [`linear`](mod@linear): a linear layer as one gemm over all the rows with the bias in its
+//!   epilogue, and its backward (`dX`, `dW`, `db`) the same way.
+//! - [`gelu`](mod@gelu): GELU, exact and tanh ([`Activation::Gelu`](crate::activation::Activation::Gelu),
+//!   [`Activation::GeluTanh`](crate::activation::Activation::GeluTanh)).
+//! - [`layer_norm`](mod@layer_norm): LayerNorm, its backward computing `dX`, `dγ`, `dβ` in one
+//!   pass over the rows.
 
-use burn::backend::DispatchDevice;
 use burn::tensor::Device;
 
+pub mod gelu;
+#[cfg(feature = "flex")]
+mod kernel;
+pub mod layer_norm;
 pub mod linear;
 
-/// Whether `device` is flex, plain or autodiff: where the fused kernels run.
+pub use gelu::{GeluKind, gelu};
+pub use layer_norm::layer_norm;
+
+/// Whether `device` is flex, with or without autodiff: where the fused kernels run.
 pub(crate) fn on_flex(device: &Device) -> bool {
-    let device = match device.as_dispatch() {
-        DispatchDevice::Autodiff(inner) => &**inner,
-        other => other,
-    };
     #[cfg(feature = "flex")]
     {
-        matches!(device, DispatchDevice::Flex(_))
+        matches!(
+            device.as_dispatch().clone().inner(),
+            burn::backend::DispatchDevice::Flex(_)
+        )
     }
     #[cfg(not(feature = "flex"))]
     {

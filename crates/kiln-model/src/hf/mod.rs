@@ -48,6 +48,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 pub use bert::{load_bert, load_bert_classifier, load_bert_masked_lm};
 pub use config::{CONFIG_FILE, HfBertConfig, HfConfig, HfGpt2Config};
 pub use gpt2::load_gpt2;
+pub(crate) use save::layer_norm_eps;
 pub use save::{HfCheckpoint, HfExport, WEIGHTS_FILE, save_pretrained};
 pub use weights::HfWeights;
 

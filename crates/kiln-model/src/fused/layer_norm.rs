@@ -1,0 +1,371 @@
+//! LayerNorm over the last dimension, forward and backward each one pass over the rows.
+//!
+//! Under autodiff Burn decomposes a LayerNorm into about nine graph nodes (two means, a
+//! subtraction, a square root, a division, the affine map), each a pass over the activations
+//! and a saved intermediate. Here the forward computes each row's mean and `1/σ` (saved for the
+//! backward, `2·rows` floats) and the output in one sweep; the backward computes `dX`, `dγ` and
+//! `dβ` in one sweep over the rows, writing `dX` over the incoming gradient's buffer when it is
+//! the only holder:
+//!
+//! ```text
+//! x̂ = (x − μ)·r,   g = dy·γ,   dx = r·(g − mean(g) − x̂·mean(g·x̂)),   dγ = Σ dy·x̂,   dβ = Σ dy
+//! ```
+
+// Built without flex, the extension's generated glue leaves the trait unused.
+#![cfg_attr(not(feature = "flex"), allow(dead_code, unused_imports))]
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, backend_extension};
+use burn::nn::LayerNorm;
+use burn::tensor::{DType, Tensor};
+
+use super::on_flex;
+use crate::hf::layer_norm_eps;
+
+/// `norm` applied to `x` (`[..., d_model]`): the fused kernel on flex (f32, plain or
+/// autodiff), Burn's [`LayerNorm::forward`] elsewhere and for other dtypes. `norm` keeps its
+/// role as the holder of γ, β and ε.
+///
+/// ```
+/// use burn::nn::LayerNormConfig;
+/// use burn::tensor::{Device, Tensor};
+/// use kiln_model::fused::layer_norm;
+///
+/// let device = Device::flex();
+/// let norm = LayerNormConfig::new(4).init(&device);
+/// let x = Tensor::<2>::from_floats([[1.0, 2.0, 3.0, 4.0]], &device);
+/// let y = layer_norm(&norm, x).into_data().try_to_vec::<f32>().unwrap();
+/// assert!((y.iter().sum::<f32>()).abs() < 1e-5 && (y[3] - 1.341_64).abs() < 1e-4);
+/// ```
+pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
+    let gamma = norm.gamma.val();
+    let fused = on_flex(&x.device())
+        && x.dtype() == DType::F32
+        && gamma.dtype() == DType::F32
+        && gamma.dims()[0] == x.dims()[D - 1]
+        && x.shape().num_elements() > 0;
+    match layer_norm_eps(norm) {
+        Ok(epsilon) if fused => {
+            // Without β, a zero constant: one kernel for both.
+            let beta = match &norm.beta {
+                Some(beta) => beta.val(),
+                None => gamma.zeros_like(),
+            };
+            Tensor::from_dispatch(<Dispatch as LayerNormBackend>::fused_layer_norm(
+                x.into_dispatch(),
+                gamma.into_dispatch(),
+                beta.into_dispatch(),
+                epsilon,
+            ))
+        }
+        _ => norm.forward(x),
+    }
+}
+
+/// The fused LayerNorm as a backend operation: flex runs the kernel, Autodiff adds the fused
+/// backward ([`LayerNormBackward`]).
+#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+pub trait LayerNormBackend: Backend {
+    /// `(x − μ)/√(σ² + ε)·γ + β` over the last dimension of `x`.
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+}
+
+/// The kernels of a concrete backend that the autodiff operation calls.
+pub trait LayerNormBackward: LayerNormBackend {
+    /// The forward, with each row's mean and `1/√(σ² + ε)` (both `[rows]`).
+    fn fused_layer_norm_stats(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `(dx, dγ, dβ)` from the upstream gradient `grad` and the forward's saved statistics.
+    fn fused_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+impl<B: LayerNormBackward, C: CheckpointStrategy> LayerNormBackend for Autodiff<B, C> {
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        // Compute-bound: the state keeps what the backward needs, nothing is recomputed.
+        match LayerNormGrad
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, gamma) = (x.primitive().clone(), gamma.primitive().clone());
+                let (y, mean, rstd) = B::fused_layer_norm_stats(
+                    x.clone(),
+                    gamma.clone(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                prep.finish((x, gamma, mean, rstd), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                epsilon,
+            )),
+        }
+    }
+}
+
+/// The backward of [`LayerNormBackend::fused_layer_norm`]; its state is `(x, γ, μ, 1/σ)`.
+#[derive(Debug)]
+struct LayerNormGrad;
+
+impl<B: LayerNormBackward> Backward<B, 3> for LayerNormGrad {
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+    );
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [x_node, gamma_node, beta_node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, gamma, mean, rstd) = ops.state;
+        let (dx, dgamma, dbeta) = B::fused_layer_norm_backward(x, gamma, mean, rstd, grad);
+        for (node, grad) in [(x_node, dx), (gamma_node, dgamma), (beta_node, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use burn::backend::Flex;
+    use burn::backend::TensorMetadata;
+    use burn::backend::tensor::FloatTensor;
+    use rayon::prelude::*;
+
+    use super::{LayerNormBackend, LayerNormBackward};
+    use crate::fused::kernel::{CHUNK, contiguous, multiversion, owned, sum, tensor, values};
+
+    /// Rows per rayon task: about [`CHUNK`] elements.
+    fn rows_per_task(d: usize) -> usize {
+        (CHUNK / d).max(1)
+    }
+
+    impl LayerNormBackend for Flex {
+        fn fused_layer_norm(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            beta: FloatTensor<Self>,
+            epsilon: f64,
+        ) -> FloatTensor<Self> {
+            Self::fused_layer_norm_stats(x, gamma, beta, epsilon).0
+        }
+    }
+
+    impl LayerNormBackward for Flex {
+        fn fused_layer_norm_stats(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            beta: FloatTensor<Self>,
+            epsilon: f64,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            let shape = x.shape().to_vec();
+            let d = shape.last().copied().unwrap_or(1).max(1);
+            let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+            let src = values(&x);
+            let rows = src.len() / d;
+            let (gamma, beta) = (values(&gamma), values(&beta));
+            let eps = epsilon as f32;
+            let mut out = vec![0.0f32; src.len()];
+            let (mut mean, mut rstd) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+            let run = |x: &[f32], y: &mut [f32], m: &mut [f32], r: &mut [f32]| {
+                forward_rows(x, gamma, beta, eps, y, m, r)
+            };
+            if src.len() < 2 * CHUNK {
+                run(src, &mut out, &mut mean, &mut rstd);
+            } else {
+                let rpt = rows_per_task(d);
+                out.par_chunks_mut(rpt * d)
+                    .zip(src.par_chunks(rpt * d))
+                    .zip(mean.par_chunks_mut(rpt))
+                    .zip(rstd.par_chunks_mut(rpt))
+                    .for_each(|(((y, x), m), r)| run(x, y, m, r));
+            }
+            (
+                tensor(out, shape),
+                tensor(mean, vec![rows]),
+                tensor(rstd, vec![rows]),
+            )
+        }
+
+        fn fused_layer_norm_backward(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            mean: FloatTensor<Self>,
+            rstd: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            let d = gamma.shape().num_elements().max(1);
+            let (x, gamma, mean, rstd) = (
+                contiguous(x),
+                contiguous(gamma),
+                contiguous(mean),
+                contiguous(rstd),
+            );
+            let (x, gamma, mean, rstd) = (values(&x), values(&gamma), values(&mean), values(&rstd));
+            let mut grad = owned(grad);
+            let dy = grad.storage_mut::<f32>();
+            let run = |x: &[f32], dy: &mut [f32], m: &[f32], r: &[f32]| {
+                let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
+                backward_rows(x, gamma, m, r, dy, &mut dgamma, &mut dbeta);
+                (dgamma, dbeta)
+            };
+            let (dgamma, dbeta) = if x.len() < 2 * CHUNK {
+                run(x, dy, mean, rstd)
+            } else {
+                let rpt = rows_per_task(d);
+                dy.par_chunks_mut(rpt * d)
+                    .zip(x.par_chunks(rpt * d))
+                    .zip(mean.par_chunks(rpt))
+                    .zip(rstd.par_chunks(rpt))
+                    .map(|(((dy, x), m), r)| run(x, dy, m, r))
+                    .reduce_with(|(mut g, mut b), (g2, b2)| {
+                        g.iter_mut().zip(&g2).for_each(|(a, v)| *a += v);
+                        b.iter_mut().zip(&b2).for_each(|(a, v)| *a += v);
+                        (g, b)
+                    })
+                    .unwrap_or_else(|| (vec![0.0; d], vec![0.0; d]))
+            };
+            (grad, tensor(dgamma, vec![d]), tensor(dbeta, vec![d]))
+        }
+    }
+
+    multiversion! {
+        /// The forward of whole rows of `x` (`y`, and each row's `mean` and `rstd`).
+        fn forward_rows(
+            x: &[f32],
+            gamma: &[f32],
+            beta: &[f32],
+            eps: f32,
+            y: &mut [f32],
+            mean: &mut [f32],
+            rstd: &mut [f32],
+        ) {
+            let d = gamma.len();
+            for (((x, y), m), r) in x
+                .chunks_exact(d)
+                .zip(y.chunks_exact_mut(d))
+                .zip(mean.iter_mut())
+                .zip(rstd.iter_mut())
+            {
+                let mu = sum(x) / d as f32;
+                // Two passes (the centred squares), as the composite op: no cancellation.
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = x - mu;
+                }
+                let var = sum_squares(y) / d as f32;
+                let inv = 1.0 / (var + eps).sqrt();
+                for ((y, &g), &b) in y.iter_mut().zip(gamma).zip(beta) {
+                    *y = *y * inv * g + b;
+                }
+                (*m, *r) = (mu, inv);
+            }
+        }
+    }
+
+    /// `Σ v²` in 16 lanes.
+    #[inline(always)]
+    fn sum_squares(v: &[f32]) -> f32 {
+        let mut lanes = [0.0f32; 16];
+        let chunks = v.chunks_exact(16);
+        let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+        for c in chunks {
+            for (l, v) in lanes.iter_mut().zip(c) {
+                *l += v * v;
+            }
+        }
+        lanes.iter().sum::<f32>() + tail
+    }
+
+    multiversion! {
+        /// The backward of whole rows: `dy` is overwritten with `dx`; `dgamma`/`dbeta` accumulate.
+        fn backward_rows(
+            x: &[f32],
+            gamma: &[f32],
+            mean: &[f32],
+            rstd: &[f32],
+            dy: &mut [f32],
+            dgamma: &mut [f32],
+            dbeta: &mut [f32],
+        ) {
+            let d = gamma.len();
+            for (((x, dy), &mu), &r) in x
+                .chunks_exact(d)
+                .zip(dy.chunks_exact_mut(d))
+                .zip(mean)
+                .zip(rstd)
+            {
+                // Σ g and Σ g·x̂ in 16 lanes, with dγ and dβ in the same sweep.
+                let (mut sg, mut sgx) = ([0.0f32; 16], [0.0f32; 16]);
+                for ((((x, dy), g), dg), db) in x
+                    .chunks_exact(16)
+                    .zip(dy.chunks_exact(16))
+                    .zip(gamma.chunks_exact(16))
+                    .zip(dgamma.chunks_exact_mut(16))
+                    .zip(dbeta.chunks_exact_mut(16))
+                {
+                    for l in 0..16 {
+                        let xh = (x[l] - mu) * r;
+                        let gl = dy[l] * g[l];
+                        sg[l] += gl;
+                        sgx[l] += gl * xh;
+                        dg[l] += dy[l] * xh;
+                        db[l] += dy[l];
+                    }
+                }
+                let (mut tg, mut tgx) = (0.0f32, 0.0f32);
+                for i in d - d % 16..d {
+                    let xh = (x[i] - mu) * r;
+                    let gl = dy[i] * gamma[i];
+                    tg += gl;
+                    tgx += gl * xh;
+                    dgamma[i] += dy[i] * xh;
+                    dbeta[i] += dy[i];
+                }
+                let a = (sg.iter().sum::<f32>() + tg) / d as f32;
+                let b = (sgx.iter().sum::<f32>() + tgx) / d as f32;
+                for ((dy, &x), &g) in dy.iter_mut().zip(x).zip(gamma) {
+                    let xh = (x - mu) * r;
+                    *dy = r * (*dy * g - a - xh * b);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The fused GELU and LayerNorm kernels against the composite Burn ops they replace: outputs
+//! and gradients (of a random upstream gradient) on `Device::flex().autodiff()`, over random
+//! shapes (not multiples of the vector width, a single row, views that are not contiguous,
+//! tensors large enough to be split across threads), and the plain (inference) path.
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, LayerNormConfig};
+use burn::tensor::{Device, Tensor, TensorData, activation};
+use kiln_model::fused::{GeluKind, gelu, layer_norm};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Relative tolerance of the issue. Each element is compared relative to its own magnitude,
+/// or to the tensor's root mean square when it is smaller: an element that is a difference or
+/// a long sum of larger terms (a LayerNorm's `dx`, `dγ` over many rows) carries the rounding
+/// of those terms, so two f32 computations of it agree in absolute, not relative, terms.
+const REL: f32 = 1e-5;
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn assert_close(what: &str, fused: &[f32], composite: &[f32]) {
+    assert_eq!(fused.len(), composite.len(), "{what}: lengths");
+    let n = composite.len().max(1) as f32;
+    let rms = (composite.iter().map(|v| v * v).sum::<f32>() / n).sqrt();
+    for (i, (a, b)) in fused.iter().zip(composite).enumerate() {
+        let tol = REL * b.abs().max(rms) + f32::MIN_POSITIVE;
+        assert!(
+            (a - b).abs() <= tol,
+            "{what}[{i}]: fused {a} vs composite {b} (tolerance {tol})"
+        );
+    }
+}
+
+/// Uniform values in `[-spread, spread]` plus `offset`, from `seed`.
+fn random<const D: usize>(
+    shape: [usize; D],
+    spread: f32,
+    offset: f32,
+    seed: u64,
+    device: &Device,
+) -> Tensor<D> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| rng.random_range(-spread..=spread) + offset)
+        .collect();
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+/// Output and input gradient of `f` at `x` (`[rows, cols]`, viewed transposed when
+/// `transposed`), for a random upstream gradient.
+fn forward_backward(
+    f: impl Fn(Tensor<2>) -> Tensor<2>,
+    x: &Tensor<2>,
+    transposed: bool,
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>) {
+    let leaf = x.clone().require_grad();
+    let input = if transposed {
+        leaf.clone().swap_dims(0, 1)
+    } else {
+        leaf.clone()
+    };
+    let y = f(input);
+    let up = random(y.dims(), 1.0, 0.0, seed ^ 0x5eed, &y.device());
+    let grads = (y.clone() * up).sum().backward();
+    (values(y), values(leaf.grad(&grads).unwrap()))
+}
+
+fn check_gelu(kind: GeluKind, shape: [usize; 2], transposed: bool, seed: u64) {
+    let device = Device::flex().autodiff();
+    let x = random(shape, 6.0, 0.0, seed, &device);
+    let composite = |x: Tensor<2>| match kind {
+        GeluKind::Exact => activation::gelu(x),
+        GeluKind::Tanh => kiln_model::activation::gelu_tanh(x),
+    };
+    let (y, dx) = forward_backward(|x| gelu(x, kind), &x, transposed, seed);
+    let (y_ref, dx_ref) = forward_backward(composite, &x, transposed, seed);
+    assert_close(&format!("{kind:?} gelu {shape:?}"), &y, &y_ref);
+    assert_close(&format!("{kind:?} gelu' {shape:?}"), &dx, &dx_ref);
+
+    // Without autodiff (inference): the same kernel, the same values.
+    let plain = x.inner();
+    let plain = if transposed {
+        plain.swap_dims(0, 1)
+    } else {
+        plain
+    };
+    assert_close(
+        &format!("{kind:?} gelu, plain"),
+        &values(gelu(plain.clone(), kind)),
+        &values(composite(plain)),
+    );
+}
+
+/// A LayerNorm of width `d` with random γ and β (or none).
+fn norm(d: usize, bias: bool, seed: u64, device: &Device) -> LayerNorm {
+    let mut norm = LayerNormConfig::new(d)
+        .with_epsilon(1e-5)
+        .with_bias(bias)
+        .init(device);
+    norm.gamma = Param::from_tensor(random([d], 0.5, 1.0, seed + 1, device));
+    if bias {
+        norm.beta = Some(Param::from_tensor(random([d], 0.5, 0.0, seed + 2, device)));
+    }
+    norm
+}
+
+fn check_layer_norm(shape: [usize; 2], bias: bool, transposed: bool, seed: u64) {
+    let device = Device::flex().autodiff();
+    let d = if transposed { shape[0] } else { shape[1] };
+    let x = random(shape, 3.0, 0.5, seed, &device);
+    let norm = norm(d, bias, seed, &device);
+    let run = |fused: bool| {
+        let leaf = x.clone().require_grad();
+        let input = if transposed {
+            leaf.clone().swap_dims(0, 1)
+        } else {
+            leaf.clone()
+        };
+        let y = if fused {
+            layer_norm(&norm, input)
+        } else {
+            norm.forward(input)
+        };
+        let up = random(y.dims(), 1.0, 0.0, seed ^ 0x5eed, &device);
+        let grads = (y.clone() * up).sum().backward();
+        let dgamma = values(norm.gamma.grad(&grads).unwrap());
+        let dbeta = norm.beta.as_ref().map(|b| values(b.grad(&grads).unwrap()));
+        (values(y), values(leaf.grad(&grads).unwrap()), dgamma, dbeta)
+    };
+    let (fused, composite) = (run(true), run(false));
+    let what = format!("layer norm {shape:?} bias {bias} transposed {transposed}");
+    assert_close(&format!("{what}: y"), &fused.0, &composite.0);
+    assert_close(&format!("{what}: dx"), &fused.1, &composite.1);
+    assert_close(&format!("{what}: dgamma"), &fused.2, &composite.2);
+    match (fused.3, composite.3) {
+        (Some(a), Some(b)) => assert_close(&format!("{what}: dbeta"), &a, &b),
+        (a, b) => assert_eq!(a.is_some(), b.is_some()),
+    }
+
+    // Without autodiff.
+    let plain_norm = self::norm(d, bias, seed, &Device::flex());
+    let plain = x.inner();
+    let plain = if transposed {
+        plain.swap_dims(0, 1)
+    } else {
+        plain
+    };
+    assert_close(
+        &format!("{what}: plain"),
+        &values(layer_norm(&plain_norm, plain.clone())),
+        &values(plain_norm.forward(plain)),
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn gelu_matches_composite(
+        tanh: bool, rows in 1usize..40, cols in 1usize..300, transposed: bool, seed in 0u64..1000,
+    ) {
+        let kind = if tanh { GeluKind::Tanh } else { GeluKind::Exact };
+        check_gelu(kind, [rows, cols], transposed, seed);
+    }
+
+    #[test]
+    fn layer_norm_matches_composite(
+        rows in 1usize..40, d in 1usize..300, bias: bool, transposed: bool, seed in 0u64..1000,
+    ) {
+        let shape = if transposed { [d, rows] } else { [rows, d] };
+        check_layer_norm(shape, bias, transposed, seed);
+    }
+}
+
+/// Large enough for the kernels to split the work across threads (and, for GELU, far enough
+/// out that `σ` and `Φ` saturate).
+#[test]
+fn large_tensors_split_across_threads() {
+    for kind in [GeluKind::Exact, GeluKind::Tanh] {
+        check_gelu(kind, [129, 517], false, 7);
+        check_gelu(kind, [517, 129], true, 8);
+    }
+    check_layer_norm([301, 259], true, false, 9);
+    check_layer_norm([259, 301], true, true, 10);
+}
+
+/// GELU far into both tails: `x·Φ(x)` keeps its relative precision where `1 + erf` is tiny,
+/// and the tanh form does not overflow.
+#[test]
+fn gelu_tails() {
+    let device = Device::flex();
+    let xs = [
+        -30.0f32, -12.0, -6.0, -3.0, -1e-3, 0.0, 1e-3, 3.0, 6.0, 12.0, 30.0,
+    ];
+    let x = Tensor::<1>::from_floats(xs, &device);
+    let exact = values(gelu(x.clone(), GeluKind::Exact));
+    let tanh = values(gelu(x, GeluKind::Tanh));
+    for ((x, e), t) in xs.iter().zip(exact).zip(tanh) {
+        let reference = 0.5 * *x as f64 * libm_erfc(-*x as f64 / std::f64::consts::SQRT_2);
+        let rel = |v: f32| (v as f64 - reference).abs() / reference.abs().max(1e-300);
+        assert!(e.is_finite() && t.is_finite(), "gelu({x}) = {e}, {t}");
+        if reference.abs() > 1e-30 {
+            assert!(rel(e) < 1e-5, "exact gelu({x}) = {e}, expected {reference}");
+        } else {
+            assert!(e.abs() < 1e-30, "exact gelu({x}) = {e}");
+        }
+        // The approximation is within 1e-3 of the exact GELU everywhere.
+        assert!((t as f64 - reference).abs() < 1e-3, "tanh gelu({x}) = {t}");
+    }
+}
+
+/// `erfc` in f64 by its continued fraction (x > 0.5) or series (small x): a reference
+/// independent of the kernels' fit.
+fn libm_erfc(x: f64) -> f64 {
+    if x < 0.0 {
+        return 2.0 - libm_erfc(-x);
+    }
+    if x < 2.0 {
+        // erf(x) = 2/√π Σ (−1)ⁿ x^{2n+1} / (n! (2n+1))
+        let (mut term, mut sum, mut n) = (x, x, 0.0);
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -x * x / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        return 1.0 - 2.0 / std::f64::consts::PI.sqrt() * sum;
+    }
+    // erfc(x) = e^{−x²}/√π · 1/(x + 1/2/(x + 1/(x + 3/2/(x + ...))))
+    let mut f = x;
+    for k in (1..200).rev() {
+        f = x + k as f64 / 2.0 / f;
+    }
+    (-x * x).exp() / std::f64::consts::PI.sqrt() / f
+}
