@@ -10,6 +10,9 @@
 //!   sequence-classification heads, with `predict` helpers).
 //! - Weights: [`hf`] loads and writes HuggingFace checkpoints, [`store`] saves and loads kiln's
 //!   own (`load_model::<GptConfig>(dir, &device)`, no closure: the config builds the model).
+//! - Speed on the CPU: [`fused`] kernels (one pass forward and backward, vectorized and
+//!   multi-threaded) for attention's masked softmax and the cross-entropy on flex, Burn's
+//!   composite ops on other backends.
 //! - Training: GPT and both BERT heads are kiln-base `TrainModel`s on kiln's batch types, and
 //!   `BlockStack`s for per-block activation recomputation (`train.rs`).
 //! - Parallelism: [`parallel`] cuts GPT and the BERTs into the parts of tensor (Megatron) and
@@ -49,6 +52,7 @@ pub mod bert;
 pub mod block;
 mod error;
 pub mod feed_forward;
+pub mod fused;
 pub mod gpt;
 pub mod hf;
 mod inference;
