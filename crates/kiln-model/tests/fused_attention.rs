@@ -315,3 +315,43 @@ proptest! {
         check_cross_entropy(seed, [tokens, vocab], ignore, transposed);
     }
 }
+
+#[test]
+fn half_precision_inputs_compute_in_f32_and_keep_their_dtype() {
+    use burn::tensor::DType;
+    let device = Device::flex().autodiff();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let scores = random(&mut rng, [2, 2, 6, 9], 3.0, &device);
+    let logits = random(&mut rng, [10, 13], 3.0, &device);
+    let targets = Tensor::<1, Int>::from_data(
+        TensorData::new((0..10).collect::<Vec<i64>>(), [10]),
+        &device,
+    );
+    for dtype in [DType::F16, DType::BF16] {
+        let half = scores.clone().cast(dtype).require_grad();
+        let probs = masked_softmax(half.clone(), 0.5, true, None);
+        assert_eq!(probs.dtype(), dtype);
+        let grad = half.grad(&probs.clone().sum().backward()).unwrap();
+        assert_eq!(grad.dtype(), dtype);
+        let reference = masked_softmax_composite(scores.clone(), 0.5, true, None);
+        let (got, want) = (values(probs), values(reference));
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-2),
+            "{dtype:?}"
+        );
+
+        let half = logits.clone().cast(dtype).require_grad();
+        let loss = cross_entropy(half.clone(), targets.clone(), Some(-100));
+        assert_eq!(loss.dtype(), dtype);
+        assert_eq!(half.grad(&loss.clone().backward()).unwrap().dtype(), dtype);
+        let want = values(cross_entropy_composite(
+            logits.clone(),
+            targets.clone(),
+            Some(-100),
+        ));
+        assert!(
+            (values(loss)[0] - want[0]).abs() < 2e-2 * want[0].abs(),
+            "{dtype:?}"
+        );
+    }
+}
