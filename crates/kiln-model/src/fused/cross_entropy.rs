@@ -182,7 +182,7 @@ mod kernels {
 
     use super::CrossEntropyBackend;
     use crate::fused::softmax::{
-        LANES, exp, f32_contiguous, for_row_blocks, from_f32, lane_max, lane_sum, with_best_isa,
+        LANES, exp, f32_contiguous, for_row_blocks, from_f32, lane_max, lane_sum, multiversion,
     };
 
     impl CrossEntropyBackend for Flex {
@@ -198,12 +198,10 @@ mod kernels {
             let targets = read_targets(targets);
             let mut lse = vec![0.0f32; tokens];
             for_row_blocks(&mut lse, 1, vocab, |first, block| {
-                with_best_isa(|| {
-                    for (r, lse) in block.iter_mut().enumerate() {
-                        let row = &x[(first + r) * vocab..(first + r + 1) * vocab];
-                        *lse = logsumexp(row);
-                    }
-                })
+                for (r, lse) in block.iter_mut().enumerate() {
+                    let row = &x[(first + r) * vocab..(first + r + 1) * vocab];
+                    *lse = logsumexp(row);
+                }
             });
             // Summed in f64 and in row order: the same loss however the rows were split.
             let (mut sum, mut count) = (0.0f64, 0usize);
@@ -244,45 +242,51 @@ mod kernels {
             let per_token = g / count.max(1) as f32;
             let mut out = vec![0.0f32; x.len()];
             for_row_blocks(&mut out, vocab, vocab, |first, block| {
-                with_best_isa(|| {
-                    for (r, out) in block.chunks_exact_mut(vocab).enumerate() {
-                        let row = first + r;
-                        let t = targets[row];
-                        if Some(t) == ignore_index {
-                            continue; // already zero
-                        }
-                        let (x, lse) = (&x[row * vocab..(row + 1) * vocab], lse[row]);
-                        for (o, &x) in out.iter_mut().zip(x) {
-                            *o = exp(x - lse) * per_token;
-                        }
-                        match usize::try_from(t).ok().filter(|&t| t < vocab) {
-                            Some(t) => out[t] -= per_token,
-                            None => out.fill(f32::NAN),
-                        }
+                for (r, out) in block.chunks_exact_mut(vocab).enumerate() {
+                    let row = first + r;
+                    let t = targets[row];
+                    if Some(t) == ignore_index {
+                        continue; // already zero
                     }
-                })
+                    let x = &x[row * vocab..(row + 1) * vocab];
+                    scaled_softmax_row(x, lse[row], per_token, out);
+                    match usize::try_from(t).ok().filter(|&t| t < vocab) {
+                        Some(t) => out[t] -= per_token,
+                        None => out.fill(f32::NAN),
+                    }
+                }
             });
             from_f32(out, logits.layout().shape().clone(), dtype)
         }
     }
 
-    /// `max + ln Σ e^(x − max)` of one row, without storing the exponentials.
-    #[inline(always)]
-    fn logsumexp(row: &[f32]) -> f32 {
-        let max = lane_max(row);
-        if max.is_infinite() {
-            return max;
+    multiversion! {
+        /// `max + ln Σ e^(x − max)` of one row, without storing the exponentials.
+        fn logsumexp(row: &[f32]) -> f32 {
+            let max = lane_max(row);
+            if max.is_infinite() {
+                return max;
+            }
+            let mut acc = [0.0f32; LANES];
+            let chunks = row.chunks_exact(acc.len());
+            let rest = chunks.remainder();
+            for c in chunks {
+                for (a, &x) in acc.iter_mut().zip(c) {
+                    *a += exp(x - max);
+                }
+            }
+            let sum = lane_sum(&acc) + rest.iter().map(|&x| exp(x - max)).sum::<f32>();
+            max + sum.ln()
         }
-        let mut acc = [0.0f32; LANES];
-        let chunks = row.chunks_exact(acc.len());
-        let rest = chunks.remainder();
-        for c in chunks {
-            for (a, &x) in acc.iter_mut().zip(c) {
-                *a += exp(x - max);
+    }
+
+    multiversion! {
+        /// `out = e^(x − lse) · c`: a row's softmax from its logsumexp, scaled.
+        fn scaled_softmax_row(x: &[f32], lse: f32, c: f32, out: &mut [f32]) {
+            for (o, &x) in out.iter_mut().zip(x) {
+                *o = exp(x - lse) * c;
             }
         }
-        let sum = lane_sum(&acc) + rest.iter().map(|&x| exp(x - max)).sum::<f32>();
-        max + sum.ln()
     }
 
     /// `[tokens, vocab]` of a 2-d tensor.

@@ -199,7 +199,7 @@ impl<B: MaskedSoftmaxBackend> Backward<B, 1> for SoftmaxBackward {
 
 #[cfg(feature = "flex")]
 pub(crate) use kernels::{
-    LANES, exp, f32_contiguous, for_row_blocks, from_f32, lane_max, lane_sum, with_best_isa,
+    LANES, exp, f32_contiguous, for_row_blocks, from_f32, lane_max, lane_sum, multiversion,
 };
 
 #[cfg(feature = "flex")]
@@ -212,6 +212,46 @@ mod kernels {
     use rayon::prelude::*;
 
     use super::MaskedSoftmaxBackend;
+
+    /// Compiles `fn` three times, for AVX-512, for AVX2 with FMA and for the baseline, and picks
+    /// one at run time: the body and the `#[inline(always)]` helpers it calls (`exp`, the lane
+    /// reductions) are inlined into each `#[target_feature]` copy, where LLVM vectorizes their
+    /// loops at that width. CI's CPUs may lack AVX-512; other architectures get the baseline.
+    macro_rules! multiversion {
+        ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+            $(#[$meta])*
+            $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+                #[inline(always)]
+                fn generic($($arg: $ty),*) $(-> $ret)? $body
+
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx512f")]
+                    fn avx512($($arg: $ty),*) $(-> $ret)? {
+                        generic($($arg),*)
+                    }
+
+                    #[target_feature(enable = "avx2,fma")]
+                    fn avx2($($arg: $ty),*) $(-> $ret)? {
+                        generic($($arg),*)
+                    }
+
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: the CPU has AVX-512F, checked just above.
+                        return unsafe { avx512($($arg),*) };
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                        return unsafe { avx2($($arg),*) };
+                    }
+                }
+                generic($($arg),*)
+            }
+        };
+    }
+    pub(crate) use multiversion;
 
     /// The lanes the row reductions accumulate in: AVX-512's 16 `f32`s.
     pub(crate) const LANES: usize = 16;
@@ -254,12 +294,10 @@ mod kernels {
             let grad = grad.as_slice::<f32>().expect("contiguous f32");
             let mut out = vec![0.0f32; probs.len()];
             for_row_blocks(&mut out, k, k, |first_row, block| {
-                with_best_isa(|| {
-                    for (r, out) in block.chunks_exact_mut(k).enumerate() {
-                        let at = (first_row + r) * k;
-                        softmax_backward_row(&probs[at..at + k], &grad[at..at + k], out, scale);
-                    }
-                })
+                for (r, out) in block.chunks_exact_mut(k).enumerate() {
+                    let at = (first_row + r) * k;
+                    softmax_backward_row(&probs[at..at + k], &grad[at..at + k], out, scale);
+                }
             });
             from_f32(out, dims, dtype)
         }
@@ -282,71 +320,71 @@ mod kernels {
         let mut out = vec![0.0f32; input.len()];
         for_row_blocks(&mut out, k, k, |first_row, block| {
             let mut mask_row = vec![0u8; if mask.is_some() { k } else { 0 }];
-            with_best_isa(|| {
-                for (r, out) in block.chunks_exact_mut(k).enumerate() {
-                    let row = first_row + r;
-                    let scores = &input[row * k..(row + 1) * k];
-                    let i = (row % q) as i64;
-                    let valid = if causal {
-                        (i + offset + 1).clamp(0, k as i64) as usize
-                    } else {
-                        k
-                    };
-                    let mask = mask.as_ref().map(|m| m.row(row, &mut mask_row));
-                    softmax_row(scores, out, scale, valid, mask);
-                }
-            })
+            for (r, out) in block.chunks_exact_mut(k).enumerate() {
+                let row = first_row + r;
+                let scores = &input[row * k..(row + 1) * k];
+                let i = (row % q) as i64;
+                let valid = if causal {
+                    (i + offset + 1).clamp(0, k as i64) as usize
+                } else {
+                    k
+                };
+                let mask = mask.as_ref().map(|m| m.row(row, &mut mask_row));
+                softmax_row(scores, out, scale, valid, mask);
+            }
         });
         from_f32(out, dims, dtype)
     }
 
-    /// One row of probabilities: `scores · scale` over the first `valid` keys (the rest are
-    /// causally masked), `-inf` where `mask` is non-zero, then max, exp and normalize in `out`.
-    #[inline(always)]
-    fn softmax_row(scores: &[f32], out: &mut [f32], scale: f32, valid: usize, mask: Option<&[u8]>) {
-        let (head, tail) = out.split_at_mut(valid);
-        tail.fill(0.0);
-        let scores = &scores[..valid];
-        match mask {
-            Some(mask) => {
-                for ((o, &s), &m) in head.iter_mut().zip(scores).zip(&mask[..valid]) {
-                    *o = if m != 0 { f32::NEG_INFINITY } else { s * scale };
+    multiversion! {
+        /// One row of probabilities: `scores · scale` over the first `valid` keys (the rest are
+        /// causally masked), `-inf` where `mask` is non-zero, then max, exp and normalize in `out`.
+        fn softmax_row(scores: &[f32], out: &mut [f32], scale: f32, valid: usize, mask: Option<&[u8]>) {
+            let (head, tail) = out.split_at_mut(valid);
+            tail.fill(0.0);
+            let scores = &scores[..valid];
+            match mask {
+                Some(mask) => {
+                    for ((o, &s), &m) in head.iter_mut().zip(scores).zip(&mask[..valid]) {
+                        *o = if m != 0 { f32::NEG_INFINITY } else { s * scale };
+                    }
+                }
+                None => {
+                    for (o, &s) in head.iter_mut().zip(scores) {
+                        *o = s * scale;
+                    }
                 }
             }
-            None => {
-                for (o, &s) in head.iter_mut().zip(scores) {
-                    *o = s * scale;
-                }
+            let max = lane_max(head);
+            if max == f32::NEG_INFINITY {
+                head.fill(0.0);
+                return;
             }
-        }
-        let max = lane_max(head);
-        if max == f32::NEG_INFINITY {
-            head.fill(0.0);
-            return;
-        }
-        for o in head.iter_mut() {
-            *o = exp(*o - max);
-        }
-        let inv = 1.0 / lane_sum(head);
-        for o in head.iter_mut() {
-            *o *= inv;
+            for o in head.iter_mut() {
+                *o = exp(*o - max);
+            }
+            let inv = 1.0 / lane_sum(head);
+            for o in head.iter_mut() {
+                *o *= inv;
+            }
         }
     }
 
-    /// `out = p ⊙ (g − Σ p ⊙ g) · scale` for one row.
-    #[inline(always)]
-    fn softmax_backward_row(p: &[f32], g: &[f32], out: &mut [f32], scale: f32) {
-        let mut acc = [0.0f32; LANES];
-        let (pc, gc) = (p.chunks_exact(LANES), g.chunks_exact(LANES));
-        let (pr, gr) = (pc.remainder(), gc.remainder());
-        for (p, g) in pc.zip(gc) {
-            for l in 0..LANES {
-                acc[l] += p[l] * g[l];
+    multiversion! {
+        /// `out = p ⊙ (g − Σ p ⊙ g) · scale` for one row.
+        fn softmax_backward_row(p: &[f32], g: &[f32], out: &mut [f32], scale: f32) {
+            let mut acc = [0.0f32; LANES];
+            let (pc, gc) = (p.chunks_exact(LANES), g.chunks_exact(LANES));
+            let (pr, gr) = (pc.remainder(), gc.remainder());
+            for (p, g) in pc.zip(gc) {
+                for l in 0..LANES {
+                    acc[l] += p[l] * g[l];
+                }
             }
-        }
-        let dot = acc.iter().sum::<f32>() + pr.iter().zip(gr).map(|(p, g)| p * g).sum::<f32>();
-        for ((o, &p), &g) in out.iter_mut().zip(p).zip(g) {
-            *o = p * (g - dot) * scale;
+            let dot = acc.iter().sum::<f32>() + pr.iter().zip(gr).map(|(p, g)| p * g).sum::<f32>();
+            for ((o, &p), &g) in out.iter_mut().zip(p).zip(g) {
+                *o = p * (g - dot) * scale;
+            }
         }
     }
 
@@ -439,39 +477,6 @@ mod kernels {
         out.par_chunks_mut(rows * row_len)
             .enumerate()
             .for_each(|(n, block)| f(n * rows, block));
-    }
-
-    /// Runs `f` compiled for the widest vector ISA the CPU has: AVX-512, AVX2 with FMA, or the
-    /// baseline. `f` and the `#[inline(always)]` row kernels it calls are inlined into the
-    /// target-feature function, where LLVM vectorizes their loops at that width.
-    #[inline(always)]
-    pub(crate) fn with_best_isa<R>(f: impl FnOnce() -> R) -> R {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F, checked just above.
-                return unsafe { avx512(f) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: the CPU has AVX2 and FMA, checked just above.
-                return unsafe { avx2(f) };
-            }
-        }
-        f()
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn avx512<R>(f: impl FnOnce() -> R) -> R {
-        f()
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn avx2<R>(f: impl FnOnce() -> R) -> R {
-        f()
     }
 
     /// The largest element (`-inf` for an empty slice), in `LANES` independent lanes so that
