@@ -3,13 +3,13 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Tensor};
 
 use kiln_dist::TensorParallel;
 
+use crate::fused::softmax::masked_softmax;
 use crate::init::normal_linear;
 use crate::linear::LinearLayer;
 use crate::rotary::RotaryEmbedding;
@@ -176,9 +176,9 @@ impl<L: LinearLayer> MultiHeadAttention<L> {
         let context = if q.device().is_autodiff() {
             // Training. Burn 0.22.1 differentiates the fused op by decomposing it into ~10
             // element-wise ops (max, clamp, exp, sum, div...), each a node of the graph; the
-            // explicit form uses Burn's softmax, whose backward is one op. Measured 5-7% faster per
-            // training step on flex (docs/benchmarks.md). It is also the only form with dropout
-            // on the probabilities.
+            // explicit form is two matmuls around kiln's masked softmax (one fused kernel
+            // forward and backward on flex, crate::fused::softmax). It is also the only form with
+            // dropout on the probabilities.
             self.explicit_attention(q, k, v, padding, mask.causal)
         } else {
             let options = AttentionModuleOptions {
@@ -207,22 +207,9 @@ impl<L: LinearLayer> MultiHeadAttention<L> {
         padding: Option<Tensor<4, Bool>>,
         causal: bool,
     ) -> Tensor<4> {
-        let [batch, heads, seq_q, head_dim] = q.dims();
-        let seq_k = k.dims()[2];
-        let mut scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (head_dim as f64).sqrt());
-        if let Some(padding) = padding {
-            scores = scores.mask_fill(padding, f32::NEG_INFINITY);
-        }
-        if causal {
-            let future = Tensor::<2, Bool>::tril_mask(
-                [seq_q, seq_k],
-                (seq_k - seq_q) as i64,
-                &scores.device(),
-            )
-            .unsqueeze::<4>()
-            .expand([batch, heads, seq_q, seq_k]);
-            scores = scores.mask_fill(future, f32::NEG_INFINITY);
-        }
-        self.attn_dropout.forward(softmax(scores, 3)).matmul(v)
+        let head_dim = q.dims()[3];
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let probs = masked_softmax(scores, 1.0 / (head_dim as f64).sqrt(), causal, padding);
+        self.attn_dropout.forward(probs).matmul(v)
     }
 }

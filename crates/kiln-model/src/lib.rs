@@ -4,8 +4,9 @@
 //!   with a KV cache), [`feed_forward`] (GELU MLP or SwiGLU), [`block`] (pre- or post-norm
 //!   Transformer block), [`rotary`] positions, [`activation`]s and [`init`]. The blocks are
 //!   generic over their [`linear`] layer: Burn's `Linear` by default, int8 in kiln-compress.
-//! - [`fused`]: CPU kernels with their own backward that the layers call on flex: a linear layer
-//!   as one gemm with the bias in its epilogue ([`fused::linear`]), GELU and LayerNorm; other
+//! - [`fused`]: CPU kernels with their own backward that the layers call on flex, one pass
+//!   forward and one backward, vectorized and multi-threaded: a linear layer as one gemm with the
+//!   bias in its epilogue, GELU, LayerNorm, attention's masked softmax, the cross-entropy; other
 //!   backends run the composite Burn ops.
 //! - Models: [`gpt`] (decoder-only language model; [`Gpt::generate`](gpt::Gpt::generate)
 //!   decodes with a KV cache and a sliding window past the context, [`sampling`] picks tokens

@@ -1,6 +1,5 @@
 //! Token-level cross-entropy with an ignore index, and the input checks every model shares.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
 use crate::error::{ModelError, Result};
@@ -8,25 +7,19 @@ use crate::error::{ModelError, Result};
 /// Mean cross-entropy of `logits` `[batch, seq, vocab]` against `targets` `[batch, seq]`,
 /// over the positions whose target is not `ignore_index` (HF's `-100` convention).
 ///
-/// A batch where every target is ignored has loss 0 (and zero gradients), not NaN.
+/// A batch where every target is ignored has loss 0 (and zero gradients), not NaN. One fused
+/// kernel forward and backward on flex ([`fused::cross_entropy`](crate::fused::cross_entropy)).
 pub fn cross_entropy(
     logits: Tensor<3>,
     targets: Tensor<2, Int>,
     ignore_index: Option<i64>,
 ) -> Tensor<1> {
     let [batch, seq, vocab] = logits.dims();
-    let log_probs = log_softmax(logits.reshape([batch * seq, vocab]), 1);
-    let targets = targets.reshape([batch * seq, 1]);
-    match ignore_index {
-        None => log_probs.gather(1, targets).mean().neg(),
-        Some(ignore) => {
-            let ignored = targets.clone().equal_elem(ignore);
-            let keep = ignored.clone().bool_not().float();
-            let picked = log_probs.gather(1, targets.mask_fill(ignored, 0));
-            let count = keep.clone().sum().clamp_min(1.0);
-            (picked * keep).sum().neg() / count
-        }
-    }
+    crate::fused::cross_entropy::cross_entropy(
+        logits.reshape([batch * seq, vocab]),
+        targets.reshape([batch * seq]),
+        ignore_index,
+    )
 }
 
 /// Checks that `ids` is a non-empty `[batch, seq]` batch with `seq <= max_len` and every id in

@@ -144,7 +144,13 @@ fn check_layer_norm(shape: [usize; 2], bias: bool, transposed: bool, seed: u64) 
     // dx_j = rstd · (gγ_j - mean(gγ) - x̂_j · mean(gγ · x̂)): a difference of terms of size
     // rstd · |gγ|, whose rounding it carries (a row of nearly equal values has a large rstd
     // and a dx near zero).
-    let up = values(random([shape[0] * shape[1]], 1.0, 0.0, seed ^ 0x5eed, &device));
+    let up = values(random(
+        [shape[0] * shape[1]],
+        1.0,
+        0.0,
+        seed ^ 0x5eed,
+        &device,
+    ));
     let gamma = values(norm.gamma.val());
     let xs = values(x.clone());
     let rows = shape[0] * shape[1] / d;

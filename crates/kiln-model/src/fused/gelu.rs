@@ -116,8 +116,10 @@ mod flex {
     use burn::backend::tensor::FloatTensor;
 
     use super::{GeluBackend, GeluBackward, GeluKind};
+    use burn::tensor::DType;
+
     use crate::fused::kernel::{
-        contiguous, erfc_pos, exp_neg, is_f32, multiversion, owned, sigmoid, tensor, values,
+        erfc_pos, exp, f32_contiguous, from_f32, is_f32, multiversion, owned, sigmoid, values,
         zip_chunks,
     };
 
@@ -142,7 +144,7 @@ mod flex {
 
     #[inline(always)]
     fn gelu_exact_grad(x: f32) -> f32 {
-        normal_cdf(x) + x * INV_SQRT_2PI * exp_neg(-0.5 * x * x)
+        normal_cdf(x) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
     }
 
     #[inline(always)]
@@ -198,7 +200,7 @@ mod flex {
     impl GeluBackend for Flex {
         fn fused_gelu(x: FloatTensor<Self>, kind: GeluKind) -> FloatTensor<Self> {
             debug_assert!(is_f32(&x));
-            let x = contiguous(x);
+            let x = f32_contiguous(x);
             let shape = x.shape().to_vec();
             let mut out = vec![0.0f32; shape.iter().product()];
             let src = values(&x);
@@ -206,7 +208,7 @@ mod flex {
                 GeluKind::Exact => zip_chunks(src, &mut out, exact_forward),
                 GeluKind::Tanh => zip_chunks(src, &mut out, tanh_forward),
             }
-            tensor(out, shape)
+            from_f32(out, shape, DType::F32)
         }
     }
 
@@ -216,7 +218,7 @@ mod flex {
             grad: FloatTensor<Self>,
             kind: GeluKind,
         ) -> FloatTensor<Self> {
-            let x = contiguous(x);
+            let x = f32_contiguous(x);
             let mut grad = owned(grad);
             let dst = grad.storage_mut::<f32>();
             let src = values(&x);

@@ -1,22 +1,35 @@
 //! What the fused flex kernels share: reading and writing a `FlexTensor`'s f32 buffer, the
 //! split of a buffer across rayon's threads, the choice of the widest vector instructions the
-//! CPU has, and `exp`/`erfc` written so that a loop of them vectorizes.
+//! CPU has, and `exp`/`erfc` and row reductions written so that a loop of them vectorizes.
 //!
 //! The kernels are plain loops over slices (no bounds checks in the inner loop), compiled three
 //! times: for AVX-512, for AVX2 + FMA (chosen at run time with `is_x86_feature_detected!`), and
 //! for the baseline target. `f32::exp` and `erff` are scalar libm calls that stop LLVM from
 //! vectorizing a loop, hence the polynomial versions here.
 
-use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, TensorData};
+use burn::backend::Flex;
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::ops::FloatTensorOps;
+use burn::tensor::{Bytes, DType, FloatDType, Shape};
 use rayon::prelude::*;
 
-/// Elements one rayon task handles: below twice this, a kernel runs on the calling thread
-/// (spawning costs more than it saves on small tensors).
+/// Elements one rayon task handles: below twice this ([`PARALLEL_MIN`]), a kernel runs on the
+/// calling thread (spawning costs more than it saves on small tensors).
 pub(crate) const CHUNK: usize = 1 << 14;
 
-/// `x`'s f32 elements in row-major order, without a copy when its layout already is.
-pub(crate) fn contiguous(x: FlexTensor) -> FlexTensor {
+/// Elements below which a kernel runs on the calling thread.
+pub(crate) const PARALLEL_MIN: usize = 2 * CHUNK;
+
+/// The lanes the row reductions accumulate in: AVX-512's 16 `f32`s.
+pub(crate) const LANES: usize = 16;
+
+/// `x` as a contiguous f32 tensor: itself when it already is one, else cast and/or copied.
+pub(crate) fn f32_contiguous(x: FlexTensor) -> FlexTensor {
+    let x = if x.dtype() == DType::F32 {
+        x
+    } else {
+        Flex::float_cast(x, FloatDType::F32)
+    };
     if x.as_slice::<f32>().is_some() {
         x
     } else {
@@ -24,7 +37,7 @@ pub(crate) fn contiguous(x: FlexTensor) -> FlexTensor {
     }
 }
 
-/// The f32 elements of a tensor [`contiguous`] returned.
+/// The f32 elements of a tensor [`f32_contiguous`] returned.
 pub(crate) fn values(x: &FlexTensor) -> &[f32] {
     x.as_slice::<f32>()
         .expect("a fused kernel's input is an f32 tensor made contiguous first")
@@ -37,9 +50,17 @@ pub(crate) fn owned(x: FlexTensor) -> FlexTensor {
     x.to_contiguous()
 }
 
-/// A new f32 tensor of `shape` over `values`.
-pub(crate) fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
+/// A flex tensor of `shape` over `values` (no copy), cast to `dtype` when it is not f32.
+pub(crate) fn from_f32(values: Vec<f32>, shape: impl Into<Shape>, dtype: DType) -> FlexTensor {
+    let out = FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(shape.into()),
+        DType::F32,
+    );
+    match dtype {
+        DType::F32 => out,
+        other => Flex::float_cast(out, other.into()),
+    }
 }
 
 /// Whether `x` is an f32 tensor (the kernels' dtype; the callers take the composite path for
@@ -52,7 +73,7 @@ pub(crate) fn is_f32(x: &FlexTensor) -> bool {
 /// when the buffer is large.
 pub(crate) fn zip_chunks(src: &[f32], dst: &mut [f32], f: fn(&[f32], &mut [f32])) {
     debug_assert_eq!(src.len(), dst.len());
-    if dst.len() < 2 * CHUNK {
+    if dst.len() < PARALLEL_MIN {
         f(src, dst);
     } else {
         dst.par_chunks_mut(CHUNK)
@@ -63,26 +84,28 @@ pub(crate) fn zip_chunks(src: &[f32], dst: &mut [f32], f: fn(&[f32], &mut [f32])
 
 /// A kernel function compiled for AVX-512, for AVX2 + FMA and for the baseline target, the
 /// widest the CPU has chosen at each call. The body is a function marked `#[inline(always)]`
-/// that each variant calls directly: LLVM then inlines it into every variant (a closure or a
-/// generic `FnOnce` may stay out of line, compiled for the baseline).
+/// that each variant calls directly: LLVM then inlines it (and the `#[inline(always)]` helpers it
+/// calls: `exp`, the lane reductions) into every `#[target_feature]` copy and vectorizes its
+/// loops at that width (a closure or a generic `FnOnce` may stay out of line, compiled for the
+/// baseline). CI's CPUs may lack AVX-512; other architectures get the baseline.
 macro_rules! multiversion {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments)]
-        $vis fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
-            fn body($($arg: $ty),*) $body
+            fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,bmi2")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn avx512($($arg: $ty),*) {
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn avx2($($arg: $ty),*) {
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f")
@@ -106,38 +129,39 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-/// `eˣ` for `x ≤ 0` (Cephes' `expf`: `2ⁿ·p(r)`, `r = x − n·ln 2`; within 2 ulp), without a
-/// branch or a libm call so that a loop of it vectorizes. Below −87.3 it returns e^−87.3
-/// (≈ 1.2e−38, the smallest normal f32s) rather than a subnormal or zero.
+/// `e^x` to about 1 ulp (Cephes' `expf`: `2^n · p(r)` with `r = x − n·ln 2`), in plain
+/// arithmetic that LLVM vectorizes (`f32::exp` is a libm call per element). Exactly 0
+/// below −87 (where `e^x` leaves the normal range) and for `-inf`; NaN stays NaN; inputs
+/// above 88 are clamped (softmax and log-softmax only take `x − max ≤ 0`).
 #[inline(always)]
-#[allow(clippy::excessive_precision)] // the published coefficients, as printed
-pub(crate) fn exp_neg(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.3, 0.0);
-    // n = round(x·log₂e): adding and removing 1.5·2²³ rounds to an integer (|x·log₂e| < 2²²)
-    // in two vectorizable adds, where `round`/`floor` are libm calls on the baseline target.
-    const ROUND: f32 = 12_582_912.0;
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4_f32;
+pub(crate) fn exp(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
+    let xc = x.clamp(-87.0, 88.0);
+    let t = xc * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
-    let er = p * r * r + r + 1.0;
-    // 2ⁿ, n in [-126, 0]: built in the exponent field.
-    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    er * two_n
+    p = p * r + 0.5;
+    let p = p * r * r + r + 1.0;
+    // t's low mantissa bits hold n: 2^n as the float with exponent n + 127.
+    let two_n = f32::from_bits(
+        t.to_bits()
+            .wrapping_sub(0x4B40_0000)
+            .wrapping_add(127)
+            .wrapping_shl(23),
+    );
+    if x < -87.0 { 0.0 } else { p * two_n }
 }
 
 /// `σ(u) = 1/(1 + e⁻ᵘ)`, as `e/(1 + e)` with `e = eᵘ` for negative `u` (so that `exp` never
 /// overflows and a small `σ` keeps its relative precision).
 #[inline(always)]
 pub(crate) fn sigmoid(u: f32) -> f32 {
-    let e = exp_neg(-u.abs());
+    let e = exp(-u.abs());
     let s = 1.0 / (1.0 + e);
     if u >= 0.0 { s } else { e * s }
 }
@@ -160,19 +184,76 @@ pub(crate) fn erfc_pos(z: f32) -> f32 {
     p = p * t + 0.374_091_96;
     p = p * t + 1.000_023_68;
     p = p * t - 1.265_512_23;
-    t * exp_neg(p - z * z)
+    t * exp(p - z * z)
 }
 
-/// The sum of `x`, in 16 independent lanes (a float sum only vectorizes when written so).
+/// The largest element (`-inf` for an empty slice), in `LANES` independent lanes so that
+/// the loop vectorizes.
 #[inline(always)]
-pub(crate) fn sum(x: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 16];
-    let chunks = x.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().sum();
+pub(crate) fn lane_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
     for c in chunks {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            *l += v;
+        for l in 0..LANES {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
         }
     }
-    lanes.iter().sum::<f32>() + tail
+    acc.iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// The sum of the elements, in `LANES` independent lanes.
+#[inline(always)]
+pub(crate) fn lane_sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Runs `f(first_row, rows)` over `out` in blocks of whole rows of `row_len` outputs, on
+/// rayon's pool when the work (`work_per_row` elements read per row) pays for it.
+pub(crate) fn for_row_blocks(
+    out: &mut [f32],
+    row_len: usize,
+    work_per_row: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    if row_len == 0 || out.is_empty() {
+        return;
+    }
+    let rows = out.len() / row_len;
+    if rows * work_per_row < PARALLEL_MIN {
+        return f(0, out);
+    }
+    let rows = (CHUNK / work_per_row.max(1)).max(1);
+    out.par_chunks_mut(rows * row_len)
+        .enumerate()
+        .for_each(|(n, block)| f(n * rows, block));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_libm_to_a_few_ulp() {
+        let mut worst = 0.0f64;
+        for i in -870_000..=880_000 {
+            let x = i as f32 * 1e-4;
+            let (got, want) = (exp(x) as f64, (x as f64).exp());
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert!(exp(f32::NAN).is_nan());
+    }
 }

@@ -171,7 +171,11 @@ mod flex {
     use rayon::prelude::*;
 
     use super::{LayerNormBackend, LayerNormBackward};
-    use crate::fused::kernel::{CHUNK, contiguous, multiversion, owned, sum, tensor, values};
+    use burn::tensor::DType;
+
+    use crate::fused::kernel::{
+        CHUNK, PARALLEL_MIN, f32_contiguous, from_f32, lane_sum, multiversion, owned, values,
+    };
 
     /// Rows per rayon task: about [`CHUNK`] elements.
     fn rows_per_task(d: usize) -> usize {
@@ -198,7 +202,11 @@ mod flex {
         ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
             let shape = x.shape().to_vec();
             let d = shape.last().copied().unwrap_or(1).max(1);
-            let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+            let (x, gamma, beta) = (
+                f32_contiguous(x),
+                f32_contiguous(gamma),
+                f32_contiguous(beta),
+            );
             let src = values(&x);
             let rows = src.len() / d;
             let (gamma, beta) = (values(&gamma), values(&beta));
@@ -208,7 +216,7 @@ mod flex {
             let run = |x: &[f32], y: &mut [f32], m: &mut [f32], r: &mut [f32]| {
                 forward_rows(x, gamma, beta, eps, y, m, r)
             };
-            if src.len() < 2 * CHUNK {
+            if src.len() < PARALLEL_MIN {
                 run(src, &mut out, &mut mean, &mut rstd);
             } else {
                 let rpt = rows_per_task(d);
@@ -219,9 +227,9 @@ mod flex {
                     .for_each(|(((y, x), m), r)| run(x, y, m, r));
             }
             (
-                tensor(out, shape),
-                tensor(mean, vec![rows]),
-                tensor(rstd, vec![rows]),
+                from_f32(out, shape, DType::F32),
+                from_f32(mean, vec![rows], DType::F32),
+                from_f32(rstd, vec![rows], DType::F32),
             )
         }
 
@@ -234,10 +242,10 @@ mod flex {
         ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
             let d = gamma.shape().num_elements().max(1);
             let (x, gamma, mean, rstd) = (
-                contiguous(x),
-                contiguous(gamma),
-                contiguous(mean),
-                contiguous(rstd),
+                f32_contiguous(x),
+                f32_contiguous(gamma),
+                f32_contiguous(mean),
+                f32_contiguous(rstd),
             );
             let (x, gamma, mean, rstd) = (values(&x), values(&gamma), values(&mean), values(&rstd));
             let mut grad = owned(grad);
@@ -247,7 +255,7 @@ mod flex {
                 backward_rows(x, gamma, m, r, dy, &mut dgamma, &mut dbeta);
                 (dgamma, dbeta)
             };
-            let (dgamma, dbeta) = if x.len() < 2 * CHUNK {
+            let (dgamma, dbeta) = if x.len() < PARALLEL_MIN {
                 run(x, dy, mean, rstd)
             } else {
                 let rpt = rows_per_task(d);
@@ -263,7 +271,11 @@ mod flex {
                     })
                     .unwrap_or_else(|| (vec![0.0; d], vec![0.0; d]))
             };
-            (grad, tensor(dgamma, vec![d]), tensor(dbeta, vec![d]))
+            (
+                grad,
+                from_f32(dgamma, vec![d], DType::F32),
+                from_f32(dbeta, vec![d], DType::F32),
+            )
         }
     }
 
@@ -285,7 +297,7 @@ mod flex {
                 .zip(mean.iter_mut())
                 .zip(rstd.iter_mut())
             {
-                let mu = sum(x) / d as f32;
+                let mu = lane_sum(x) / d as f32;
                 // Two passes (the centred squares), as the composite op: no cancellation.
                 for (y, &x) in y.iter_mut().zip(x) {
                     *y = x - mu;

@@ -262,8 +262,9 @@ impl<B: FusedLinearBackend, const N: usize> Backward<B, N> for LinearBackward<N>
 /// The f32 kernels on flex tensors, reading and writing their buffers in place.
 #[cfg(feature = "flex")]
 mod kernels {
-    use burn::backend::flex::{FlexTensor, Layout};
-    use burn::tensor::{Bytes, DType, Shape};
+    use crate::fused::kernel::from_f32;
+    use burn::backend::flex::FlexTensor;
+    use burn::tensor::DType;
     use gemm::Parallelism;
     use rayon::prelude::*;
 
@@ -408,14 +409,6 @@ mod kernels {
         dst
     }
 
-    fn tensor(values: Vec<f32>, dims: Vec<usize>) -> FlexTensor {
-        FlexTensor::new(
-            Bytes::from_elems(values),
-            Layout::contiguous(Shape::from(dims)),
-            DType::F32,
-        )
-    }
-
     /// `x·weight + bias`.
     pub(super) fn forward(
         x: FlexTensor,
@@ -441,7 +434,7 @@ mod kernels {
             bias,
         );
         *out_dims.last_mut().expect("linear: x has a dimension") = d_out;
-        tensor(values, out_dims)
+        from_f32(values, out_dims, DType::F32)
     }
 
     /// `dY·weightᵀ`.
@@ -458,7 +451,7 @@ mod kernels {
             None,
         );
         *dims.last_mut().expect("linear: dY has a dimension") = d_in;
-        tensor(values, dims)
+        from_f32(values, dims, DType::F32)
     }
 
     /// `xᵀ·dY`, all the rows in one product.
@@ -474,7 +467,7 @@ mod kernels {
             operand(&dy, d_out),
             None,
         );
-        tensor(values, vec![d_in, d_out])
+        from_f32(values, vec![d_in, d_out], DType::F32)
     }
 
     /// The column sums of `dY`.
@@ -515,6 +508,6 @@ mod kernels {
         } else {
             block_sums(data)
         };
-        tensor(sums, vec![d_out])
+        from_f32(sums, vec![d_out], DType::F32)
     }
 }

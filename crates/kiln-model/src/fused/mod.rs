@@ -13,14 +13,18 @@
 //!   [`Activation::GeluTanh`](crate::activation::Activation::GeluTanh)).
 //! - [`layer_norm`](mod@layer_norm): LayerNorm, its backward computing `dX`, `dγ`, `dβ` in one
 //!   pass over the rows.
+//! - [`softmax`]: attention's scaled, causal- and padding-masked softmax.
+//! - [`cross_entropy`]: log-softmax and cross-entropy with an ignore index.
 
 use burn::tensor::Device;
 
+pub mod cross_entropy;
 pub mod gelu;
 #[cfg(feature = "flex")]
 mod kernel;
 pub mod layer_norm;
 pub mod linear;
+pub mod softmax;
 
 pub use gelu::{GeluKind, gelu};
 pub use layer_norm::layer_norm;
