@@ -19,7 +19,7 @@ use burn::backend::{AutodiffBackend, Backend, Dispatch, backend_extension};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
-use super::on_flex;
+use super::{backward_one, on_flex};
 
 /// Mean cross-entropy of `logits` `[tokens, vocab]` against `targets` `[tokens]`, over the
 /// tokens whose target is not `ignore_index`; 0 (with zero gradients) when every target is
@@ -162,14 +162,9 @@ impl<B: CrossEntropyBackend> Backward<B, 1> for CrossEntropyGrad {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let [parent] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        if let Some(node) = parent {
-            let s = ops.state;
-            let dlogits =
-                B::cross_entropy_backward(s.logits, s.logsumexp, s.targets, s.ignore_index, grad);
-            grads.register::<B>(node.id, dlogits);
-        }
+        backward_one::<B, _>(ops, grads, |s, grad| {
+            B::cross_entropy_backward(s.logits, s.logsumexp, s.targets, s.ignore_index, grad)
+        });
     }
 }
 

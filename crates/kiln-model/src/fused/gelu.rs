@@ -19,7 +19,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::{DType, Tensor, activation};
 
-use super::on_flex;
+use super::{backward_one, on_flex};
 
 /// Which GELU: [`Activation::Gelu`](crate::activation::Activation::Gelu) or
 /// [`Activation::GeluTanh`](crate::activation::Activation::GeluTanh).
@@ -100,12 +100,9 @@ impl<B: GeluBackward> Backward<B, 1> for GeluGrad {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let [parent] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        if let Some(node) = parent {
-            let (x, kind) = ops.state;
-            grads.register::<B>(node.id, B::fused_gelu_backward(x, grad, kind));
-        }
+        backward_one::<B, _>(ops, grads, |(x, kind), grad| {
+            B::fused_gelu_backward(x, grad, kind)
+        });
     }
 }
 

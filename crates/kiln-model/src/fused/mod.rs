@@ -16,6 +16,10 @@
 //! - [`softmax`]: attention's scaled, causal- and padding-masked softmax.
 //! - [`cross_entropy`]: log-softmax and cross-entropy with an ignore index.
 
+use burn::backend::Backend;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::Ops;
+use burn::backend::tensor::FloatTensor;
 use burn::tensor::Device;
 
 pub mod cross_entropy;
@@ -42,6 +46,20 @@ pub(crate) fn on_flex(device: &Device) -> bool {
     {
         let _ = device;
         false
+    }
+}
+
+/// The backward pass of a fused operation with one input: the gradient flowing into its output,
+/// turned by `input_grad` (with the state the forward saved) into the input's gradient.
+pub(crate) fn backward_one<B: Backend, S>(
+    ops: Ops<S, 1>,
+    grads: &mut Gradients,
+    input_grad: impl FnOnce(S, FloatTensor<B>) -> FloatTensor<B>,
+) {
+    let [parent] = ops.parents;
+    let grad = grads.consume::<B>(&ops.node);
+    if let Some(node) = parent {
+        grads.register::<B>(node.id, input_grad(ops.state, grad));
     }
 }
 

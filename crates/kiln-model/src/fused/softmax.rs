@@ -24,7 +24,7 @@ use burn::backend::{AutodiffBackend, Backend, Dispatch, backend_extension};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
-use super::on_flex;
+use super::{backward_one, on_flex};
 
 /// `softmax(scores · scale)` over the last dimension, with the keys masked out by `causal` (a
 /// query at position `i` sees keys up to `i + k − q`: the queries are the last `q` of `k`
@@ -188,12 +188,9 @@ impl<B: MaskedSoftmaxBackend> Backward<B, 1> for SoftmaxBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let [parent] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        if let Some(node) = parent {
-            let (probs, scale) = ops.state;
-            grads.register::<B>(node.id, B::masked_softmax_backward(probs, grad, scale));
-        }
+        backward_one::<B, _>(ops, grads, |(probs, scale), grad| {
+            B::masked_softmax_backward(probs, grad, scale)
+        });
     }
 }
 
