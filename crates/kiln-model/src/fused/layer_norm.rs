@@ -264,12 +264,15 @@ mod flex {
                     .zip(mean.par_chunks(rpt))
                     .zip(rstd.par_chunks(rpt))
                     .map(|(((dy, x), m), r)| run(x, dy, m, r))
-                    .reduce_with(|(mut g, mut b), (g2, b2)| {
+                    .collect::<Vec<_>>()
+                    // Added in the blocks' order, not in the order rayon's tasks finish: the
+                    // same sums whatever the threads did (exact resume, ranks that agree).
+                    .into_iter()
+                    .fold((vec![0.0; d], vec![0.0; d]), |(mut g, mut b), (g2, b2)| {
                         g.iter_mut().zip(&g2).for_each(|(a, v)| *a += v);
                         b.iter_mut().zip(&b2).for_each(|(a, v)| *a += v);
                         (g, b)
                     })
-                    .unwrap_or_else(|| (vec![0.0; d], vec![0.0; d]))
             };
             (
                 grad,
