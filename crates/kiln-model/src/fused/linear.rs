@@ -335,7 +335,7 @@ mod kernels {
     }
 
     /// `dst = (bias rows) + lhs·rhs`, or `lhs·rhs` without a bias, for `lhs` `[m, k]` and `rhs`
-    /// `[k, n]`: a new contiguous `[m, n]` buffer, never zero-filled.
+    /// `[k, n]`: a new contiguous `[m, n]` buffer, zero-filled only without a bias.
     fn gemm_into(
         m: usize,
         n: usize,
@@ -370,7 +370,14 @@ mod kernels {
                 }
                 true
             }
-            None => false,
+            None => {
+                // Zeros, although gemm should not read `dst` without `read_dst`: an unwritten
+                // buffer that any path of it did read would be garbage only now and then (a
+                // 2 x 2 tensor- and pipeline-parallel run diverged at random, with the bias-less
+                // row-parallel layers of tensor-parallel rank 1).
+                dst.resize(len, 0.0);
+                false
+            }
         };
         let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_GEMM {
             Parallelism::Rayon(0)
@@ -378,8 +385,7 @@ mod kernels {
             Parallelism::None
         };
         // SAFETY: the operands point into live buffers with the strides of `[m, k]` and
-        // `[k, n]` matrices; `dst` has room for `m·n` elements, row-major. Without `read_dst`
-        // gemm writes every element of `dst` (zeros when `k` is 0) and never reads it.
+        // `[k, n]` matrices; `dst` holds `m·n` initialized elements, row-major.
         unsafe {
             gemm::gemm(
                 m,
@@ -402,9 +408,6 @@ mod kernels {
                 false,
                 parallelism,
             );
-            if !read_dst {
-                dst.set_len(len);
-            }
         }
         dst
     }
