@@ -324,6 +324,7 @@ fn tiny_gpt(device: &Device, seed: u64, d_model: usize, dropout: f64) -> Gpt {
 /// micro-batches per step when the group is one process); returns the parameters and the
 /// last evaluation.
 fn train(group: &ProcessGroup, setting: &Setting, accumulation: usize) -> (Vec<f32>, EvalMetrics) {
+    let _alone = common::in_process();
     let device = Device::flex().autodiff();
     let trainer = TrainerConfig::new()
         .with_max_steps(Some(STEPS))

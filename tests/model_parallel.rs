@@ -9,7 +9,7 @@ mod common;
 use burn::data::dataset::InMemDataset;
 use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use common::{CHILD, OUT, assert_success, launch, max_abs_diff};
+use common::{CHILD, OUT, assert_success, in_process, launch, max_abs_diff};
 use kiln::base::{MlmBatch, TrainModel};
 use kiln::data::addition::{AdditionBatcher, AdditionDataset, VOCAB_SIZE};
 use kiln::data::mlm::{MlmBatcher, MlmConfig, MlmDataset};
@@ -452,6 +452,7 @@ fn train_in_parallel(ranks: usize, grid: Grid, dir: &Path) -> (Vec<f32>, f64, Pa
 /// wrote (the whole model, gathered) loads in one process with the same weights and logits.
 /// Returns the run's parameters.
 fn grid_matches_one_process(ranks: usize, grid: Grid) -> Vec<f32> {
+    let _alone = in_process();
     let dir = tempfile::tempdir().unwrap();
     let single = Grid {
         tensor: 1,
@@ -651,6 +652,7 @@ fn bert_child(world: ProcessGroup) {
 #[test]
 fn bert_on_a_grid_matches_one_process() {
     skip_unless_mpi!();
+    let _alone = in_process();
     let one = Grid {
         tensor: 1,
         pipeline: 1,

@@ -7,6 +7,7 @@
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The scenario a child runs (set by the parent).
@@ -145,4 +146,16 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// Held by every test that trains in this process: the device's generator is one per process,
+/// and two test threads seeding and drawing from it at once would build different models and
+/// draw different dropout masks.
+static IN_PROCESS: Mutex<()> = Mutex::new(());
+
+/// Takes [`IN_PROCESS`] (a panicked holder does not poison it for the others).
+pub fn in_process() -> MutexGuard<'static, ()> {
+    IN_PROCESS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
