@@ -429,12 +429,12 @@ fn train_child(world: ProcessGroup) {
 
 /// Trains on `ranks` ranks cut by `grid`: rank 0's whole model, its held-out loss, and the
 /// checkpoint folder the job wrote.
-fn train_in_parallel(ranks: usize, grid: Grid, dir: &Path) -> (Vec<f32>, f64, PathBuf) {
+fn train_in_parallel(ranks: usize, tcp: bool, grid: Grid, dir: &Path) -> (Vec<f32>, f64, PathBuf) {
     let out = dir.join(format!(
         "{}x{}-{:?}",
         grid.tensor, grid.pipeline, grid.schedule
     ));
-    let output = launch(ranks, false, "train", &grid.env(&out));
+    let output = launch(ranks, tcp, "train", &grid.env(&out));
     assert_success(&output, &format!("training {grid:?} on {ranks} ranks"));
     let values = std::fs::read(&out)
         .unwrap()
@@ -450,8 +450,8 @@ fn train_in_parallel(ranks: usize, grid: Grid, dir: &Path) -> (Vec<f32>, f64, Pa
 
 /// A run on a grid matches one process within 1e-4 after 20 AdamW steps, and the checkpoint it
 /// wrote (the whole model, gathered) loads in one process with the same weights and logits.
-/// Returns the run's parameters.
-fn grid_matches_one_process(ranks: usize, grid: Grid) -> Vec<f32> {
+/// `tcp` forces the transport used between machines. Returns the run's parameters.
+fn grid_matches_one_process(ranks: usize, tcp: bool, grid: Grid) -> Vec<f32> {
     let _alone = in_process();
     let dir = tempfile::tempdir().unwrap();
     let single = Grid {
@@ -468,7 +468,7 @@ fn grid_matches_one_process(ranks: usize, grid: Grid) -> Vec<f32> {
         "training moved the weights"
     );
 
-    let (values, loss, checkpoints) = train_in_parallel(ranks, grid, dir.path());
+    let (values, loss, checkpoints) = train_in_parallel(ranks, tcp, grid, dir.path());
     let diff = max_abs_diff(&values, &reference);
     eprintln!("{grid:?} on {ranks} ranks: parameters within {diff:e} of one process");
     assert!(diff <= 1e-4, "{grid:?}: parameters differ by {diff:e}");
@@ -510,6 +510,7 @@ fn tensor_parallel_training_matches_one_process() {
     skip_unless_mpi!();
     let _ = grid_matches_one_process(
         2,
+        false,
         Grid {
             tensor: 2,
             pipeline: 1,
@@ -530,8 +531,8 @@ fn pipeline_training_matches_one_process() {
         schedule,
         micro_batches: 4,
     };
-    let gpipe = grid_matches_one_process(2, grid(PipelineSchedule::GPipe));
-    let one_f_one_b = grid_matches_one_process(2, grid(PipelineSchedule::OneFOneB));
+    let gpipe = grid_matches_one_process(2, false, grid(PipelineSchedule::GPipe));
+    let one_f_one_b = grid_matches_one_process(2, false, grid(PipelineSchedule::OneFOneB));
     assert!(
         gpipe == one_f_one_b,
         "GPipe and 1F1B differ by {:e}",
@@ -539,14 +540,18 @@ fn pipeline_training_matches_one_process() {
     );
 }
 
-/// The 3-D grid's model-parallel plane: 2 tensor-parallel ranks × 2 stages (4 processes), and
-/// 4 stages with 8 micro-batches.
+/// The 3-D grid's model-parallel plane: 2 tensor-parallel ranks × 2 stages (4 processes, over
+/// shared memory and over TCP, the transport between machines), and 4 stages with 8
+/// micro-batches.
 #[test]
 fn tensor_and_pipeline_grid_matches_one_process() {
     skip_unless_mpi!();
-    for (tensor, pipeline, micro_batches) in [(2, 2, 4), (1, 4, 8)] {
+    for (tensor, pipeline, micro_batches, tcp) in
+        [(2, 2, 4, false), (2, 2, 4, true), (1, 4, 8, false)]
+    {
         let _ = grid_matches_one_process(
             4,
+            tcp,
             Grid {
                 tensor,
                 pipeline,
