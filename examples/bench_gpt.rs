@@ -7,7 +7,8 @@
 //! cargo run --release --example bench_gpt -- --help
 //! ```
 //!
-//! The last line is `tokens_per_s: X` for kiln's model (median step time). With `--baseline`,
+//! The last line is `tokens_per_s: X` for kiln's model (median step time), after
+//! `peak_rss_mib: X` (the process's resident-set high-water mark). With `--baseline`,
 //! kiln and the burn-nn model alternate for `--rounds` rounds (so drift of the machine hits
 //! both), and `burn_nn_tokens_per_s: X` and `kiln_vs_burn_nn: R` come just before it.
 
@@ -183,6 +184,9 @@ fn main() -> kiln::Result<()> {
         println!("kiln_vs_burn_nn: {:.2}", burn_step / kiln_step);
     }
     println!("kiln_step_ms: {:.1}", kiln_step * 1e3);
+    if let Some(peak) = kiln::base::memory::peak_rss_mib() {
+        println!("peak_rss_mib: {peak:.0}");
+    }
     println!("tokens_per_s: {:.0}", tokens / kiln_step);
     Ok(())
 }

@@ -19,6 +19,7 @@ use std::time::Instant;
 use burn::optim::GradientsParams;
 use clap::builder::RangedU64ValueParser;
 use clap::{Parser, ValueEnum};
+use kiln::base::memory::peak_rss_mib;
 use kiln::base::seed;
 use kiln::data::LmBatch;
 use kiln::prelude::*;
@@ -98,14 +99,6 @@ fn name(mode: Recompute) -> String {
         .expect("every mode has a name")
         .get_name()
         .to_owned()
-}
-
-/// Peak resident memory of this process in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 /// One child: forward and backward `steps` times in `recompute` mode; prints

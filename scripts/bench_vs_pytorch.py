@@ -11,12 +11,19 @@ positions, tanh GELU, tied embeddings, AdamW; a step is forward + backward + opt
 timed as the median of `--steps` steps after 2 warm-up steps. kiln runs as a separate process
 (`target/release/examples/bench_gpt`); the two alternate `--rounds` times so that drift of the
 machine hits both. Prints each measurement, the medians and kiln/PyTorch.
+
+Peak memory: each side runs in its own process (PyTorch in a child of this script, `--worker`)
+and reports its resident-set high-water mark (`VmHWM` in `/proc/self/status`; not `ru_maxrss`,
+which Linux carries across `execve` from this script), printed beside its speed, with PyTorch's
+right after `import torch` (the library's own share of its peak). With `--baseline` kiln's
+process also holds the burn-nn model.
 """
 
 import argparse
 import re
 import statistics
 import subprocess
+import sys
 import time
 
 import torch
@@ -78,14 +85,46 @@ def torch_tokens_per_s(a):
     return a.batch * a.seq / statistics.median(times)
 
 
+def peak_rss_mib():
+    """This process's resident-set high-water mark in MiB (Linux)."""
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+
+
+def run(cmd):
+    """Runs `cmd`; returns its stdout and the peak RSS it reports (`peak_rss_mib: X`), or None
+    (a binary built before it reported one)."""
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    peak = re.search(r"^peak_rss_mib: ([0-9.]+)", out, re.M)
+    return out, peak and float(peak.group(1))
+
+
+def model_args(a):
+    return ["--d-model", str(a.d_model), "--layers", str(a.layers), "--heads", str(a.heads),
+            "--seq", str(a.seq), "--batch", str(a.batch), "--steps", str(a.steps), "--vocab", str(a.vocab)]
+
+
+def torch_worker(a):
+    print(f"rss_after_import_mib: {peak_rss_mib():.0f}")
+    print(f"tokens_per_s: {torch_tokens_per_s(a)}")
+    print(f"peak_rss_mib: {peak_rss_mib():.0f}")
+
+
+def torch_measured(a):
+    out, rss = run([sys.executable, __file__, "--worker"] + model_args(a))
+    tps = float(re.search(r"^tokens_per_s: ([0-9.]+)", out, re.M).group(1))
+    base = float(re.search(r"^rss_after_import_mib: ([0-9.]+)", out, re.M).group(1))
+    return tps, rss, base
+
+
 def kiln_tokens_per_s(a):
-    cmd = [a.binary, "--d-model", str(a.d_model), "--layers", str(a.layers), "--heads", str(a.heads),
-           "--seq", str(a.seq), "--batch", str(a.batch), "--steps", str(a.steps), "--vocab", str(a.vocab)]
+    cmd = [a.binary] + model_args(a)
     if a.baseline:
         cmd.append("--baseline")
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out, rss = run(cmd)
     burn = re.search(r"burn_nn_tokens_per_s: ([0-9.]+)", out)
-    return float(re.search(r"^tokens_per_s: ([0-9.]+)", out, re.M).group(1)), burn and float(burn.group(1))
+    tps = float(re.search(r"^tokens_per_s: ([0-9.]+)", out, re.M).group(1))
+    return tps, burn and float(burn.group(1)), rss
 
 
 def main():
@@ -100,19 +139,30 @@ def main():
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--baseline", action="store_true", help="also time burn-nn's TransformerEncoder GPT")
     p.add_argument("--binary", default="target/release/examples/bench_gpt")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.worker:
+        return torch_worker(a)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    kiln, burn, pt = [], [], []
+    kiln, burn, pt, kiln_rss, pt_rss = [], [], [], [], []
     for r in range(a.rounds):
-        k, b = kiln_tokens_per_s(a)
-        t = torch_tokens_per_s(a)
+        k, b, krss = kiln_tokens_per_s(a)
+        t, trss, tbase = torch_measured(a)
         kiln.append(k)
         pt.append(t)
+        if krss:
+            kiln_rss.append(krss)
+        pt_rss.append(trss)
         if b:
             burn.append(b)
-        print(f"round {r + 1}: kiln {k:,.0f} tokens/s" + (f" | burn-nn {b:,.0f}" if b else "") + f" | pytorch {t:,.0f}")
+        kmem = f" (peak RSS {krss:,.0f} MiB)" if krss else ""
+        print(f"round {r + 1}: kiln {k:,.0f} tokens/s{kmem}"
+              + (f" | burn-nn {b:,.0f}" if b else "")
+              + f" | pytorch {t:,.0f} (peak RSS {trss:,.0f} MiB, {tbase:,.0f} after import)")
     km, tm = statistics.median(kiln), statistics.median(pt)
     print(f"median: kiln {km:,.0f} tokens/s, pytorch {tm:,.0f} tokens/s, kiln/pytorch {km / tm:.2f}x")
+    if kiln_rss:
+        print(f"peak RSS: kiln {max(kiln_rss):,.0f} MiB, pytorch {max(pt_rss):,.0f} MiB")
     if burn:
         bm = statistics.median(burn)
         print(f"median: burn-nn {bm:,.0f} tokens/s, kiln/burn-nn {km / bm:.2f}x")

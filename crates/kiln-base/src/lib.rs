@@ -12,6 +12,7 @@
 //! - [`seed`]: one seed mixer and one version-stable generator for everything seeded.
 //! - [`store`]: atomic file writes and model weights as bytes ([`StoreError`]).
 //! - [`limits`]: ceilings on sizes read from files and flags ([`Limit`], [`LimitError`]).
+//! - [`memory`]: the process's peak resident memory, as the benchmarks report it.
 //! - `fuzz` (feature `fuzz`): the stable fuzz harness behind every crate's `tests/fuzz.rs`.
 
 #![warn(missing_docs)]
@@ -21,6 +22,7 @@ pub mod block_stack;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod limits;
+pub mod memory;
 pub mod precision;
 pub mod seed;
 pub mod store;

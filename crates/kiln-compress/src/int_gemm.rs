@@ -70,10 +70,48 @@ pub(crate) fn fused_linear(
     #[cfg(target_arch = "x86_64")]
     if has_vnni() {
         let rows_per = rows_per_thread(rows, n, k);
+        let column_threads = column_threads(rows, n, k);
+        if rows_per >= rows && column_threads > 1 {
+            // Few rows (decoding): the threads split the output columns instead, each
+            // quantizing the same rows (a few hundred values) and streaming its part of the
+            // weight into its own buffer.
+            let per = n.div_ceil(column_threads).next_multiple_of(vnni::COLS);
+            let ranges: Vec<_> = (0..n).step_by(per).map(|o| o..(o + per).min(n)).collect();
+            let parts: Vec<Vec<f32>> = std::thread::scope(|scope| {
+                let run = |range: std::ops::Range<usize>| {
+                    let mut part = vec![0f32; rows * range.len()];
+                    // SAFETY: the CPU has the features the function is compiled for; the range
+                    // starts on a tile boundary.
+                    unsafe { vnni::fused(x, k, packed, fixed, cols, range, &mut part) };
+                    part
+                };
+                let others: Vec<_> = ranges[1..]
+                    .iter()
+                    .map(|r| {
+                        let r = r.clone();
+                        scope.spawn(move || run(r))
+                    })
+                    .collect();
+                let mut parts = vec![run(ranges[0].clone())];
+                // A panic inside the kernel is a bug; surface it here.
+                parts.extend(
+                    others
+                        .into_iter()
+                        .map(|h| h.join().expect("int8 kernel thread")),
+                );
+                parts
+            });
+            for (range, part) in ranges.iter().zip(&parts) {
+                for (r, src) in part.chunks_exact(range.len()).enumerate() {
+                    out[r * n + range.start..r * n + range.end].copy_from_slice(src);
+                }
+            }
+            return true;
+        }
         std::thread::scope(|scope| {
             for (x, out) in x.chunks(rows_per * k).zip(out.chunks_mut(rows_per * n)) {
                 // SAFETY: the CPU has the features the function is compiled for.
-                scope.spawn(move || unsafe { vnni::fused(x, k, n, packed, fixed, cols, out) });
+                scope.spawn(move || unsafe { vnni::fused(x, k, packed, fixed, cols, 0..n, out) });
             }
         });
         return true;
@@ -143,6 +181,18 @@ fn rows_per_thread(rows: usize, n: usize, k: usize) -> usize {
         cores.min(rows.div_ceil(4)).max(1)
     };
     rows.div_ceil(threads).next_multiple_of(4)
+}
+
+/// Threads that split the output columns of a product with too few rows to split them
+/// ([`rows_per_thread`] gives one thread below 4 rows): one per ~1M multiply-adds, at most one
+/// per core and per 64-column tile.
+fn column_threads(rows: usize, n: usize, k: usize) -> usize {
+    let work = rows * n * k;
+    if work < (1 << 20) {
+        return 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |t| t.get());
+    cores.min(work >> 20).min(n.div_ceil(64)).max(1)
 }
 
 /// `acc[r·n + o] = Σ_k a[r·k + i] · b[o·k + i]` for `a: [rows, k]`, `b: [n, k]`;
@@ -220,7 +270,7 @@ mod vnni {
     use std::arch::x86_64::*;
 
     /// Output columns per tile: 4 registers of 16 i32 lanes.
-    const COLS: usize = 64;
+    pub(super) const COLS: usize = 64;
     /// Rows per tile: 4 × 4 = 16 accumulator registers.
     const ROWS: usize = 4;
 
@@ -388,15 +438,19 @@ mod vnni {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    /// The output columns `range` (starting on a multiple of [`COLS`]) of the rows of `x`, into
+    /// `out` with rows of `range.len()`.
     pub(super) unsafe fn fused(
         x: &[f32],
         k: usize,
-        n: usize,
         packed: &super::Packed,
         fixed: Option<super::QuantParams>,
         cols: &super::Columns<'_>,
+        range: std::ops::Range<usize>,
         out: &mut [f32],
     ) {
+        debug_assert_eq!(range.start % COLS, 0);
+        let width = range.len();
         let rows = x.len() / k;
         let (k4, n_pad) = (packed.k4, packed.n_pad);
         let mut a_u8 = vec![0u8; ROWS * k4 * 4];
@@ -417,20 +471,21 @@ mod vnni {
                 row_info[xr] =
                     unsafe { quantize_row_u8(row, fixed, &mut a_u8[xr * k4 * 4..xr * k4 * 4 + k]) };
             }
-            let mut o0 = 0;
-            while o0 < n {
+            let mut o0 = range.start;
+            while o0 < range.end {
                 // SAFETY: the features are enabled on this function; `packed` is `k4 × n_pad × 4`.
                 let acc = unsafe { tile_products(&a_u8, rr, &packed.data, k4, n_pad, o0) };
                 for (xr, acc) in acc.iter().enumerate().take(rr) {
                     for (c, acc) in acc.iter().enumerate() {
                         let first = o0 + 16 * c;
-                        if first >= n {
+                        if first >= range.end {
                             break;
                         }
                         // SAFETY: `tile` has 16 i32.
                         unsafe { _mm512_storeu_si512(tile.as_mut_ptr() as *mut _, *acc) };
-                        let len = (n - first).min(16);
-                        let y = &mut out[(r0 + xr) * n + first..(r0 + xr) * n + first + len];
+                        let len = (range.end - first).min(16);
+                        let at = (r0 + xr) * width + first - range.start;
+                        let y = &mut out[at..at + len];
                         for (j, y) in y.iter_mut().enumerate() {
                             // Σ (x + 128)·w = Σ x·w + 128·Σ w.
                             let acc = tile[j] - 128 * cols.sums[first + j];

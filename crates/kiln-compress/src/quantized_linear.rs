@@ -4,6 +4,7 @@
 use burn::nn::Linear;
 use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor, TensorData};
+use kiln_model::fused::host::map_rows;
 use kiln_model::linear::LinearLayer;
 use serde::{Deserialize, Serialize};
 
@@ -151,18 +152,10 @@ impl QuantizedLinear {
         if self.activations == ActivationQuant::None {
             return linear(x, self.dequantized_weight(&device), bias());
         }
-        let (d_in, d_out) = (self.d_in(), self.d_out());
-        let rows = dims[..D - 1].iter().product::<usize>();
-        assert_eq!(dims[D - 1], d_in, "QuantizedLinear: input width");
-        // Read the activations in place where they are f32 already (no second copy).
-        let data = x.into_data();
-        let y = match data.as_slice::<f32>() {
-            Ok(values) => self.forward_rows(values, rows),
-            Err(_) => self.forward_rows(&to_host_data(data), rows),
-        };
-        let mut out_dims = dims;
-        out_dims[D - 1] = d_out;
-        Tensor::from_data(TensorData::new(y, out_dims), &device)
+        assert_eq!(dims[D - 1], self.d_in(), "QuantizedLinear: input width");
+        // On flex the kernel quantizes the activations straight out of the tensor's buffer and
+        // writes the output tensor's own (no copy either way).
+        map_rows(x, self.d_out(), |x, rows, y| self.forward_rows(x, rows, y))
     }
 
     /// The integer path on host rows `x: [rows, d_in]` (row-major), whatever
@@ -176,10 +169,13 @@ impl QuantizedLinear {
                 found: vec![x.len()],
             });
         }
-        Ok(self.forward_rows(x, rows))
+        let mut y = vec![0f32; rows * self.d_out()];
+        self.forward_rows(x, rows, &mut y);
+        Ok(y)
     }
 
-    fn forward_rows(&self, x: &[f32], rows: usize) -> Vec<f32> {
+    /// `y = x·W + b` for `rows` rows, `y` holding `rows · d_out` values.
+    fn forward_rows(&self, x: &[f32], rows: usize, y: &mut [f32]) {
         let (d_in, d_out) = (self.d_in(), self.d_out());
         let fixed = match self.activations {
             ActivationQuant::Static(p) => Some(p),
@@ -196,11 +192,10 @@ impl QuantizedLinear {
             sums: &self.weight_sums,
             bias: self.bias.as_deref().unwrap_or(&zeros),
         };
-        let mut y = vec![0f32; rows * d_out];
         if let Some(packed) = &self.packed
-            && fused_linear(x, rows, d_in, d_out, packed, fixed, &cols, &mut y)
+            && fused_linear(x, rows, d_in, d_out, packed, fixed, &cols, y)
         {
-            return y;
+            return;
         }
         // Portable path: quantize every row, one integer product, then rescale.
         let mut xq = vec![0i8; rows * d_in];
@@ -228,7 +223,6 @@ impl QuantizedLinear {
                 *y = rescale(a, d_in, row_info[r], &cols, o);
             }
         }
-        y
     }
 
     /// Bytes of weights, scales, zero points and bias.
@@ -315,6 +309,47 @@ fn to_host_data(data: TensorData) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::quantize::{Granularity, QuantMode};
+
+    /// With one to three rows and a layer large enough, the VNNI path splits the output columns
+    /// between threads (decoding); every column block lands where the portable path puts it.
+    #[test]
+    fn column_split_matches_the_portable_path() {
+        let (d_in, d_out) = (512, 2100);
+        let w: Vec<f32> = (0..d_out * d_in)
+            .map(|i| ((i * 7919 % 601) as f32 / 300.0) - 1.0)
+            .collect();
+        let bias: Vec<f32> = (0..d_out).map(|o| o as f32 * 0.001).collect();
+        let config = QuantConfig::new();
+        let fused = QuantizedLinear::new(
+            &w,
+            [d_out, d_in],
+            Some(bias),
+            &config,
+            ActivationQuant::Dynamic,
+        )
+        .unwrap();
+        let mut portable = fused.clone();
+        portable.packed = None;
+        for rows in 1..=3 {
+            let x: Vec<f32> = (0..rows * d_in)
+                .map(|i| (i as f32 * 0.754_877_7).sin())
+                .collect();
+            let a = fused.forward_host(&x, rows).unwrap();
+            let b = portable.forward_host(&x, rows).unwrap();
+            let step = 2.0 / 127.0;
+            let worst = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(worst <= step, "rows {rows}: worst difference {worst}");
+            let exact = a.iter().zip(&b).filter(|(p, q)| p == q).count();
+            assert!(
+                exact * 10 >= a.len() * 9,
+                "rows {rows}: {exact} of {} identical",
+                a.len()
+            );
+        }
+    }
 
     /// The fused VNNI path (where this CPU has it) and the portable path agree: they differ only
     /// in the rounding of exact ties when quantizing activations.

@@ -3,6 +3,12 @@
 //! on the autodiff device, and forward alone on the plain one. The two alternate within one run,
 //! so that other load on the machine hits both alike; the medians are printed.
 //!
+//! Then the decoding shapes of GPT-2 small (one token per sequence, batch 1 and 8: x `[b, 1,
+//! d_in]`): its four block layers and the tied LM head (the `[50257, 768]` embedding read
+//! transposed), forward on the plain device, where kiln reads the weight once (`skinny.rs`) and
+//! Burn runs gemm. The weights total about 9 MB per block layer and 154 MB for the head, more
+//! than the caches hold, so this measures how fast each streams the weight from memory.
+//!
 //! `cargo run --release -p kiln-model --example bench_fused_linear [iterations]`
 
 use std::time::Instant;
@@ -67,5 +73,48 @@ fn main() {
             train_burn / train_fused,
             infer_burn / infer_fused,
         );
+    }
+
+    let device = Device::flex();
+    println!("\ndecoding, x [b, 1, d_in], forward, median of {iterations} alternating runs (ms)");
+    println!("weight                 b  fused   burn   speedup  fused GB/s");
+    let head = Tensor::<2>::random([50257, 768], Distribution::Default, &device);
+    for batch in [1, 8] {
+        let shapes: [(&str, Tensor<2>); 5] = [
+            (
+                "[768, 2304]",
+                Tensor::random([768, 2304], Distribution::Default, &device),
+            ),
+            (
+                "[768, 768]",
+                Tensor::random([768, 768], Distribution::Default, &device),
+            ),
+            (
+                "[768, 3072]",
+                Tensor::random([768, 3072], Distribution::Default, &device),
+            ),
+            (
+                "[3072, 768]",
+                Tensor::random([3072, 768], Distribution::Default, &device),
+            ),
+            ("head [50257, 768]ᵀ", head.clone().transpose()),
+        ];
+        for (name, w) in shapes {
+            let [d_in, d_out] = w.dims();
+            let x = Tensor::<3>::random([batch, 1, d_in], Distribution::Default, &device);
+            let (fused, burn) = alternate(iterations, |fused| {
+                let y = if fused {
+                    linear(x.clone(), w.clone(), None)
+                } else {
+                    burn::tensor::module::linear(x.clone(), w.clone(), None)
+                };
+                assert_eq!(y.dims()[2], d_out);
+            });
+            let gbs = (d_in * d_out * 4) as f64 / (fused * 1e-3) / 1e9;
+            println!(
+                "{name:<20} {batch:>3} {fused:>6.2} {burn:>6.2} {:>7.2}x {gbs:>9.1}",
+                burn / fused
+            );
+        }
     }
 }

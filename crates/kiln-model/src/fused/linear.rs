@@ -263,6 +263,7 @@ impl<B: FusedLinearBackend, const N: usize> Backward<B, N> for LinearBackward<N>
 #[cfg(feature = "flex")]
 mod kernels {
     use crate::fused::kernel::from_f32;
+    use crate::fused::skinny::{self, Weight};
     use burn::backend::flex::FlexTensor;
     use burn::tensor::DType;
     use gemm::Parallelism;
@@ -412,6 +413,51 @@ mod kernels {
         dst
     }
 
+    /// `x·weight + bias` with [`skinny::product`] when `x` has at most [`skinny::MAX_ROWS`]
+    /// rows and the weight has a unit stride; `None` (gemm's turn) otherwise.
+    fn skinny_product(
+        x: &FlexTensor,
+        m: usize,
+        k: usize,
+        n: usize,
+        weight: &FlexTensor,
+        bias: Option<&FlexTensor>,
+    ) -> Option<Vec<f32>> {
+        if m == 0 || m > skinny::MAX_ROWS || k == 0 || n == 0 {
+            return None;
+        }
+        let layout = weight.layout();
+        let data: &[f32] = weight.storage();
+        let data = &data[layout.start_offset()..];
+        let (w, needed) = match *layout.strides() {
+            [s, 1] if s >= 0 => {
+                let stride = s as usize;
+                (Weight::Rows { data, stride }, (k - 1) * stride + n)
+            }
+            [1, s] if s >= 0 => {
+                let stride = s as usize;
+                (Weight::Columns { data, stride }, (n - 1) * stride + k)
+            }
+            _ => return None,
+        };
+        if data.len() < needed {
+            return None;
+        }
+        // A few rows: gathering them (contiguous or not) costs nothing next to the weight.
+        let gather = |t: Operand, rows: usize, cols: usize| -> Vec<f32> {
+            (0..rows * cols)
+                // SAFETY: `t` is a `[rows, cols]` matrix with these strides in a live buffer.
+                .map(|e| unsafe {
+                    *t.ptr
+                        .offset((e / cols) as isize * t.rs + (e % cols) as isize * t.cs)
+                })
+                .collect()
+        };
+        let xs = gather(operand(x, k), m, k);
+        let bias = bias.map(|b| gather(operand(b, n), 1, n));
+        Some(skinny::product(&xs, m, k, n, w, bias.as_deref()))
+    }
+
     /// `x·weight + bias`.
     pub(super) fn forward(
         x: FlexTensor,
@@ -428,14 +474,16 @@ mod kernels {
                 "linear: bias length"
             );
         }
-        let values = gemm_into(
-            rows,
-            d_out,
-            d_in,
-            operand(&x, d_in),
-            operand(weight, d_out),
-            bias,
-        );
+        let values = skinny_product(&x, rows, d_in, d_out, weight, bias).unwrap_or_else(|| {
+            gemm_into(
+                rows,
+                d_out,
+                d_in,
+                operand(&x, d_in),
+                operand(weight, d_out),
+                bias,
+            )
+        });
         *out_dims.last_mut().expect("linear: x has a dimension") = d_out;
         from_f32(values, out_dims, DType::F32)
     }

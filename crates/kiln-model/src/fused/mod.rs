@@ -8,13 +8,16 @@
 //! that both compute the same function.
 //!
 //! - [`linear`](mod@linear): a linear layer as one gemm over all the rows with the bias in its
-//!   epilogue, and its backward (`dX`, `dW`, `db`) the same way.
+//!   epilogue, and its backward (`dX`, `dW`, `db`) the same way; with only a few rows (decoding),
+//!   a product that reads the weight once where it lies (`skinny.rs`) instead of gemm.
 //! - [`gelu`](mod@gelu): GELU, exact and tanh ([`Activation::Gelu`](crate::activation::Activation::Gelu),
 //!   [`Activation::GeluTanh`](crate::activation::Activation::GeluTanh)).
 //! - [`layer_norm`](mod@layer_norm): LayerNorm, its backward computing `dX`, `dγ`, `dβ` in one
 //!   pass over the rows.
 //! - [`softmax`]: attention's scaled, causal- and padding-masked softmax.
 //! - [`cross_entropy`]: log-softmax and cross-entropy with an ignore index.
+//! - [`host`]: host code on a tensor's rows, reading flex's buffer in place (kiln-compress's int8
+//!   layer).
 
 use burn::backend::Backend;
 use burn::backend::autodiff::grads::Gradients;
@@ -24,10 +27,13 @@ use burn::tensor::Device;
 
 pub mod cross_entropy;
 pub mod gelu;
+pub mod host;
 #[cfg(feature = "flex")]
 mod kernel;
 pub mod layer_norm;
 pub mod linear;
+#[cfg(feature = "flex")]
+mod skinny;
 pub mod softmax;
 
 pub use gelu::{GeluKind, gelu};

@@ -1,0 +1,187 @@
+//! Times KV-cache generation (greedy decoding) of a GPT, in f32 and with int8 linear layers
+//! (`QuantizedGpt`, dynamic activation quantization), alternating in one run.
+//!
+//! ```text
+//! cargo run --release --example bench_generate -- [--batch 1,8] [--prompt 32] [--new-tokens 32] \
+//!     [--rounds 3] [--d-model 768 --layers 12 --heads 12 --vocab 50257 --context 1024]
+//! ```
+//!
+//! The defaults are GPT-2 small's shape with random weights (the speed does not depend on the
+//! values). Each measurement runs `generate` twice on the same prompts: once for one new token
+//! (the prefill: the prompt through the model, and the first token) and once for `--new-tokens`;
+//! **decoding tokens/s** is `batch · (new_tokens − 1)` over the difference, the cost of the
+//! cached steps alone. `scripts/bench_generate.py` times HF transformers' `generate` the same
+//! way and runs this binary between its own rounds.
+//!
+//! Per batch size the last lines are `f32_decode_tokens_per_s_b{B}`,
+//! `int8_decode_tokens_per_s_b{B}` and `int8_vs_f32_b{B}` (the median of the paired ratios).
+
+use std::time::Instant;
+
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
+use kiln::base::seed;
+use kiln::compress::{ActivationQuant, QuantConfig, QuantizedGpt};
+use kiln::prelude::*;
+use rand::Rng;
+
+/// Time KV-cache generation of a GPT in f32 and in int8.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Batch sizes to time, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8], value_parser = positive())]
+    batch: Vec<usize>,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 32, value_parser = positive())]
+    prompt: usize,
+    /// New tokens per sequence (at least 2: the first comes from the prefill).
+    #[arg(long, default_value_t = 32, value_parser = RangedU64ValueParser::<usize>::new().range(2..))]
+    new_tokens: usize,
+    /// Rounds; f32 and int8 alternate within each, and the medians are reported.
+    #[arg(long, default_value_t = 3, value_parser = positive())]
+    rounds: usize,
+    /// Model width.
+    #[arg(long, default_value_t = 768, value_parser = positive())]
+    d_model: usize,
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 12, value_parser = positive())]
+    layers: usize,
+    /// Attention heads per block.
+    #[arg(long, default_value_t = 12, value_parser = positive())]
+    heads: usize,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 50257, value_parser = positive())]
+    vocab: usize,
+    /// Context length.
+    #[arg(long, default_value_t = 1024, value_parser = positive())]
+    context: usize,
+    /// Only the f32 model (for comparing builds).
+    #[arg(long)]
+    f32_only: bool,
+}
+
+/// A count of at least 1.
+fn positive() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..)
+}
+
+/// Seconds of the cached decoding steps: `generate` for `new_tokens` minus `generate` for one.
+fn decode_seconds(
+    generate: &impl Fn(&[Vec<u32>], &GenerateConfig) -> kiln::Result<Vec<Vec<u32>>>,
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+) -> kiln::Result<(f64, Vec<Vec<u32>>)> {
+    let timed = |n: usize| -> kiln::Result<(f64, Vec<Vec<u32>>)> {
+        let config = GenerateConfig::new().with_max_new_tokens(n);
+        let start = Instant::now();
+        let out = generate(prompts, &config)?;
+        Ok((start.elapsed().as_secs_f64(), out))
+    };
+    let (prefill, _) = timed(1)?;
+    let (all, tokens) = timed(new_tokens)?;
+    Ok(((all - prefill).max(1e-9), tokens))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() -> kiln::Result<()> {
+    let a = Args::parse();
+    if a.prompt + a.new_tokens > a.context {
+        return Err(kiln::Error::Usage(format!(
+            "--prompt {} + --new-tokens {} exceed the context {}",
+            a.prompt, a.new_tokens, a.context
+        )));
+    }
+    let device = Device::flex();
+    let config = GptConfig::new(a.vocab)
+        .with_block_size(a.context)
+        .with_n_layer(a.layers)
+        .with_n_head(a.heads)
+        .with_d_model(a.d_model);
+    device.seed(0);
+    let gpt = config.init(&device)?;
+    let int8 = (!a.f32_only)
+        .then(|| QuantizedGpt::from_gpt(&gpt, &QuantConfig::new(), ActivationQuant::Dynamic))
+        .transpose()?;
+    println!(
+        "model: d_model {} layers {} heads {} vocab {} ({} parameters); prompt {}, {} new tokens; int8 kernel {}",
+        a.d_model,
+        a.layers,
+        a.heads,
+        a.vocab,
+        gpt.num_params(),
+        a.prompt,
+        a.new_tokens,
+        kiln::compress::int8_kernel_name(),
+    );
+    let mut rng = seed::rng(0);
+    for &batch in &a.batch {
+        let prompts: Vec<Vec<u32>> = (0..batch)
+            .map(|_| {
+                (0..a.prompt)
+                    .map(|_| rng.random_range(0..a.vocab as u32))
+                    .collect()
+            })
+            .collect();
+        let decoded = (batch * (a.new_tokens - 1)) as f64;
+        let f32_gen = |p: &[Vec<u32>], c: &GenerateConfig| Ok(gpt.generate(p, c)?);
+        // One untimed call, so page faults of the first run are not counted.
+        f32_gen(&prompts, &GenerateConfig::new().with_max_new_tokens(2))?;
+        let (mut f32_rates, mut int8_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let mut agreement = None;
+        for round in 1..=a.rounds {
+            let (f32_s, f32_tokens) = decode_seconds(&f32_gen, &prompts, a.new_tokens)?;
+            f32_rates.push(decoded / f32_s);
+            let mut line = format!(
+                "batch {batch} round {round}: f32 {:.1} ms/token",
+                f32_s * 1e3 / (a.new_tokens - 1) as f64
+            );
+            if let Some(q) = &int8 {
+                let int8_gen = |p: &[Vec<u32>], c: &GenerateConfig| Ok(q.generate(p, c)?);
+                let (int8_s, int8_tokens) = decode_seconds(&int8_gen, &prompts, a.new_tokens)?;
+                int8_rates.push(decoded / int8_s);
+                ratios.push(f32_s / int8_s);
+                line += &format!(
+                    ", int8 {:.1} ms/token ({:.2}x)",
+                    int8_s * 1e3 / (a.new_tokens - 1) as f64,
+                    f32_s / int8_s
+                );
+                // How many generated tokens int8 shares with f32 (random weights make the
+                // logits nearly flat, so this is a sanity check, not an accuracy figure).
+                let same = f32_tokens
+                    .iter()
+                    .zip(&int8_tokens)
+                    .map(|(f, q)| {
+                        f[a.prompt..]
+                            .iter()
+                            .zip(&q[a.prompt..])
+                            .take_while(|(x, y)| x == y)
+                            .count()
+                    })
+                    .sum::<usize>();
+                agreement = Some(same as f64 / (batch * a.new_tokens) as f64);
+            }
+            println!("{line}");
+        }
+        println!("f32_decode_tokens_per_s_b{batch}: {:.1}", median(f32_rates));
+        if int8.is_some() {
+            println!(
+                "int8_decode_tokens_per_s_b{batch}: {:.1}",
+                median(int8_rates)
+            );
+            println!(
+                "int8_greedy_prefix_agreement_b{batch}: {:.3}",
+                agreement.unwrap_or(0.0)
+            );
+            println!("int8_vs_f32_b{batch}: {:.2}", median(ratios));
+        }
+    }
+    if let Some(peak) = kiln::base::memory::peak_rss_mib() {
+        println!("peak_rss_mib: {peak:.0}");
+    }
+    Ok(())
+}

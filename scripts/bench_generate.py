@@ -1,0 +1,84 @@
+"""kiln's KV-cache generation (f32 and int8) against HF transformers' `generate`, alternating in
+one run.
+
+Run once in a venv outside the repo (CI never needs it):
+
+    python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers
+    cargo build --release --example bench_generate
+    /tmp/venv/bin/python scripts/bench_generate.py [--rounds 3] [--batch 1,8]
+
+Both sides: GPT-2 small's shape (vocab 50257, 12 layers, 12 heads, d_model 768, context 1024,
+tanh GELU, tied embeddings) with random weights, greedy decoding with a KV cache, a random prompt
+of `--prompt` tokens per sequence. Each side times `generate` for one new token (the prefill)
+and for `--new-tokens`; decoding tokens/s is `batch · (new_tokens − 1)` over the difference.
+HF runs `GPT2LMHeadModel.generate(do_sample=False, min_new_tokens=max_new_tokens)` under
+`torch.no_grad()` in f32 on `torch.get_num_threads()` threads; kiln runs
+`target/release/examples/bench_generate` (f32 `Gpt::generate` and int8 `QuantizedGpt::generate`)
+as a separate process. The two alternate `--rounds` times, so drift of the machine hits both.
+"""
+
+import argparse
+import re
+import statistics
+import subprocess
+import time
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+
+def hf_decode_tokens_per_s(model, batch, prompt, new_tokens):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt), generator=g)
+    mask = torch.ones_like(ids)
+
+    def timed(n):
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
+                           min_new_tokens=n, pad_token_id=0)
+        return time.perf_counter() - start
+
+    timed(2)  # warm-up, as kiln's untimed first call
+    prefill = timed(1)
+    full = timed(new_tokens)
+    return batch * (new_tokens - 1) / (full - prefill)
+
+
+def kiln_decode_tokens_per_s(a, batch):
+    cmd = [a.binary, "--batch", str(batch), "--prompt", str(a.prompt), "--new-tokens",
+           str(a.new_tokens), "--rounds", "1"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    f32 = float(re.search(rf"^f32_decode_tokens_per_s_b{batch}: ([0-9.]+)", out, re.M).group(1))
+    int8 = float(re.search(rf"^int8_decode_tokens_per_s_b{batch}: ([0-9.]+)", out, re.M).group(1))
+    return f32, int8
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch", default="1,8")
+    p.add_argument("--prompt", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--binary", default="target/release/examples/bench_generate")
+    a = p.parse_args()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config()).eval()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GPT-2 small shape, "
+          f"prompt {a.prompt}, {a.new_tokens} new tokens; decoding tokens/s")
+    for batch in (int(b) for b in a.batch.split(",")):
+        kf, ki, hf = [], [], []
+        for r in range(a.rounds):
+            f32, int8 = kiln_decode_tokens_per_s(a, batch)
+            h = hf_decode_tokens_per_s(model, batch, a.prompt, a.new_tokens)
+            kf.append(f32)
+            ki.append(int8)
+            hf.append(h)
+            print(f"batch {batch} round {r + 1}: kiln f32 {f32:.1f} | kiln int8 {int8:.1f} | HF f32 {h:.1f}")
+        kfm, kim, hm = statistics.median(kf), statistics.median(ki), statistics.median(hf)
+        print(f"batch {batch} median: kiln f32 {kfm:.1f}, kiln int8 {kim:.1f}, HF f32 {hm:.1f} tokens/s; "
+              f"kiln f32/HF {kfm / hm:.2f}x, kiln int8/HF {kim / hm:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
