@@ -4,7 +4,10 @@
 //! contiguous. On x86-64 CPUs with AVX-512 VNNI the kernel uses `vpdpbusd` (64 multiply-adds of
 //! u8 × i8 into i32 per instruction; the activations are shifted by +128 into u8 and the shift is
 //! taken back out with the precomputed weight sums); elsewhere a portable loop, compiled for
-//! AVX2 where the CPU has it. Rows are split across threads for large products.
+//! AVX2 where the CPU has it. Rows (or, for fewer than 4 rows, output columns) are split across
+//! rayon's threads for large products; a thread spawned per call cost more than a small product.
+
+use rayon::prelude::*;
 
 use crate::error::{CompressError, Result};
 
@@ -77,30 +80,16 @@ pub(crate) fn fused_linear(
             // weight into its own buffer.
             let per = n.div_ceil(column_threads).next_multiple_of(vnni::COLS);
             let ranges: Vec<_> = (0..n).step_by(per).map(|o| o..(o + per).min(n)).collect();
-            let parts: Vec<Vec<f32>> = std::thread::scope(|scope| {
-                let run = |range: std::ops::Range<usize>| {
+            let parts: Vec<Vec<f32>> = ranges
+                .par_iter()
+                .map(|range| {
                     let mut part = vec![0f32; rows * range.len()];
                     // SAFETY: the CPU has the features the function is compiled for; the range
                     // starts on a tile boundary.
-                    unsafe { vnni::fused(x, k, packed, fixed, cols, range, &mut part) };
+                    unsafe { vnni::fused(x, k, packed, fixed, cols, range.clone(), &mut part) };
                     part
-                };
-                let others: Vec<_> = ranges[1..]
-                    .iter()
-                    .map(|r| {
-                        let r = r.clone();
-                        scope.spawn(move || run(r))
-                    })
-                    .collect();
-                let mut parts = vec![run(ranges[0].clone())];
-                // A panic inside the kernel is a bug; surface it here.
-                parts.extend(
-                    others
-                        .into_iter()
-                        .map(|h| h.join().expect("int8 kernel thread")),
-                );
-                parts
-            });
+                })
+                .collect();
             for (range, part) in ranges.iter().zip(&parts) {
                 for (r, src) in part.chunks_exact(range.len()).enumerate() {
                     out[r * n + range.start..r * n + range.end].copy_from_slice(src);
@@ -108,12 +97,10 @@ pub(crate) fn fused_linear(
             }
             return true;
         }
-        std::thread::scope(|scope| {
-            for (x, out) in x.chunks(rows_per * k).zip(out.chunks_mut(rows_per * n)) {
-                // SAFETY: the CPU has the features the function is compiled for.
-                scope.spawn(move || unsafe { vnni::fused(x, k, packed, fixed, cols, 0..n, out) });
-            }
-        });
+        x.par_chunks(rows_per * k)
+            .zip(out.par_chunks_mut(rows_per * n))
+            // SAFETY: the CPU has the features the function is compiled for.
+            .for_each(|(x, out)| unsafe { vnni::fused(x, k, packed, fixed, cols, 0..n, out) });
         return true;
     }
     let _ = (x, rows, k, n, packed, fixed, cols, out);
@@ -220,11 +207,9 @@ pub fn gemm_i8(
         gemm_rows(a, b, b_sums, n, k, &mut out);
         return Ok(out);
     }
-    std::thread::scope(|scope| {
-        for (chunk, out) in a.chunks(rows_per * k).zip(out.chunks_mut(rows_per * n)) {
-            scope.spawn(move || gemm_rows(chunk, b, b_sums, n, k, out));
-        }
-    });
+    a.par_chunks(rows_per * k)
+        .zip(out.par_chunks_mut(rows_per * n))
+        .for_each(|(chunk, out)| gemm_rows(chunk, b, b_sums, n, k, out));
     Ok(out)
 }
 
