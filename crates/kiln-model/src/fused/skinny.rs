@@ -67,10 +67,32 @@ pub(crate) fn product(
         }
         match w {
             Weight::Rows { data, stride } => {
-                rows_block(x, m, k, &data[j0..], stride, width, &mut out)
+                let w = &data[j0..];
+                rows_block(
+                    Block {
+                        x,
+                        m,
+                        k,
+                        w,
+                        stride,
+                        width,
+                    },
+                    &mut out,
+                )
             }
             Weight::Columns { data, stride } => {
-                columns_block(x, m, k, &data[j0 * stride..], stride, width, &mut out)
+                let w = &data[j0 * stride..];
+                columns_block(
+                    Block {
+                        x,
+                        m,
+                        k,
+                        w,
+                        stride,
+                        width,
+                    },
+                    &mut out,
+                )
             }
         }
         out
@@ -92,17 +114,22 @@ pub(crate) fn product(
     y
 }
 
+/// One block of outputs: the rows `x` (`[m, k]`) and the weight `w` from the block's first
+/// output, with its non-unit `stride`, for `width` outputs.
+#[derive(Clone, Copy)]
+struct Block<'a> {
+    x: &'a [f32],
+    m: usize,
+    k: usize,
+    w: &'a [f32],
+    stride: usize,
+    width: usize,
+}
+
 multiversion! {
     /// `out[r, ..width] += Σ_i x[r, i] · w[i·stride + ..width]`, in order of `i`.
-    fn rows_block(
-        x: &[f32],
-        m: usize,
-        k: usize,
-        w: &[f32],
-        stride: usize,
-        width: usize,
-        out: &mut [f32],
-    ) {
+    fn rows_block(block: Block<'_>, out: &mut [f32]) {
+        let Block { x, m, k, w, stride, width } = block;
         for i in 0..k {
             let w = &w[i * stride..i * stride + width];
             for (r, out) in out.chunks_exact_mut(width).enumerate().take(m) {
@@ -117,15 +144,8 @@ multiversion! {
 
 multiversion! {
     /// `out[r, j] += x[r, ..] · w[j·stride + ..k]` for `j < width`.
-    fn columns_block(
-        x: &[f32],
-        m: usize,
-        k: usize,
-        w: &[f32],
-        stride: usize,
-        width: usize,
-        out: &mut [f32],
-    ) {
+    fn columns_block(block: Block<'_>, out: &mut [f32]) {
+        let Block { x, m, k, w, stride, width } = block;
         for j in 0..width {
             let column = &w[j * stride..j * stride + k];
             for r in 0..m {
