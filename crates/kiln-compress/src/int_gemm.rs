@@ -4,7 +4,7 @@
 //! contiguous. On x86-64 CPUs with AVX-512 VNNI the kernel uses `vpdpbusd` (64 multiply-adds of
 //! u8 × i8 into i32 per instruction; the activations are shifted by +128 into u8 and the shift is
 //! taken back out with the precomputed weight sums); elsewhere a portable loop, compiled for
-//! AVX2 where the CPU has it. Rows (or, for fewer than 4 rows, output columns) are split across
+//! AVX2 where the CPU has it. Rows (or, for 4 rows or fewer, output columns) are split across
 //! rayon's threads for large products; a thread spawned per call cost more than a small product.
 
 use rayon::prelude::*;
@@ -171,7 +171,7 @@ fn rows_per_thread(rows: usize, n: usize, k: usize) -> usize {
 }
 
 /// Threads that split the output columns of a product with too few rows to split them
-/// ([`rows_per_thread`] gives one thread below 4 rows): one per ~1M multiply-adds, at most one
+/// ([`rows_per_thread`] gives one thread up to 4 rows): one per ~1M multiply-adds, at most one
 /// per core and per 64-column tile.
 fn column_threads(rows: usize, n: usize, k: usize) -> usize {
     let work = rows * n * k;

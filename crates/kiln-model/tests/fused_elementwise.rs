@@ -65,15 +65,15 @@ fn forward_backward(
     seed: u64,
 ) -> (Vec<f32>, Vec<f32>) {
     let leaf = x.clone().require_grad();
-    let input = if transposed {
-        leaf.clone().swap_dims(0, 1)
-    } else {
-        leaf.clone()
-    };
-    let y = f(input);
+    let y = f(oriented(leaf.clone(), transposed));
     let up = random(y.dims(), 1.0, 0.0, seed ^ 0x5eed, &y.device());
     let grads = (y.clone() * up).sum().backward();
     (values(y), values(leaf.grad(&grads).unwrap()))
+}
+
+/// `x` as the kernels see it: itself, or its transpose (a non-contiguous view).
+fn oriented(x: Tensor<2>, transposed: bool) -> Tensor<2> {
+    if transposed { x.swap_dims(0, 1) } else { x }
 }
 
 fn check_gelu(kind: GeluKind, shape: [usize; 2], transposed: bool, seed: u64) {
@@ -89,12 +89,7 @@ fn check_gelu(kind: GeluKind, shape: [usize; 2], transposed: bool, seed: u64) {
     assert_close(&format!("{kind:?} gelu' {shape:?}"), &dx, &dx_ref);
 
     // Without autodiff (inference): the same kernel, the same values.
-    let plain = x.inner();
-    let plain = if transposed {
-        plain.swap_dims(0, 1)
-    } else {
-        plain
-    };
+    let plain = oriented(x.inner(), transposed);
     assert_close(
         &format!("{kind:?} gelu, plain"),
         &values(gelu(plain.clone(), kind)),
@@ -122,11 +117,7 @@ fn check_layer_norm(shape: [usize; 2], bias: bool, transposed: bool, seed: u64) 
     let norm = norm(d, bias, seed, &device);
     let run = |fused: bool| {
         let leaf = x.clone().require_grad();
-        let input = if transposed {
-            leaf.clone().swap_dims(0, 1)
-        } else {
-            leaf.clone()
-        };
+        let input = oriented(leaf.clone(), transposed);
         let y = if fused {
             layer_norm(&norm, input)
         } else {
@@ -178,12 +169,7 @@ fn check_layer_norm(shape: [usize; 2], bias: bool, transposed: bool, seed: u64) 
 
     // Without autodiff.
     let plain_norm = self::norm(d, bias, seed, &Device::flex());
-    let plain = x.inner();
-    let plain = if transposed {
-        plain.swap_dims(0, 1)
-    } else {
-        plain
-    };
+    let plain = oriented(x.inner(), transposed);
     assert_close(
         &format!("{what}: plain"),
         &values(layer_norm(&plain_norm, plain.clone())),

@@ -335,6 +335,18 @@ mod kernels {
         }
     }
 
+    /// The `[rows, cols]` matrix `t` as contiguous row-major values (for a bias, or the few rows
+    /// of [`skinny_product`]: small next to the product).
+    fn gather(t: Operand, rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols)
+            // SAFETY: `t` is a `[rows, cols]` matrix with these strides in a live buffer.
+            .map(|e| unsafe {
+                *t.ptr
+                    .offset((e / cols) as isize * t.rs + (e % cols) as isize * t.cs)
+            })
+            .collect()
+    }
+
     /// `dst = (bias rows) + lhs·rhs`, or `lhs·rhs` without a bias, for `lhs` `[m, k]` and `rhs`
     /// `[k, n]`: a new contiguous `[m, n]` buffer, zero-filled only without a bias.
     fn gemm_into(
@@ -351,11 +363,7 @@ mod kernels {
         let mut dst: Vec<f32> = Vec::with_capacity(len);
         let read_dst = match bias {
             Some(bias) => {
-                let b = operand(bias, n);
-                let bias: Vec<f32> = (0..n)
-                    // SAFETY: `bias` is `[n]` with stride `b.cs` from `b.ptr`.
-                    .map(|j| unsafe { *b.ptr.offset(j as isize * b.cs) })
-                    .collect();
+                let bias = gather(operand(bias, n), 1, n);
                 // SAFETY: every element is written right below, before being read.
                 unsafe { dst.set_len(len) };
                 let fill = |rows: &mut [f32]| {
@@ -444,15 +452,6 @@ mod kernels {
             return None;
         }
         // A few rows: gathering them (contiguous or not) costs nothing next to the weight.
-        let gather = |t: Operand, rows: usize, cols: usize| -> Vec<f32> {
-            (0..rows * cols)
-                // SAFETY: `t` is a `[rows, cols]` matrix with these strides in a live buffer.
-                .map(|e| unsafe {
-                    *t.ptr
-                        .offset((e / cols) as isize * t.rs + (e % cols) as isize * t.cs)
-                })
-                .collect()
-        };
         let xs = gather(operand(x, k), m, k);
         let bias = bias.map(|b| gather(operand(b, n), 1, n));
         Some(skinny::product(&xs, m, k, n, w, bias.as_deref()))

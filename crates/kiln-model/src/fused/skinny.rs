@@ -65,36 +65,19 @@ pub(crate) fn product(
                 row.copy_from_slice(&bias[j0..j0 + width]);
             }
         }
-        match w {
-            Weight::Rows { data, stride } => {
-                let w = &data[j0..];
-                rows_block(
-                    Block {
-                        x,
-                        m,
-                        k,
-                        w,
-                        stride,
-                        width,
-                    },
-                    &mut out,
-                )
-            }
-            Weight::Columns { data, stride } => {
-                let w = &data[j0 * stride..];
-                columns_block(
-                    Block {
-                        x,
-                        m,
-                        k,
-                        w,
-                        stride,
-                        width,
-                    },
-                    &mut out,
-                )
-            }
-        }
+        let (kernel, w, stride): (fn(Block<'_>, &mut [f32]), _, _) = match w {
+            Weight::Rows { data, stride } => (rows_block, &data[j0..], stride),
+            Weight::Columns { data, stride } => (columns_block, &data[j0 * stride..], stride),
+        };
+        let block = Block {
+            x,
+            m,
+            k,
+            w,
+            stride,
+            width,
+        };
+        kernel(block, &mut out);
         out
     };
     let blocks = n.div_ceil(block);
