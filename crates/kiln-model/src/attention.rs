@@ -9,6 +9,7 @@ use burn::tensor::{Bool, Device, Tensor};
 
 use kiln_dist::TensorParallel;
 
+use crate::fused;
 use crate::fused::softmax::masked_softmax;
 use crate::init::normal_linear;
 use crate::linear::LinearLayer;
@@ -171,16 +172,22 @@ impl<L: LinearLayer> MultiHeadAttention<L> {
             cache.key_value = Some((k.clone(), v.clone()));
         }
         let keys = k.dims()[2];
-        let padding = mask.expanded(batch, heads, seq, keys);
 
         let context = if q.device().is_autodiff() {
-            // Training. Burn 0.22.1 differentiates the fused op by decomposing it into ~10
-            // element-wise ops (max, clamp, exp, sum, div...), each a node of the graph; the
-            // explicit form is two matmuls around kiln's masked softmax (one fused kernel
-            // forward and backward on flex, crate::fused::softmax). It is also the only form with
-            // dropout on the probabilities.
-            self.explicit_attention(q, k, v, padding, mask.causal)
+            // Training. Burn 0.22.1 differentiates its fused op by decomposing it into ~10
+            // element-wise ops (max, clamp, exp, sum, div...), each a node of the graph. kiln's
+            // own (crate::fused::attention) has its backward: one kernel each way on flex, the
+            // composite ops elsewhere. Dropout on the probabilities needs them materialized:
+            // then the explicit form, two matmuls around kiln's masked softmax.
+            if self.attn_dropout.prob > 0.0 {
+                let padding = mask.expanded(batch, heads, seq, keys);
+                self.explicit_attention(q, k, v, padding, mask.causal)
+            } else {
+                let scale = 1.0 / (head_dim as f64).sqrt();
+                fused::attention::attention(q, k, v, scale, mask.causal, mask.padding)
+            }
         } else {
+            let padding = mask.expanded(batch, heads, seq, keys);
             let options = AttentionModuleOptions {
                 scale: None,
                 softcap: None,

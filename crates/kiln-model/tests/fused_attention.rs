@@ -1,8 +1,9 @@
-//! The fused masked softmax and cross-entropy against Burn's composite ops, on flex with and
-//! without autodiff: outputs and gradients (of a random upstream gradient) within 1e-5 of the
-//! reference's largest magnitude.
+//! The fused attention, masked softmax and cross-entropy against Burn's composite ops, on flex
+//! with and without autodiff: outputs and gradients (of a random upstream gradient) within 1e-5
+//! of the reference's largest magnitude.
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use kiln_model::fused::attention::{attention, attention_composite};
 use kiln_model::fused::cross_entropy::{cross_entropy, cross_entropy_composite};
 use kiln_model::fused::softmax::{masked_softmax, masked_softmax_composite};
 use proptest::prelude::*;
@@ -204,6 +205,155 @@ fn masked_softmax_without_autodiff_matches_composite() {
     }
 }
 
+type Attention =
+    fn(Tensor<4>, Tensor<4>, Tensor<4>, f64, bool, Option<&Tensor<2, Bool>>) -> Tensor<4>;
+
+/// How q, k and v are laid out in memory.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// Contiguous `[batch, heads, seq, dim]`.
+    Heads,
+    /// `[batch, seq, heads, dim]` swapped to `[batch, heads, seq, dim]`: what the model's
+    /// projections give.
+    Projections,
+    /// `[batch, heads, dim, seq]` swapped: no unit stride along `dim`.
+    Transposed,
+}
+
+/// A `[b, h, t, d]` leaf to differentiate and the view of it in `layout` that attention reads.
+fn leaf(
+    rng: &mut ChaCha8Rng,
+    [b, h, t, d]: [usize; 4],
+    layout: Layout,
+    device: &Device,
+) -> (Tensor<4>, Tensor<4>) {
+    let (leaf, view): (Tensor<4>, fn(Tensor<4>) -> Tensor<4>) = match layout {
+        Layout::Heads => (random(rng, [b, h, t, d], 1.5, device), |x| x),
+        Layout::Projections => (random(rng, [b, t, h, d], 1.5, device), |x| {
+            x.swap_dims(1, 2)
+        }),
+        Layout::Transposed => (random(rng, [b, h, d, t], 1.5, device), |x| {
+            x.swap_dims(2, 3)
+        }),
+    };
+    let leaf = leaf.require_grad();
+    (leaf.clone(), view(leaf))
+}
+
+/// The output and the gradients of `sum(O ⊙ G)` for q, k and v (in their leaves' layout),
+/// through `f` on autodiff flex, with the keys where `padding` (`[b, tk]`) is true masked.
+fn attention_and_grads(
+    f: Attention,
+    seed: u64,
+    [b, h, tq, tk, d]: [usize; 5],
+    causal: bool,
+    padding: Option<Vec<bool>>,
+    layout: Layout,
+) -> [Vec<f32>; 4] {
+    let device = Device::flex().autodiff();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (q_leaf, q) = leaf(&mut rng, [b, h, tq, d], layout, &device);
+    let (k_leaf, k) = leaf(&mut rng, [b, h, tk, d], layout, &device);
+    let (v_leaf, v) = leaf(&mut rng, [b, h, tk, d], layout, &device);
+    let mask = padding.map(|m| Tensor::<2, Bool>::from_data(TensorData::new(m, [b, tk]), &device));
+    let upstream = random(&mut rng, [b, h, tq, d], 1.0, &device);
+    let out = f(q, k, v, 0.4, causal, mask.as_ref());
+    let grads = (out.clone() * upstream).sum().backward();
+    let grad = |x: &Tensor<4>| values(x.grad(&grads).expect("q, k and v get gradients"));
+    [values(out), grad(&q_leaf), grad(&k_leaf), grad(&v_leaf)]
+}
+
+/// The last `padded` keys of every batch row masked.
+fn tail_padding(batch: usize, keys: usize, padded: usize) -> Vec<bool> {
+    (0..batch * keys)
+        .map(|i| i % keys >= keys - padded.min(keys))
+        .collect()
+}
+
+fn check_attention(
+    seed: u64,
+    dims: [usize; 5],
+    causal: bool,
+    padded: Option<usize>,
+    layout: Layout,
+) {
+    let padding = || padded.map(|p| tail_padding(dims[0], dims[3], p));
+    let fused = attention_and_grads(attention, seed, dims, causal, padding(), layout);
+    let composite = attention_and_grads(attention_composite, seed, dims, causal, padding(), layout);
+    let what = format!("[b, h, tq, tk, d] {dims:?} causal {causal} padded {padded:?} {layout:?}");
+    for (name, (a, b)) in ["output", "dq", "dk", "dv"]
+        .iter()
+        .zip(fused.iter().zip(&composite))
+    {
+        assert_close(&format!("{name} {what}"), a, b);
+    }
+}
+
+#[test]
+fn attention_matches_composite_at_the_probe_shape() {
+    // seq 128: two query blocks, the second seeing every key under the causal mask.
+    check_attention(21, [2, 4, 128, 128, 64], true, None, Layout::Projections);
+    check_attention(22, [2, 4, 128, 128, 64], false, Some(17), Layout::Heads);
+}
+
+#[test]
+fn attention_with_fewer_queries_than_keys_sees_the_cache_offset() {
+    // 70 new queries over 100 keys: query i sees keys 0..=i + 30, across a block boundary.
+    check_attention(23, [1, 2, 70, 100, 8], true, None, Layout::Projections);
+    check_attention(24, [2, 1, 70, 100, 8], true, Some(9), Layout::Transposed);
+}
+
+#[test]
+fn attention_rows_that_see_no_key_are_zero_with_zero_gradients() {
+    // Every key of batch row 0 is padding, and the last key of row 1.
+    let padding: Vec<bool> = (0..14).map(|i| i < 7 || i == 13).collect();
+    for causal in [false, true] {
+        let [out, dq, dk, dv] = attention_and_grads(
+            attention,
+            25,
+            [2, 3, 7, 7, 5],
+            causal,
+            Some(padding.clone()),
+            Layout::Heads,
+        );
+        let half = 3 * 7 * 5;
+        for (name, v) in [("output", &out), ("dq", &dq), ("dk", &dk), ("dv", &dv)] {
+            assert!(v.iter().all(|x| x.is_finite()), "{name}: finite");
+            assert!(
+                v[..half].iter().all(|&x| x == 0.0),
+                "{name}: zero on the padded row"
+            );
+            assert!(
+                v[half..].iter().any(|&x| x != 0.0),
+                "{name}: not zero elsewhere"
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_without_autodiff_matches_composite() {
+    let device = Device::flex();
+    let mut rng = ChaCha8Rng::seed_from_u64(26);
+    let q = random(&mut rng, [2, 3, 65, 16], 1.5, &device);
+    let k = random(&mut rng, [2, 3, 80, 16], 1.5, &device);
+    let v = random(&mut rng, [2, 3, 80, 16], 1.5, &device);
+    let mask: Vec<bool> = (0..160).map(|i| i % 80 >= 75).collect();
+    let mask = Tensor::<2, Bool>::from_data(TensorData::new(mask, [2, 80]), &device);
+    for (causal, mask) in [(true, None), (false, Some(&mask)), (true, Some(&mask))] {
+        let args = || (q.clone(), k.clone(), v.clone());
+        let (q1, k1, v1) = args();
+        let (q2, k2, v2) = args();
+        let fused = values(attention(q1, k1, v1, 0.25, causal, mask));
+        let composite = values(attention_composite(q2, k2, v2, 0.25, causal, mask));
+        assert_close(
+            &format!("inference output causal {causal}"),
+            &fused,
+            &composite,
+        );
+    }
+}
+
 type CrossEntropy = fn(Tensor<2>, Tensor<1, Int>, Option<i64>) -> Tensor<1>;
 
 /// The loss and the gradient of `g · loss` for the logits, through `f`, on autodiff flex.
@@ -290,6 +440,22 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
     #[test]
+    fn attention_matches_composite_on_any_shape(
+        seed in 0u64..1000,
+        batch in 1usize..3,
+        heads in 1usize..3,
+        q in 1usize..80,
+        extra in 0usize..20,
+        dim in 1usize..20,
+        causal: bool,
+        padded in proptest::option::of(0usize..8),
+        layout in prop_oneof![Just(Layout::Heads), Just(Layout::Projections), Just(Layout::Transposed)],
+    ) {
+        let k = q + extra;
+        check_attention(seed, [batch, heads, q, k, dim], causal, padded.map(|p| p.min(k - 1)), layout);
+    }
+
+    #[test]
     fn masked_softmax_matches_composite_on_any_shape(
         seed in 0u64..1000,
         batch in 1usize..4,
@@ -327,7 +493,31 @@ fn half_precision_inputs_compute_in_f32_and_keep_their_dtype() {
         TensorData::new((0..10).collect::<Vec<i64>>(), [10]),
         &device,
     );
+    let qkv = random(&mut rng, [1, 2, 5, 4], 1.5, &device);
     for dtype in [DType::F16, DType::BF16] {
+        let half = qkv.clone().cast(dtype).require_grad();
+        let out = attention(half.clone(), half.clone(), half.clone(), 0.5, true, None);
+        assert_eq!(out.dtype(), dtype);
+        assert_eq!(
+            half.grad(&out.clone().sum().backward()).unwrap().dtype(),
+            dtype
+        );
+        let want = values(attention_composite(
+            qkv.clone(),
+            qkv.clone(),
+            qkv.clone(),
+            0.5,
+            true,
+            None,
+        ));
+        assert!(
+            values(out)
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| (a - b).abs() < 2e-2),
+            "attention {dtype:?}"
+        );
+
         let half = scores.clone().cast(dtype).require_grad();
         let probs = masked_softmax(half.clone(), 0.5, true, None);
         assert_eq!(probs.dtype(), dtype);

@@ -14,7 +14,10 @@
 //!   [`Activation::GeluTanh`](crate::activation::Activation::GeluTanh)).
 //! - [`layer_norm`](mod@layer_norm): LayerNorm, its backward computing `dX`, `dγ`, `dβ` in one
 //!   pass over the rows.
-//! - [`softmax`]: attention's scaled, causal- and padding-masked softmax.
+//! - [`attention`](mod@attention): attention while training as one operation (FlashAttention's
+//!   blocks of queries, the probabilities recomputed in the backward, never stored).
+//! - [`softmax`]: attention's scaled, causal- and padding-masked softmax (the explicit form,
+//!   with dropout on the probabilities).
 //! - [`cross_entropy`]: log-softmax and cross-entropy with an ignore index.
 //! - [`host`]: host code on a tensor's rows, reading flex's buffer in place (kiln-compress's int8
 //!   layer).
@@ -25,6 +28,7 @@ use burn::backend::autodiff::ops::Ops;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::Device;
 
+pub mod attention;
 pub mod cross_entropy;
 pub mod gelu;
 pub mod host;

@@ -1,0 +1,786 @@
+//! Attention while training as one operation, forward and backward:
+//! `softmax(q·kᵀ·scale, masked)·v`, without the `[batch, heads, q, k]` probabilities stored.
+//!
+//! The explicit form (two batched matmuls around [`masked_softmax`](super::softmax)) writes the
+//! scores, the probabilities (kept for the backward) and, backward, their gradient, each
+//! `[batch, heads, q, k]`; it multiplies the masked half of a causal score matrix too, and
+//! copies q, k, v and the context between the projections' `[batch, seq, heads, head_dim]`
+//! layout and the matmuls' `[batch, heads, seq, head_dim]`.
+//!
+//! Here, as in FlashAttention (Dao et al. 2022) and memory-efficient attention (Rabe & Staats
+//! 2021), a block of [`QUERY_BLOCK`](kernels) queries at a time: its scores against the keys it
+//! can see (under a causal mask a block stops at its last query's position, about half of the
+//! products), the softmax in place, the product with v. Only the output and each query's
+//! logsumexp are kept. The backward recomputes a block's probabilities from q, k and the
+//! logsumexp and forms `dV += Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(dO ⊙ O))`,
+//! `dQ = dS·K·scale`, `dK += dSᵀ·Q·scale` block by block (FlashAttention's backward). A block's
+//! scores sit in a per-thread scratch of `QUERY_BLOCK × keys` floats, so the keys are not tiled
+//! (up to a few thousand keys that scratch stays in L2; beyond, it costs cache misses, not
+//! memory). q, k, v and the output gradient are read through their strides; the outputs are
+//! written in the projections' layout, so the reshapes around the op copy nothing.
+//!
+//! Threads: (batch, head, query block) forward; (batch, head) backward, since dK and dV sum
+//! over the query blocks. Every output element is computed by one task in a fixed order: the
+//! result does not depend on the number of threads.
+//!
+//! Without dropout on the probabilities (which needs them materialized);
+//! [`MultiHeadAttention`](crate::attention::MultiHeadAttention) takes the explicit form when
+//! `attn_dropout > 0`.
+
+// Built without any backend feature, the extension's generated glue leaves the trait's
+// default bodies (and their arguments) unused.
+#![cfg_attr(not(feature = "flex"), allow(unused_variables, dead_code))]
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{AutodiffBackend, Backend, Dispatch, backend_extension};
+use burn::tensor::{Bool, DType, Tensor};
+
+use super::on_flex;
+use super::softmax::masked_softmax_composite;
+
+/// `softmax(q·kᵀ·scale)·v` over the keys each query may see, for `q` `[batch, heads, q_len,
+/// head_dim]` and `k`, `v` `[batch, heads, k_len, head_dim]` (v's last dimension may differ).
+/// `causal`: query `i` sees keys up to `i + k_len − q_len` (the queries are the last of the
+/// keys' positions, as with a KV cache). `padding` (`[batch, k_len]`, `true` = masked) hides
+/// keys from every query. A query that sees no key gets zeros.
+///
+/// One fused kernel forward and one backward on flex in f32; Burn's composite ops
+/// ([`attention_composite`]) on every other backend and dtype.
+///
+/// # Panics
+/// When the shapes do not fit together (as Burn's `matmul` does).
+pub fn attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f64,
+    causal: bool,
+    padding: Option<&Tensor<2, Bool>>,
+) -> Tensor<4> {
+    let ([b, h, _, d], [kb, kh, tk, kd], [vb, vh, tv, _]) = (q.dims(), k.dims(), v.dims());
+    assert!(
+        [kb, vb] == [b, b] && [kh, vh] == [h, h] && kd == d && tv == tk,
+        "attention: q {:?}, k {:?} and v {:?} do not fit together",
+        q.dims(),
+        k.dims(),
+        v.dims()
+    );
+    if let Some(padding) = padding {
+        assert_eq!(
+            padding.dims(),
+            [b, tk],
+            "attention: padding is [batch, keys]"
+        );
+    }
+    let f32s = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F32);
+    if !f32s || !on_flex(&q.device()) {
+        return attention_composite(q, k, v, scale, causal, padding);
+    }
+    // The padding as an additive key bias (0 or -inf): Burn 0.22.1's extension glue does not
+    // unwrap an `Option` of a tensor, and `[batch, keys]` floats are small.
+    let bias = Tensor::<2>::zeros([b, tk], &q.device());
+    let bias = match padding {
+        Some(padding) => bias.mask_fill(padding.clone(), f32::NEG_INFINITY),
+        None => bias,
+    };
+    let (out, _logsumexp) = <Dispatch as AttentionBackend>::fused_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        bias.into_dispatch(),
+        scale as f32,
+        causal,
+    );
+    Tensor::from_dispatch(out)
+}
+
+/// [`attention`] in Burn's composite ops (matmul, [`masked_softmax_composite`], matmul): what
+/// runs on backends without the fused kernel, and the reference the kernel is tested against.
+pub fn attention_composite(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f64,
+    causal: bool,
+    padding: Option<&Tensor<2, Bool>>,
+) -> Tensor<4> {
+    let [b, h, tq, _] = q.dims();
+    let tk = k.dims()[2];
+    let padding = padding.map(|p| p.clone().reshape([b, 1, 1, tk]).expand([b, h, tq, tk]));
+    masked_softmax_composite(q.matmul(k.swap_dims(2, 3)), scale, causal, padding).matmul(v)
+}
+
+/// The fused attention as a backend operation: flex runs the kernels, Autodiff adds the
+/// backward (which calls the inner backend's [`fused_attention_backward`]).
+///
+/// [`fused_attention_backward`]: AttentionBackend::fused_attention_backward
+#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+pub trait AttentionBackend: Backend {
+    /// The output `[batch, heads, q_len, v_dim]` of [`attention`] and each query's logsumexp
+    /// of its scaled, masked scores `[batch, heads, q_len]` (`+inf` for a query that sees no
+    /// key), from `key_bias` `[batch, k_len]` (0 for a key seen, `-inf` for a padded one).
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        key_bias: FloatTensor<Self>,
+        scale: f32,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The gradients of q, k and v from the forward's inputs, output and logsumexp and the
+    /// output's gradient `grad`. Not differentiable again.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        key_bias: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        logsumexp: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f32,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B, C> {
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        key_bias: FloatTensor<Self>,
+        scale: f32,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let nodes = [q.node(), k.node(), v.node()];
+        let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
+        let key_bias = key_bias.into_primitive();
+        // Compute-bound: the backward keeps q, k, v, the output and the logsumexp (O(seq)
+        // memory, not the O(seq²) probabilities) rather than recompute the forward.
+        match AttentionGrad.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (out, lse) = B::fused_attention(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    key_bias.clone(),
+                    scale,
+                    causal,
+                );
+                let state = AttentionState {
+                    q,
+                    k,
+                    v,
+                    key_bias,
+                    out: out.clone(),
+                    logsumexp: lse.clone(),
+                    scale,
+                    causal,
+                };
+                (prep.finish(state, out), Self::from_inner(lse))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (out, lse) = B::fused_attention(q, k, v, key_bias, scale, causal);
+                (prep.finish(out), Self::from_inner(lse))
+            }
+        }
+    }
+
+    fn fused_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        key_bias: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        logsumexp: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f32,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (dq, dk, dv) = B::fused_attention_backward(
+            q.into_primitive(),
+            k.into_primitive(),
+            v.into_primitive(),
+            key_bias.into_primitive(),
+            out.into_primitive(),
+            logsumexp.into_primitive(),
+            grad.into_primitive(),
+            scale,
+            causal,
+        );
+        (
+            Self::from_inner(dq),
+            Self::from_inner(dk),
+            Self::from_inner(dv),
+        )
+    }
+}
+
+/// What the attention's backward reads.
+#[derive(Debug, Clone)]
+struct AttentionState<B: Backend> {
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    key_bias: FloatTensor<B>,
+    out: FloatTensor<B>,
+    logsumexp: FloatTensor<B>,
+    scale: f32,
+    causal: bool,
+}
+
+/// The backward of the fused attention; its parents are q, k and v.
+#[derive(Debug)]
+struct AttentionGrad;
+
+impl<B: AttentionBackend> Backward<B, 3> for AttentionGrad {
+    type State = AttentionState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<B>(&ops.node);
+        let s = ops.state;
+        let (dq, dk, dv) = B::fused_attention_backward(
+            s.q,
+            s.k,
+            s.v,
+            s.key_bias,
+            s.out,
+            s.logsumexp,
+            grad,
+            s.scale,
+            s.causal,
+        );
+        let [node_q, node_k, node_v] = ops.parents;
+        for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[cfg(feature = "flex")]
+mod kernels {
+    use burn::backend::Flex;
+    use burn::backend::flex::{FlexTensor, Layout};
+    use burn::backend::ops::FloatTensorOps;
+    use burn::backend::tensor::FloatTensor;
+    use burn::tensor::{Bytes, DType, FloatDType};
+    use gemm::Parallelism;
+    use rayon::prelude::*;
+
+    use super::AttentionBackend;
+    use crate::fused::kernel::{LANES, exp, f32_contiguous, lane_max, lane_sum, multiversion};
+
+    /// Queries per block: a block's scores against 256 keys are 64 KiB, in L2 beside the keys.
+    const QUERY_BLOCK: usize = 64;
+
+    impl AttentionBackend for Flex {
+        fn fused_attention(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            key_bias: FloatTensor<Self>,
+            scale: f32,
+            causal: bool,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let (q, k, v) = (heads(q), heads(k), heads(v));
+            let bias = f32_contiguous(key_bias);
+            let shape = Sizes::of(&q, &k, &v, causal);
+            let (out, lse) = forward(&shape, &q, &k, &v, values(&bias), scale);
+            (shape.heads_view(out, shape.dv), lse_tensor(lse, &shape))
+        }
+
+        fn fused_attention_backward(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            key_bias: FloatTensor<Self>,
+            out: FloatTensor<Self>,
+            logsumexp: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            scale: f32,
+            causal: bool,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            let dtype = grad.dtype();
+            let (q, k, v, out, grad) = (heads(q), heads(k), heads(v), heads(out), heads(grad));
+            let (bias, lse) = (f32_contiguous(key_bias), f32_contiguous(logsumexp));
+            let shape = Sizes::of(&q, &k, &v, causal);
+            let inputs = Saved {
+                q: &q,
+                k: &k,
+                v: &v,
+                out: &out,
+                grad: &grad,
+                bias: values(&bias),
+                lse: values(&lse),
+            };
+            let (dq, dk, dv) = backward(&shape, &inputs, scale);
+            let cast = |t: FlexTensor| match dtype {
+                DType::F32 => t,
+                other => Flex::float_cast(t, FloatDType::from(other)),
+            };
+            (
+                cast(shape.heads_view(dq, shape.d)),
+                cast(shape.keys_view(dk, shape.d)),
+                cast(shape.keys_view(dv, shape.dv)),
+            )
+        }
+    }
+
+    fn values(t: &FlexTensor) -> &[f32] {
+        t.as_slice::<f32>().expect("contiguous f32")
+    }
+
+    /// `t` as f32 with a unit stride along its last dimension (a copy only when it has none).
+    fn heads(t: FlexTensor) -> FlexTensor {
+        let t = if t.dtype() == DType::F32 {
+            t
+        } else {
+            Flex::float_cast(t, FloatDType::F32)
+        };
+        let unit = t.layout().strides().last() == Some(&1);
+        if unit { t } else { t.to_contiguous() }
+    }
+
+    /// The sizes of one call.
+    struct Sizes {
+        b: usize,
+        h: usize,
+        tq: usize,
+        tk: usize,
+        d: usize,
+        dv: usize,
+        causal: bool,
+    }
+
+    impl Sizes {
+        fn of(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, causal: bool) -> Self {
+            let (q, k, v) = (q.layout().shape(), k.layout().shape(), v.layout().shape());
+            Self {
+                b: q[0],
+                h: q[1],
+                tq: q[2],
+                tk: k[2],
+                d: q[3],
+                dv: v[3],
+                causal,
+            }
+        }
+
+        /// The keys query `i` sees: `0..visible(i)`.
+        fn visible(&self, i: usize) -> usize {
+            if self.causal {
+                (i as i64 + self.tk as i64 - self.tq as i64 + 1).clamp(0, self.tk as i64) as usize
+            } else {
+                self.tk
+            }
+        }
+
+        fn blocks(&self) -> usize {
+            self.tq.div_ceil(QUERY_BLOCK)
+        }
+
+        /// `values`, laid out `[b, t, h, width]` (the projections' layout), as the
+        /// `[b, h, t, width]` tensor the op returns.
+        fn view(&self, values: Vec<f32>, t: usize, width: usize) -> FlexTensor {
+            let layout = Layout::contiguous([self.b, t, self.h, width].into());
+            FlexTensor::new(Bytes::from_elems(values), layout, DType::F32).transpose(1, 2)
+        }
+
+        fn heads_view(&self, values: Vec<f32>, width: usize) -> FlexTensor {
+            self.view(values, self.tq, width)
+        }
+
+        fn keys_view(&self, values: Vec<f32>, width: usize) -> FlexTensor {
+            self.view(values, self.tk, width)
+        }
+    }
+
+    fn lse_tensor(lse: Vec<f32>, shape: &Sizes) -> FlexTensor {
+        let layout = Layout::contiguous([shape.b, shape.h, shape.tq].into());
+        FlexTensor::new(Bytes::from_elems(lse), layout, DType::F32)
+    }
+
+    /// A `[rows, cols]` matrix in a buffer: its first element and its row and column strides.
+    #[derive(Clone, Copy)]
+    struct Mat {
+        ptr: *const f32,
+        rs: isize,
+        cs: isize,
+    }
+
+    impl Mat {
+        fn t(self) -> Self {
+            Self {
+                ptr: self.ptr,
+                rs: self.cs,
+                cs: self.rs,
+            }
+        }
+
+        fn rows_from(self, row: usize) -> Self {
+            // SAFETY: callers stay inside the matrix they describe.
+            Self {
+                ptr: unsafe { self.ptr.offset(row as isize * self.rs) },
+                ..self
+            }
+        }
+    }
+
+    /// The `[t, width]` matrix of head `(b, h)` of a `[b, h, t, width]` tensor whose last
+    /// stride is 1.
+    fn head(t: &FlexTensor, b: usize, h: usize) -> Mat {
+        let layout = t.layout();
+        let s = layout.strides();
+        let data: &[f32] = t.storage();
+        let at = layout.start_offset() as isize + b as isize * s[0] + h as isize * s[1];
+        Mat {
+            // SAFETY: (b, h) is inside the tensor's shape, so `at` is inside its buffer.
+            ptr: unsafe { data.as_ptr().offset(at) },
+            rs: s[2],
+            cs: 1,
+        }
+    }
+
+    /// A raw output pointer that rayon's tasks share; each writes elements no other touches.
+    #[derive(Clone, Copy)]
+    struct Out(*mut f32);
+    // SAFETY: the tasks write disjoint elements (see each use).
+    unsafe impl Send for Out {}
+    unsafe impl Sync for Out {}
+
+    impl Out {
+        /// The element at `offset` (a method, so that closures capture the `Out`, not its
+        /// raw pointer field).
+        fn at(self, offset: usize) -> *mut f32 {
+            // SAFETY: callers stay inside the buffer.
+            unsafe { self.0.add(offset) }
+        }
+
+        /// Head `(b, h)` of a `[b, t, h, width]` buffer: `[t, width]` with row stride
+        /// `h·width`.
+        fn head(self, shape: &Sizes, t: usize, width: usize, b: usize, h: usize) -> OutMat {
+            let at = ((b * t) * shape.h + h) * width;
+            OutMat {
+                ptr: self.at(at),
+                rs: (shape.h * width) as isize,
+            }
+        }
+    }
+
+    /// A destination matrix: first element and row stride (columns are contiguous).
+    #[derive(Clone, Copy)]
+    struct OutMat {
+        ptr: *mut f32,
+        rs: isize,
+    }
+
+    impl OutMat {
+        fn rows_from(self, row: usize) -> Self {
+            // SAFETY: callers stay inside the matrix.
+            Self {
+                ptr: unsafe { self.ptr.offset(row as isize * self.rs) },
+                ..self
+            }
+        }
+
+        fn as_mat(self) -> Mat {
+            Mat {
+                ptr: self.ptr,
+                rs: self.rs,
+                cs: 1,
+            }
+        }
+    }
+
+    /// `dst = beta·lhs·rhs` (`add`: `dst += …`) for `lhs` `[m, k]`, `rhs` `[k, n]`, on the
+    /// calling thread (the callers run one per rayon task).
+    ///
+    /// # Safety
+    /// The matrices lie in live buffers with these sizes and strides, and `dst` is written by
+    /// no one else meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn product(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: OutMat,
+        add: bool,
+        lhs: Mat,
+        rhs: Mat,
+        beta: f32,
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            if !add {
+                for r in 0..m {
+                    // SAFETY: row r of dst has n elements.
+                    unsafe { std::slice::from_raw_parts_mut(dst.rows_from(r).ptr, n).fill(0.0) };
+                }
+            }
+            return;
+        }
+        // SAFETY: as promised by the caller.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.ptr,
+                1,
+                dst.rs,
+                add,
+                lhs.ptr,
+                lhs.cs,
+                lhs.rs,
+                rhs.ptr,
+                rhs.cs,
+                rhs.rs,
+                1.0,
+                beta,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    }
+
+    /// A scratch `[rows, cols]` block (row-major) as a destination and as an operand.
+    fn scratch(buf: &mut [f32], cols: usize) -> (OutMat, Mat) {
+        let out = OutMat {
+            ptr: buf.as_mut_ptr(),
+            rs: cols as isize,
+        };
+        (out, out.as_mat())
+    }
+
+    /// Output `[b, tq, h, dv]` and logsumexp `[b, h, tq]`.
+    fn forward(
+        shape: &Sizes,
+        q: &FlexTensor,
+        k: &FlexTensor,
+        v: &FlexTensor,
+        bias: &[f32],
+        scale: f32,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let Sizes {
+            b,
+            h,
+            tq,
+            tk,
+            d,
+            dv,
+            ..
+        } = *shape;
+        let mut out = vec![0.0f32; b * tq * h * dv];
+        let mut lse = vec![0.0f32; b * h * tq];
+        let (dst, lse_dst) = (Out(out.as_mut_ptr()), Out(lse.as_mut_ptr()));
+        let blocks = shape.blocks();
+        let task = |scores: &mut Vec<f32>, task: usize| {
+            let (bh, block) = (task / blocks, task % blocks);
+            let (bi, hi) = (bh / h, bh % h);
+            let i0 = block * QUERY_BLOCK;
+            let rows = QUERY_BLOCK.min(tq - i0);
+            let keys = shape.visible(i0 + rows - 1);
+            let (qm, km, vm) = (head(q, bi, hi), head(k, bi, hi), head(v, bi, hi));
+            let o = dst.head(shape, tq, dv, bi, hi).rows_from(i0);
+            // SAFETY: this task alone writes rows i0..i0 + rows of head (bi, hi) of the output
+            // and of the logsumexp.
+            let lse = unsafe { std::slice::from_raw_parts_mut(lse_dst.at(bh * tq + i0), rows) };
+            scores.resize(rows * keys, 0.0);
+            let (s_out, s) = scratch(scores, keys);
+            // SAFETY: q rows i0.., k rows ..keys, the scratch and the output rows are inside
+            // their buffers with these strides.
+            unsafe { product(rows, keys, d, s_out, false, qm.rows_from(i0), km.t(), scale) };
+            let bias = &bias[bi * tk..bi * tk + keys];
+            for (r, row) in scores.chunks_exact_mut(keys.max(1)).take(rows).enumerate() {
+                lse[r] = softmax_row(row, bias, shape.visible(i0 + r));
+            }
+            if keys == 0 {
+                lse.fill(f32::INFINITY);
+            }
+            // SAFETY: as above.
+            unsafe { product(rows, dv, keys, o, false, s, vm, 1.0) };
+        };
+        let tasks = b * h * blocks;
+        if tasks * QUERY_BLOCK * tk * d < PARALLEL_MIN_WORK {
+            let mut scores = Vec::new();
+            (0..tasks).for_each(|t| task(&mut scores, t));
+        } else {
+            (0..tasks).into_par_iter().for_each_init(Vec::new, task);
+        }
+        (out, lse)
+    }
+
+    /// Multiply-adds below which a call runs on the calling thread.
+    const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+    /// What the backward reads.
+    struct Saved<'a> {
+        q: &'a FlexTensor,
+        k: &'a FlexTensor,
+        v: &'a FlexTensor,
+        out: &'a FlexTensor,
+        grad: &'a FlexTensor,
+        bias: &'a [f32],
+        lse: &'a [f32],
+    }
+
+    /// `dq` `[b, tq, h, d]`, `dk` `[b, tk, h, d]`, `dv` `[b, tk, h, dv]`.
+    fn backward(shape: &Sizes, x: &Saved<'_>, scale: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let Sizes {
+            b,
+            h,
+            tq,
+            tk,
+            d,
+            dv,
+            ..
+        } = *shape;
+        let mut dq = vec![0.0f32; b * tq * h * d];
+        let mut dk = vec![0.0f32; b * tk * h * d];
+        let mut dvv = vec![0.0f32; b * tk * h * dv];
+        let (dq_out, dk_out, dv_out) = (
+            Out(dq.as_mut_ptr()),
+            Out(dk.as_mut_ptr()),
+            Out(dvv.as_mut_ptr()),
+        );
+        let task = |scratch_buf: &mut (Vec<f32>, Vec<f32>), bh: usize| {
+            let (bi, hi) = (bh / h, bh % h);
+            let (qm, km, vm) = (head(x.q, bi, hi), head(x.k, bi, hi), head(x.v, bi, hi));
+            let (om, gm) = (head(x.out, bi, hi), head(x.grad, bi, hi));
+            let dqm = dq_out.head(shape, tq, d, bi, hi);
+            let dkm = dk_out.head(shape, tk, d, bi, hi);
+            let dvm = dv_out.head(shape, tk, dv, bi, hi);
+            let bias = &x.bias[bi * tk..(bi + 1) * tk];
+            let lse = &x.lse[bh * tq..(bh + 1) * tq];
+            let (probs, dprobs) = scratch_buf;
+            for block in 0..shape.blocks() {
+                let i0 = block * QUERY_BLOCK;
+                let rows = QUERY_BLOCK.min(tq - i0);
+                let keys = shape.visible(i0 + rows - 1);
+                if keys == 0 {
+                    continue; // these queries saw nothing: their dq rows stay 0
+                }
+                probs.resize(rows * keys, 0.0);
+                dprobs.resize(rows * keys, 0.0);
+                let (p_out, p) = scratch(probs, keys);
+                let (dp_out, dp) = scratch(dprobs, keys);
+                let (q_blk, g_blk) = (qm.rows_from(i0), gm.rows_from(i0));
+                // SAFETY (the products below): every operand is inside its buffer with these
+                // sizes and strides; this task alone writes head (bi, hi) of dq, dk and dv, and
+                // its own scratch.
+                unsafe { product(rows, keys, d, p_out, false, q_blk, km.t(), scale) };
+                for (r, row) in probs.chunks_exact_mut(keys).enumerate() {
+                    recompute_probs(row, &bias[..keys], shape.visible(i0 + r), lse[i0 + r]);
+                }
+                unsafe { product(keys, dv, rows, dvm, true, p.t(), g_blk, 1.0) };
+                unsafe { product(rows, keys, dv, dp_out, false, g_blk, vm.t(), 1.0) };
+                for (r, (dp_row, p_row)) in dprobs
+                    .chunks_exact_mut(keys)
+                    .zip(probs.chunks_exact(keys))
+                    .enumerate()
+                {
+                    // SAFETY: rows i0 + r of the output and its gradient have dv elements.
+                    let (o, g) = unsafe {
+                        (
+                            std::slice::from_raw_parts(om.rows_from(i0 + r).ptr, dv),
+                            std::slice::from_raw_parts(gm.rows_from(i0 + r).ptr, dv),
+                        )
+                    };
+                    scores_grad_row(dp_row, p_row, dot(o, g), scale);
+                }
+                unsafe { product(rows, d, keys, dqm.rows_from(i0), false, dp, km, 1.0) };
+                unsafe { product(keys, d, rows, dkm, true, dp.t(), q_blk, 1.0) };
+            }
+        };
+        let work = b * h * tq * tk * (d + dv);
+        if b * h == 1 || work < PARALLEL_MIN_WORK {
+            let mut buf = (Vec::new(), Vec::new());
+            (0..b * h).for_each(|bh| task(&mut buf, bh));
+        } else {
+            (0..b * h)
+                .into_par_iter()
+                .for_each_init(|| (Vec::new(), Vec::new()), task);
+        }
+        (dq, dk, dvv)
+    }
+
+    multiversion! {
+        /// One query's probabilities in place over `row` (its scaled scores against the block's
+        /// keys): the key bias added over the first `visible` keys, zeros after them; max, exp,
+        /// normalize. Returns the logsumexp, `+inf` when no key is seen (the row is then 0).
+        fn softmax_row(row: &mut [f32], bias: &[f32], visible: usize) -> f32 {
+            let (head, tail) = row.split_at_mut(visible.min(row.len()));
+            tail.fill(0.0);
+            for (s, &b) in head.iter_mut().zip(bias) {
+                *s += b;
+            }
+            let max = lane_max(head);
+            if max == f32::NEG_INFINITY {
+                head.fill(0.0);
+                return f32::INFINITY;
+            }
+            for s in head.iter_mut() {
+                *s = exp(*s - max);
+            }
+            let sum = lane_sum(head);
+            let inv = 1.0 / sum;
+            for s in head.iter_mut() {
+                *s *= inv;
+            }
+            max + sum.ln()
+        }
+    }
+
+    multiversion! {
+        /// The probabilities of one query again, from its scaled scores in `row`:
+        /// `exp(s + bias − lse)` over the first `visible` keys, zeros after them.
+        fn recompute_probs(row: &mut [f32], bias: &[f32], visible: usize, lse: f32) {
+            let (head, tail) = row.split_at_mut(visible.min(row.len()));
+            tail.fill(0.0);
+            for (s, &b) in head.iter_mut().zip(bias) {
+                *s = exp(*s + b - lse);
+            }
+        }
+    }
+
+    multiversion! {
+        /// `dS = P ⊙ (dP − D) · scale` in place over `dp`, with `D = rowsum(dO ⊙ O)`.
+        fn scores_grad_row(dp: &mut [f32], p: &[f32], d: f32, scale: f32) {
+            for (g, &p) in dp.iter_mut().zip(p) {
+                *g = p * (*g - d) * scale;
+            }
+        }
+    }
+
+    multiversion! {
+        /// `Σ a ⊙ b` in `LANES` lanes.
+        fn dot(a: &[f32], b: &[f32]) -> f32 {
+            let mut acc = [0.0f32; LANES];
+            let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+            let (ar, br) = (ac.remainder(), bc.remainder());
+            for (a, b) in ac.zip(bc) {
+                for l in 0..LANES {
+                    acc[l] += a[l] * b[l];
+                }
+            }
+            acc.iter().sum::<f32>() + ar.iter().zip(br).map(|(a, b)| a * b).sum::<f32>()
+        }
+    }
+}
