@@ -8,9 +8,9 @@
 //! layout and the matmuls' `[batch, heads, seq, head_dim]`.
 //!
 //! Here, as in FlashAttention (Dao et al. 2022) and memory-efficient attention (Rabe & Staats
-//! 2021), a block of [`QUERY_BLOCK`](kernels) queries at a time: its scores against the keys it
-//! can see (under a causal mask a block stops at its last query's position, about half of the
-//! products), the softmax in place, the product with v. Only the output and each query's
+//! 2021), a block of 64 queries at a time: its scores against the keys it can see (under a
+//! causal mask a block stops at its last query's position, about half of the products), the
+//! softmax in place, the product with v. Only the output and each query's
 //! logsumexp are kept. The backward recomputes a block's probabilities from q, k and the
 //! logsumexp and forms `dV += Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(dO ⊙ O))`,
 //! `dQ = dS·K·scale`, `dK += dSᵀ·Q·scale` block by block (FlashAttention's backward). A block's
