@@ -1,4 +1,5 @@
-//! Multi-head self-attention on Burn's fused attention op, with a KV cache.
+//! Multi-head self-attention: Burn's fused attention op at inference, kiln's
+//! ([`crate::fused::attention`]) while training, with a KV cache.
 
 use burn::config::Config;
 use burn::module::Module;

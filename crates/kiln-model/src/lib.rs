@@ -1,13 +1,14 @@
 //! kiln-model: the Transformer models of kiln, on Burn.
 //!
-//! - Building blocks: [`attention`] (multi-head self-attention on Burn's fused attention op,
-//!   with a KV cache), [`feed_forward`] (GELU MLP or SwiGLU), [`block`] (pre- or post-norm
+//! - Building blocks: [`attention`] (multi-head self-attention: Burn's fused attention op at
+//!   inference, kiln's while training, a KV cache), [`feed_forward`] (GELU MLP or SwiGLU), [`block`] (pre- or post-norm
 //!   Transformer block), [`rotary`] positions, [`activation`]s and [`init`]. The blocks are
 //!   generic over their [`linear`] layer: Burn's `Linear` by default, int8 in kiln-compress.
 //! - [`fused`]: CPU kernels with their own backward that the layers call on flex, one pass
 //!   forward and one backward, vectorized and multi-threaded: a linear layer as one gemm with the
-//!   bias in its epilogue, GELU, LayerNorm, attention's masked softmax, the cross-entropy; other
-//!   backends run the composite Burn ops.
+//!   bias in its epilogue, GELU, LayerNorm, attention (FlashAttention's blocks, the probabilities
+//!   recomputed backward), attention's masked softmax, the cross-entropy; other backends run the
+//!   composite Burn ops.
 //! - Models: [`gpt`] (decoder-only language model; [`Gpt::generate`](gpt::Gpt::generate)
 //!   decodes with a KV cache and a sliding window past the context, [`sampling`] picks tokens
 //!   from a seeded ChaCha8 generator) and [`bert`] (encoder, masked-LM and

@@ -281,7 +281,9 @@ mod kernels {
     use rayon::prelude::*;
 
     use super::AttentionBackend;
-    use crate::fused::kernel::{LANES, exp, f32_contiguous, lane_max, lane_sum, multiversion};
+    use crate::fused::kernel::{
+        LANES, Operand, exp, f32_contiguous, gemm, lane_max, lane_sum, multiversion,
+    };
 
     /// Queries per block: a block's scores against 256 keys are 64 KiB, in L2 beside the keys.
     const QUERY_BLOCK: usize = 64;
@@ -413,40 +415,23 @@ mod kernels {
         FlexTensor::new(Bytes::from_elems(lse), layout, DType::F32)
     }
 
-    /// A `[rows, cols]` matrix in a buffer: its first element and its row and column strides.
-    #[derive(Clone, Copy)]
-    struct Mat {
-        ptr: *const f32,
-        rs: isize,
-        cs: isize,
-    }
-
-    impl Mat {
-        fn t(self) -> Self {
-            Self {
-                ptr: self.ptr,
-                rs: self.cs,
-                cs: self.rs,
-            }
-        }
-
-        fn rows_from(self, row: usize) -> Self {
-            // SAFETY: callers stay inside the matrix they describe.
-            Self {
-                ptr: unsafe { self.ptr.offset(row as isize * self.rs) },
-                ..self
-            }
+    /// The rows of `m` from `row` on.
+    fn rows_from(m: Operand, row: usize) -> Operand {
+        Operand {
+            // SAFETY: callers stay inside the matrix `m` describes.
+            ptr: unsafe { m.ptr.offset(row as isize * m.rs) },
+            ..m
         }
     }
 
     /// The `[t, width]` matrix of head `(b, h)` of a `[b, h, t, width]` tensor whose last
     /// stride is 1.
-    fn head(t: &FlexTensor, b: usize, h: usize) -> Mat {
+    fn head(t: &FlexTensor, b: usize, h: usize) -> Operand {
         let layout = t.layout();
         let s = layout.strides();
         let data: &[f32] = t.storage();
         let at = layout.start_offset() as isize + b as isize * s[0] + h as isize * s[1];
-        Mat {
+        Operand {
             // SAFETY: (b, h) is inside the tensor's shape, so `at` is inside its buffer.
             ptr: unsafe { data.as_ptr().offset(at) },
             rs: s[2],
@@ -496,8 +481,8 @@ mod kernels {
             }
         }
 
-        fn as_mat(self) -> Mat {
-            Mat {
+        fn as_operand(self) -> Operand {
+            Operand {
                 ptr: self.ptr,
                 rs: self.rs,
                 cs: 1,
@@ -518,8 +503,8 @@ mod kernels {
         k: usize,
         dst: OutMat,
         add: bool,
-        lhs: Mat,
-        rhs: Mat,
+        lhs: Operand,
+        rhs: Operand,
         beta: f32,
     ) {
         if m == 0 || n == 0 {
@@ -534,39 +519,28 @@ mod kernels {
             }
             return;
         }
-        // SAFETY: as promised by the caller.
+        // SAFETY: as promised by the caller (and k > 0 here).
         unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
+            gemm(
+                [m, n, k],
                 dst.ptr,
-                1,
                 dst.rs,
                 add,
-                lhs.ptr,
-                lhs.cs,
-                lhs.rs,
-                rhs.ptr,
-                rhs.cs,
-                rhs.rs,
-                1.0,
+                lhs,
+                rhs,
                 beta,
-                false,
-                false,
-                false,
                 Parallelism::None,
-            );
-        }
+            )
+        };
     }
 
     /// A scratch `[rows, cols]` block (row-major) as a destination and as an operand.
-    fn scratch(buf: &mut [f32], cols: usize) -> (OutMat, Mat) {
+    fn scratch(buf: &mut [f32], cols: usize) -> (OutMat, Operand) {
         let out = OutMat {
             ptr: buf.as_mut_ptr(),
             rs: cols as isize,
         };
-        (out, out.as_mat())
+        (out, out.as_operand())
     }
 
     /// Output `[b, tq, h, dv]` and logsumexp `[b, h, tq]`.
@@ -606,7 +580,18 @@ mod kernels {
             let (s_out, s) = scratch(scores, keys);
             // SAFETY: q rows i0.., k rows ..keys, the scratch and the output rows are inside
             // their buffers with these strides.
-            unsafe { product(rows, keys, d, s_out, false, qm.rows_from(i0), km.t(), scale) };
+            unsafe {
+                product(
+                    rows,
+                    keys,
+                    d,
+                    s_out,
+                    false,
+                    rows_from(qm, i0),
+                    km.t(),
+                    scale,
+                )
+            };
             let bias = &bias[bi * tk..bi * tk + keys];
             for (r, row) in scores.chunks_exact_mut(keys.max(1)).take(rows).enumerate() {
                 lse[r] = softmax_row(row, bias, shape.visible(i0 + r));
@@ -681,7 +666,7 @@ mod kernels {
                 dprobs.resize(rows * keys, 0.0);
                 let (p_out, p) = scratch(probs, keys);
                 let (dp_out, dp) = scratch(dprobs, keys);
-                let (q_blk, g_blk) = (qm.rows_from(i0), gm.rows_from(i0));
+                let (q_blk, g_blk) = (rows_from(qm, i0), rows_from(gm, i0));
                 // SAFETY (the products below): every operand is inside its buffer with these
                 // sizes and strides; this task alone writes head (bi, hi) of dq, dk and dv, and
                 // its own scratch.
@@ -699,8 +684,8 @@ mod kernels {
                     // SAFETY: rows i0 + r of the output and its gradient have dv elements.
                     let (o, g) = unsafe {
                         (
-                            std::slice::from_raw_parts(om.rows_from(i0 + r).ptr, dv),
-                            std::slice::from_raw_parts(gm.rows_from(i0 + r).ptr, dv),
+                            std::slice::from_raw_parts(rows_from(om, i0 + r).ptr, dv),
+                            std::slice::from_raw_parts(rows_from(gm, i0 + r).ptr, dv),
                         )
                     };
                     scores_grad_row(dp_row, p_row, dot(o, g), scale);

@@ -69,6 +69,70 @@ pub(crate) fn is_f32(x: &FlexTensor) -> bool {
     x.dtype() == DType::F32
 }
 
+/// A matrix operand: its first element and its row and column strides, in elements.
+#[derive(Clone, Copy)]
+pub(crate) struct Operand {
+    pub(crate) ptr: *const f32,
+    pub(crate) rs: isize,
+    pub(crate) cs: isize,
+}
+
+impl Operand {
+    /// The transpose, read through the strides.
+    pub(crate) fn t(self) -> Self {
+        Self {
+            ptr: self.ptr,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+/// `dst = beta·lhs·rhs`, or `dst += beta·lhs·rhs` when `accumulate`, for `lhs` `[m, k]`, `rhs`
+/// `[k, n]` and a row-major `dst` whose rows are `dst_rs` elements apart: `gemm::gemm`, whose
+/// every operand is read through its strides (no transpose is copied).
+///
+/// # Safety
+/// The operands and `dst` lie in live buffers with these sizes and strides; nothing else
+/// reads or writes `dst` meanwhile; `k > 0` or `accumulate` (with `k == 0` gemm may leave `dst`
+/// unwritten).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_rs: isize,
+    accumulate: bool,
+    lhs: Operand,
+    rhs: Operand,
+    beta: f32,
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: as promised by the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            accumulate,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// Runs `f(src, dst)` on matching chunks of `src` and `dst` (same length), on rayon's threads
 /// when the buffer is large.
 pub(crate) fn zip_chunks(src: &[f32], dst: &mut [f32], f: fn(&[f32], &mut [f32])) {

@@ -262,7 +262,7 @@ impl<B: FusedLinearBackend, const N: usize> Backward<B, N> for LinearBackward<N>
 /// The f32 kernels on flex tensors, reading and writing their buffers in place.
 #[cfg(feature = "flex")]
 mod kernels {
-    use crate::fused::kernel::from_f32;
+    use crate::fused::kernel::{Operand, from_f32, gemm};
     use crate::fused::skinny::{self, Weight};
     use burn::backend::flex::FlexTensor;
     use burn::tensor::DType;
@@ -275,25 +275,6 @@ mod kernels {
     const PARALLEL_ELEMENTS: usize = 1 << 16;
     /// Rows per block of the column sums: the blocks' partial sums are added in order.
     const SUM_BLOCK_ROWS: usize = 256;
-
-    /// A matrix operand: its first element and its row and column strides, in elements.
-    #[derive(Clone, Copy)]
-    struct Operand {
-        ptr: *const f32,
-        rs: isize,
-        cs: isize,
-    }
-
-    impl Operand {
-        /// The transpose, read through the strides.
-        fn t(self) -> Self {
-            Self {
-                ptr: self.ptr,
-                rs: self.cs,
-                cs: self.rs,
-            }
-        }
-    }
 
     /// `t` (`[.., d]`) as a `[rows, d]` matrix: a copy only when its leading dimensions cannot
     /// be folded into the rows by strides alone. The tensor returned owns the buffer the
@@ -394,27 +375,17 @@ mod kernels {
             Parallelism::None
         };
         // SAFETY: the operands point into live buffers with the strides of `[m, k]` and
-        // `[k, n]` matrices; `dst` holds `m·n` initialized elements, row-major.
+        // `[k, n]` matrices; `dst` holds `m·n` initialized elements, row-major (zeros, or the
+        // bias, so gemm with `k == 0` leaves it right).
         unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
+            gemm(
+                [m, n, k],
                 dst.as_mut_ptr(),
-                1,
                 n as isize,
                 read_dst,
-                lhs.ptr,
-                lhs.cs,
-                lhs.rs,
-                rhs.ptr,
-                rhs.cs,
-                rhs.rs,
+                lhs,
+                rhs,
                 1.0,
-                1.0,
-                false,
-                false,
-                false,
                 parallelism,
             );
         }
