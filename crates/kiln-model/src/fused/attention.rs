@@ -282,7 +282,7 @@ mod kernels {
 
     use super::AttentionBackend;
     use crate::fused::kernel::{
-        LANES, Operand, exp, f32_contiguous, gemm, lane_max, lane_sum, multiversion,
+        Operand, exp, f32_contiguous, gemm, lane_dot, lane_max, lane_sum, multiversion,
     };
 
     /// Queries per block: a block's scores against 256 keys are 64 KiB, in L2 beside the keys.
@@ -688,7 +688,7 @@ mod kernels {
                             std::slice::from_raw_parts(rows_from(gm, i0 + r).ptr, dv),
                         )
                     };
-                    scores_grad_row(dp_row, p_row, dot(o, g), scale);
+                    scores_grad_row(dp_row, p_row, o, g, scale);
                 }
                 unsafe { product(rows, d, keys, dqm.rows_from(i0), false, dp, km, 1.0) };
                 unsafe { product(keys, d, rows, dkm, true, dp.t(), q_blk, 1.0) };
@@ -746,26 +746,13 @@ mod kernels {
     }
 
     multiversion! {
-        /// `dS = P ⊙ (dP − D) · scale` in place over `dp`, with `D = rowsum(dO ⊙ O)`.
-        fn scores_grad_row(dp: &mut [f32], p: &[f32], d: f32, scale: f32) {
+        /// `dS = P ⊙ (dP − D) · scale` in place over `dp`, with `D = Σ dO ⊙ O` over the
+        /// query's output `o` and its gradient `g`.
+        fn scores_grad_row(dp: &mut [f32], p: &[f32], o: &[f32], g: &[f32], scale: f32) {
+            let d = lane_dot(o, g);
             for (g, &p) in dp.iter_mut().zip(p) {
                 *g = p * (*g - d) * scale;
             }
-        }
-    }
-
-    multiversion! {
-        /// `Σ a ⊙ b` in `LANES` lanes.
-        fn dot(a: &[f32], b: &[f32]) -> f32 {
-            let mut acc = [0.0f32; LANES];
-            let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-            let (ar, br) = (ac.remainder(), bc.remainder());
-            for (a, b) in ac.zip(bc) {
-                for l in 0..LANES {
-                    acc[l] += a[l] * b[l];
-                }
-            }
-            acc.iter().sum::<f32>() + ar.iter().zip(br).map(|(a, b)| a * b).sum::<f32>()
         }
     }
 }

@@ -282,6 +282,25 @@ pub(crate) fn lane_sum(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
 }
 
+/// `Σ a ⊙ b` over the shorter of the two, in `LANES` independent lanes.
+#[inline(always)]
+pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (ca, cb) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += ca[l] * cb[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
 /// Runs `f(first_row, rows)` over `out` in blocks of whole rows of `row_len` outputs, on
 /// rayon's pool when the work (`work_per_row` elements read per row) pays for it.
 pub(crate) fn for_row_blocks(

@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::kernel::{LANES, multiversion};
+use super::kernel::{lane_dot, multiversion};
 
 /// Rows up to which [`product`] replaces gemm. Past this the weight's packing is shared by
 /// enough rows for gemm's register-blocked microkernel to win: decoding GPT-2 small on an
@@ -132,29 +132,10 @@ multiversion! {
         for j in 0..width {
             let column = &w[j * stride..j * stride + k];
             for r in 0..m {
-                out[r * width + j] += dot(&x[r * k..(r + 1) * k], column);
+                out[r * width + j] += lane_dot(&x[r * k..(r + 1) * k], column);
             }
         }
     }
-}
-
-/// `a · b`, in `LANES` independent lanes so that the loop vectorizes.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let rest: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (ca, cb) in ca.zip(cb) {
-        for l in 0..LANES {
-            acc[l] += ca[l] * cb[l];
-        }
-    }
-    acc.iter().sum::<f32>() + rest
 }
 
 #[cfg(test)]

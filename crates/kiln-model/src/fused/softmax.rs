@@ -202,7 +202,7 @@ mod kernels {
 
     use super::MaskedSoftmaxBackend;
     use crate::fused::kernel::{
-        LANES, exp, f32_contiguous, for_row_blocks, from_f32, lane_max, lane_sum, multiversion,
+        exp, f32_contiguous, for_row_blocks, from_f32, lane_dot, lane_max, lane_sum, multiversion,
     };
 
     impl MaskedSoftmaxBackend for Flex {
@@ -315,15 +315,7 @@ mod kernels {
     multiversion! {
         /// `out = p ⊙ (g − Σ p ⊙ g) · scale` for one row.
         fn softmax_backward_row(p: &[f32], g: &[f32], out: &mut [f32], scale: f32) {
-            let mut acc = [0.0f32; LANES];
-            let (pc, gc) = (p.chunks_exact(LANES), g.chunks_exact(LANES));
-            let (pr, gr) = (pc.remainder(), gc.remainder());
-            for (p, g) in pc.zip(gc) {
-                for l in 0..LANES {
-                    acc[l] += p[l] * g[l];
-                }
-            }
-            let dot = acc.iter().sum::<f32>() + pr.iter().zip(gr).map(|(p, g)| p * g).sum::<f32>();
+            let dot = lane_dot(p, g);
             for ((o, &p), &g) in out.iter_mut().zip(p).zip(g) {
                 *o = p * (g - dot) * scale;
             }
