@@ -304,6 +304,19 @@ fn attention_with_fewer_queries_than_keys_sees_the_cache_offset() {
 }
 
 #[test]
+fn attention_over_one_key_has_zero_query_and_key_gradients() {
+    // P = 1, so dS = P ⊙ (dP − Σ P ⊙ dP) is exactly 0: both forms must give exact zeros (a
+    // row sum taken as Σ dO ⊙ O instead left rounding noise that a relative check rejects).
+    for (dims, causal) in [([1, 2, 1, 1, 16], true), ([2, 3, 5, 1, 8], false)] {
+        check_attention(27, dims, causal, None, Layout::Projections);
+        let [_, dq, dk, dv] =
+            attention_and_grads(attention, 27, dims, causal, None, Layout::Projections);
+        assert!(dq.iter().chain(&dk).all(|&g| g == 0.0), "{dims:?}");
+        assert!(dv.iter().any(|&g| g != 0.0), "{dims:?}: v still learns");
+    }
+}
+
+#[test]
 fn attention_rows_that_see_no_key_are_zero_with_zero_gradients() {
     // Every key of batch row 0 is padding, and the last key of row 1.
     let padding: Vec<bool> = (0..14).map(|i| i < 7 || i == 13).collect();

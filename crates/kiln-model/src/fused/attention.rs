@@ -10,11 +10,11 @@
 //! Here, as in FlashAttention (Dao et al. 2022) and memory-efficient attention (Rabe & Staats
 //! 2021), a block of 64 queries at a time: its scores against the keys it can see (under a
 //! causal mask a block stops at its last query's position, about half of the products), the
-//! softmax in place, the product with v. Only the output and each query's
-//! logsumexp are kept. The backward recomputes a block's probabilities from q, k and the
-//! logsumexp and forms `dV += Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(dO ⊙ O))`,
-//! `dQ = dS·K·scale`, `dK += dSᵀ·Q·scale` block by block (FlashAttention's backward). A block's
-//! scores sit in a per-thread scratch of `QUERY_BLOCK × keys` floats, so the keys are not tiled
+//! softmax in place, the product with v. Besides q, k and v only each query's logsumexp is
+//! kept. The backward recomputes a block's probabilities from q, k and the logsumexp and forms
+//! `dV += Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))`, `dQ = dS·K·scale`,
+//! `dK += dSᵀ·Q·scale` block by block (FlashAttention's backward). A block's scores sit in a
+//! per-thread scratch of `64 × keys` floats, so the keys are not tiled
 //! (up to a few thousand keys that scratch stays in L2; beyond, it costs cache misses, not
 //! memory). q, k, v and the output gradient are read through their strides; the outputs are
 //! written in the projections' layout, so the reshapes around the op copy nothing.
@@ -133,15 +133,13 @@ pub trait AttentionBackend: Backend {
         causal: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    /// The gradients of q, k and v from the forward's inputs, output and logsumexp and the
-    /// output's gradient `grad`. Not differentiable again.
-    #[allow(clippy::too_many_arguments)]
+    /// The gradients of q, k and v from the forward's inputs and logsumexp and the output's
+    /// gradient `grad`. Not differentiable again.
     fn fused_attention_backward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         key_bias: FloatTensor<Self>,
-        out: FloatTensor<Self>,
         logsumexp: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         scale: f32,
@@ -161,8 +159,8 @@ impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B
         let nodes = [q.node(), k.node(), v.node()];
         let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
         let key_bias = key_bias.into_primitive();
-        // Compute-bound: the backward keeps q, k, v, the output and the logsumexp (O(seq)
-        // memory, not the O(seq²) probabilities) rather than recompute the forward.
+        // Compute-bound: the backward keeps q, k, v and the logsumexp (O(seq) memory, not the
+        // O(seq²) probabilities) rather than recompute the forward.
         match AttentionGrad.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let (out, lse) = B::fused_attention(
@@ -178,7 +176,6 @@ impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B
                     k,
                     v,
                     key_bias,
-                    out: out.clone(),
                     logsumexp: lse.clone(),
                     scale,
                     causal,
@@ -197,7 +194,6 @@ impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         key_bias: FloatTensor<Self>,
-        out: FloatTensor<Self>,
         logsumexp: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         scale: f32,
@@ -208,7 +204,6 @@ impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B
             k.into_primitive(),
             v.into_primitive(),
             key_bias.into_primitive(),
-            out.into_primitive(),
             logsumexp.into_primitive(),
             grad.into_primitive(),
             scale,
@@ -229,7 +224,6 @@ struct AttentionState<B: Backend> {
     k: FloatTensor<B>,
     v: FloatTensor<B>,
     key_bias: FloatTensor<B>,
-    out: FloatTensor<B>,
     logsumexp: FloatTensor<B>,
     scale: f32,
     causal: bool,
@@ -255,7 +249,6 @@ impl<B: AttentionBackend> Backward<B, 3> for AttentionGrad {
             s.k,
             s.v,
             s.key_bias,
-            s.out,
             s.logsumexp,
             grad,
             s.scale,
@@ -309,21 +302,19 @@ mod kernels {
             k: FloatTensor<Self>,
             v: FloatTensor<Self>,
             key_bias: FloatTensor<Self>,
-            out: FloatTensor<Self>,
             logsumexp: FloatTensor<Self>,
             grad: FloatTensor<Self>,
             scale: f32,
             causal: bool,
         ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
             let dtype = grad.dtype();
-            let (q, k, v, out, grad) = (heads(q), heads(k), heads(v), heads(out), heads(grad));
+            let (q, k, v, grad) = (heads(q), heads(k), heads(v), heads(grad));
             let (bias, lse) = (f32_contiguous(key_bias), f32_contiguous(logsumexp));
             let shape = Sizes::of(&q, &k, &v, causal);
             let inputs = Saved {
                 q: &q,
                 k: &k,
                 v: &v,
-                out: &out,
                 grad: &grad,
                 bias: values(&bias),
                 lse: values(&lse),
@@ -620,7 +611,6 @@ mod kernels {
         q: &'a FlexTensor,
         k: &'a FlexTensor,
         v: &'a FlexTensor,
-        out: &'a FlexTensor,
         grad: &'a FlexTensor,
         bias: &'a [f32],
         lse: &'a [f32],
@@ -648,7 +638,7 @@ mod kernels {
         let task = |scratch_buf: &mut (Vec<f32>, Vec<f32>), bh: usize| {
             let (bi, hi) = (bh / h, bh % h);
             let (qm, km, vm) = (head(x.q, bi, hi), head(x.k, bi, hi), head(x.v, bi, hi));
-            let (om, gm) = (head(x.out, bi, hi), head(x.grad, bi, hi));
+            let gm = head(x.grad, bi, hi);
             let dqm = dq_out.head(shape, tq, d, bi, hi);
             let dkm = dk_out.head(shape, tk, d, bi, hi);
             let dvm = dv_out.head(shape, tk, dv, bi, hi);
@@ -676,19 +666,8 @@ mod kernels {
                 }
                 unsafe { product(keys, dv, rows, dvm, true, p.t(), g_blk, 1.0) };
                 unsafe { product(rows, keys, dv, dp_out, false, g_blk, vm.t(), 1.0) };
-                for (r, (dp_row, p_row)) in dprobs
-                    .chunks_exact_mut(keys)
-                    .zip(probs.chunks_exact(keys))
-                    .enumerate()
-                {
-                    // SAFETY: rows i0 + r of the output and its gradient have dv elements.
-                    let (o, g) = unsafe {
-                        (
-                            std::slice::from_raw_parts(rows_from(om, i0 + r).ptr, dv),
-                            std::slice::from_raw_parts(rows_from(gm, i0 + r).ptr, dv),
-                        )
-                    };
-                    scores_grad_row(dp_row, p_row, o, g, scale);
+                for (dp_row, p_row) in dprobs.chunks_exact_mut(keys).zip(probs.chunks_exact(keys)) {
+                    scores_grad_row(dp_row, p_row, scale);
                 }
                 unsafe { product(rows, d, keys, dqm.rows_from(i0), false, dp, km, 1.0) };
                 unsafe { product(keys, d, rows, dkm, true, dp.t(), q_blk, 1.0) };
@@ -746,10 +725,12 @@ mod kernels {
     }
 
     multiversion! {
-        /// `dS = P ⊙ (dP − D) · scale` in place over `dp`, with `D = Σ dO ⊙ O` over the
-        /// query's output `o` and its gradient `g`.
-        fn scores_grad_row(dp: &mut [f32], p: &[f32], o: &[f32], g: &[f32], scale: f32) {
-            let d = lane_dot(o, g);
+        /// `dS = P ⊙ (dP − D) · scale` in place over `dp`, with `D = Σ P ⊙ dP` over the row.
+        /// FlashAttention computes `D` as `Σ dO ⊙ O` (the same number: it never holds a whole
+        /// row of `dP`); from the row, as the softmax's own backward does, a query that sees
+        /// one key gets exactly `dS = 0`, not the rounding of two different sums.
+        fn scores_grad_row(dp: &mut [f32], p: &[f32], scale: f32) {
+            let d = lane_dot(p, dp);
             for (g, &p) in dp.iter_mut().zip(p) {
                 *g = p * (*g - d) * scale;
             }
