@@ -135,6 +135,7 @@ pub trait AttentionBackend: Backend {
 
     /// The gradients of q, k and v from the forward's inputs and logsumexp and the output's
     /// gradient `grad`. Not differentiable again.
+    #[allow(clippy::too_many_arguments)]
     fn fused_attention_backward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
