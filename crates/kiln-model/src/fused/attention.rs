@@ -276,7 +276,7 @@ mod kernels {
 
     use super::AttentionBackend;
     use crate::fused::kernel::{
-        Operand, exp, f32_contiguous, gemm, lane_dot, lane_max, lane_sum, multiversion,
+        Operand, exp, f32_contiguous, gemm, lane_dot, lane_max, lane_sum, multiversion, values,
     };
 
     /// Queries per block: a block's scores against 256 keys are 64 KiB, in L2 beside the keys.
@@ -291,11 +291,15 @@ mod kernels {
             scale: f32,
             causal: bool,
         ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let dtype = q.dtype();
             let (q, k, v) = (heads(q), heads(k), heads(v));
             let bias = f32_contiguous(key_bias);
             let shape = Sizes::of(&q, &k, &v, causal);
             let (out, lse) = forward(&shape, &q, &k, &v, values(&bias), scale);
-            (shape.heads_view(out, shape.dv), lse_tensor(lse, &shape))
+            (
+                in_dtype(shape.heads_view(out, shape.dv), dtype),
+                lse_tensor(lse, &shape),
+            )
         }
 
         fn fused_attention_backward(
@@ -321,20 +325,21 @@ mod kernels {
                 lse: values(&lse),
             };
             let (dq, dk, dv) = backward(&shape, &inputs, scale);
-            let cast = |t: FlexTensor| match dtype {
-                DType::F32 => t,
-                other => Flex::float_cast(t, FloatDType::from(other)),
-            };
             (
-                cast(shape.heads_view(dq, shape.d)),
-                cast(shape.keys_view(dk, shape.d)),
-                cast(shape.keys_view(dv, shape.dv)),
+                in_dtype(shape.heads_view(dq, shape.d), dtype),
+                in_dtype(shape.keys_view(dk, shape.d), dtype),
+                in_dtype(shape.keys_view(dv, shape.dv), dtype),
             )
         }
     }
 
-    fn values(t: &FlexTensor) -> &[f32] {
-        t.as_slice::<f32>().expect("contiguous f32")
+    /// An f32 result in the dtype of the tensors it came from (the kernels compute in f32;
+    /// [`attention`](super::attention) sends only f32 here, the trait takes any float).
+    fn in_dtype(t: FlexTensor, dtype: DType) -> FlexTensor {
+        match dtype {
+            DType::F32 => t,
+            other => Flex::float_cast(t, FloatDType::from(other)),
+        }
     }
 
     /// `t` as f32 with a unit stride along its last dimension (a copy only when it has none).

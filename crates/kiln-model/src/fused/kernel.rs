@@ -92,10 +92,12 @@ impl Operand {
 /// `[k, n]` and a row-major `dst` whose rows are `dst_rs` elements apart: `gemm::gemm`, whose
 /// every operand is read through its strides (no transpose is copied).
 ///
+/// With `k == 0` gemm may leave `dst` as it was: callers that do not accumulate fill it first
+/// or handle that case themselves.
+///
 /// # Safety
 /// The operands and `dst` lie in live buffers with these sizes and strides; nothing else
-/// reads or writes `dst` meanwhile; `k > 0` or `accumulate` (with `k == 0` gemm may leave `dst`
-/// unwritten).
+/// reads or writes `dst` meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm(
     [m, n, k]: [usize; 3],
