@@ -1,4 +1,4 @@
-//! Times the fused GELU and LayerNorm against the composite Burn ops, forward + backward on
+//! Times the fused GELU, LayerNorm and RMSNorm against the composite Burn ops, forward + backward on
 //! `Device::flex().autodiff()`, at the probe config's shapes (2048 tokens, d = 256, 4d = 1024).
 //! Runs alternate between the two so that other load on the machine hits both alike; the
 //! median of each is printed, with that of the same step around the identity (the random
@@ -8,9 +8,9 @@
 
 use std::time::Instant;
 
-use burn::nn::LayerNormConfig;
+use burn::nn::{LayerNormConfig, RmsNormConfig};
 use burn::tensor::{Device, Distribution, Tensor, activation};
-use kiln_model::fused::{GeluKind, gelu, layer_norm};
+use kiln_model::fused::{GeluKind, gelu, layer_norm, rms_norm};
 
 const RUNS: usize = 15;
 
@@ -71,4 +71,8 @@ fn main() {
     let fused = |x| layer_norm(&norm, x);
     let composite = |x| norm.forward(x);
     compare("LayerNorm", [2048, 256], [&fused, &composite]);
+    let norm = RmsNormConfig::new(256).init(&Device::flex().autodiff());
+    let fused = |x| rms_norm(&norm, x);
+    let composite = |x| norm.forward(x);
+    compare("RMSNorm", [2048, 256], [&fused, &composite]);
 }

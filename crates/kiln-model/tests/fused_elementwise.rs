@@ -1,12 +1,12 @@
-//! The fused GELU and LayerNorm kernels against the composite Burn ops they replace: outputs
+//! The fused GELU, LayerNorm and RMSNorm kernels against the composite Burn ops they replace: outputs
 //! and gradients (of a random upstream gradient) on `Device::flex().autodiff()`, over random
 //! shapes (not multiples of the vector width, a single row, views that are not contiguous,
 //! tensors large enough to be split across threads), and the plain (inference) path.
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, LayerNormConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor, TensorData, activation};
-use kiln_model::fused::{GeluKind, gelu, layer_norm};
+use kiln_model::fused::{GeluKind, gelu, layer_norm, rms_norm};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -97,44 +97,86 @@ fn check_gelu(kind: GeluKind, shape: [usize; 2], transposed: bool, seed: u64) {
     );
 }
 
-/// A LayerNorm of width `d` with random γ and β (or none).
-fn norm(d: usize, bias: bool, seed: u64, device: &Device) -> LayerNorm {
-    let mut norm = LayerNormConfig::new(d)
-        .with_epsilon(1e-5)
-        .with_bias(bias)
-        .init(device);
-    norm.gamma = Param::from_tensor(random([d], 0.5, 1.0, seed + 1, device));
-    if bias {
-        norm.beta = Some(Param::from_tensor(random([d], 0.5, 0.0, seed + 2, device)));
-    }
-    norm
+/// The norm under test: LayerNorm with or without β, or RMSNorm.
+#[derive(Debug, Clone, Copy)]
+enum Norm {
+    Layer { bias: bool },
+    Rms,
 }
 
-fn check_layer_norm(shape: [usize; 2], bias: bool, transposed: bool, seed: u64) {
+/// A LayerNorm or RMSNorm of width `d` with random γ (and β, for a LayerNorm with bias).
+enum NormModule {
+    Layer(LayerNorm),
+    Rms(RmsNorm),
+}
+
+impl NormModule {
+    fn new(kind: Norm, d: usize, seed: u64, device: &Device) -> Self {
+        let gamma = Param::from_tensor(random([d], 0.5, 1.0, seed + 1, device));
+        match kind {
+            Norm::Layer { bias } => {
+                let mut norm = LayerNormConfig::new(d)
+                    .with_epsilon(1e-5)
+                    .with_bias(bias)
+                    .init(device);
+                norm.gamma = gamma;
+                if bias {
+                    norm.beta = Some(Param::from_tensor(random([d], 0.5, 0.0, seed + 2, device)));
+                }
+                Self::Layer(norm)
+            }
+            Norm::Rms => {
+                let mut norm = RmsNormConfig::new(d).with_epsilon(1e-5).init(device);
+                norm.gamma = gamma;
+                Self::Rms(norm)
+            }
+        }
+    }
+
+    fn forward(&self, x: Tensor<2>, fused: bool) -> Tensor<2> {
+        match (self, fused) {
+            (Self::Layer(norm), true) => layer_norm(norm, x),
+            (Self::Layer(norm), false) => norm.forward(x),
+            (Self::Rms(norm), true) => rms_norm(norm, x),
+            (Self::Rms(norm), false) => norm.forward(x),
+        }
+    }
+
+    fn gamma(&self) -> &Param<Tensor<1>> {
+        match self {
+            Self::Layer(norm) => &norm.gamma,
+            Self::Rms(norm) => &norm.gamma,
+        }
+    }
+
+    fn beta(&self) -> Option<&Param<Tensor<1>>> {
+        match self {
+            Self::Layer(norm) => norm.beta.as_ref(),
+            Self::Rms(_) => None,
+        }
+    }
+}
+
+fn check_norm(kind: Norm, shape: [usize; 2], transposed: bool, seed: u64) {
     let device = Device::flex().autodiff();
     let d = if transposed { shape[0] } else { shape[1] };
     let x = random(shape, 3.0, 0.5, seed, &device);
-    let norm = norm(d, bias, seed, &device);
+    let norm = NormModule::new(kind, d, seed, &device);
     let run = |fused: bool| {
         let leaf = x.clone().require_grad();
-        let input = oriented(leaf.clone(), transposed);
-        let y = if fused {
-            layer_norm(&norm, input)
-        } else {
-            norm.forward(input)
-        };
+        let y = norm.forward(oriented(leaf.clone(), transposed), fused);
         let up = random(y.dims(), 1.0, 0.0, seed ^ 0x5eed, &device);
         let grads = (y.clone() * up).sum().backward();
-        let dgamma = values(norm.gamma.grad(&grads).unwrap());
-        let dbeta = norm.beta.as_ref().map(|b| values(b.grad(&grads).unwrap()));
+        let dgamma = values(norm.gamma().grad(&grads).unwrap());
+        let dbeta = norm.beta().map(|b| values(b.grad(&grads).unwrap()));
         (values(y), values(leaf.grad(&grads).unwrap()), dgamma, dbeta)
     };
     let (fused, composite) = (run(true), run(false));
-    let what = format!("layer norm {shape:?} bias {bias} transposed {transposed}");
+    let what = format!("{kind:?} {shape:?} transposed {transposed}");
     assert_close(&format!("{what}: y"), &fused.0, &composite.0);
-    // dx_j = rstd · (gγ_j - mean(gγ) - x̂_j · mean(gγ · x̂)): a difference of terms of size
-    // rstd · |gγ|, whose rounding it carries (a row of nearly equal values has a large rstd
-    // and a dx near zero).
+    // dx_j = rstd · (gγ_j - mean(gγ) - x̂_j · mean(gγ · x̂)) (no mean(gγ) for RMSNorm): a
+    // difference of terms of size rstd · |gγ|, whose rounding it carries (a row of nearly
+    // equal values has a large rstd and a dx near zero).
     let up = values(random(
         [shape[0] * shape[1]],
         1.0,
@@ -142,14 +184,17 @@ fn check_layer_norm(shape: [usize; 2], bias: bool, transposed: bool, seed: u64) 
         seed ^ 0x5eed,
         &device,
     ));
-    let gamma = values(norm.gamma.val());
+    let gamma = values(norm.gamma().val());
     let xs = values(x.clone());
     let rows = shape[0] * shape[1] / d;
     let at = |r: usize, j: usize| if transposed { j * rows + r } else { r * d + j };
     let mut scale = vec![0.0f32; xs.len()];
     for r in 0..rows {
         let row: Vec<f64> = (0..d).map(|j| xs[at(r, j)] as f64).collect();
-        let mean = row.iter().sum::<f64>() / d as f64;
+        let mean = match kind {
+            Norm::Layer { .. } => row.iter().sum::<f64>() / d as f64,
+            Norm::Rms => 0.0,
+        };
         let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
         let rstd = 1.0 / (var + 1e-5).sqrt();
         // `up` is laid out as the normalized input, rows of `d`.
@@ -168,12 +213,12 @@ fn check_layer_norm(shape: [usize; 2], bias: bool, transposed: bool, seed: u64) 
     }
 
     // Without autodiff.
-    let plain_norm = self::norm(d, bias, seed, &Device::flex());
+    let plain_norm = NormModule::new(kind, d, seed, &Device::flex());
     let plain = oriented(x.inner(), transposed);
     assert_close(
         &format!("{what}: plain"),
-        &values(layer_norm(&plain_norm, plain.clone())),
-        &values(plain_norm.forward(plain)),
+        &values(plain_norm.forward(plain.clone(), true)),
+        &values(plain_norm.forward(plain, false)),
     );
 }
 
@@ -193,7 +238,15 @@ proptest! {
         rows in 1usize..40, d in 1usize..300, bias: bool, transposed: bool, seed in 0u64..1000,
     ) {
         let shape = if transposed { [d, rows] } else { [rows, d] };
-        check_layer_norm(shape, bias, transposed, seed);
+        check_norm(Norm::Layer { bias }, shape, transposed, seed);
+    }
+
+    #[test]
+    fn rms_norm_matches_composite(
+        rows in 1usize..40, d in 1usize..300, transposed: bool, seed in 0u64..1000,
+    ) {
+        let shape = if transposed { [d, rows] } else { [rows, d] };
+        check_norm(Norm::Rms, shape, transposed, seed);
     }
 }
 
@@ -205,8 +258,10 @@ fn large_tensors_split_across_threads() {
         check_gelu(kind, [129, 517], false, 7);
         check_gelu(kind, [517, 129], true, 8);
     }
-    check_layer_norm([301, 259], true, false, 9);
-    check_layer_norm([259, 301], true, true, 10);
+    check_norm(Norm::Layer { bias: true }, [301, 259], false, 9);
+    check_norm(Norm::Layer { bias: true }, [259, 301], true, 10);
+    check_norm(Norm::Rms, [301, 259], false, 11);
+    check_norm(Norm::Rms, [259, 301], true, 12);
 }
 
 /// GELU far into both tails: `x·Φ(x)` keeps its relative precision where `1 + erf` is tiny,

@@ -12,8 +12,8 @@
 //!   a product that reads the weight once where it lies (`skinny.rs`) instead of gemm.
 //! - [`gelu`](mod@gelu): GELU, exact and tanh ([`Activation::Gelu`](crate::activation::Activation::Gelu),
 //!   [`Activation::GeluTanh`](crate::activation::Activation::GeluTanh)).
-//! - [`layer_norm`](mod@layer_norm): LayerNorm, its backward computing `dX`, `dγ`, `dβ` in one
-//!   pass over the rows.
+//! - [`norm`]: LayerNorm and RMSNorm ([`layer_norm`], [`rms_norm`]), each backward computing
+//!   `dX`, `dγ`, `dβ` in one pass over the rows.
 //! - [`attention`](mod@attention): attention while training as one operation (FlashAttention's
 //!   blocks of queries, the probabilities recomputed in the backward, never stored).
 //! - [`softmax`]: attention's scaled, causal- and padding-masked softmax (the explicit form,
@@ -34,14 +34,14 @@ pub mod gelu;
 pub mod host;
 #[cfg(feature = "flex")]
 mod kernel;
-pub mod layer_norm;
 pub mod linear;
+pub mod norm;
 #[cfg(feature = "flex")]
 mod skinny;
 pub mod softmax;
 
 pub use gelu::{GeluKind, gelu};
-pub use layer_norm::layer_norm;
+pub use norm::{layer_norm, rms_norm};
 
 /// Whether `device` is flex, with or without autodiff: where the fused kernels run.
 pub(crate) fn on_flex(device: &Device) -> bool {

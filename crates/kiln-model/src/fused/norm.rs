@@ -1,15 +1,24 @@
-//! LayerNorm over the last dimension, forward and backward each one pass over the rows.
+//! LayerNorm and RMSNorm over the last dimension, forward and backward each one pass over the
+//! rows.
 //!
 //! Under autodiff Burn decomposes a LayerNorm into about nine graph nodes (two means, a
 //! subtraction, a square root, a division, the affine map), each a pass over the activations
-//! and a saved intermediate. Here the forward computes each row's mean and `1/σ` (saved for the
-//! backward, `2·rows` floats) and the output in one sweep; the backward computes `dX`, `dγ` and
-//! `dβ` in one sweep over the rows, writing `dX` over the incoming gradient's buffer when it is
-//! the only holder:
+//! and a saved intermediate, and an RMSNorm into about six. Here the forward computes each
+//! row's mean and `1/σ` (saved for the backward, `2·rows` floats) and the output in one sweep;
+//! the backward computes `dX`, `dγ` and `dβ` in one sweep over the rows, writing `dX` over the
+//! incoming gradient's buffer when it is the only holder:
 //!
 //! ```text
 //! x̂ = (x − μ)·r,   g = dy·γ,   dx = r·(g − mean(g) − x̂·mean(g·x̂)),   dγ = Σ dy·x̂,   dβ = Σ dy
 //! ```
+//!
+//! RMSNorm is the same computation without the centring: `μ = 0`, `r = 1/√(mean(x²) + ε)`,
+//! no `β`, and no `mean(g)` term in `dx` (the mean is not a function of `x`). One kernel
+//! serves both, told which by a flag.
+//!
+//! The residual add before a pre-norm block's second norm is not fused into it: the op would
+//! have two outputs (the sum, which the next residual reads, and its norm), and a burn-autodiff
+//! operation has one. The add is one element-wise pass, under 1% of the step.
 
 // Built without flex, the extension's generated glue leaves the trait unused.
 #![cfg_attr(not(feature = "flex"), allow(dead_code, unused_imports))]
@@ -21,7 +30,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
-use burn::nn::LayerNorm;
+use burn::nn::{LayerNorm, RmsNorm};
 use burn::tensor::{DType, Tensor};
 
 use super::on_flex;
@@ -44,100 +53,151 @@ use crate::hf::layer_norm_eps;
 /// ```
 pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
     let gamma = norm.gamma.val();
-    let fused = on_flex(&x.device())
-        && x.dtype() == DType::F32
-        && gamma.dtype() == DType::F32
-        && gamma.dims()[0] == x.dims()[D - 1]
-        && x.shape().num_elements() > 0;
     match layer_norm_eps(norm) {
-        Ok(epsilon) if fused => {
+        Ok(epsilon) if fusable(&x, &gamma) => {
             // Without β, a zero constant: one kernel for both.
             let beta = match &norm.beta {
                 Some(beta) => beta.val(),
                 None => gamma.zeros_like(),
             };
-            Tensor::from_dispatch(<Dispatch as LayerNormBackend>::fused_layer_norm(
-                x.into_dispatch(),
-                gamma.into_dispatch(),
-                beta.into_dispatch(),
-                epsilon,
-            ))
+            fused(x, gamma, beta, epsilon, true)
         }
         _ => norm.forward(x),
     }
 }
 
-/// The fused LayerNorm as a backend operation: flex runs the kernel, Autodiff adds the fused
-/// backward ([`LayerNormBackward`]).
+/// `norm` (RMSNorm, `x/√(mean(x²) + ε)·γ`) applied to `x` (`[..., d_model]`): the fused
+/// kernel on flex (f32, plain or autodiff), Burn's [`RmsNorm::forward`] elsewhere and for other
+/// dtypes.
+///
+/// ```
+/// use burn::nn::RmsNormConfig;
+/// use burn::tensor::{Device, Tensor};
+/// use kiln_model::fused::rms_norm;
+///
+/// let device = Device::flex();
+/// let norm = RmsNormConfig::new(2).with_epsilon(1e-6).init(&device);
+/// let x = Tensor::<2>::from_floats([[3.0, 4.0]], &device);
+/// let y = rms_norm(&norm, x).into_data().try_to_vec::<f32>().unwrap();
+/// // The root mean square of (3, 4) is √12.5.
+/// assert!((y[0] - 3.0 / 12.5f32.sqrt()).abs() < 1e-5 && (y[1] - 4.0 / 12.5f32.sqrt()).abs() < 1e-5);
+/// ```
+pub fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
+    let gamma = norm.gamma.val();
+    if fusable(&x, &gamma) {
+        let beta = gamma.zeros_like();
+        fused(x, gamma, beta, norm.epsilon, false)
+    } else {
+        norm.forward(x)
+    }
+}
+
+/// Whether the kernel takes `x` normalized with `gamma`: f32 on flex, matching widths.
+fn fusable<const D: usize>(x: &Tensor<D>, gamma: &Tensor<1>) -> bool {
+    on_flex(&x.device())
+        && x.dtype() == DType::F32
+        && gamma.dtype() == DType::F32
+        && gamma.dims()[0] == x.dims()[D - 1]
+        && x.shape().num_elements() > 0
+}
+
+fn fused<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    centered: bool,
+) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as NormBackend>::fused_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+        centered,
+    ))
+}
+
+/// The fused norms as a backend operation: flex runs the kernel, Autodiff adds the fused
+/// backward ([`NormBackward`]).
 #[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
-pub trait LayerNormBackend: Backend {
-    /// `(x − μ)/√(σ² + ε)·γ + β` over the last dimension of `x`.
-    fn fused_layer_norm(
+pub trait NormBackend: Backend {
+    /// Over the last dimension of `x`: `(x − μ)/√(σ² + ε)·γ + β` when `centered` (LayerNorm),
+    /// `x/√(mean(x²) + ε)·γ + β` when not (RMSNorm, with `β = 0`).
+    fn fused_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        centered: bool,
     ) -> FloatTensor<Self>;
 }
 
 /// The kernels of a concrete backend that the autodiff operation calls.
-pub trait LayerNormBackward: LayerNormBackend {
-    /// The forward, with each row's mean and `1/√(σ² + ε)` (both `[rows]`).
-    fn fused_layer_norm_stats(
+pub trait NormBackward: NormBackend {
+    /// The forward, with each row's mean (zero when not `centered`) and `1/√(σ² + ε)` (both
+    /// `[rows]`).
+    fn fused_norm_stats(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        centered: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// `(dx, dγ, dβ)` from the upstream gradient `grad` and the forward's saved statistics.
-    fn fused_layer_norm_backward(
+    fn fused_norm_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         mean: FloatTensor<Self>,
         rstd: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        centered: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
-impl<B: LayerNormBackward, C: CheckpointStrategy> LayerNormBackend for Autodiff<B, C> {
-    fn fused_layer_norm(
+impl<B: NormBackward, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
+    fn fused_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        centered: bool,
     ) -> FloatTensor<Self> {
         // Compute-bound: the state keeps what the backward needs, nothing is recomputed.
-        match LayerNormGrad
+        match (NormGrad { centered })
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
                 let (x, gamma) = (x.primitive().clone(), gamma.primitive().clone());
-                let (y, mean, rstd) = B::fused_layer_norm_stats(
+                let (y, mean, rstd) = B::fused_norm_stats(
                     x.clone(),
                     gamma.clone(),
                     beta.into_primitive(),
                     epsilon,
+                    centered,
                 );
                 prep.finish((x, gamma, mean, rstd), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_norm(
                 x.into_primitive(),
                 gamma.into_primitive(),
                 beta.into_primitive(),
                 epsilon,
+                centered,
             )),
         }
     }
 }
 
-/// The backward of [`LayerNormBackend::fused_layer_norm`]; its state is `(x, γ, μ, 1/σ)`.
+/// The backward of [`NormBackend::fused_norm`]; its state is `(x, γ, μ, 1/σ)`.
 #[derive(Debug)]
-struct LayerNormGrad;
+struct NormGrad {
+    centered: bool,
+}
 
-impl<B: LayerNormBackward> Backward<B, 3> for LayerNormGrad {
+impl<B: NormBackward> Backward<B, 3> for NormGrad {
     type State = (
         FloatTensor<B>,
         FloatTensor<B>,
@@ -154,7 +214,7 @@ impl<B: LayerNormBackward> Backward<B, 3> for LayerNormGrad {
         let [x_node, gamma_node, beta_node] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let (x, gamma, mean, rstd) = ops.state;
-        let (dx, dgamma, dbeta) = B::fused_layer_norm_backward(x, gamma, mean, rstd, grad);
+        let (dx, dgamma, dbeta) = B::fused_norm_backward(x, gamma, mean, rstd, grad, self.centered);
         for (node, grad) in [(x_node, dx), (gamma_node, dgamma), (beta_node, dbeta)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
@@ -170,7 +230,7 @@ mod flex {
     use burn::backend::tensor::FloatTensor;
     use rayon::prelude::*;
 
-    use super::{LayerNormBackend, LayerNormBackward};
+    use super::{NormBackend, NormBackward};
     use burn::tensor::DType;
 
     use crate::fused::kernel::{
@@ -182,23 +242,25 @@ mod flex {
         (CHUNK / d).max(1)
     }
 
-    impl LayerNormBackend for Flex {
-        fn fused_layer_norm(
+    impl NormBackend for Flex {
+        fn fused_norm(
             x: FloatTensor<Self>,
             gamma: FloatTensor<Self>,
             beta: FloatTensor<Self>,
             epsilon: f64,
+            centered: bool,
         ) -> FloatTensor<Self> {
-            Self::fused_layer_norm_stats(x, gamma, beta, epsilon).0
+            Self::fused_norm_stats(x, gamma, beta, epsilon, centered).0
         }
     }
 
-    impl LayerNormBackward for Flex {
-        fn fused_layer_norm_stats(
+    impl NormBackward for Flex {
+        fn fused_norm_stats(
             x: FloatTensor<Self>,
             gamma: FloatTensor<Self>,
             beta: FloatTensor<Self>,
             epsilon: f64,
+            centered: bool,
         ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
             let shape = x.shape().to_vec();
             let d = shape.last().copied().unwrap_or(1).max(1);
@@ -214,7 +276,7 @@ mod flex {
             let mut out = vec![0.0f32; src.len()];
             let (mut mean, mut rstd) = (vec![0.0f32; rows], vec![0.0f32; rows]);
             let run = |x: &[f32], y: &mut [f32], m: &mut [f32], r: &mut [f32]| {
-                forward_rows(x, gamma, beta, eps, y, m, r)
+                forward_rows(x, gamma, beta, eps, centered, y, m, r)
             };
             if src.len() < PARALLEL_MIN {
                 run(src, &mut out, &mut mean, &mut rstd);
@@ -233,12 +295,13 @@ mod flex {
             )
         }
 
-        fn fused_layer_norm_backward(
+        fn fused_norm_backward(
             x: FloatTensor<Self>,
             gamma: FloatTensor<Self>,
             mean: FloatTensor<Self>,
             rstd: FloatTensor<Self>,
             grad: FloatTensor<Self>,
+            centered: bool,
         ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
             let d = gamma.shape().num_elements().max(1);
             let (x, gamma, mean, rstd) = (
@@ -252,7 +315,7 @@ mod flex {
             let dy = grad.storage_mut::<f32>();
             let run = |x: &[f32], dy: &mut [f32], m: &[f32], r: &[f32]| {
                 let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
-                backward_rows(x, gamma, m, r, dy, &mut dgamma, &mut dbeta);
+                backward_rows(x, gamma, m, r, centered, dy, &mut dgamma, &mut dbeta);
                 (dgamma, dbeta)
             };
             let (dgamma, dbeta) = if x.len() < PARALLEL_MIN {
@@ -283,12 +346,14 @@ mod flex {
     }
 
     multiversion! {
-        /// The forward of whole rows of `x` (`y`, and each row's `mean` and `rstd`).
+        /// The forward of whole rows of `x` (`y`, and each row's `mean` and `rstd`); the mean
+        /// is taken as zero when not `centered` (RMSNorm).
         fn forward_rows(
             x: &[f32],
             gamma: &[f32],
             beta: &[f32],
             eps: f32,
+            centered: bool,
             y: &mut [f32],
             mean: &mut [f32],
             rstd: &mut [f32],
@@ -300,7 +365,7 @@ mod flex {
                 .zip(mean.iter_mut())
                 .zip(rstd.iter_mut())
             {
-                let mu = lane_sum(x) / d as f32;
+                let mu = if centered { lane_sum(x) / d as f32 } else { 0.0 };
                 // Two passes (the centred squares), as the composite op: no cancellation.
                 for (y, &x) in y.iter_mut().zip(x) {
                     *y = x - mu;
@@ -331,11 +396,13 @@ mod flex {
 
     multiversion! {
         /// The backward of whole rows: `dy` is overwritten with `dx`; `dgamma`/`dbeta` accumulate.
+        /// Without `centered` the mean is not a function of `x`, and `dx` has no `mean(g)` term.
         fn backward_rows(
             x: &[f32],
             gamma: &[f32],
             mean: &[f32],
             rstd: &[f32],
+            centered: bool,
             dy: &mut [f32],
             dgamma: &mut [f32],
             dbeta: &mut [f32],
@@ -374,7 +441,7 @@ mod flex {
                     dgamma[i] += dy[i] * xh;
                     dbeta[i] += dy[i];
                 }
-                let a = (sg.iter().sum::<f32>() + tg) / d as f32;
+                let a = if centered { (sg.iter().sum::<f32>() + tg) / d as f32 } else { 0.0 };
                 let b = (sgx.iter().sum::<f32>() + tgx) / d as f32;
                 for ((dy, &x), &g) in dy.iter_mut().zip(x).zip(gamma) {
                     let xh = (x - mu) * r;
