@@ -58,7 +58,7 @@ use rand::seq::SliceRandom;
 #[command(version)]
 struct Args {
     /// Training steps of the dense model (the main job's recipe).
-    #[arg(long, alias = "steps", default_value_t = 1800)]
+    #[arg(long, alias = "steps", default_value_t = kiln::recipe::ADDITION_STEPS)]
     max_steps: usize,
     /// Fine-tuning steps after pruning.
     #[arg(long, default_value_t = 300)]

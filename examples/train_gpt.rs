@@ -170,7 +170,7 @@ type GptRun = RunConfig<GptConfig, GptData>;
 
 /// The run: the recipe, the config file over it, the flags over both.
 fn run_config(args: &Args) -> kiln::Result<GptRun> {
-    let recipe = kiln::recipe::addition(1800);
+    let recipe = kiln::recipe::addition(kiln::recipe::ADDITION_STEPS);
     let base = GptRun::new(
         recipe.model,
         GptData::Addition,

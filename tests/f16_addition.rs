@@ -8,11 +8,12 @@ use kiln::prelude::*;
 
 fn held_out_accuracy(precision: Precision) -> kiln::Result<f64> {
     let device = Device::flex().autodiff();
-    let mut run = kiln::recipe::addition(1800);
+    let steps = kiln::recipe::ADDITION_STEPS;
+    let mut run = kiln::recipe::addition(steps);
     run.trainer = run
         .trainer
         .with_precision(precision)
-        .with_eval_every(1800)
+        .with_eval_every(steps)
         .with_eval_items(Some(4000))
         .with_quiet(true);
     device.seed(run.trainer.seed);

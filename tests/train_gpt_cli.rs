@@ -65,7 +65,10 @@ fn the_printed_config_round_trips_and_flags_override_it() {
     let (toml_text, stderr) = text(&printed);
     assert!(printed.status.success(), "{stderr}");
     let full: toml::Value = toml::from_str(&toml_text).expect("TOML");
-    assert_eq!(full["trainer"]["max_steps"].as_integer(), Some(1800));
+    assert_eq!(
+        full["trainer"]["max_steps"].as_integer(),
+        Some(kiln::recipe::ADDITION_STEPS as i64)
+    );
     assert_eq!(full["model"]["n_layer"].as_integer(), Some(2));
     assert_eq!(full["optimizer"]["AdamW"]["beta_2"].as_float(), Some(0.95));
     assert_eq!(full["data"].as_str(), Some("Addition"));
