@@ -9,6 +9,10 @@
 //! Burn runs gemm. The weights total about 9 MB per block layer and 154 MB for the head, more
 //! than the caches hold, so this measures how fast each streams the weight from memory.
 //!
+//! Last, the rate of the fused forward's gemm at the d-512 config's shapes (x `[8, 256, d_in]`,
+//! the block's four weights) in GFLOP/s: what `scripts/bench_gemm_torch.py` prints for
+//! PyTorch's `F.linear` on the same shapes, so that the two can be read side by side.
+//!
 //! `cargo run --release -p kiln-model --example bench_fused_linear [iterations]`
 
 use std::time::Instant;
@@ -116,5 +120,25 @@ fn main() {
                 burn / fused
             );
         }
+    }
+
+    println!(
+        "\nthe d-512 config's layers, x [8, 256, d_in], forward, median of {iterations} alternating runs"
+    );
+    println!("weight         fused ms  GFLOP/s | burn ms  GFLOP/s");
+    for [d_in, d_out] in [[512, 1536], [512, 512], [512, 2048], [2048, 512]] {
+        let x = Tensor::<3>::random([8, 256, d_in], Distribution::Default, &device);
+        let w = Tensor::<2>::random([d_in, d_out], Distribution::Default, &device);
+        let b = Tensor::<1>::random([d_out], Distribution::Default, &device);
+        let (fused, burn) = alternate(iterations, |fused| {
+            let y = layer(x.clone(), w.clone(), b.clone(), fused);
+            assert_eq!(y.dims()[2], d_out);
+        });
+        let gflops = |ms: f64| 2.0 * (8 * 256 * d_in * d_out) as f64 / (ms * 1e-3) / 1e9;
+        println!(
+            "[{d_in:>4}, {d_out:>4}]  {fused:>8.2} {:>8.0} | {burn:>7.2} {:>8.0}",
+            gflops(fused),
+            gflops(burn)
+        );
     }
 }
