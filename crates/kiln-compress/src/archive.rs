@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CompressError, Result};
 use crate::params::{WriteMode, param_shapes, read_params, write_params};
-use crate::quantize::{QuantMode, QuantParams, QuantizedTensor};
+use crate::quantize::{QuantConfig, QuantMode, QuantParams, QuantizedTensor};
 use crate::quantized_gpt::QuantizedGpt;
 use crate::quantized_linear::{ActivationQuant, QuantizedLinear};
 use kiln_model::limits::PARAMS;
@@ -573,7 +573,40 @@ pub fn load_quantized_gpt(path: impl AsRef<Path>, device: &Device) -> Result<Qua
         }
         weights.insert(name, weight);
     }
+    // A tied output projection has its own int8 copy (`QuantizedGpt::from_gpt_with`), checked
+    // against the embedding's shape. Archives written before kiln quantized it have none: it is
+    // quantized from the stored embedding then, per channel, as `QuantizedGpt::from_gpt` does.
+    let tied = skeleton.lm_head.is_none();
+    if tied {
+        let [vocab, d_model] = skeleton.token_embedding.weight.lazy_shape().dims::<2>();
+        match archive.tensors.get("lm_head.weight") {
+            Some(StoredTensor::Int8(q)) if q.shape == [vocab, d_model] => {
+                weights.insert("lm_head".to_string(), q.clone());
+            }
+            Some(StoredTensor::Int8(q)) => {
+                return Err(CompressError::ShapeMismatch {
+                    path: "lm_head.weight".into(),
+                    expected: vec![vocab, d_model],
+                    found: q.shape.to_vec(),
+                });
+            }
+            Some(_) => {
+                return Err(CompressError::format(
+                    path,
+                    "`lm_head.weight` is not an int8 tensor",
+                ));
+            }
+            None => {}
+        }
+    }
     QuantizedGpt::from_gpt_with(&skeleton, |name, layer| {
+        let act = activations
+            .get(name)
+            .copied()
+            .unwrap_or(ActivationQuant::Dynamic);
+        if tied && name == "lm_head" && !weights.contains_key(name) {
+            return QuantizedLinear::from_linear(layer, &QuantConfig::new(), act);
+        }
         let weight = weights
             .remove(name)
             .ok_or_else(|| CompressError::format(path, format!("missing layer `{name}`")))?;
@@ -582,10 +615,6 @@ pub fn load_quantized_gpt(path: impl AsRef<Path>, device: &Device) -> Result<Qua
             .bias
             .as_ref()
             .map(|b| crate::quantized_linear::to_host(b.val()));
-        let act = activations
-            .get(name)
-            .copied()
-            .unwrap_or(ActivationQuant::Dynamic);
         Ok(QuantizedLinear::from_parts(weight, bias, act))
     })
 }

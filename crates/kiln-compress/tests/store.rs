@@ -147,6 +147,31 @@ fn quantized_gpt_round_trip_gives_the_same_logits_in_a_quarter_of_the_bytes() {
             (bytes as f64) < dense_bytes as f64 / 2.5,
             "{bytes} vs {dense_bytes}"
         );
+        // The tied output projection is an int8 layer of its own, and it round-trips.
+        assert!(config.tie_embeddings && gpt.lm_head.is_none());
+        assert_eq!(q.linears().last().unwrap().0, "lm_head");
+        assert_eq!(loaded.gpt.lm_head.as_ref().unwrap().weight.shape, [12, 32]);
+
+        // An archive written before the tied head was quantized (no `lm_head.weight`) still
+        // loads, its head quantized from the stored embedding; one whose head has the wrong
+        // shape is refused.
+        let mut archive = Archive::load(&path).unwrap();
+        assert!(archive.tensors.remove("lm_head.weight").is_some());
+        archive.save(dir.path().join("old.kcz")).unwrap();
+        let old = load_quantized_gpt(dir.path().join("old.kcz"), &device).unwrap();
+        assert_eq!(old.gpt.lm_head.as_ref().unwrap().weight.shape, [12, 32]);
+        let (want, got) = (
+            q.forward(ids(&device)).unwrap(),
+            old.forward(ids(&device)).unwrap(),
+        );
+        let scale: f32 = want.clone().abs().max().into_scalar();
+        let error: f32 = (got - want).abs().max().into_scalar();
+        assert!(error <= 0.02 * scale, "{error} vs logits up to {scale}");
+        let query = archive.tensors["blocks.0.attn.query.weight"].clone();
+        archive.tensors.insert("lm_head.weight".into(), query);
+        archive.save(dir.path().join("bad.kcz")).unwrap();
+        let err = load_quantized_gpt(dir.path().join("bad.kcz"), &device).unwrap_err();
+        assert!(err.to_string().contains("lm_head"), "{err}");
     }
     assert!(load_gpt(dir.path().join("q.kcz"), &device).is_err());
     assert!(load_quantized_gpt(dir.path().join("dense.kcz"), &device).is_err());
