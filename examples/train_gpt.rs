@@ -376,7 +376,6 @@ fn train(args: &Args, group: &ProcessGroup) -> kiln::Result<()> {
     let outcome = Trainer::new(&run, train)?
         .with_eval(eval)
         .with_process_group(group.clone())
-        .with_model_parallel()
         .fit(gpt, &device)?;
     if !main {
         return Ok(());

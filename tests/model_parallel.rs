@@ -16,7 +16,7 @@ use kiln::data::mlm::{MlmBatcher, MlmConfig, MlmDataset};
 use kiln::dist::PipelineSchedule;
 use kiln::dist::flat::{Layout, read_params};
 use kiln::dist::{
-    ModelParallel, ModelParallelConfig, ParallelModel, ProcessGrid, ProcessGroup, TensorSplit,
+    ModelParallelConfig, ModelSplit, ParallelModel, ProcessGrid, ProcessGroup, TensorSplit,
 };
 use kiln::model::bert::{BertConfig, BertForMaskedLm, BertInput};
 use kiln::optim::{AdamWConfig, OptimizerConfig, ScheduleConfig};
@@ -168,7 +168,7 @@ fn tensor_parallel_matches<M: ParallelModel + TrainModel<B> + Clone, B>(
     let device = Device::flex().autodiff();
     let (whole, run) = case(&device);
     let grid = ProcessGrid::new(world, &shape).unwrap();
-    let mp = ModelParallel::new(grid, whole.num_blocks()).unwrap();
+    let mp = ModelSplit::new(grid, whole.num_blocks()).unwrap();
     let part = mp.partition(whole.clone()).unwrap();
 
     let (whole_logits, whole_loss) = run(&whole);
@@ -257,10 +257,10 @@ fn gathered_whole(world: ProcessGroup, shape: ModelParallelConfig) {
     let whole = whole_gpt(7, &device);
     let template = world.is_main().then(|| whole_gpt(8, &device));
     let grid = ProcessGrid::new(world.clone(), &shape).unwrap();
-    let mp = ModelParallel::new(grid, whole.num_blocks()).unwrap();
+    let mp = ModelSplit::new(grid, whole.num_blocks()).unwrap();
     let part = mp.partition(whole.clone()).unwrap();
     // Each stage holds its blocks only.
-    let blocks = mp.part().blocks.clone();
+    let blocks = mp.part().stage.blocks.clone();
     assert_eq!(part.blocks.len(), blocks.len());
     let gathered = mp.gather(&part, template).unwrap();
     assert_eq!(gathered.is_some(), world.is_main());
@@ -375,7 +375,6 @@ fn train_from(
         .unwrap()
         .with_eval(eval)
         .with_process_group(world.clone())
-        .with_model_parallel()
         .fit(addition_gpt(&device), &device)
         .unwrap();
     let loss = outcome.last_eval.unwrap().1.loss;
@@ -637,7 +636,6 @@ fn bert_training(world: &ProcessGroup, grid: Grid) -> Vec<f32> {
         .unwrap()
         .with_eval(eval)
         .with_process_group(world.clone())
-        .with_model_parallel()
         .fit(model, &device)
         .unwrap();
     params(&outcome.model)

@@ -14,12 +14,14 @@ use common::{CHILD, assert_success, launch};
 use kiln::base::{Batch, TrainModel};
 use kiln::data::addition::{AdditionBatcher, AdditionDataset, VOCAB_SIZE};
 use kiln::dist::PipelineSchedule;
+use kiln::dist::PipelineStage;
 use kiln::dist::flat::{Layout, take_grads, write_params};
-use kiln::dist::model_parallel::stage_blocks;
+use kiln::dist::pipeline::stage_blocks;
 use kiln::dist::{ProcessGroup, ReduceOp};
 use kiln::prelude::*;
+use kiln::train::MicroBatches;
 use kiln::train::TrainError;
-use kiln::train::pipeline::{PipelineStage, pipeline_forward, pipeline_step};
+use kiln::train::pipeline::{pipeline_forward, pipeline_step};
 use rand::Rng;
 
 const BLOCKS: usize = 4;
@@ -96,10 +98,13 @@ fn pipelined(
     precision: Precision,
 ) -> (f64, Vec<f32>) {
     let device = Device::flex().autodiff();
-    let (loss, grads) = pipeline_step(
-        model, stage, schedule, batches, units, loss_scale, 7, precision, &device,
-    )
-    .unwrap();
+    let step = MicroBatches {
+        batches: batches.to_vec(),
+        units,
+        loss_scale,
+        seed: 7,
+    };
+    let (loss, grads) = pipeline_step(model, stage, schedule, &step, precision, &device).unwrap();
     let mut grads = flat(model, grads);
     stage
         .group
@@ -133,7 +138,7 @@ fn one_stage_is_accumulation() {
     let device = Device::flex().autodiff();
     let model = gpt(&device, 3, 0.0);
     let stage = PipelineStage::balanced(ProcessGroup::single(), BLOCKS).unwrap();
-    assert!(stage.first() && stage.last());
+    assert!(stage.is_first() && stage.is_last());
     assert_eq!(stage.blocks, 0..BLOCKS);
     let (batches, units) = micro_batches(3, &device);
     let (loss, reference) = accumulated(&model, &batches, units, 4.0);
@@ -173,14 +178,17 @@ fn a_stage_outside_the_model_is_an_error() {
         group: ProcessGroup::single(),
         blocks: 2..6,
     };
+    let step = MicroBatches {
+        batches,
+        units,
+        loss_scale: 1.0,
+        seed: 0,
+    };
     let err = pipeline_step(
         &model,
         &stage,
         PipelineSchedule::default(),
-        &batches,
-        units,
-        1.0,
-        0,
+        &step,
         Precision::F32,
         &device,
     )
@@ -330,7 +338,7 @@ fn gradients_child(group: ProcessGroup) {
     let plain: Vec<LmBatch> = batches.iter().map(|(_, b)| b.without_autodiff()).collect();
     let outputs =
         pipeline_forward(&valid, &stage, &plain, Precision::F32, &Device::flex()).unwrap();
-    if stage.last() {
+    if stage.is_last() {
         assert_eq!(outputs.len(), plain.len());
         for (out, batch) in outputs.into_iter().zip(&plain) {
             let expected: f64 = valid.forward_step(batch).unwrap().loss.into_scalar();

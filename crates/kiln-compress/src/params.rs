@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
+use kiln_model::linear::map_leaf;
 
 /// One float parameter copied to the host.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,23 +138,17 @@ impl ModuleMapper for Writer<'_> {
         let mode = self.mode;
         param.map(|tensor| {
             let device = tensor.device();
-            let require_grad = tensor.is_require_grad();
-            let autodiff = tensor.is_autodiff();
-            let given =
-                Tensor::<D>::from_data(TensorData::new(values.clone(), shape.clone()), &device)
-                    .without_autodiff();
             // Computed off the autodiff graph: the result is a fresh leaf, as after an
             // optimizer step, not a node hanging off the previous step's graph.
-            let out = match mode {
-                WriteMode::Replace => given,
-                WriteMode::Multiply => tensor.without_autodiff() * given,
-            };
-            let out = if autodiff { out.autodiff() } else { out };
-            if require_grad {
-                out.require_grad()
-            } else {
-                out
-            }
+            map_leaf(tensor, |tensor| {
+                let given =
+                    Tensor::<D>::from_data(TensorData::new(values.clone(), shape.clone()), &device)
+                        .without_autodiff();
+                match mode {
+                    WriteMode::Replace => given,
+                    WriteMode::Multiply => tensor * given,
+                }
+            })
         })
     }
 }
@@ -171,21 +166,4 @@ pub(crate) fn write_params<M: Module>(
         mode,
     };
     module.map(&mut writer)
-}
-
-/// Applies `f` to a parameter's value off the autodiff graph and returns a fresh leaf with the
-/// same autodiff and require-grad state (what an optimizer step produces).
-pub(crate) fn off_graph<const D: usize>(
-    tensor: Tensor<D>,
-    f: impl FnOnce(Tensor<D>) -> Tensor<D>,
-) -> Tensor<D> {
-    let require_grad = tensor.is_require_grad();
-    let autodiff = tensor.is_autodiff();
-    let out = f(tensor.without_autodiff());
-    let out = if autodiff { out.autodiff() } else { out };
-    if require_grad {
-        out.require_grad()
-    } else {
-        out
-    }
 }

@@ -22,9 +22,7 @@ use kiln_model::linear::LinearLayer;
 use kiln_model::sampling::GenerateConfig;
 
 use crate::error::{CompressError, Result};
-use crate::quantize::{
-    Calibration, QuantConfig, QuantMode, QuantParams, QuantizedTensor, calibrate,
-};
+use crate::quantize::{Calibration, QuantConfig, QuantMode, QuantParams, calibrate};
 use crate::quantized_linear::{ActivationQuant, QuantizedLinear, host_module, to_host};
 
 /// One Transformer block with int8 linear layers: kiln-model's block on [`QuantizedLinear`].
@@ -158,85 +156,16 @@ impl QuantizedGpt {
     /// Physically removes every attention head not in `kept` (per block, sorted indices): the
     /// query/key/value layers lose those output channels, the output projection those input
     /// columns. The result computes what the model with those heads masked
-    /// ([`head_masks`](crate::head_masks)) computes, with fewer parameters and FLOPs (the f32
-    /// counterpart is [`remove_heads`](crate::remove_heads)).
-    pub fn remove_heads(mut self, kept: &[Vec<usize>]) -> Result<Self> {
-        if kept.len() != self.gpt.blocks.len() {
-            return Err(CompressError::arg(format!(
-                "{} head lists for {} blocks",
-                kept.len(),
-                self.gpt.blocks.len()
-            )));
-        }
-        for (b, (block, kept)) in self.gpt.blocks.iter_mut().zip(kept).enumerate() {
-            let attn = &mut block.attn;
-            let heads = attn.n_head;
-            if kept.is_empty()
-                || kept.iter().any(|&h| h >= heads)
-                || kept.windows(2).any(|w| w[0] >= w[1])
-            {
-                return Err(CompressError::arg(format!(
-                    "block {b}: kept heads must be non-empty, sorted, unique and < {heads}"
-                )));
-            }
-            let head_dim = attn.query.d_out() / heads;
-            let channels: Vec<usize> = kept
-                .iter()
-                .flat_map(|&h| h * head_dim..(h + 1) * head_dim)
-                .collect();
-            for layer in [&mut attn.query, &mut attn.key, &mut attn.value] {
-                *layer = keep_rows(layer, &channels);
-            }
-            attn.out = keep_columns(&attn.out, &channels);
-            attn.n_head = kept.len();
-        }
-        Ok(self)
+    /// ([`head_masks`](crate::head_masks)) computes, with fewer parameters and FLOPs: kiln-model's
+    /// [`Gpt::keep_heads`], as for the f32 model ([`remove_heads`](crate::remove_heads)).
+    pub fn remove_heads(self, kept: &[Vec<usize>]) -> Result<Self> {
+        Ok(Self {
+            gpt: self.gpt.keep_heads(kept)?,
+        })
     }
 
     /// Parameters (int8 weights, biases, embeddings, norms).
     pub fn num_params(&self) -> usize {
         self.gpt.num_params()
     }
-}
-
-/// The layer with only the given output channels (rows of its `[d_out, d_in]` weight).
-fn keep_rows(layer: &QuantizedLinear, rows: &[usize]) -> QuantizedLinear {
-    let w = &layer.weight;
-    let d_in = w.shape[1];
-    let values = rows
-        .iter()
-        .flat_map(|&r| w.values[r * d_in..(r + 1) * d_in].iter().copied())
-        .collect();
-    let params = if w.params.len() == 1 {
-        w.params.clone()
-    } else {
-        rows.iter().map(|&r| w.params[r]).collect()
-    };
-    let weight = QuantizedTensor {
-        shape: [rows.len(), d_in],
-        values,
-        params,
-        mode: w.mode,
-    };
-    let bias = layer
-        .bias
-        .as_ref()
-        .map(|b| rows.iter().map(|&r| b[r]).collect());
-    QuantizedLinear::from_parts(weight, bias, layer.activations)
-}
-
-/// The layer with only the given input columns (its per-output-channel parameters stay).
-fn keep_columns(layer: &QuantizedLinear, cols: &[usize]) -> QuantizedLinear {
-    let w = &layer.weight;
-    let d_in = w.shape[1];
-    let values = (0..w.shape[0])
-        .flat_map(|r| cols.iter().map(move |&c| w.values[r * d_in + c]))
-        .collect();
-    let weight = QuantizedTensor {
-        shape: [w.shape[0], cols.len()],
-        values,
-        params: w.params.clone(),
-        mode: w.mode,
-    };
-    QuantizedLinear::from_parts(weight, layer.bias.clone(), layer.activations)
 }

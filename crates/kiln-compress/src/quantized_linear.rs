@@ -5,7 +5,7 @@ use burn::nn::Linear;
 use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use kiln_model::fused::host::map_rows;
-use kiln_model::linear::LinearLayer;
+use kiln_model::linear::{LinearLayer, PrunableLinear};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CompressError, Result};
@@ -303,6 +303,50 @@ fn to_host_data(data: TensorData) -> Vec<f32> {
     data.convert::<f32>()
         .try_into_vec::<f32>()
         .unwrap_or_default()
+}
+
+impl PrunableLinear for QuantizedLinear {
+    /// The layer with only the given output channels (rows of its `[d_out, d_in]` weight).
+    fn keep_outputs(&self, rows: &[usize]) -> Self {
+        let w = &self.weight;
+        let d_in = w.shape[1];
+        let values = rows
+            .iter()
+            .flat_map(|&r| w.values[r * d_in..(r + 1) * d_in].iter().copied())
+            .collect();
+        let params = if w.params.len() == 1 {
+            w.params.clone()
+        } else {
+            rows.iter().map(|&r| w.params[r]).collect()
+        };
+        let weight = QuantizedTensor {
+            shape: [rows.len(), d_in],
+            values,
+            params,
+            mode: w.mode,
+        };
+        let bias = self
+            .bias
+            .as_ref()
+            .map(|b| rows.iter().map(|&r| b[r]).collect());
+        QuantizedLinear::from_parts(weight, bias, self.activations)
+    }
+
+    /// The layer with only the given input columns (its per-output-channel parameters stay).
+    fn keep_inputs(&self, cols: &[usize]) -> Self {
+        let w = &self.weight;
+        let d_in = w.shape[1];
+        let values = (0..w.shape[0])
+            .flat_map(|r| cols.iter().map(move |&c| w.values[r * d_in + c]))
+            .collect();
+        let weight = QuantizedTensor {
+            shape: [w.shape[0], cols.len()],
+            values,
+            params: w.params.clone(),
+            mode: w.mode,
+        };
+        QuantizedLinear::from_parts(weight, self.bias.clone(), self.activations)
+    }
 }
 
 #[cfg(test)]

@@ -11,13 +11,13 @@
 //! see `docs/compression.md`.)
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 use kiln_model::gpt::Gpt;
 
 use crate::error::{CompressError, Result};
 use crate::magnitude::Amount;
 use crate::mask::PruningMasks;
-use crate::params::{ParamFilter, off_graph, read_params};
+use crate::params::{ParamFilter, read_params};
 
 /// Which norm ranks a structure.
 #[derive(burn::config::Config, Debug, Copy, PartialEq, Eq)]
@@ -196,41 +196,12 @@ pub fn ffn_neuron_masks(gpt: &Gpt, kept: &[Vec<usize>]) -> Result<PruningMasks> 
     Ok(masks)
 }
 
-fn index_tensor(kept: &[usize], device: &burn::tensor::Device) -> Tensor<1, Int> {
-    let ids: Vec<i64> = kept.iter().map(|&j| j as i64).collect();
-    Tensor::from_data(TensorData::new(ids, [kept.len()]), device)
-}
-
 /// Physically removes every FFN neuron not in `kept` (per block): `up`/`gate` lose columns,
-/// `down` loses rows. Parameter ids are kept. All blocks must keep the same number of neurons
-/// for the result to be saved with a `GptConfig` (its `d_ff` is one number).
-pub fn remove_ffn_neurons(mut gpt: Gpt, kept: &[Vec<usize>]) -> Result<Gpt> {
-    check_kept(&gpt, kept, |b| gpt.blocks[b].ffn.up.weight.dims()[1])?;
-    for (block, kept) in gpt.blocks.iter_mut().zip(kept) {
-        let device = block.ffn.up.weight.device();
-        let idx = index_tensor(kept, &device.without_autodiff());
-        let ffn = &mut block.ffn;
-        ffn.up.weight = ffn
-            .up
-            .weight
-            .clone()
-            .map(|w| off_graph(w, |w| w.select(1, idx.clone())));
-        ffn.up.bias = ffn
-            .up
-            .bias
-            .take()
-            .map(|b| b.map(|b| off_graph(b, |b| b.select(0, idx.clone()))));
-        ffn.gate = ffn.gate.take().map(|mut g| {
-            g.weight = g.weight.map(|w| off_graph(w, |w| w.select(1, idx.clone())));
-            g
-        });
-        ffn.down.weight = ffn
-            .down
-            .weight
-            .clone()
-            .map(|w| off_graph(w, |w| w.select(0, idx.clone())));
-    }
-    Ok(gpt)
+/// `down` loses rows (kiln-model's [`Gpt::keep_hidden`]). Parameter ids are kept. All blocks
+/// must keep the same number of neurons for the result to be saved with a `GptConfig` (its
+/// `d_ff` is one number).
+pub fn remove_ffn_neurons(gpt: Gpt, kept: &[Vec<usize>]) -> Result<Gpt> {
+    Ok(gpt.keep_hidden(kept)?)
 }
 
 /// The importance of every attention head, per block: the norm of its query, key and value
@@ -281,36 +252,11 @@ pub fn select_heads(gpt: &Gpt, fraction: f64, norm: Norm) -> Result<Vec<Vec<usiz
 
 /// Physically removes every attention head not in `kept` (per block): the query, key and
 /// value projections lose that head's columns (and biases), the output projection its rows, and
-/// the block's head count drops. Parameter ids are kept; the result computes what
-/// [`head_masks`] computes, with fewer parameters and FLOPs.
-pub fn remove_heads(mut gpt: Gpt, kept: &[Vec<usize>]) -> Result<Gpt> {
-    check_kept(&gpt, kept, |b| gpt.blocks[b].attn.n_head)?;
-    for (block, kept) in gpt.blocks.iter_mut().zip(kept) {
-        let attn = &mut block.attn;
-        let head_dim = attn.query.weight.dims()[1] / attn.n_head;
-        let columns: Vec<usize> = kept
-            .iter()
-            .flat_map(|h| h * head_dim..(h + 1) * head_dim)
-            .collect();
-        let idx = index_tensor(&columns, &attn.query.weight.device().without_autodiff());
-        for linear in [&mut attn.query, &mut attn.key, &mut attn.value] {
-            linear.weight = linear
-                .weight
-                .clone()
-                .map(|w| off_graph(w, |w| w.select(1, idx.clone())));
-            linear.bias = linear
-                .bias
-                .take()
-                .map(|b| b.map(|b| off_graph(b, |b| b.select(0, idx.clone()))));
-        }
-        attn.out.weight = attn
-            .out
-            .weight
-            .clone()
-            .map(|w| off_graph(w, |w| w.select(0, idx.clone())));
-        attn.n_head = kept.len();
-    }
-    Ok(gpt)
+/// the block's head count drops (kiln-model's [`Gpt::keep_heads`], which the int8 model's
+/// [`QuantizedGpt::remove_heads`](crate::QuantizedGpt::remove_heads) shares). Parameter ids
+/// are kept; the result computes what [`head_masks`] computes, with fewer parameters and FLOPs.
+pub fn remove_heads(gpt: Gpt, kept: &[Vec<usize>]) -> Result<Gpt> {
+    Ok(gpt.keep_heads(kept)?)
 }
 
 /// Masks that silence every head not in `kept` (per block): its query/key/value columns and

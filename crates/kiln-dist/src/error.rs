@@ -30,6 +30,23 @@ pub enum DistError {
         /// What they disagree about.
         what: String,
     },
+    /// A pipeline stage received another micro-batch than its plan expects: the stages run
+    /// different schedules or different micro-batches.
+    #[error(
+        "pipeline stage {stage} expected micro-batch {expected} from stage {from} and received micro-batch {received} of shape {shape:?}: every stage must run the same schedule on the same micro-batches"
+    )]
+    StageMismatch {
+        /// The receiving stage.
+        stage: usize,
+        /// The sending stage.
+        from: usize,
+        /// The micro-batch the plan expects.
+        expected: usize,
+        /// The micro-batch the header names.
+        received: usize,
+        /// The tensor shape the header names.
+        shape: [usize; 3],
+    },
     /// A bad argument (a rank out of range, buffers of different lengths, a split color).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -4,9 +4,10 @@
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 
 use crate::error::{DistError, Result};
+use crate::tensor::{from_host, to_host};
 
 /// Where one float parameter lies in the flat buffer.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,27 +83,6 @@ impl Layout {
     }
 }
 
-fn to_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
-    tensor
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| DistError::Tensor(format!("{e:?}")))
-}
-
-/// A tensor of `shape` and `dtype` on the device of `like`, from f32 values. (The dtype goes
-/// with the device: `Tensor::from_data` on a device alone makes the device's default float,
-/// f32, whatever the data's dtype.)
-pub(crate) fn from_f32<const D: usize>(
-    values: &[f32],
-    shape: &[usize],
-    dtype: DType,
-    like: &Tensor<D>,
-) -> Tensor<D> {
-    let data = TensorData::new(values.to_vec(), shape.to_vec());
-    Tensor::from_data(data, (&like.device(), dtype))
-}
-
 /// Every float parameter's values, flat.
 pub fn read_params<M: Module>(model: &M, layout: &Layout) -> Result<Vec<f32>> {
     struct Read<'a> {
@@ -115,7 +95,7 @@ pub fn read_params<M: Module>(model: &M, layout: &Layout) -> Result<Vec<f32>> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let slot = &self.layout.slots[self.index];
             self.index += 1;
-            match to_f32(param.val()) {
+            match to_host(param.val()) {
                 Ok(values) => {
                     self.out[slot.offset..slot.offset + slot.len].copy_from_slice(&values)
                 }
@@ -160,7 +140,7 @@ pub fn write_params<M: Module>(
             let slot = &self.layout.slots[index];
             let values = &self.values[slot.offset..slot.offset + slot.len];
             param.map(|t| {
-                let fresh = from_f32(values, &slot.shape, slot.dtype, &t);
+                let fresh = from_host(values.to_vec(), &slot.shape, slot.dtype, &t);
                 if t.is_require_grad() {
                     fresh.require_grad()
                 } else {
@@ -196,7 +176,7 @@ pub fn take_grads<M: Module>(
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let slot = &self.layout.slots[self.index];
             if let Some(grad) = self.grads.remove::<D>(param.id) {
-                match to_f32(grad) {
+                match to_host(grad) {
                     Ok(v) => self.out[slot.offset..slot.offset + slot.len].copy_from_slice(&v),
                     Err(e) => self.error = self.error.take().or(Some(e)),
                 }
@@ -245,7 +225,7 @@ pub fn put_grads<M: Module>(
             }
             let slot = &self.layout.slots[index];
             let values = &self.values[slot.offset..slot.offset + slot.len];
-            let grad = from_f32(values, &slot.shape, DType::F32, &param.val()).inner();
+            let grad = from_host(values.to_vec(), &slot.shape, DType::F32, &param.val()).inner();
             self.grads.register::<D>(param.id, grad);
         }
     }

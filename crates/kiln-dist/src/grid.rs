@@ -92,7 +92,8 @@ impl ProcessGrid {
         &self.tensor
     }
 
-    /// The stages of this rank's pipeline (rank = stage).
+    /// The stages of this rank's pipeline (rank = stage; see
+    /// [`PipelineStage`](crate::pipeline::PipelineStage)).
     pub fn pipeline(&self) -> &ProcessGroup {
         &self.pipeline
     }
@@ -101,20 +102,5 @@ impl ProcessGrid {
     /// there is one stage).
     pub fn embedding(&self) -> &ProcessGroup {
         &self.embedding
-    }
-
-    /// This rank's stage.
-    pub fn stage(&self) -> usize {
-        self.pipeline.rank()
-    }
-
-    /// Whether this rank runs the first stage (the embedding).
-    pub fn is_first_stage(&self) -> bool {
-        self.stage() == 0
-    }
-
-    /// Whether this rank runs the last stage (the head and the loss).
-    pub fn is_last_stage(&self) -> bool {
-        self.stage() + 1 == self.pipeline.size()
     }
 }

@@ -8,15 +8,19 @@
 //! - [`Communicator`] ([`communicator`]): the engine, all-reduce (sum, mean, max, min),
 //!   broadcast, all-gather, reduce-scatter, send/receive and barrier on host buffers;
 //!   [`SingleProcess`] always, `MpiCommunicator` with the `mpi` feature, `NcclCommunicator`
-//!   with `nccl`. The same collectives on Burn tensors ([`tensor`]).
+//!   with `nccl`. The same collectives on Burn tensors, and the one conversion of a tensor to
+//!   host values and back ([`tensor`]).
 //! - [`ring`]: all-reduce with f16/bf16 traffic and f32 accumulation.
 //! - [`flat`]: a model's parameters or gradients as one flat buffer.
 //! - [`DataParallel`] ([`data_parallel`]): what kiln-train's loop calls for data parallelism:
 //!   the model check and broadcast at the start, bucketed gradient all-reduce, ZeRO-1.
 //! - [`ProcessGrid`] ([`grid`]): data × pipeline × tensor, the groups of 3-D parallelism.
-//! - [`ModelParallel`] ([`model_parallel`]): a [`ParallelModel`] cut into this rank's part, the
-//!   tied embedding's gradient, the whole model's gradient norm, the whole model gathered.
+//! - [`ModelSplit`] ([`model_parallel`]): a [`ParallelModel`] cut into this rank's
+//!   [`ModelPart`], the tied embedding's gradient, the whole model's gradient norm, the whole
+//!   model gathered.
 //! - [`PipelineSchedule`] ([`schedule`]): GPipe and 1F1B, their passes, bubble and memory.
+//! - [`PipelineStage`] ([`pipeline`]): which blocks a stage runs, and its plan of passes and
+//!   transfers; [`p2p`] carries the transfers between stages.
 //! - [`TensorParallel`] ([`tensor_parallel`]): Megatron's column- and row-parallel layers and
 //!   its `f`/`g` operations, with their own backward.
 //! - [`DataParallelConfig`], [`ReduceDtype`], [`ModelParallelConfig`] (`config.rs`), [`DistError`].
@@ -45,6 +49,8 @@ pub mod model_parallel;
 mod mpi_comm;
 #[cfg(feature = "nccl")]
 mod nccl;
+pub mod p2p;
+pub mod pipeline;
 pub mod process_group;
 pub mod ring;
 pub mod schedule;
@@ -56,7 +62,7 @@ pub use config::{DataParallelConfig, ModelParallelConfig, ReduceDtype};
 pub use data_parallel::DataParallel;
 pub use error::{DistError, Result};
 pub use grid::ProcessGrid;
-pub use model_parallel::{ModelParallel, ModelPart, ParallelModel, TensorSplit};
+pub use model_parallel::{ModelPart, ModelSplit, ParallelModel, TensorSplit};
 /// The rsmpi crate kiln's MPI engine is built on (for benchmarks against it, or MPI calls of
 /// your own once a [`ProcessGroup`] has initialized MPI).
 #[cfg(feature = "mpi")]
@@ -65,6 +71,8 @@ pub use mpi;
 pub use mpi_comm::MpiCommunicator;
 #[cfg(feature = "nccl")]
 pub use nccl::NcclCommunicator;
+pub use p2p::{Message, StageLink};
+pub use pipeline::{PipelineStage, Step};
 pub use process_group::ProcessGroup;
 pub use schedule::{Pass, PipelineSchedule};
 pub use tensor_parallel::TensorParallel;

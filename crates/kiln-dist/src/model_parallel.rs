@@ -5,11 +5,10 @@
 //!
 //! A model takes part by implementing [`ParallelModel`] (kiln-model does for GPT and both
 //! BERTs): how to cut itself, and which of its parameters are split. Everything else is
-//! here, keyed by [`ParamId`]: a part keeps the ids of the whole model's parameters, so the
+//! here, in [`ModelSplit`], keyed by [`ParamId`]: a part keeps the ids of the whole model's parameters, so the
 //! pieces of one parameter are named alike on every rank and in the whole model.
 
 use std::collections::HashMap;
-use std::ops::Range;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -18,54 +17,18 @@ use burn::tensor::Tensor;
 use crate::communicator::ReduceOp;
 use crate::error::{DistError, Result};
 use crate::grid::ProcessGrid;
+use crate::pipeline::PipelineStage;
+use crate::tensor::{from_host, to_host};
 use crate::tensor_parallel::TensorParallel;
 
-/// What a rank holds of a model.
+/// What a rank holds of a model: its pipeline stage's blocks, each split across its
+/// tensor-parallel group.
 #[derive(Clone, Debug)]
 pub struct ModelPart {
     /// The layers' split, when the tensor-parallel size is above 1.
     pub tensor_parallel: Option<TensorParallel>,
-    /// This rank's stage.
-    pub stage: usize,
-    /// The number of stages.
-    pub stages: usize,
-    /// The blocks of this stage (consecutive; indices into the whole model's blocks).
-    pub blocks: Range<usize>,
-}
-
-impl ModelPart {
-    /// Whether this part holds the embedding.
-    pub fn is_first(&self) -> bool {
-        self.stage == 0
-    }
-
-    /// Whether this part holds the head.
-    pub fn is_last(&self) -> bool {
-        self.stage + 1 == self.stages
-    }
-}
-
-/// The blocks stage `stage` of `stages` runs: consecutive, balanced, the earlier stages taking
-/// one block more when the blocks do not divide evenly (so stage 0, which also embeds, and
-/// the last stage, which also runs the head, are not both loaded). An error when there are
-/// no stages, more stages than blocks, or `stage` is not one of them.
-///
-/// ```
-/// use kiln_dist::model_parallel::stage_blocks;
-///
-/// let ranges: Vec<_> = (0..3).map(|s| stage_blocks(7, 3, s).unwrap()).collect();
-/// assert_eq!(ranges, [0..3, 3..5, 5..7]);
-/// assert!(stage_blocks(2, 3, 0).is_err());
-/// ```
-pub fn stage_blocks(num_blocks: usize, stages: usize, stage: usize) -> Result<Range<usize>> {
-    if stages == 0 || stages > num_blocks || stage >= stages {
-        return Err(DistError::InvalidArgument(format!(
-            "stage {stage} of {stages}: a model of {num_blocks} blocks gives each of at most {num_blocks} stages one block or more"
-        )));
-    }
-    let (per, extra) = (num_blocks / stages, num_blocks % stages);
-    let start = stage * per + stage.min(extra);
-    Ok(start..start + per + usize::from(stage < extra))
+    /// This rank's stage (one stage of every block without pipeline parallelism).
+    pub stage: PipelineStage,
 }
 
 /// How one parameter of a part is laid out over the tensor-parallel group.
@@ -78,47 +41,79 @@ pub enum TensorSplit {
 }
 
 /// A model that can be cut into parts for tensor and pipeline parallelism.
+///
+/// kiln's training loop asks every model for it. A model that is never cut implements it with
+/// the defaults (`impl ParallelModel for MyModel {}`): it trains on one process or
+/// data-parallel, and asking to cut it is an error that names the method to implement.
 pub trait ParallelModel: Module + Sized {
-    /// The number of blocks the stages share.
-    fn num_blocks(&self) -> usize;
+    /// The number of blocks the pipeline stages share; 0 (the default) for a model that cannot
+    /// be cut.
+    fn num_blocks(&self) -> usize {
+        0
+    }
 
-    /// This rank's part of the whole model: the blocks of `part.blocks`, split across
+    /// This rank's part of the whole model: the blocks of `part.stage`, split across
     /// `part.tensor_parallel`; the embedding only on the first stage, the head only on the
     /// last (a tied embedding on both). Parameters keep their ids.
-    fn into_part(self, part: &ModelPart) -> Result<Self>;
+    fn into_part(self, part: &ModelPart) -> Result<Self> {
+        let _ = part;
+        Err(uncut())
+    }
 
     /// The parameters of this part that are split across the tensor-parallel group (every
     /// other parameter is the same on every rank of that group).
-    fn tensor_splits(&self) -> Vec<(ParamId, TensorSplit)>;
+    fn tensor_splits(&self) -> Vec<(ParamId, TensorSplit)> {
+        Vec::new()
+    }
 
     /// The parameters both the first and the last stage hold (a tied embedding): their
     /// gradients are summed between the two.
-    fn tied_params(&self) -> Vec<ParamId>;
+    fn tied_params(&self) -> Vec<ParamId> {
+        Vec::new()
+    }
 }
 
-/// The loop's piece for tensor and pipeline parallelism on a [`ProcessGrid`].
+/// The error of a model that implements [`ParallelModel`]'s defaults only.
+fn uncut() -> DistError {
+    DistError::InvalidArgument(
+        "tensor or pipeline parallelism needs a model that can be cut into parts: implement ParallelModel::num_blocks and ParallelModel::into_part for it".into(),
+    )
+}
+
+/// A model split over a [`ProcessGrid`]: this rank's [`ModelPart`], and what the loop needs
+/// around it (the tied embedding's gradient, the whole model's gradient norm, the whole model
+/// gathered again).
 #[derive(Clone, Debug)]
-pub struct ModelParallel {
+pub struct ModelSplit {
     grid: ProcessGrid,
     part: ModelPart,
     num_blocks: usize,
+    /// The stage as the part runs it, with more than one stage: the part holds only its
+    /// stage's blocks, its blocks `0..` (`part.stage.blocks` are the whole model's indices).
+    part_stage: Option<PipelineStage>,
 }
 
-impl ModelParallel {
-    /// The part of a model of `num_blocks` blocks this rank of `grid` holds.
+impl ModelSplit {
+    /// The part of a model of `num_blocks` blocks that this rank of `grid` holds.
     pub fn new(grid: ProcessGrid, num_blocks: usize) -> Result<Self> {
-        let (stage, stages) = (grid.stage(), grid.pipeline().size());
+        if num_blocks == 0 {
+            return Err(uncut());
+        }
+        let stage = PipelineStage::balanced(grid.pipeline().clone(), num_blocks)?;
+        let part_stage = (stage.stages() > 1).then(|| PipelineStage {
+            group: stage.group.clone(),
+            blocks: 0..stage.blocks.len(),
+        });
         let part = ModelPart {
             tensor_parallel: (grid.tensor().size() > 1)
                 .then(|| TensorParallel::new(grid.tensor().clone())),
             stage,
-            stages,
-            blocks: stage_blocks(num_blocks, stages, stage)?,
         };
         Ok(Self {
             grid,
             part,
             num_blocks,
+            part_stage,
         })
     }
 
@@ -130,6 +125,18 @@ impl ModelParallel {
     /// This rank's part.
     pub fn part(&self) -> &ModelPart {
         &self.part
+    }
+
+    /// This rank's pipeline stage as its part runs it (the part's blocks are its stage's, from
+    /// 0), when the blocks are cut into more than one stage.
+    pub fn pipeline_stage(&self) -> Option<&PipelineStage> {
+        self.part_stage.as_ref()
+    }
+
+    /// Whether this rank reports the loss: one rank per data-parallel replica (the last
+    /// stage's tensor-parallel rank 0), so a sum over the world counts each replica once.
+    pub fn reports_loss(&self) -> bool {
+        self.part.stage.is_last() && self.grid.tensor().rank() == 0
     }
 
     /// Cuts the whole `model` (the same on every rank) into this rank's part.
@@ -174,7 +181,7 @@ impl ModelParallel {
     /// only, the tied ones on the first stage only.
     pub fn counts_in_norm<M: ParallelModel>(&self, part: &M) -> impl Fn(ParamId) -> bool + use<M> {
         let tensor_rank0 = self.grid.tensor().rank() == 0;
-        let later_stage = !self.grid.is_first_stage();
+        let later_stage = !self.part.stage.is_first();
         let split: Vec<ParamId> = part.tensor_splits().into_iter().map(|(id, _)| id).collect();
         let tied = part.tied_params();
         move |id| !(later_stage && tied.contains(&id)) && (tensor_rank0 || split.contains(&id))
@@ -262,12 +269,11 @@ struct Named {
 
 fn host<const D: usize>(id: ParamId, tensor: Tensor<D>) -> Result<Named> {
     let shape = tensor.dims().to_vec();
-    let values = tensor
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| DistError::Tensor(format!("{e:?}")))?;
-    Ok(Named { id, shape, values })
+    Ok(Named {
+        id,
+        shape,
+        values: to_host(tensor)?,
+    })
 }
 
 /// Sums the tied gradients over the embedding group; a stage without one adds zeros.
@@ -333,7 +339,7 @@ struct Fill {
 
 impl ModuleMapper for Fill {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(named) = self.received.remove(&param.id) else {
+        let Some(mut named) = self.received.remove(&param.id) else {
             self.error.get_or_insert(DistError::InvalidArgument(format!(
                 "no stage holds parameter {:?} of the whole model",
                 param.id
@@ -350,8 +356,12 @@ impl ModuleMapper for Fill {
                 )));
                 return tensor;
             }
-            let filled =
-                crate::flat::from_f32(&named.values, &named.shape, tensor.dtype(), &tensor);
+            let filled = from_host(
+                std::mem::take(&mut named.values),
+                &named.shape,
+                tensor.dtype(),
+                &tensor,
+            );
             if tensor.is_require_grad() {
                 filled.require_grad()
             } else {
@@ -412,48 +422,4 @@ fn decode(bytes: &[u8]) -> Result<Vec<Named>> {
         params.push(Named { id, shape, values });
     }
     Ok(params)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stages_cover_the_blocks_in_balanced_consecutive_ranges() {
-        for blocks in 1..=12 {
-            for stages in 1..=blocks {
-                let ranges: Vec<_> = (0..stages)
-                    .map(|s| stage_blocks(blocks, stages, s).unwrap())
-                    .collect();
-                assert_eq!(ranges[0].start, 0);
-                assert_eq!(ranges[stages - 1].end, blocks);
-                for pair in ranges.windows(2) {
-                    assert_eq!(pair[0].end, pair[1].start, "consecutive");
-                    // Earlier stages take the extra blocks.
-                    assert!(pair[0].len() >= pair[1].len());
-                }
-                let (min, max) = (
-                    ranges.iter().map(|r| r.len()).min().unwrap(),
-                    ranges.iter().map(|r| r.len()).max().unwrap(),
-                );
-                assert!(
-                    min >= 1 && max - min <= 1,
-                    "{blocks} over {stages}: {ranges:?}"
-                );
-            }
-        }
-        assert_eq!(stage_blocks(4, 2, 1).unwrap(), 2..4);
-        assert_eq!(stage_blocks(5, 2, 0).unwrap(), 0..3);
-    }
-
-    #[test]
-    fn impossible_cuts_are_errors() {
-        for (blocks, stages, stage) in [(4, 0, 0), (2, 3, 0), (0, 1, 0), (4, 2, 2)] {
-            let err = stage_blocks(blocks, stages, stage).unwrap_err();
-            assert!(
-                matches!(err, DistError::InvalidArgument(ref m) if m.contains("stage")),
-                "{err}"
-            );
-        }
-    }
 }

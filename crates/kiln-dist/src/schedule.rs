@@ -1,7 +1,7 @@
 //! Pipeline schedules: the order in which a stage runs the forward and backward passes of a
 //! step's micro-batches (GPipe, Huang et al. 2019; 1F1B, PipeDream-Flush, Narayanan et al.
-//! 2021), what each costs in idle time and in activations kept. kiln-train's `pipeline.rs`
-//! runs them.
+//! 2021), what each costs in idle time and in activations kept. [`pipeline`](crate::pipeline)
+//! turns them into a stage's plan; kiln-train's `pipeline.rs` runs it.
 
 use burn::config::Config;
 

@@ -1,22 +1,45 @@
-//! Collectives on Burn tensors: through the host (kiln's MPI engine moves host memory), the
-//! tensor coming back on its device with its dtype.
+//! Tensors to the host and back, and the collectives on Burn tensors: kiln's engines move host
+//! memory, so every tensor crosses as f32 values ([`to_host`], exact for f16 and bf16) and
+//! comes back on its device with its dtype ([`from_host`]). Every kiln-dist module converts
+//! through these two.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::communicator::ReduceOp;
 use crate::error::{DistError, Result};
 use crate::process_group::ProcessGroup;
 
-fn host<const D: usize>(tensor: &Tensor<D>) -> Result<Vec<f32>> {
-    tensor
-        .to_data()
-        .convert::<f32>()
+/// A tensor's values as f32, whatever its dtype.
+pub fn to_host<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
+    data_to_host(tensor.into_data())
+}
+
+/// [`to_host`] of data already read back (a backend primitive's, inside an operation).
+pub(crate) fn data_to_host(data: TensorData) -> Result<Vec<f32>> {
+    data.convert::<f32>()
         .try_into_vec::<f32>()
         .map_err(|e| DistError::Tensor(format!("{e:?}")))
 }
 
+/// A tensor of `shape` and `dtype` on the device of `like`, from f32 values. (The dtype goes
+/// with the device: `Tensor::from_data` on a device alone makes the device's default float,
+/// f32, whatever the data's dtype.)
+pub fn from_host<const D: usize>(
+    values: Vec<f32>,
+    shape: &[usize],
+    dtype: DType,
+    like: &Tensor<D>,
+) -> Tensor<D> {
+    let data = TensorData::new(values, shape.to_vec());
+    Tensor::from_data(data, (&like.device(), dtype))
+}
+
+fn host<const D: usize>(tensor: &Tensor<D>) -> Result<Vec<f32>> {
+    to_host(tensor.clone())
+}
+
 fn back<const D: usize>(values: Vec<f32>, shape: Vec<usize>, like: &Tensor<D>) -> Tensor<D> {
-    crate::flat::from_f32(&values, &shape, like.dtype(), like)
+    from_host(values, &shape, like.dtype(), like)
 }
 
 impl ProcessGroup {
@@ -86,27 +109,5 @@ impl ProcessGroup {
         self.reduce_scatter_f32(&send, &mut mine, op)?;
         let shape = blocks[0].dims().to_vec();
         Ok(back(mine, shape, &tensor))
-    }
-
-    /// Sends `tensor` to rank `dest`.
-    pub fn send_tensor<const D: usize>(
-        &self,
-        tensor: &Tensor<D>,
-        dest: usize,
-        tag: u16,
-    ) -> Result<()> {
-        self.send_f32(&host(tensor)?, dest, tag)
-    }
-
-    /// Receives a tensor of `like`'s shape, dtype and device from rank `source`.
-    pub fn recv_tensor<const D: usize>(
-        &self,
-        like: &Tensor<D>,
-        source: usize,
-        tag: u16,
-    ) -> Result<Tensor<D>> {
-        let mut values = vec![0.0; like.shape().num_elements()];
-        self.recv_f32(&mut values, source, tag)?;
-        Ok(back(values, like.dims().to_vec(), like))
     }
 }

@@ -56,6 +56,7 @@ use burn::tensor::{Tensor, TensorData};
 use crate::communicator::ReduceOp;
 use crate::error::{DistError, Result};
 use crate::process_group::ProcessGroup;
+use crate::tensor::data_to_host;
 
 /// The ranks that split each layer's matrices between them.
 #[derive(Clone, Debug)]
@@ -312,10 +313,7 @@ fn all_reduce<B: Backend>(x: FloatTensor<B>, group: &ProcessGroup) -> FloatTenso
         .and_then(|read| read.map_err(|e| DistError::Tensor(format!("{e:?}"))))
         .and_then(|data| {
             let (shape, dtype) = (data.shape().clone(), data.dtype());
-            let mut values = data
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| DistError::Tensor(format!("{e:?}")))?;
+            let mut values = data_to_host(data)?;
             group.all_reduce_f32(&mut values, ReduceOp::Sum)?;
             Ok(TensorData::new(values, shape).convert_dtype(dtype))
         });

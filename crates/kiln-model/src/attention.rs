@@ -10,10 +10,11 @@ use burn::tensor::{Bool, Device, Tensor};
 
 use kiln_dist::TensorParallel;
 
+use crate::error::{ModelError, Result};
 use crate::fused;
 use crate::fused::softmax::masked_softmax;
 use crate::init::normal_linear;
-use crate::linear::LinearLayer;
+use crate::linear::{Cut, LinearLayer, PrunableLinear};
 use crate::rotary::RotaryEmbedding;
 
 /// Configuration of a [`MultiHeadAttention`] layer.
@@ -207,6 +208,47 @@ impl<L: LinearLayer> MultiHeadAttention<L> {
         self.resid_dropout.forward(out)
     }
 
+    /// The layer table: the projections in order, with their names (the parameter paths
+    /// below the layer) and how tensor parallelism cuts them.
+    pub fn linears(&self) -> [(&'static str, Cut, &L); 4] {
+        [
+            ("query", Cut::Column, &self.query),
+            ("key", Cut::Column, &self.key),
+            ("value", Cut::Column, &self.value),
+            ("out", Cut::Row, &self.out),
+        ]
+    }
+
+    /// [`linears`](Self::linears), mutably.
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut L); 4] {
+        [
+            ("query", &mut self.query),
+            ("key", &mut self.key),
+            ("value", &mut self.value),
+            ("out", &mut self.out),
+        ]
+    }
+
+    /// The same layer with each projection replaced by `f(name, cut, projection)`, in the
+    /// order of [`linears`](Self::linears); dropouts and settings are shared.
+    pub fn map_linears<'a, N: LinearLayer, E>(
+        &'a self,
+        f: &mut impl FnMut(&'static str, Cut, &'a L) -> std::result::Result<N, E>,
+    ) -> std::result::Result<MultiHeadAttention<N>, E> {
+        let mut map = |(name, cut, layer)| f(name, cut, layer);
+        let [query, key, value, out] = self.linears();
+        Ok(MultiHeadAttention {
+            query: map(query)?,
+            key: map(key)?,
+            value: map(value)?,
+            out: map(out)?,
+            attn_dropout: self.attn_dropout.clone(),
+            resid_dropout: self.resid_dropout.clone(),
+            n_head: self.n_head,
+            tensor_parallel: self.tensor_parallel.clone(),
+        })
+    }
+
     fn explicit_attention(
         &self,
         q: Tensor<4>,
@@ -219,5 +261,35 @@ impl<L: LinearLayer> MultiHeadAttention<L> {
         let scores = q.matmul(k.swap_dims(2, 3));
         let probs = masked_softmax(scores, 1.0 / (head_dim as f64).sqrt(), causal, padding);
         self.attn_dropout.forward(probs).matmul(v)
+    }
+}
+
+impl<L: PrunableLinear> MultiHeadAttention<L> {
+    /// The layer with only the heads `kept` (sorted, unique indices below the head count):
+    /// q, k and v lose those heads' output features, the output projection the same input
+    /// features. It computes what the layer with the other heads' outputs zeroed computes.
+    pub fn keep_heads(&self, kept: &[usize]) -> Result<Self> {
+        let heads = self.n_head;
+        if kept.is_empty()
+            || kept.iter().any(|&h| h >= heads)
+            || kept.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(ModelError::BadInput(format!(
+                "kept heads must be non-empty, sorted, unique and < {heads}, got {kept:?}"
+            )));
+        }
+        let head_dim = self.query.d_out() / heads;
+        let features: Vec<usize> = kept
+            .iter()
+            .flat_map(|h| h * head_dim..(h + 1) * head_dim)
+            .collect();
+        let mut layer = self.map_linears(&mut |_, cut, layer| {
+            Ok::<_, ModelError>(match cut {
+                Cut::Column => layer.keep_outputs(&features),
+                Cut::Row => layer.keep_inputs(&features),
+            })
+        })?;
+        layer.n_head = kept.len();
+        Ok(layer)
     }
 }

@@ -9,7 +9,7 @@ use crate::activation::Activation;
 use crate::attention::{AttentionMask, LayerKvCache, MultiHeadAttention, MultiHeadAttentionConfig};
 use crate::feed_forward::{FeedForward, FeedForwardConfig, FeedForwardKind};
 use crate::fused::layer_norm;
-use crate::linear::LinearLayer;
+use crate::linear::{Cut, LinearLayer};
 use crate::rotary::RotaryEmbedding;
 
 /// Where the LayerNorms sit relative to the residual connections.
@@ -109,6 +109,57 @@ impl TransformerBlockConfig {
 }
 
 impl<L: LinearLayer> TransformerBlock<L> {
+    /// The block's layer table: attention's then the feed-forward's linear layers, named by
+    /// their parameter paths below the block (`attn.query`, ..., `ffn.down`), with how tensor
+    /// parallelism cuts them.
+    pub fn linears(&self) -> Vec<(String, Cut, &L)> {
+        let attn = self
+            .attn
+            .linears()
+            .into_iter()
+            .map(|(n, c, l)| (format!("attn.{n}"), c, l));
+        let ffn = self
+            .ffn
+            .linears()
+            .into_iter()
+            .map(|(n, c, l)| (format!("ffn.{n}"), c, l));
+        attn.chain(ffn).collect()
+    }
+
+    /// [`linears`](Self::linears), mutably.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut L)> {
+        let attn = self
+            .attn
+            .linears_mut()
+            .into_iter()
+            .map(|(n, l)| (format!("attn.{n}"), l));
+        let ffn = self
+            .ffn
+            .linears_mut()
+            .into_iter()
+            .map(|(n, l)| (format!("ffn.{n}"), l));
+        attn.chain(ffn).collect()
+    }
+
+    /// The same block with each linear layer replaced by `f(path, cut, layer)`, in the order
+    /// of [`linears`](Self::linears); norms and settings are shared.
+    pub fn map_linears<'a, N: LinearLayer, E>(
+        &'a self,
+        f: &mut impl FnMut(&str, Cut, &'a L) -> std::result::Result<N, E>,
+    ) -> std::result::Result<TransformerBlock<N>, E> {
+        Ok(TransformerBlock {
+            attn_norm: self.attn_norm.clone(),
+            attn: self
+                .attn
+                .map_linears(&mut |name, cut, layer| f(&format!("attn.{name}"), cut, layer))?,
+            ffn_norm: self.ffn_norm.clone(),
+            ffn: self
+                .ffn
+                .map_linears(&mut |name, cut, layer| f(&format!("ffn.{name}"), cut, layer))?,
+            norm_position: self.norm_position,
+        })
+    }
+
     /// `[batch, seq, d_model] -> [batch, seq, d_model]`; see [`MultiHeadAttention::forward`] for
     /// the mask, rotary and cache arguments.
     pub fn forward(

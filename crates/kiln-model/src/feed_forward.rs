@@ -8,8 +8,9 @@ use burn::tensor::{Device, Tensor};
 use kiln_dist::TensorParallel;
 
 use crate::activation::Activation;
+use crate::error::{ModelError, Result};
 use crate::init::normal_linear;
-use crate::linear::LinearLayer;
+use crate::linear::{Cut, LinearLayer, PrunableLinear};
 
 /// The two shapes a feed-forward layer takes.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -91,6 +92,43 @@ impl FeedForwardConfig {
 }
 
 impl<L: LinearLayer> FeedForward<L> {
+    /// The layer table: the linear layers in order (`up`, `gate` for SwiGLU, `down`), with
+    /// their names (the parameter paths below the layer) and how tensor parallelism cuts them.
+    pub fn linears(&self) -> Vec<(&'static str, Cut, &L)> {
+        let mut out = vec![("up", Cut::Column, &self.up)];
+        out.extend(self.gate.as_ref().map(|g| ("gate", Cut::Column, g)));
+        out.push(("down", Cut::Row, &self.down));
+        out
+    }
+
+    /// [`linears`](Self::linears), mutably.
+    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut L)> {
+        let mut out = vec![("up", &mut self.up)];
+        out.extend(self.gate.as_mut().map(|g| ("gate", g)));
+        out.push(("down", &mut self.down));
+        out
+    }
+
+    /// The same layer with each linear layer replaced by `f(name, cut, layer)`, in the order
+    /// of [`linears`](Self::linears); dropout and settings are shared.
+    pub fn map_linears<'a, N: LinearLayer, E>(
+        &'a self,
+        f: &mut impl FnMut(&'static str, Cut, &'a L) -> std::result::Result<N, E>,
+    ) -> std::result::Result<FeedForward<N>, E> {
+        Ok(FeedForward {
+            up: f("up", Cut::Column, &self.up)?,
+            gate: self
+                .gate
+                .as_ref()
+                .map(|g| f("gate", Cut::Column, g))
+                .transpose()?,
+            down: f("down", Cut::Row, &self.down)?,
+            dropout: self.dropout.clone(),
+            activation: self.activation,
+            tensor_parallel: self.tensor_parallel.clone(),
+        })
+    }
+
     /// `[batch, seq, d_model] -> [batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let tp = self.tensor_parallel.as_ref();
@@ -108,5 +146,27 @@ impl<L: LinearLayer> FeedForward<L> {
             None => out,
         };
         self.dropout.forward(out)
+    }
+}
+
+impl<L: PrunableLinear> FeedForward<L> {
+    /// The layer with only the hidden features `kept` (sorted, unique, below the hidden
+    /// width): `up` and `gate` lose outputs, `down` the same inputs.
+    pub fn keep_hidden(&self, kept: &[usize]) -> Result<Self> {
+        let width = self.up.d_out();
+        if kept.is_empty()
+            || kept.iter().any(|&j| j >= width)
+            || kept.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(ModelError::BadInput(format!(
+                "kept hidden features must be non-empty, sorted, unique and < {width}"
+            )));
+        }
+        self.map_linears(&mut |_, cut, layer| {
+            Ok(match cut {
+                Cut::Column => layer.keep_outputs(kept),
+                Cut::Row => layer.keep_inputs(kept),
+            })
+        })
     }
 }

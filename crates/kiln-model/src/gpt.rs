@@ -15,16 +15,16 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::activation::Activation;
-use crate::attention::{AttentionMask, LayerKvCache, MultiHeadAttention};
+use crate::attention::{AttentionMask, LayerKvCache};
 use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
 use crate::error::{ModelError, Result};
-use crate::feed_forward::{FeedForward, FeedForwardKind};
+use crate::feed_forward::FeedForwardKind;
 use crate::fused::layer_norm;
 use crate::fused::linear::linear;
 use crate::inference::{for_inference, host_floats};
 use crate::init::{materialize, normal_linear};
 use crate::limits::{CONTEXT, LAYERS, PARAMS, VOCAB, WIDTH, count};
-use crate::linear::LinearLayer;
+use crate::linear::{LinearLayer, PrunableLinear};
 use crate::loss::{check_token_ids, cross_entropy, token_tensor};
 use crate::rotary::RotaryEmbedding;
 use crate::sampling::{GenerateConfig, sample_token};
@@ -472,49 +472,28 @@ impl<L: LinearLayer> Gpt<L> {
     }
 
     /// Every linear layer of the blocks and the untied LM head, with its parameter path, in
-    /// order: per block `blocks.{i}.attn.query`, `.attn.key`, `.attn.value`, `.attn.out`,
-    /// `.ffn.up`, `.ffn.gate` (SwiGLU only), `.ffn.down`; then `lm_head`.
+    /// order: each block's [layer table](TransformerBlock::linears) under `blocks.{i}.`
+    /// (`attn.query`, `.attn.key`, `.attn.value`, `.attn.out`, `.ffn.up`, `.ffn.gate` with
+    /// SwiGLU, `.ffn.down`); then `lm_head`.
     pub fn linears(&self) -> Vec<(String, &L)> {
-        let mut out = Vec::new();
-        for (i, b) in self.blocks.iter().enumerate() {
-            let (attn, ffn) = (&b.attn, &b.ffn);
-            let layers = [
-                ("attn.query", Some(&attn.query)),
-                ("attn.key", Some(&attn.key)),
-                ("attn.value", Some(&attn.value)),
-                ("attn.out", Some(&attn.out)),
-                ("ffn.up", Some(&ffn.up)),
-                ("ffn.gate", ffn.gate.as_ref()),
-                ("ffn.down", Some(&ffn.down)),
-            ];
-            for (name, layer) in layers {
-                out.extend(layer.map(|l| (format!("blocks.{i}.{name}"), l)));
-            }
-        }
-        out.extend(self.lm_head.as_ref().map(|h| ("lm_head".to_string(), h)));
-        out
+        let blocks = self.blocks.iter().enumerate().flat_map(|(i, b)| {
+            b.linears()
+                .into_iter()
+                .map(move |(name, _, layer)| (format!("blocks.{i}.{name}"), layer))
+        });
+        let head = self.lm_head.as_ref().map(|h| ("lm_head".to_string(), h));
+        blocks.chain(head).collect()
     }
 
     /// [`linears`](Self::linears), mutably.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut L)> {
-        let mut out = Vec::new();
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            let (attn, ffn) = (&mut b.attn, &mut b.ffn);
-            let layers = [
-                ("attn.query", Some(&mut attn.query)),
-                ("attn.key", Some(&mut attn.key)),
-                ("attn.value", Some(&mut attn.value)),
-                ("attn.out", Some(&mut attn.out)),
-                ("ffn.up", Some(&mut ffn.up)),
-                ("ffn.gate", ffn.gate.as_mut()),
-                ("ffn.down", Some(&mut ffn.down)),
-            ];
-            for (name, layer) in layers {
-                out.extend(layer.map(|l| (format!("blocks.{i}.{name}"), l)));
-            }
-        }
-        out.extend(self.lm_head.as_mut().map(|h| ("lm_head".to_string(), h)));
-        out
+        let blocks = self.blocks.iter_mut().enumerate().flat_map(|(i, b)| {
+            b.linears_mut()
+                .into_iter()
+                .map(move |(name, layer)| (format!("blocks.{i}.{name}"), layer))
+        });
+        let head = self.lm_head.as_mut().map(|h| ("lm_head".to_string(), h));
+        blocks.chain(head).collect()
     }
 
     /// The same model with every linear layer replaced by `f(path, layer)`, called in the order
@@ -524,34 +503,14 @@ impl<L: LinearLayer> Gpt<L> {
         &'a self,
         mut f: impl FnMut(&str, &'a L) -> Result<M, E>,
     ) -> Result<Gpt<M>, E> {
-        let mut blocks = Vec::with_capacity(self.blocks.len());
-        for (i, b) in self.blocks.iter().enumerate() {
-            let mut f = |name: &str, layer: &'a L| f(&format!("blocks.{i}.{name}"), layer);
-            let (attn, ffn) = (&b.attn, &b.ffn);
-            blocks.push(TransformerBlock {
-                attn_norm: b.attn_norm.clone(),
-                attn: MultiHeadAttention {
-                    query: f("attn.query", &attn.query)?,
-                    key: f("attn.key", &attn.key)?,
-                    value: f("attn.value", &attn.value)?,
-                    out: f("attn.out", &attn.out)?,
-                    attn_dropout: attn.attn_dropout.clone(),
-                    resid_dropout: attn.resid_dropout.clone(),
-                    n_head: attn.n_head,
-                    tensor_parallel: attn.tensor_parallel.clone(),
-                },
-                ffn_norm: b.ffn_norm.clone(),
-                ffn: FeedForward {
-                    up: f("ffn.up", &ffn.up)?,
-                    gate: ffn.gate.as_ref().map(|g| f("ffn.gate", g)).transpose()?,
-                    down: f("ffn.down", &ffn.down)?,
-                    dropout: ffn.dropout.clone(),
-                    activation: ffn.activation,
-                    tensor_parallel: ffn.tensor_parallel.clone(),
-                },
-                norm_position: b.norm_position,
-            });
-        }
+        let blocks = self
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                b.map_linears(&mut |name, _, layer| f(&format!("blocks.{i}.{name}"), layer))
+            })
+            .collect::<Result<Vec<_>, E>>()?;
         Ok(Gpt {
             token_embedding: self.token_embedding.clone(),
             position_embedding: self.position_embedding.clone(),
@@ -563,5 +522,47 @@ impl<L: LinearLayer> Gpt<L> {
             vocab_size: self.vocab_size,
             block_size: self.block_size,
         })
+    }
+}
+
+impl<L: PrunableLinear> Gpt<L> {
+    /// The model with only the heads `kept[i]` in block `i` (sorted indices): see
+    /// [`MultiHeadAttention::keep_heads`](crate::attention::MultiHeadAttention::keep_heads).
+    /// Parameter ids are kept; the model computes what it computed with the other heads
+    /// silenced, with fewer parameters and FLOPs.
+    pub fn keep_heads(self, kept: &[Vec<usize>]) -> crate::Result<Self> {
+        self.prune_blocks(kept, "head", |block, kept| {
+            block.attn = block.attn.keep_heads(kept)?;
+            Ok(())
+        })
+    }
+
+    /// The model with only the feed-forward features `kept[i]` in block `i` (sorted indices):
+    /// see [`FeedForward::keep_hidden`](crate::feed_forward::FeedForward::keep_hidden).
+    pub fn keep_hidden(self, kept: &[Vec<usize>]) -> crate::Result<Self> {
+        self.prune_blocks(kept, "feed-forward feature", |block, kept| {
+            block.ffn = block.ffn.keep_hidden(kept)?;
+            Ok(())
+        })
+    }
+
+    /// `prune(block i, kept[i])` for every block, one list per block; an error names the block.
+    fn prune_blocks(
+        mut self,
+        kept: &[Vec<usize>],
+        what: &str,
+        mut prune: impl FnMut(&mut TransformerBlock<L>, &[usize]) -> crate::Result<()>,
+    ) -> crate::Result<Self> {
+        if kept.len() != self.blocks.len() {
+            return Err(ModelError::BadInput(format!(
+                "{} {what} lists for {} blocks",
+                kept.len(),
+                self.blocks.len()
+            )));
+        }
+        for (b, (block, kept)) in self.blocks.iter_mut().zip(kept).enumerate() {
+            prune(block, kept).map_err(|e| ModelError::BadInput(format!("block {b}: {e}")))?;
+        }
+        Ok(self)
     }
 }

@@ -4,7 +4,8 @@
 //! - Tensor parallel (Megatron-LM): in every block, q, k and v are column-parallel (each rank
 //!   keeps `n_head/t` heads), attention's output row-parallel; the MLP's up (and gate)
 //!   column-parallel, its down row-parallel. The blocks then call kiln-dist's `f` and `g`
-//!   around each region ([`MultiHeadAttention::forward`], [`FeedForward::forward`]).
+//!   around each region ([`MultiHeadAttention::forward`](crate::attention::MultiHeadAttention::forward),
+//!   [`FeedForward::forward`](crate::feed_forward::FeedForward::forward)).
 //!   Embeddings, LayerNorms and the head are replicated: the vocabularies kiln trains on are
 //!   small next to the blocks, so the vocabulary-parallel embedding and cross-entropy of
 //!   Megatron (which never gather the logits whole) are left out; see `docs/distributed.md`.
@@ -20,37 +21,24 @@ use kiln_dist::model_parallel::{ModelPart, ParallelModel, TensorSplit};
 use kiln_dist::tensor_parallel::{TensorParallel, column_shard, row_shard};
 use kiln_dist::{DistError, Result};
 
-use crate::attention::MultiHeadAttention;
 use crate::bert::{Bert, BertForMaskedLm, BertForSequenceClassification};
 use crate::block::TransformerBlock;
-use crate::feed_forward::FeedForward;
 use crate::gpt::Gpt;
+use crate::linear::Cut;
 
 impl TransformerBlock {
-    /// This rank's tensor-parallel shard of the block (Megatron's parallel attention and MLP).
+    /// This rank's tensor-parallel shard of the block (Megatron's parallel attention and MLP):
+    /// each linear layer of the [layer table](TransformerBlock::linears) cut as it says.
     pub fn into_tensor_parallel(self, tp: &TensorParallel) -> Result<Self> {
-        let attn = self.attn;
-        let heads = tp.shard("the number of heads", attn.n_head)?;
-        let ffn = self.ffn;
-        Ok(Self {
-            attn: MultiHeadAttention {
-                query: column_shard(attn.query, tp)?,
-                key: column_shard(attn.key, tp)?,
-                value: column_shard(attn.value, tp)?,
-                out: row_shard(attn.out, tp)?,
-                n_head: heads.len(),
-                tensor_parallel: Some(tp.clone()),
-                ..attn
-            },
-            ffn: FeedForward {
-                up: column_shard(ffn.up, tp)?,
-                gate: ffn.gate.map(|g| column_shard(g, tp)).transpose()?,
-                down: row_shard(ffn.down, tp)?,
-                tensor_parallel: Some(tp.clone()),
-                ..ffn
-            },
-            ..self
-        })
+        let heads = tp.shard("the number of heads", self.attn.n_head)?;
+        let mut block = self.map_linears(&mut |_, cut, layer: &Linear| match cut {
+            Cut::Column => column_shard(layer.clone(), tp),
+            Cut::Row => row_shard(layer.clone(), tp),
+        })?;
+        block.attn.n_head = heads.len();
+        block.attn.tensor_parallel = Some(tp.clone());
+        block.ffn.tensor_parallel = Some(tp.clone());
+        Ok(block)
     }
 
     /// How this block's parameters are split (empty when it is not tensor-parallel).
@@ -58,18 +46,14 @@ impl TransformerBlock {
         if self.attn.tensor_parallel.is_none() {
             return Vec::new();
         }
-        let (attn, ffn) = (&self.attn, &self.ffn);
         let mut splits = Vec::new();
-        let columns = [&attn.query, &attn.key, &attn.value, &ffn.up]
-            .into_iter()
-            .chain(ffn.gate.as_ref());
-        for linear in columns {
-            splits.push((linear.weight.id, TensorSplit::Dim(1)));
-            splits.extend(linear.bias.as_ref().map(|b| (b.id, TensorSplit::Dim(0))));
-        }
-        for linear in [&attn.out, &ffn.down] {
-            splits.push((linear.weight.id, TensorSplit::Dim(0)));
-            splits.extend(linear.bias.as_ref().map(|b| (b.id, TensorSplit::FirstRank)));
+        for (_, cut, linear) in self.linears() {
+            let (weight, bias) = match cut {
+                Cut::Column => (TensorSplit::Dim(1), TensorSplit::Dim(0)),
+                Cut::Row => (TensorSplit::Dim(0), TensorSplit::FirstRank),
+            };
+            splits.push((linear.weight.id, weight));
+            splits.extend(linear.bias.as_ref().map(|b| (b.id, bias)));
         }
         splits
     }
@@ -77,17 +61,17 @@ impl TransformerBlock {
 
 /// The blocks of a stage, each split across the tensor-parallel group.
 fn stage_of(blocks: Vec<TransformerBlock>, part: &ModelPart) -> Result<Vec<TransformerBlock>> {
-    if part.blocks.end > blocks.len() {
+    if part.stage.blocks.end > blocks.len() {
         return Err(DistError::InvalidArgument(format!(
             "stage blocks {:?} of a model of {} blocks",
-            part.blocks,
+            part.stage.blocks,
             blocks.len()
         )));
     }
     blocks
         .into_iter()
-        .skip(part.blocks.start)
-        .take(part.blocks.len())
+        .skip(part.stage.blocks.start)
+        .take(part.stage.blocks.len())
         .map(|block| match &part.tensor_parallel {
             Some(tp) => block.into_tensor_parallel(tp),
             None => Ok(block),
@@ -139,7 +123,7 @@ impl ParallelModel for Gpt {
     fn into_part(self, part: &ModelPart) -> Result<Self> {
         let tied = self.lm_head.is_none();
         let blocks = stage_of(self.blocks, part)?;
-        let keeps_embedding = part.is_first() || (tied && part.is_last());
+        let keeps_embedding = part.stage.is_first() || (tied && part.stage.is_last());
         Ok(Self {
             token_embedding: if keeps_embedding {
                 self.token_embedding
@@ -147,23 +131,27 @@ impl ParallelModel for Gpt {
                 emptied_embedding(self.token_embedding)
             },
             position_embedding: self.position_embedding.map(|e| {
-                if part.is_first() {
+                if part.stage.is_first() {
                     e
                 } else {
                     emptied_embedding(e)
                 }
             }),
             blocks,
-            final_norm: if part.is_last() {
+            final_norm: if part.stage.is_last() {
                 self.final_norm
             } else {
                 emptied_norm(self.final_norm)
             },
             // An untied head off the last stage is emptied, not dropped: `None` stays the sign
             // of a tied embedding on every stage.
-            lm_head: self
-                .lm_head
-                .map(|h| if part.is_last() { h } else { emptied_linear(h) }),
+            lm_head: self.lm_head.map(|h| {
+                if part.stage.is_last() {
+                    h
+                } else {
+                    emptied_linear(h)
+                }
+            }),
             ..self
         })
     }
@@ -188,8 +176,8 @@ impl Bert {
     fn into_part(self, part: &ModelPart, tied: bool) -> Result<Self> {
         let layers = stage_of(self.layers, part)?;
         let mut embeddings = self.embeddings;
-        if !part.is_first() {
-            if !(tied && part.is_last()) {
+        if !part.stage.is_first() {
+            if !(tied && part.stage.is_last()) {
                 embeddings.word = emptied_embedding(embeddings.word);
             }
             embeddings.position = emptied_embedding(embeddings.position);
@@ -199,9 +187,13 @@ impl Bert {
         Ok(Self {
             embeddings,
             layers,
-            pooler: self
-                .pooler
-                .map(|p| if part.is_last() { p } else { emptied_linear(p) }),
+            pooler: self.pooler.map(|p| {
+                if part.stage.is_last() {
+                    p
+                } else {
+                    emptied_linear(p)
+                }
+            }),
             ..self
         })
     }
@@ -222,7 +214,7 @@ impl ParallelModel for BertForMaskedLm {
     }
 
     fn into_part(self, part: &ModelPart) -> Result<Self> {
-        let last = part.is_last();
+        let last = part.stage.is_last();
         Ok(Self {
             bert: self.bert.into_part(part, true)?,
             transform: if last {
@@ -261,7 +253,7 @@ impl ParallelModel for BertForSequenceClassification {
     fn into_part(self, part: &ModelPart) -> Result<Self> {
         Ok(Self {
             bert: self.bert.into_part(part, false)?,
-            classifier: if part.is_last() {
+            classifier: if part.stage.is_last() {
                 self.classifier
             } else {
                 emptied_linear(self.classifier)

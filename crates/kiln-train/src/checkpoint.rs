@@ -209,7 +209,10 @@ impl Checkpoint {
 fn optimizer_bytes(optimizer: &ModuleOptimizer) -> Result<Vec<u8>> {
     Ok(optimizer
         .into_bytes()
-        .map_err(|e| TrainError::Data(format!("serializing the optimizer: {e:?}")))?
+        .map_err(|e| TrainError::Serialize {
+            what: "the optimizer state",
+            reason: format!("{e:?}"),
+        })?
         .to_vec())
 }
 
@@ -286,8 +289,9 @@ impl CheckpointDir {
             let mine = serde_json::to_vec(&entries).expect("entries serialize");
             entries = Vec::new();
             for theirs in group.all_gather_vec(&mine)? {
-                let theirs: Vec<ManifestEntry> = serde_json::from_slice(&theirs)
-                    .map_err(|e| TrainError::Data(format!("optimizer shard entry: {e}")))?;
+                let theirs: Vec<ManifestEntry> = serde_json::from_slice(&theirs).map_err(|e| {
+                    TrainError::corrupt(&tmp, format!("a rank's optimizer shard entry: {e}"))
+                })?;
                 entries.extend(theirs);
             }
         }
@@ -310,13 +314,20 @@ impl CheckpointDir {
         optimizer_shards: usize,
         mut entries: Vec<ManifestEntry>,
     ) -> Result<PathBuf> {
-        let scheduler_bytes = snapshot
-            .scheduler
-            .to_record()
-            .into_bytes()
-            .map_err(|e| TrainError::Data(format!("serializing the schedule: {e:?}")))?;
-        let trainer = serde_json::to_vec_pretty(snapshot.state)
-            .map_err(|e| TrainError::Data(format!("serializing the trainer state: {e}")))?;
+        let scheduler_bytes =
+            snapshot
+                .scheduler
+                .to_record()
+                .into_bytes()
+                .map_err(|e| TrainError::Serialize {
+                    what: "the schedule",
+                    reason: format!("{e:?}"),
+                })?;
+        let trainer =
+            serde_json::to_vec_pretty(snapshot.state).map_err(|e| TrainError::Serialize {
+                what: "the loop state",
+                reason: e.to_string(),
+            })?;
         let run = serde_json::to_vec_pretty(snapshot.run).expect("JSON values serialize");
         let mut files: Vec<(&str, Vec<u8>)> = vec![
             (MODEL, model_bytes(snapshot.model)?),

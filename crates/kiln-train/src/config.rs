@@ -101,7 +101,7 @@ pub struct TrainerConfig {
     /// gradient buckets, the reduction dtype, ZeRO-1. Ignored by a single process.
     #[config(default = "DataParallelConfig::new()")]
     pub data_parallel: DataParallelConfig,
-    /// Tensor and pipeline parallelism (`Trainer::with_model_parallel`): how the model is cut
+    /// Tensor and pipeline parallelism (over `Trainer::with_process_group`): how the model is cut
     /// across the process group; the pipeline's micro-batches are `grad_accumulation`.
     #[config(default = "ModelParallelConfig::new()")]
     pub model_parallel: ModelParallelConfig,

@@ -50,6 +50,15 @@ pub enum TrainError {
         /// Why each candidate was rejected.
         skipped: Vec<String>,
     },
+    /// Something the run keeps (the optimizer state, the schedule, the loop state) could not
+    /// be serialized.
+    #[error("serializing {what}: {reason}")]
+    Serialize {
+        /// What was being serialized.
+        what: &'static str,
+        /// The serializer's message.
+        reason: String,
+    },
     /// The dataset could not provide an item.
     #[error("dataset: {0}")]
     Data(String),

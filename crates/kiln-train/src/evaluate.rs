@@ -4,11 +4,67 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use kiln_base::{Batch, Precision, TrainModel};
-use kiln_dist::{ProcessGroup, ReduceOp};
+use kiln_dist::{ParallelModel, PipelineStage, ProcessGroup, ReduceOp};
 
 use crate::batch_source::BatchSource;
+use crate::config::TrainerConfig;
 use crate::error::{Result, TrainError};
-use crate::pipeline::{PipelineStage, pipeline_forward};
+use crate::parallel::Parallelism;
+use crate::pipeline::pipeline_forward;
+
+/// Evaluation during a run: the held-out data, and when it is due.
+pub(crate) struct Evaluator<B> {
+    data: BatchSource<B>,
+    /// Every this many steps; 0: at the end of each epoch.
+    every: usize,
+    batch_size: usize,
+    items: Option<usize>,
+}
+
+impl<B: Batch> Evaluator<B> {
+    /// Evaluation on `data` with `config`'s schedule and sizes.
+    pub fn new(data: BatchSource<B>, config: &TrainerConfig) -> Self {
+        Self {
+            data,
+            every: config.eval_every,
+            batch_size: config.eval_batch_size,
+            items: config.eval_items,
+        }
+    }
+
+    /// Whether an evaluation is due after `step`: every `eval_every` steps (at the end of each
+    /// epoch when 0), and after the last step.
+    pub fn due(&self, step: usize, epoch_ended: bool, last: bool) -> bool {
+        last || match self.every {
+            0 => epoch_ended,
+            every => step.is_multiple_of(every),
+        }
+    }
+
+    /// Evaluates this rank's part of the model with the ranks of `parallel`: the replicas take
+    /// batches in turn, the stages of a pipeline pass activations on.
+    pub fn evaluate<M: TrainModel<B> + ParallelModel>(
+        &self,
+        model: &M,
+        device: &Device,
+        parallel: &Parallelism<M>,
+    ) -> Result<EvalMetrics> {
+        let ranks = EvalRanks {
+            replicas: parallel.data(),
+            all: parallel.world(),
+            stage: parallel.stage(),
+            reports: parallel.reports_loss(),
+        };
+        evaluate_on(
+            model,
+            &self.data,
+            self.batch_size,
+            self.items,
+            device,
+            &ranks,
+        )
+    }
+}
 
 /// What an evaluation measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,7 +141,7 @@ where
 }
 
 /// How the ranks of a run share an evaluation.
-pub(crate) struct EvalRanks<'a> {
+struct EvalRanks<'a> {
     /// The ranks that take batches in turn (the data-parallel replicas of the model).
     pub replicas: &'a ProcessGroup,
     /// The ranks the sums are reduced over: every rank of the run, so that all act alike.
@@ -98,7 +154,7 @@ pub(crate) struct EvalRanks<'a> {
 }
 
 /// [`evaluate_in`] for any way of sharing the model and the data.
-pub(crate) fn evaluate_on<M, B>(
+fn evaluate_on<M, B>(
     model: &M,
     data: &BatchSource<B>,
     batch_size: usize,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::evaluate::EvalMetrics;
 
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +37,46 @@ pub struct MetricsRecord {
     /// Accuracy (eval lines, when the model counts correct predictions).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub accuracy: Option<f64>,
+}
+
+impl MetricsRecord {
+    /// A train line: the mean loss of the steps since the last one, with the step's learning
+    /// rate, gradient norm and loss scale, and the throughput.
+    pub fn train(
+        step: usize,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        loss_scale: Option<f64>,
+        units_per_s: Option<f64>,
+    ) -> Self {
+        Self {
+            step,
+            split: "train".into(),
+            loss,
+            lr: Some(lr),
+            grad_norm: Some(grad_norm),
+            loss_scale,
+            units_per_s,
+            perplexity: None,
+            accuracy: None,
+        }
+    }
+
+    /// An eval line.
+    pub fn eval(step: usize, metrics: &EvalMetrics) -> Self {
+        Self {
+            step,
+            split: "eval".into(),
+            loss: metrics.loss,
+            lr: None,
+            grad_norm: None,
+            loss_scale: None,
+            units_per_s: None,
+            perplexity: Some(metrics.perplexity),
+            accuracy: metrics.accuracy,
+        }
+    }
 }
 
 /// The log's file name in the run folder.

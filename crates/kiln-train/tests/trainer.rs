@@ -414,6 +414,53 @@ fn a_model_built_on_a_plain_device_is_trained() {
     assert!(max_abs_diff(&before, &param_values(&outcome.model)) > 1e-4);
 }
 
+/// A parameter frozen before `fit` (the token embedding, which is also the tied output
+/// layer) comes out bit-identical and has no optimizer state in the checkpoint, while the rest
+/// of the model trains; whether the model was built on a plain device (the loop lifts it onto
+/// autodiff) or on the training device.
+#[test]
+fn frozen_parameters_stay_frozen() {
+    use burn::module::Module;
+    use burn::store::burn_pack::Reader;
+    use burn::tensor::Bytes;
+
+    let device = Device::flex().autodiff();
+    for built_on in [Device::flex(), device.clone()] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gpt = tiny_gpt(&built_on, 3);
+        gpt.token_embedding = gpt.token_embedding.no_grad();
+        let (embedding, blocks) = (
+            param_values(&gpt.token_embedding),
+            param_values(&gpt.blocks),
+        );
+        let config = quiet(3)
+            .with_batch_size(4)
+            .with_checkpoint_every(3)
+            .with_checkpoint_dir(Some(dir.path().display().to_string()));
+        let outcome = adamw_trainer(config, source(12, 1))
+            .fit(gpt, &device)
+            .unwrap();
+        let model = &outcome.model;
+        assert_eq!(param_values(&model.token_embedding), embedding);
+        assert!(max_abs_diff(&blocks, &param_values(&model.blocks)) > 1e-4);
+
+        let bytes = std::fs::read(dir.path().join("step-00000003/optimizer.bpk")).unwrap();
+        let reader = Reader::from_bytes(Bytes::from_bytes_vec(bytes)).unwrap();
+        let names: Vec<String> = reader
+            .into_tensors()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        let frozen = format!("{}.", model.token_embedding.weight.id.val());
+        assert!(!names.is_empty(), "the other parameters have state");
+        assert!(
+            names.iter().all(|name| !name.starts_with(&frozen)),
+            "state for the frozen embedding: {names:?}"
+        );
+    }
+}
+
 #[test]
 fn per_block_recomputation_trains_like_none_in_f16_with_accumulation() {
     let run = |recompute: Recompute| {

@@ -1,0 +1,203 @@
+//! The run's side of checkpoints: when one is due, what goes into it (the whole model,
+//! gathered from its parts), and resuming from the newest usable one with every check that a
+//! resumed run continues the interrupted one exactly. The folder format is
+//! [`checkpoint`](crate::checkpoint)'s.
+
+use kiln_base::{Batch, TrainModel};
+use kiln_dist::ParallelModel;
+
+use crate::checkpoint::{CheckpointDir, Snapshot, TrainerState};
+use crate::config::TrainerConfig;
+use crate::error::{Result, TrainError};
+use crate::run::Run;
+use crate::run_config::first_difference;
+use crate::trainer::params_finite;
+
+/// Where a run's checkpoints go, and how often.
+pub(crate) struct Checkpointer {
+    dir: CheckpointDir,
+    /// Every this many steps (and after the last, and when early stopping ends the run);
+    /// 0: never (the folder is still read to resume).
+    every: usize,
+}
+
+impl Checkpointer {
+    /// The run's checkpoint folder, when it has one.
+    pub fn of(config: &TrainerConfig) -> Option<Self> {
+        config.checkpoint_path().map(|dir| Self {
+            dir: CheckpointDir::new(dir, config.keep_checkpoints),
+            every: config.checkpoint_every,
+        })
+    }
+
+    /// Whether a checkpoint is due after the step `state` is at, of a run of `total` steps.
+    pub fn due(&self, state: &TrainerState, total: usize) -> bool {
+        self.every > 0
+            && (state.step.is_multiple_of(self.every) || state.step == total || state.stopped_early)
+    }
+}
+
+impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
+    /// Writes a checkpoint of the run as it is now (every rank calls it): the whole model and
+    /// the best weights gathered on rank 0, each rank's optimizer state when they differ.
+    pub(crate) fn save_checkpoint(&self) -> Result<()> {
+        let Some(checkpointer) = &self.checkpointer else {
+            return Ok(());
+        };
+        if !self.parallel.all(params_finite(&self.model))? {
+            return Err(TrainError::NonFiniteWeights {
+                step: self.state.step,
+            });
+        }
+        let whole = self.parallel.gather(&self.model)?;
+        let whole_best = match &self.best {
+            Some(best) => self.parallel.gather(best)?,
+            None => None,
+        };
+        let snapshot = Snapshot {
+            model: whole.as_ref().unwrap_or(&self.model),
+            best: whole_best.as_ref().or(self.best.as_ref()),
+            optimizer: &self.optimizer,
+            scheduler: self.scheduler.as_ref(),
+            state: &self.state,
+            run: &self.run,
+            run_id: &self.run_id,
+        };
+        checkpointer.dir.save(
+            snapshot,
+            self.parallel.world(),
+            self.parallel.shards_optimizer(),
+        )?;
+        Ok(())
+    }
+
+    /// Restores model, optimizer, schedule, loop state and the best weights early stopping
+    /// kept from the newest usable checkpoint, loaded into `whole` (the whole model) and cut
+    /// into this rank's part; reports the checkpoints it skipped. Nothing changes when there is
+    /// no checkpoint; an error when the checkpoint was written with another config, on other
+    /// data or another number of processes, or holds a loop state this run cannot reach.
+    pub(crate) fn resume(&mut self, whole: M) -> Result<()> {
+        let Some(checkpointer) = &self.checkpointer else {
+            return Ok(());
+        };
+        let Some((checkpoint, skipped)) = checkpointer.dir.latest()? else {
+            self.logger
+                .println("no checkpoint to resume from: starting at step 0");
+            return Ok(());
+        };
+        for reason in skipped {
+            self.logger
+                .println(&format!("skipping checkpoint: {reason}"));
+        }
+        if let Some((field, saved, current)) = first_difference(&checkpoint.run, &self.run) {
+            return Err(TrainError::ConfigChanged {
+                checkpoint: checkpoint.path.clone(),
+                field,
+                saved,
+                current,
+            });
+        }
+        let world = self.parallel.world();
+        let ranks = world.size();
+        let shards = if self.parallel.shards_optimizer() {
+            ranks
+        } else {
+            1
+        };
+        if checkpoint.state.world_size != ranks || checkpoint.optimizer_shards != shards {
+            return Err(TrainError::InvalidConfig(format!(
+                "{} was written by {} rank(s) with {} optimizer shard(s); this run has {ranks} rank(s) and {shards}: resume with the same number of processes (and ZeRO setting)",
+                checkpoint.path.display(),
+                checkpoint.state.world_size,
+                checkpoint.optimizer_shards
+            )));
+        }
+        if checkpoint.state.train_items != self.train.len() {
+            return Err(TrainError::ConfigChanged {
+                checkpoint: checkpoint.path.clone(),
+                field: "the number of training items".into(),
+                saved: checkpoint.state.train_items.to_string(),
+                current: self.train.len().to_string(),
+            });
+        }
+        self.check_state(&checkpoint.state)
+            .map_err(|reason| TrainError::corrupt(checkpoint.path.join("trainer.json"), reason))?;
+        // The checkpoint holds the whole model: loaded whole, then cut into this rank's part.
+        let best = checkpoint
+            .load_best(whole.clone())?
+            .map(|best| self.parallel.partition(best))
+            .transpose()?;
+        if best.is_some() != checkpoint.state.best_eval.is_some() {
+            return Err(TrainError::corrupt(
+                &checkpoint.path,
+                "best weights and the best evaluation must come together",
+            ));
+        }
+        let model = self.parallel.partition(checkpoint.load_model(whole)?)?;
+        self.optimizer = checkpoint.load_optimizer(self.optimizer.clone(), world.rank(), &model)?;
+        checkpoint.load_scheduler(self.scheduler.as_mut())?;
+        self.logger.println(&format!(
+            "resumed run {} from {} (step {})",
+            checkpoint.run_id,
+            checkpoint.path.display(),
+            checkpoint.state.step
+        ));
+        self.model = model;
+        self.best = best;
+        self.resumed_from = Some(checkpoint.state.step);
+        self.logger.resume_at(checkpoint.state.step);
+        self.state = checkpoint.state;
+        self.run_id = checkpoint.run_id;
+        Ok(())
+    }
+
+    /// Whether a loop state read from a checkpoint is one this run reaches: a step within the
+    /// run, the data position that step is at, the loss scaler and early stopping of this
+    /// config in a reachable state.
+    fn check_state(&self, state: &TrainerState) -> std::result::Result<(), String> {
+        let config = &self.config;
+        if state.step > self.total {
+            return Err(format!(
+                "step {} is past the run's {} steps",
+                state.step, self.total
+            ));
+        }
+        // Bounded by `limits::MICRO_BATCHES` in `total_steps`, so the product fits.
+        let micro_batches = state.step * config.grad_accumulation * self.parallel.data().size();
+        let expected = self.order.position_after(micro_batches);
+        if state.position != expected {
+            return Err(format!(
+                "data position {:?}, but step {} is at {expected:?}",
+                state.position, state.step
+            ));
+        }
+        if state.skipped_steps > state.step {
+            return Err(format!(
+                "{} skipped steps in {}",
+                state.skipped_steps, state.step
+            ));
+        }
+        match (&state.scaler, config.precision.needs_loss_scaling()) {
+            (Some(scaler), true) => scaler.check(&config.loss_scale)?,
+            (None, false) => {}
+            (found, _) => return Err(format!("loss scaler {found:?} in this precision")),
+        }
+        match (&state.early_stopping, &config.early_stopping) {
+            (Some(tracker), Some(es)) => tracker.check(es, state.step)?,
+            (None, None) => {}
+            _ => return Err("early stopping state does not match the config".into()),
+        }
+        if state.stopped_early && state.early_stopping.is_none() {
+            return Err("stopped early without early stopping".into());
+        }
+        if let Some((at, _)) = &state.best_eval
+            && (*at > state.step || state.early_stopping.is_none())
+        {
+            return Err(format!(
+                "a best evaluation at step {at} (the checkpoint is at step {})",
+                state.step
+            ));
+        }
+        Ok(())
+    }
+}
