@@ -27,7 +27,8 @@ use serde_json::{Value, json};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// A folder with `config.json` and `model.safetensors` (GPT-2 or BERT).
+    /// A folder with `config.json` and safetensors weights (GPT-2, BERT, Llama, Qwen2 or
+    /// Mistral).
     #[arg(long, value_name = "DIR")]
     model_dir: PathBuf,
     /// Token ids: rows separated by `;`, ids by `,` (all rows the same length).
@@ -98,9 +99,9 @@ fn main() -> kiln::Result<()> {
 
     let options = HfLoadConfig::new().with_allow_non_finite(args.allow_non_finite);
     let model = kiln::model::hf::load_pretrained_with(&args.model_dir, &device, &options)?;
-    if types.is_some() && matches!(model, HfModel::Gpt2(_)) {
+    if types.is_some() && matches!(model, HfModel::Gpt2(_) | HfModel::Llama(_)) {
         return Err(kiln::Error::Usage(
-            "--token-type-ids applies to BERT checkpoints; this one is GPT-2".into(),
+            "--token-type-ids applies to BERT checkpoints; this one is a decoder".into(),
         ));
     }
     let output = model.forward(ids, types, mask)?;

@@ -7,6 +7,8 @@
 //! cargo run --release --example train_gpt -- --print-config > run.toml
 //! cargo run --release --example train_gpt -- --config run.toml --max-steps 300
 //! cargo run --release --example train_gpt -- --export-hf out/gpt2   # + a transformers folder
+//! cargo run --release --example train_gpt -- --arch llama --kv-heads 2   # a Llama-architecture model
+//! cargo run --release --example train_gpt -- --init-from HF_DIR --data FILE.txt --block 256
 //! cargo run --release --example train_gpt -- --help
 //! ```
 //!
@@ -19,6 +21,12 @@
 //! At the end it prints `params_sha256: <hex>`, a hash of every parameter's bytes: a run
 //! killed at any moment and restarted with `--resume` prints the same hash as an uninterrupted
 //! one. Progress goes to stderr, results to stdout.
+//!
+//! `--arch llama` trains a Llama-architecture decoder (RMSNorm, rotary positions, SwiGLU,
+//! grouped-query attention with `--kv-heads`) with Llama's optimizer settings
+//! (`kiln::recipe::llama`); `--init-from` starts from a HuggingFace checkpoint (GPT-2, Llama,
+//! Qwen2, Mistral) instead of random weights: full fine-tuning or continued pre-training on
+//! text tokenized with the checkpoint's own `tokenizer.json`.
 //!
 //! Data parallel: built with `--features mpi` and launched by `mpirun -np N` (or `srun`), every
 //! rank trains on its own `--batch` sequences of each step and rank 0 prints; `mpirun -np 2
@@ -36,10 +44,31 @@ use kiln::dist::{PipelineSchedule, ProcessGroup, ReduceDtype};
 use kiln::prelude::*;
 use sha2::{Digest, Sha256};
 
+/// The decoder's architecture.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Arch {
+    /// GPT-2: LayerNorm, learned positions, a GELU MLP, multi-head attention, biases.
+    Gpt2,
+    /// Llama: RMSNorm, rotary positions, SwiGLU, grouped-query attention, no biases.
+    Llama,
+}
+
 /// Train a GPT: on 3-digit addition (the default), a text file or a prepared folder.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
+    /// The architecture of a model trained from scratch (the sizes are the run config's).
+    #[arg(long, value_enum, conflicts_with = "init_from")]
+    arch: Option<Arch>,
+    /// Key/value heads per block (grouped-query attention; 1: multi-query); must divide the
+    /// heads.
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    /// Start from this HuggingFace checkpoint (a folder with config.json and safetensors
+    /// weights: GPT-2, Llama, Qwen2 or Mistral) instead of random weights; text data is
+    /// tokenized with its tokenizer.json.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
     /// A run config (.json or .toml), complete or partial; the flags below override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -141,8 +170,9 @@ struct Args {
     /// `kiln::saved::load::<GptConfig>(dir, &device)` reads it back.
     #[arg(long)]
     save: Option<PathBuf>,
-    /// Also write the trained model as a HuggingFace GPT-2 folder (config.json,
-    /// model.safetensors, and tokenizer.json for text data), loadable by transformers.
+    /// Also write the trained model as a HuggingFace folder (config.json, model.safetensors,
+    /// and tokenizer.json for text data), loadable by transformers: `GPT2LMHeadModel`, or
+    /// `LlamaForCausalLM` (`Qwen2ForCausalLM`, `MistralForCausalLM`) for the Llama family.
     #[arg(long)]
     export_hf: Option<PathBuf>,
 }
@@ -215,10 +245,51 @@ fn run_config(args: &Args) -> kiln::Result<GptRun> {
         _ => {}
     }
 
+    if args.arch == Some(Arch::Llama) {
+        // The run's sizes in Llama's architecture, with Llama's optimizer settings.
+        let m = &run.model;
+        let kv = if m.n_head.is_multiple_of(2) {
+            m.n_head / 2
+        } else {
+            m.n_head
+        };
+        let model = kiln::recipe::llama_model(
+            m.vocab_size,
+            m.block_size,
+            m.n_layer,
+            m.d_model,
+            m.n_head,
+            kv,
+        );
+        run.optimizer = kiln::recipe::llama(model.clone(), (), 1.0, 1).optimizer;
+        run.model = model;
+    }
+    if let Some(dir) = &args.init_from {
+        let model_flags = [
+            ("--d-model", args.d_model.is_some()),
+            ("--layers", args.layers.is_some()),
+            ("--heads", args.heads.is_some()),
+            ("--kv-heads", args.kv_heads.is_some()),
+        ];
+        if let Some((flag, _)) = model_flags.iter().find(|(_, set)| *set) {
+            return Err(kiln::Error::Usage(format!(
+                "{flag} changes the model, and --init-from gives it (the checkpoint's config)"
+            )));
+        }
+        if !text {
+            return Err(kiln::Error::Usage(
+                "--init-from trains on text (--data FILE or DIR) tokenized with the checkpoint's tokenizer; the addition task has its own 14-token vocabulary".into(),
+            ));
+        }
+        run.model = kiln::model::hf::gpt_config_of(dir)?;
+    }
     let model = &mut run.model;
     set(&mut model.d_model, args.d_model);
     set(&mut model.n_layer, args.layers);
     set(&mut model.n_head, args.heads);
+    if args.kv_heads.is_some() {
+        model.n_kv_head = args.kv_heads;
+    }
     set(&mut model.block_size, args.block);
     let t = &mut run.trainer;
     if let Some(steps) = args.max_steps {
@@ -265,10 +336,12 @@ fn set<T>(field: &mut T, value: Option<T>) {
     }
 }
 
-/// Training and held-out data of a text run, with its tokenizer.
+/// Training and held-out data of a text run, with its tokenizer: a text file's own
+/// (character-level), or `init_from`'s `tokenizer.json` when the model comes from a checkpoint.
 fn text_data(
     data: &GptData,
     block: usize,
+    init_from: Option<&Path>,
 ) -> kiln::Result<(Tokenizer, PackedLmDataset, PackedLmDataset)> {
     Ok(match data {
         GptData::Prepared { dir } => {
@@ -283,7 +356,10 @@ fn text_data(
         }
         GptData::Text { path, val_fraction } => {
             let text = std::fs::read_to_string(path)?;
-            let tokenizer = Tokenizer::char_level(&text)?;
+            let tokenizer = match init_from {
+                Some(dir) => Tokenizer::from_file(dir.join("tokenizer.json"))?,
+                None => Tokenizer::char_level(&text)?,
+            };
             let ids = tokenizer.encode(&text)?;
             let held_out = ((ids.len() as f64 * val_fraction) as usize).min(ids.len());
             let (train, eval) = ids.split_at(ids.len() - held_out);
@@ -333,9 +409,22 @@ fn train(args: &Args, group: &ProcessGroup) -> kiln::Result<()> {
             AdditionDataset::train().len(),
         ),
         data => {
-            let (tokenizer, train, eval) = text_data(data, run.model.block_size)?;
-            // The vocabulary is the data's.
-            run.model.vocab_size = tokenizer.vocab_size();
+            let init_from = args.init_from.as_deref();
+            let (tokenizer, train, eval) = text_data(data, run.model.block_size, init_from)?;
+            match init_from {
+                // The vocabulary is the checkpoint's: the tokenizer's ids must fit it.
+                Some(dir) if tokenizer.vocab_size() > run.model.vocab_size => {
+                    return Err(kiln::Error::Usage(format!(
+                        "the data's tokenizer has {} tokens, more than the vocabulary of {} ({})",
+                        tokenizer.vocab_size(),
+                        run.model.vocab_size,
+                        dir.display()
+                    )));
+                }
+                Some(_) => {}
+                // From scratch, the vocabulary is the data's.
+                None => run.model.vocab_size = tokenizer.vocab_size(),
+            }
             let len = train.len();
             let starts = (0..args.samples.unwrap_or(3))
                 .map(|i| Ok(train.window(i * 7 % len)?[0]))
@@ -356,7 +445,10 @@ fn train(args: &Args, group: &ProcessGroup) -> kiln::Result<()> {
     }
 
     device.seed(run.trainer.seed);
-    let gpt = run.model.init(&device)?;
+    let gpt = match &args.init_from {
+        Some(dir) => kiln::model::hf::load_pretrained_gpt(dir, &run.model, &device)?,
+        None => run.model.init(&device)?,
+    };
     if main {
         println!(
             "GPT with {} parameters on {} ({train_len} training sequences), {} steps of {} rank(s) x {} x {}",

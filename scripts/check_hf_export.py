@@ -8,14 +8,15 @@ the logits (and of `pooler_output` for a bare `BertModel`). Exits 1 if any excee
 Run in a venv outside the repo (CI never needs it):
 
     python3 -m venv /work/venv-hf && /work/venv-hf/bin/pip install torch transformers safetensors numpy
-    /work/venv-hf/bin/python scripts/check_hf_export.py --random          # GPT-2, BERT, MLM, classifier
+    /work/venv-hf/bin/python scripts/check_hf_export.py --random          # GPT-2, BERT, MLM, classifier,
+                                                                          # Llama, Qwen2, Mistral
     /work/venv-hf/bin/python scripts/check_hf_export.py DIR [DIR ...]     # folders exported elsewhere
     /work/venv-hf/bin/python scripts/check_hf_export.py --train DIR       # train_gpt, then check DIR
+    /work/venv-hf/bin/python scripts/check_hf_export.py --train DIR --arch llama
 
 `--random` writes jittered random models of each exportable kind with the ignored test
 `write_exports_for_transformers` (crates/kiln-model/tests/hf_export.rs). `--train DIR` first runs
-`cargo run --release --example train_gpt -- --max-steps 60 --export-hf DIR`: the `--export-hf`
-flag of train_gpt comes from the lead's training-example branch.
+`cargo run --release --example train_gpt -- --max-steps 60 --export-hf DIR [--arch llama]`.
 """
 
 import argparse
@@ -37,6 +38,9 @@ CLASSES = {
     "BertForMaskedLM": AutoModelForMaskedLM,
     "BertForSequenceClassification": AutoModelForSequenceClassification,
     "BertModel": AutoModel,
+    "LlamaForCausalLM": AutoModelForCausalLM,
+    "Qwen2ForCausalLM": AutoModelForCausalLM,
+    "MistralForCausalLM": AutoModelForCausalLM,
 }
 
 
@@ -66,7 +70,9 @@ def check(folder, rng):
 
     bert = config["model_type"] == "bert"
     vocab = config["vocab_size"]
-    seq = min(8, config["max_position_embeddings"] if bert else config["n_positions"])
+    context = config["n_positions"] if config["model_type"] == "gpt2" else config["max_position_embeddings"]
+    # Long enough for a Mistral export's window to hide keys.
+    seq = min(12, context)
     ids = [[rng.randrange(vocab) for _ in range(seq)] for _ in range(2)]
     cmd = ["run", "--release", "--quiet", "--example", "hf_logits", "--", "--model-dir", folder,
            "--input-ids", rows(ids)]
@@ -105,17 +111,20 @@ def main():
                         help="export jittered random GPT-2, BERT, MLM and classifier models and check them")
     parser.add_argument("--train", metavar="DIR",
                         help="run train_gpt --max-steps 60 --export-hf DIR first, then check DIR")
+    parser.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2",
+                        help="with --train: the architecture train_gpt trains")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     folders = list(args.folders)
     scratch = tempfile.TemporaryDirectory()
     if args.random:
-        cargo("test", "--release", "-p", "kiln-model", "--test", "hf_export", "--",
+        cargo("test", "--release", "--workspace", "--test", "hf_export", "--",
               "--ignored", "--exact", "write_exports_for_transformers",
               env={"KILN_HF_EXPORT_DIR": scratch.name})
         folders += [os.path.join(scratch.name, d) for d in sorted(os.listdir(scratch.name))]
     if args.train:
-        cargo("run", "--release", "--example", "train_gpt", "--", "--max-steps", "60", "--export-hf", args.train)
+        cargo("run", "--release", "--example", "train_gpt", "--", "--max-steps", "60", "--arch", args.arch,
+              "--export-hf", args.train)
         folders.append(args.train)
     if not folders:
         parser.error("give exported folders, --random or --train DIR")

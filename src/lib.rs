@@ -98,8 +98,11 @@ pub mod prelude {
     pub use kiln_model::bert::{
         Bert, BertConfig, BertForMaskedLm, BertForSequenceClassification, BertInput,
     };
-    pub use kiln_model::gpt::{Gpt, GptConfig};
+    pub use kiln_model::feed_forward::FeedForwardKind;
+    pub use kiln_model::gpt::{Gpt, GptConfig, PositionEncoding};
     pub use kiln_model::hf::{HfModel, HfOutput, load_pretrained, save_pretrained};
+    pub use kiln_model::norm::NormKind;
+    pub use kiln_model::rotary::RopeScaling;
     pub use kiln_model::sampling::GenerateConfig;
     pub use kiln_model::{ModelError, padding_mask};
     pub use kiln_optim::{AdamWConfig, OptimizerConfig, ScheduleConfig, WarmupDecayConfig};

@@ -3,13 +3,18 @@
 //!
 //! - [`gpt`]: GPT-3's recipe (Brown et al. 2020, appendix B), scaled down as nanoGPT does.
 //! - [`bert`]: BERT's (Devlin et al. 2019): AdamW, warmup then linear decay.
+//! - [`llama`]: Llama's (Touvron et al. 2023; Llama 3, Grattafiori et al. 2024), and
+//!   [`llama_model`], a Llama-architecture decoder config (RMSNorm, rotary positions, SwiGLU,
+//!   grouped-query attention).
 //! - [`addition`]: the main job, a GPT on 3-digit addition, and [`addition_accuracy`], its
 //!   held-out exact-match accuracy. `examples/train_gpt.rs` and `examples/compress_gpt.rs`
 //!   both train it from here.
 
 use burn::data::dataset::Dataset;
 use kiln_data::addition::{ANSWER_LEN, AdditionDataset, AdditionProblem, PROMPT_LEN, VOCAB_SIZE};
-use kiln_model::gpt::{Gpt, GptConfig};
+use kiln_model::feed_forward::FeedForwardKind;
+use kiln_model::gpt::{Gpt, GptConfig, PositionEncoding};
+use kiln_model::norm::NormKind;
 use kiln_model::sampling::GenerateConfig;
 use kiln_optim::{AdamWConfig, DecayShape, WarmupDecayConfig};
 use kiln_train::{EarlyStoppingConfig, Metric, RunConfig, TrainerConfig};
@@ -66,6 +71,69 @@ where
         .with_max_steps(Some(max_steps))
         .with_clip_grad_norm(Some(1.0));
     RunConfig::new(model, data, optimizer, schedule, trainer)
+}
+
+/// Llama's recipe for `model` on `data`, `max_steps` optimizer steps peaking at `peak_lr`
+/// (the settings Llama 2 and 3 report):
+///
+/// - AdamW, β1 0.9, β2 0.95, ε 1e-5, weight decay 0.1 except on biases, norms and the
+///   embeddings (the token embedding too: [`kiln_optim::DEFAULT_NO_DECAY`] and
+///   `token_embedding.weight`);
+/// - linear warmup over the first 5% of the steps, then a half cosine down to 10% of the peak;
+/// - gradients clipped to a global norm of 1.0.
+pub fn llama<M, D>(model: M, data: D, peak_lr: f64, max_steps: usize) -> RunConfig<M, D>
+where
+    M: Serialize + DeserializeOwned,
+    D: Serialize + DeserializeOwned,
+{
+    let mut no_decay: Vec<String> = kiln_optim::DEFAULT_NO_DECAY
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    no_decay.push(r"(^|\.)token_embedding\.weight$".into());
+    let optimizer = AdamWConfig::new()
+        .with_beta_2(0.95)
+        .with_epsilon(1e-5)
+        .with_weight_decay(0.1)
+        .with_no_decay(no_decay);
+    let schedule = WarmupDecayConfig::new(peak_lr, 0)
+        .with_warmup_ratio(Some(0.05))
+        .with_shape(DecayShape::Cosine {
+            num_cycles: 0.5,
+            min_lr_ratio: 0.1,
+        });
+    let trainer = TrainerConfig::new()
+        .with_max_steps(Some(max_steps))
+        .with_clip_grad_norm(Some(1.0));
+    RunConfig::new(model, data, optimizer, schedule, trainer)
+}
+
+/// A Llama-architecture decoder of `layers` blocks, `d_model` wide, with `heads` query heads
+/// over `kv_heads` key/value heads: RMSNorm (ε 1e-5), rotary positions (θ 500 000, Llama 3's),
+/// SwiGLU with Llama's hidden width (`8/3·d_model` rounded up to a multiple of 8), no biases, an
+/// untied output layer.
+pub fn llama_model(
+    vocab_size: usize,
+    context: usize,
+    layers: usize,
+    d_model: usize,
+    heads: usize,
+    kv_heads: usize,
+) -> GptConfig {
+    let d_ff = (8 * d_model).div_ceil(3).div_ceil(8) * 8;
+    GptConfig::new(vocab_size)
+        .with_block_size(context)
+        .with_n_layer(layers)
+        .with_n_head(heads)
+        .with_n_kv_head(Some(kv_heads))
+        .with_d_model(d_model)
+        .with_d_ff(Some(d_ff))
+        .with_positions(PositionEncoding::Rotary)
+        .with_rope_theta(500_000.0)
+        .with_ff_kind(FeedForwardKind::SwiGlu)
+        .with_norm(Some(NormKind::RmsNorm))
+        .with_bias(false)
+        .with_tie_embeddings(false)
 }
 
 /// The main job's length: steps of [`addition`]'s recipe that `train_gpt` and `compress_gpt`

@@ -42,6 +42,7 @@ fn child() {
     let n = world.size();
     match scenario.as_str() {
         "tensor_gpt" => tensor_parallel_matches(world, shape(n, 1), gpt_case),
+        "tensor_llama" => tensor_parallel_matches(world, shape(n, 1), llama_case),
         "tensor_bert" => tensor_parallel_matches(world, shape(n, 1), bert_case),
         "gather_pipeline" => gathered_whole(world, shape(1, n)),
         "gather_grid" => gathered_whole(world, shape(2, n / 2)),
@@ -92,6 +93,47 @@ fn gpt_case(device: &Device) -> (Gpt, Run<Gpt>) {
         (logits, loss)
     };
     (whole_gpt(7, device), Box::new(run))
+}
+
+/// A Llama-shaped decoder: RMSNorm, rotary positions with llama3 scaling, SwiGLU, 4 query
+/// heads of width 10 over 2 key/value heads (each tensor-parallel rank of 2 keeps one whole),
+/// q/k/v biases (Qwen2's), an untied head.
+fn llama_config(vocab: usize) -> GptConfig {
+    GptConfig::new(vocab)
+        .with_block_size(12)
+        .with_n_layer(4)
+        .with_n_head(4)
+        .with_n_kv_head(Some(2))
+        .with_head_dim(Some(10))
+        .with_d_model(32)
+        .with_d_ff(Some(48))
+        .with_positions(PositionEncoding::Rotary)
+        .with_rope_scaling(Some(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8,
+        }))
+        .with_ff_kind(FeedForwardKind::SwiGlu)
+        .with_norm(Some(NormKind::RmsNorm))
+        .with_bias(false)
+        .with_qkv_bias(Some(true))
+        .with_tie_embeddings(false)
+}
+
+fn llama_case(device: &Device) -> (Gpt, Run<Gpt>) {
+    let batch = LmBatch {
+        inputs: ids(3, 10, 37, 1, device),
+        targets: ids(3, 10, 37, 2, device),
+    };
+    let run = move |model: &Gpt| {
+        let logits = model.forward(batch.inputs.clone()).unwrap();
+        let loss = model.forward_step(&batch).unwrap().loss;
+        (logits, loss)
+    };
+    device.seed(9);
+    let model = stable_param_ids(llama_config(37).init(device).unwrap());
+    (model, Box::new(run))
 }
 
 fn bert_case(device: &Device) -> (BertForMaskedLm, Run<BertForMaskedLm>) {
@@ -276,6 +318,9 @@ fn tensor_parallel_gpt_matches_one_process() {
         let output = launch(ranks, false, "tensor_gpt", &[]);
         assert_success(&output, &format!("tensor-parallel GPT on {ranks} ranks"));
     }
+    // Grouped-query attention: 2 key/value heads, one whole per rank.
+    let output = launch(2, false, "tensor_llama", &[]);
+    assert_success(&output, "tensor-parallel Llama on 2 ranks");
 }
 
 #[test]
@@ -301,13 +346,15 @@ fn parts_gather_into_the_whole_model() {
 // ------------------------------------------------------------------------------------------
 // Training: the Trainer on a grid against one process.
 
-/// How a training job is cut.
+/// How a training job is cut, and which model it trains.
 #[derive(Clone, Copy, Debug)]
 struct Grid {
     tensor: usize,
     pipeline: usize,
     schedule: PipelineSchedule,
     micro_batches: usize,
+    /// A Llama-shaped decoder ([`llama_config`]) instead of GPT-2's.
+    llama: bool,
 }
 
 impl Grid {
@@ -317,6 +364,7 @@ impl Grid {
             ("KILN_MP_PIPELINE", self.pipeline.to_string()),
             ("KILN_MP_SCHEDULE", format!("{:?}", self.schedule)),
             ("KILN_MP_MICRO", self.micro_batches.to_string()),
+            ("KILN_MP_LLAMA", self.llama.to_string()),
             (OUT, out.display().to_string()),
         ]
     }
@@ -331,20 +379,25 @@ impl Grid {
                 _ => PipelineSchedule::OneFOneB,
             },
             micro_batches: var("KILN_MP_MICRO").parse().unwrap(),
+            llama: var("KILN_MP_LLAMA").parse().unwrap(),
         }
     }
 }
 
-/// A 4-block GPT for the addition task; the same on every rank.
-fn addition_gpt(device: &Device) -> Gpt {
+/// A 4-block GPT (GPT-2's or a Llama-shaped one) for the addition task; the same on every
+/// rank.
+fn addition_gpt(llama: bool, device: &Device) -> Gpt {
     device.seed(5);
-    GptConfig::new(VOCAB_SIZE)
-        .with_block_size(12)
-        .with_n_layer(4)
-        .with_n_head(4)
-        .with_d_model(32)
-        .init(device)
-        .unwrap()
+    let config = if llama {
+        llama_config(VOCAB_SIZE)
+    } else {
+        GptConfig::new(VOCAB_SIZE)
+            .with_block_size(12)
+            .with_n_layer(4)
+            .with_n_head(4)
+            .with_d_model(32)
+    };
+    config.init(device).unwrap()
 }
 
 /// 20 AdamW steps (clipped on the global norm) on `grid`, checkpointed into `checkpoints`;
@@ -375,7 +428,7 @@ fn train_from(
         .unwrap()
         .with_eval(eval)
         .with_process_group(world.clone())
-        .fit(addition_gpt(&device), &device)
+        .fit(addition_gpt(grid.llama, &device), &device)
         .unwrap();
     let loss = outcome.last_eval.unwrap().1.loss;
     (outcome.model, loss, outcome.resumed_from)
@@ -461,7 +514,7 @@ fn grid_matches_one_process(ranks: usize, tcp: bool, grid: Grid) -> Vec<f32> {
     let (reference, reference_loss) =
         train(&ProcessGroup::single(), single, &dir.path().join("one"));
     let reference = params(&reference);
-    let initial = params(&addition_gpt(&Device::flex()));
+    let initial = params(&addition_gpt(grid.llama, &Device::flex()));
     assert!(
         max_abs_diff(&initial, &reference) > 1e-2,
         "training moved the weights"
@@ -483,14 +536,16 @@ fn grid_matches_one_process(ranks: usize, tcp: bool, grid: Grid) -> Vec<f32> {
         .unwrap();
     assert!(skipped.is_empty(), "{skipped:?}");
     let device = Device::flex();
-    let loaded = checkpoint.load_model(addition_gpt(&device)).unwrap();
+    let loaded = checkpoint
+        .load_model(addition_gpt(grid.llama, &device))
+        .unwrap();
     assert_eq!(
         params(&loaded),
         values,
         "the checkpoint holds the returned model"
     );
     let ids = ids(4, 12, VOCAB_SIZE, 5, &device);
-    let template = addition_gpt(&device);
+    let template = addition_gpt(grid.llama, &device);
     let layout = Layout::of(&template);
     let expected = kiln::dist::flat::write_params(template, &layout, &reference, |_| true);
     let logits_diff = relative_diff(
@@ -515,6 +570,7 @@ fn tensor_parallel_training_matches_one_process() {
             pipeline: 1,
             schedule: PipelineSchedule::OneFOneB,
             micro_batches: 2,
+            llama: false,
         },
     );
 }
@@ -529,6 +585,7 @@ fn pipeline_training_matches_one_process() {
         pipeline: 2,
         schedule,
         micro_batches: 4,
+        llama: false,
     };
     let gpipe = grid_matches_one_process(2, false, grid(PipelineSchedule::GPipe));
     let one_f_one_b = grid_matches_one_process(2, false, grid(PipelineSchedule::OneFOneB));
@@ -540,14 +597,17 @@ fn pipeline_training_matches_one_process() {
 }
 
 /// The 3-D grid's model-parallel plane: 2 tensor-parallel ranks × 2 stages (4 processes, over
-/// shared memory and over TCP, the transport between machines), and 4 stages with 8
-/// micro-batches.
+/// shared memory with GPT-2, and over TCP, the transport between machines, with a Llama-shaped
+/// decoder: grouped-query attention with one key/value head per tensor-parallel rank, RMSNorm,
+/// SwiGLU, rotary positions), and 4 stages with 8 micro-batches.
 #[test]
 fn tensor_and_pipeline_grid_matches_one_process() {
     skip_unless_mpi!();
-    for (tensor, pipeline, micro_batches, tcp) in
-        [(2, 2, 4, false), (2, 2, 4, true), (1, 4, 8, false)]
-    {
+    for (tensor, pipeline, micro_batches, tcp, llama) in [
+        (2, 2, 4, false, false),
+        (2, 2, 4, true, true),
+        (1, 4, 8, false, false),
+    ] {
         let _ = grid_matches_one_process(
             4,
             tcp,
@@ -556,6 +616,7 @@ fn tensor_and_pipeline_grid_matches_one_process() {
                 pipeline,
                 schedule: PipelineSchedule::OneFOneB,
                 micro_batches,
+                llama,
             },
         );
     }
@@ -595,6 +656,7 @@ fn a_model_parallel_run_resumes_exactly() {
         pipeline: 2,
         schedule: PipelineSchedule::OneFOneB,
         micro_batches: 2,
+        llama: false,
     };
     let out = dir.path().join("resume");
     let output = launch(4, false, "resume", &grid.env(&out));
@@ -661,6 +723,7 @@ fn bert_on_a_grid_matches_one_process() {
         pipeline: 1,
         schedule: PipelineSchedule::OneFOneB,
         micro_batches: 2,
+        llama: false,
     };
     let reference = bert_training(&ProcessGroup::single(), one);
     let dir = tempfile::tempdir().unwrap();

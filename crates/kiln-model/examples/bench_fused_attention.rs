@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use kiln_model::fused::attention::attention;
+use kiln_model::fused::attention::{KeyRange, attention};
 use kiln_model::fused::cross_entropy::{cross_entropy, cross_entropy_composite};
 use kiln_model::fused::softmax::{masked_softmax, masked_softmax_composite};
 
@@ -54,7 +54,7 @@ fn attention_step(fused: bool, x: &Heads) -> f64 {
     let view = |t: &Tensor<4>| t.clone().swap_dims(1, 2);
     let scale = 1.0 / (q.dims()[3] as f64).sqrt();
     let out = if fused {
-        attention(view(&q), view(&k), view(&v), scale, true, None)
+        attention(view(&q), view(&k), view(&v), scale, KeyRange::CAUSAL, None)
     } else {
         let scores = view(&q).matmul(view(&k).swap_dims(2, 3));
         masked_softmax(scores, scale, true, None).matmul(view(&v))

@@ -1,5 +1,8 @@
-//! Multi-head self-attention: Burn's fused attention op at inference, kiln's
-//! ([`crate::fused::attention`]) while training, with a KV cache.
+//! Multi-head self-attention, with grouped-query and multi-query attention (Ainslie et al.
+//! 2023; Shazeer 2019: fewer key/value heads than query heads, each shared by a group of query
+//! heads) and a sliding window (Mistral's): kiln's fused attention
+//! ([`crate::fused::attention`]) while training, Burn's fused op at inference (kiln's where
+//! Burn's lacks groups or windows), with a KV cache of the key/value heads only.
 
 use burn::config::Config;
 use burn::module::Module;
@@ -12,6 +15,7 @@ use kiln_dist::TensorParallel;
 
 use crate::error::{ModelError, Result};
 use crate::fused;
+use crate::fused::attention::{KeyRange, key_mask, repeat_kv};
 use crate::fused::softmax::masked_softmax;
 use crate::init::normal_linear;
 use crate::linear::{Cut, LinearLayer, PrunableLinear};
@@ -20,19 +24,33 @@ use crate::rotary::RotaryEmbedding;
 /// Configuration of a [`MultiHeadAttention`] layer.
 #[derive(Config, Debug)]
 pub struct MultiHeadAttentionConfig {
-    /// Model width; must be divisible by `n_head`.
+    /// Model width.
     pub d_model: usize,
-    /// Number of heads.
+    /// Number of (query) heads.
     pub n_head: usize,
+    /// Number of key/value heads, dividing `n_head` (grouped-query attention; 1: multi-query);
+    /// `None`: `n_head`.
+    #[config(default = "None")]
+    pub n_kv_head: Option<usize>,
+    /// The width of one head; `None`: `d_model / n_head`.
+    #[config(default = "None")]
+    pub head_dim: Option<usize>,
     /// Dropout on the attention probabilities.
     #[config(default = 0.0)]
     pub attn_dropout: f64,
     /// Dropout on the output projection (the residual branch).
     #[config(default = 0.0)]
     pub resid_dropout: f64,
-    /// Whether the projections have biases.
+    /// Whether the query, key and value projections have biases.
     #[config(default = true)]
-    pub bias: bool,
+    pub qkv_bias: bool,
+    /// Whether the output projection has a bias.
+    #[config(default = true)]
+    pub out_bias: bool,
+    /// A query sees at most this many keys, the last ones up to its own position (Mistral's
+    /// sliding window); `None`: every earlier key.
+    #[config(default = "None")]
+    pub sliding_window: Option<usize>,
     /// Standard deviation of the q/k/v projection's normal init.
     #[config(default = 0.02)]
     pub init_std: f64,
@@ -62,8 +80,13 @@ pub struct MultiHeadAttention<L: LinearLayer = Linear> {
     pub attn_dropout: Dropout,
     /// Dropout on the output.
     pub resid_dropout: Dropout,
-    /// Number of heads (this rank's share under tensor parallelism).
+    /// Number of query heads (this rank's share under tensor parallelism); the head width is
+    /// the query projection's width over it, the key/value heads the key projection's width
+    /// over the head width.
     pub n_head: usize,
+    /// A query sees at most this many keys (Mistral's sliding window).
+    #[module(skip)]
+    pub sliding_window: Option<usize>,
     /// The group the heads are split across, under tensor parallelism (Megatron's parallel
     /// attention: q, k and v column-parallel, the output row-parallel); see
     /// [`parallel`](crate::parallel).
@@ -99,29 +122,31 @@ pub struct AttentionMask<'a> {
     pub padding: Option<&'a Tensor<2, Bool>>,
 }
 
-impl AttentionMask<'_> {
-    fn expanded(&self, batch: usize, heads: usize, q: usize, k: usize) -> Option<Tensor<4, Bool>> {
-        self.padding.map(|padding| {
-            padding
-                .clone()
-                .reshape([batch, 1, 1, k])
-                .expand([batch, heads, q, k])
-        })
-    }
-}
-
 impl MultiHeadAttentionConfig {
-    /// Builds the layer. The caller checks that `d_model` is divisible by `n_head`.
+    /// The head width in use.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.d_model / self.n_head.max(1))
+    }
+
+    /// The number of key/value heads in use.
+    pub fn n_kv_head(&self) -> usize {
+        self.n_kv_head.unwrap_or(self.n_head)
+    }
+
+    /// Builds the layer. The caller has checked the sizes (the heads' widths, `n_kv_head`
+    /// dividing `n_head`).
     pub fn init(&self, device: &Device) -> MultiHeadAttention {
-        let d = self.d_model;
+        let (d, hd) = (self.d_model, self.head_dim());
+        let (q_width, kv_width) = (self.n_head * hd, self.n_kv_head() * hd);
         MultiHeadAttention {
-            query: normal_linear(d, d, self.bias, self.init_std, device),
-            key: normal_linear(d, d, self.bias, self.init_std, device),
-            value: normal_linear(d, d, self.bias, self.init_std, device),
-            out: normal_linear(d, d, self.bias, self.out_init_std, device),
+            query: normal_linear(d, q_width, self.qkv_bias, self.init_std, device),
+            key: normal_linear(d, kv_width, self.qkv_bias, self.init_std, device),
+            value: normal_linear(d, kv_width, self.qkv_bias, self.init_std, device),
+            out: normal_linear(q_width, d, self.out_bias, self.out_init_std, device),
             attn_dropout: DropoutConfig::new(self.attn_dropout).init(),
             resid_dropout: DropoutConfig::new(self.resid_dropout).init(),
             n_head: self.n_head,
+            sliding_window: self.sliding_window,
             tensor_parallel: None,
         }
     }
@@ -146,19 +171,21 @@ impl<L: LinearLayer> MultiHeadAttention<L> {
             None => x,
         };
         let heads = self.n_head;
-        // From the projection, not from `d_model`: structured pruning may have removed heads.
+        // From the projections, not from a config: structured pruning may have removed heads,
+        // and tensor parallelism leaves each rank its share.
         let head_dim = self.query.d_out() / heads;
+        let kv_heads = self.key.d_out() / head_dim;
 
         // [b, t, d] -> [b, h, t, hd]
-        let heads_of = |proj: &L| {
+        let heads_of = |proj: &L, n: usize| {
             proj.forward(x.clone())
-                .reshape([batch, seq, heads, head_dim])
+                .reshape([batch, seq, n, head_dim])
                 .swap_dims(1, 2)
         };
         let (mut q, mut k, mut v) = (
-            heads_of(&self.query),
-            heads_of(&self.key),
-            heads_of(&self.value),
+            heads_of(&self.query, heads),
+            heads_of(&self.key, kv_heads),
+            heads_of(&self.value, kv_heads),
         );
 
         let offset = cache.as_ref().map_or(0, |c| c.len());
@@ -173,29 +200,42 @@ impl<L: LinearLayer> MultiHeadAttention<L> {
             }
             cache.key_value = Some((k.clone(), v.clone()));
         }
-        let keys = k.dims()[2];
+        let keys = KeyRange {
+            causal: mask.causal,
+            window: self.sliding_window,
+        };
+        let scale = 1.0 / (head_dim as f64).sqrt();
 
         let context = if q.device().is_autodiff() {
             // Training. Burn 0.22.1 differentiates its fused op by decomposing it into ~10
             // element-wise ops (max, clamp, exp, sum, div...), each a node of the graph. kiln's
             // own (crate::fused::attention) has its backward: one kernel each way on flex, the
-            // composite ops elsewhere. Dropout on the probabilities needs them materialized:
-            // then the explicit form, two matmuls around kiln's masked softmax.
+            // composite ops elsewhere; it reads each key/value head for its group of query
+            // heads, and applies the window. Dropout on the probabilities needs them
+            // materialized: then the explicit form, two matmuls around kiln's masked softmax.
             if self.attn_dropout.prob > 0.0 {
-                let padding = mask.expanded(batch, heads, seq, keys);
-                self.explicit_attention(q, k, v, padding, mask.causal)
+                self.explicit_attention(q, k, v, keys, mask.padding)
             } else {
-                let scale = 1.0 / (head_dim as f64).sqrt();
-                fused::attention::attention(q, k, v, scale, mask.causal, mask.padding)
+                fused::attention::attention(q, k, v, scale, keys, mask.padding)
             }
-        } else {
-            let padding = mask.expanded(batch, heads, seq, keys);
+        } else if kv_heads == heads && !keys.window_binds(k.dims()[2]) {
+            let keys_len = k.dims()[2];
+            let padding = mask.padding.map(|p| {
+                p.clone()
+                    .reshape([batch, 1, 1, keys_len])
+                    .expand([batch, heads, seq, keys_len])
+            });
             let options = AttentionModuleOptions {
                 scale: None,
                 softcap: None,
                 is_causal: mask.causal,
             };
             attention(q, k, v, padding, None, options)
+        } else {
+            // Burn's op wants as many key/value heads as query heads, and has no window: kiln's
+            // kernel (its forward alone, on flex; the composite form elsewhere) reads the
+            // cached key/value heads as they are.
+            fused::attention::attention(q, k, v, scale, keys, mask.padding)
         };
 
         let context = context
@@ -245,21 +285,26 @@ impl<L: LinearLayer> MultiHeadAttention<L> {
             attn_dropout: self.attn_dropout.clone(),
             resid_dropout: self.resid_dropout.clone(),
             n_head: self.n_head,
+            sliding_window: self.sliding_window,
             tensor_parallel: self.tensor_parallel.clone(),
         })
     }
 
+    /// Attention with dropout on the probabilities: the key/value heads repeated for their
+    /// groups, two matmuls around kiln's masked softmax.
     fn explicit_attention(
         &self,
         q: Tensor<4>,
         k: Tensor<4>,
         v: Tensor<4>,
-        padding: Option<Tensor<4, Bool>>,
-        causal: bool,
+        keys: KeyRange,
+        padding: Option<&Tensor<2, Bool>>,
     ) -> Tensor<4> {
-        let head_dim = q.dims()[3];
+        let [_, heads, _, head_dim] = q.dims();
+        let (k, v) = (repeat_kv(k, heads), repeat_kv(v, heads));
+        let mask = key_mask(keys, padding, q.dims(), k.dims()[2], &q.device());
         let scores = q.matmul(k.swap_dims(2, 3));
-        let probs = masked_softmax(scores, 1.0 / (head_dim as f64).sqrt(), causal, padding);
+        let probs = masked_softmax(scores, 1.0 / (head_dim as f64).sqrt(), keys.causal, mask);
         self.attn_dropout.forward(probs).matmul(v)
     }
 }
@@ -270,6 +315,13 @@ impl<L: PrunableLinear> MultiHeadAttention<L> {
     /// features. It computes what the layer with the other heads' outputs zeroed computes.
     pub fn keep_heads(&self, kept: &[usize]) -> Result<Self> {
         let heads = self.n_head;
+        let head_dim = self.query.d_out() / heads;
+        if self.key.d_out() != self.query.d_out() {
+            return Err(ModelError::BadInput(format!(
+                "heads are removed from multi-head attention only: this layer's {heads} query heads share {} key/value heads",
+                self.key.d_out() / head_dim
+            )));
+        }
         if kept.is_empty()
             || kept.iter().any(|&h| h >= heads)
             || kept.windows(2).any(|w| w[0] >= w[1])
@@ -278,7 +330,6 @@ impl<L: PrunableLinear> MultiHeadAttention<L> {
                 "kept heads must be non-empty, sorted, unique and < {heads}, got {kept:?}"
             )));
         }
-        let head_dim = self.query.d_out() / heads;
         let features: Vec<usize> = kept
             .iter()
             .flat_map(|h| h * head_dim..(h + 1) * head_dim)

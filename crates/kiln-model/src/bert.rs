@@ -3,9 +3,7 @@
 
 use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
-};
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
@@ -13,13 +11,13 @@ use crate::activation::Activation;
 use crate::attention::AttentionMask;
 use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
 use crate::error::{ModelError, Result};
-use crate::fused::layer_norm;
 use crate::fused::linear::linear;
 use crate::gpt::check_probability;
 use crate::inference::{for_inference, host_floats, host_ids};
 use crate::init::{materialize, normal_linear};
 use crate::limits::{CONTEXT, LAYERS, PARAMS, VOCAB, WIDTH, count};
 use crate::loss::{check_id_range, check_token_ids, cross_entropy};
+use crate::norm::{Norm, NormKind};
 
 /// Configuration of a [`Bert`] encoder; field names and defaults are HF's `BertConfig`
 /// (BERT-base).
@@ -91,7 +89,7 @@ pub struct BertEmbeddings {
     /// Token-type (segment) embeddings `[type_vocab, hidden]`.
     pub token_type: Embedding,
     /// LayerNorm over the sum.
-    pub norm: LayerNorm,
+    pub norm: Norm,
     /// Dropout after the LayerNorm.
     pub dropout: Dropout,
 }
@@ -272,10 +270,13 @@ impl BertConfig {
         })
     }
 
-    fn layer_norm(&self, device: &Device) -> LayerNorm {
-        LayerNormConfig::new(self.hidden_size)
-            .with_epsilon(self.layer_norm_eps)
-            .init(device)
+    fn layer_norm(&self, device: &Device) -> Norm {
+        Norm::new(
+            NormKind::LayerNorm,
+            self.hidden_size,
+            self.layer_norm_eps,
+            device,
+        )
     }
 
     /// Builds the masked-LM model (encoder without pooler, transform head, tied decoder).
@@ -396,7 +397,7 @@ impl Bert {
         let mut x = emb.word.forward(ids) + emb.token_type.forward(types);
         let hidden = x.dims()[2];
         x = x + emb.position.forward(positions).expand([batch, seq, hidden]);
-        emb.dropout.forward(layer_norm(&emb.norm, x))
+        emb.dropout.forward(emb.norm.forward(x))
     }
 
     /// The encoder layers' attention mask: bidirectional, `padding` `true` at padding keys.
@@ -427,7 +428,7 @@ pub struct BertForMaskedLm {
     /// The transform's dense layer.
     pub transform: Linear,
     /// The transform's LayerNorm.
-    pub transform_norm: LayerNorm,
+    pub transform_norm: Norm,
     /// Output bias over the vocabulary.
     pub decoder_bias: Param<Tensor<1>>,
     /// The transform's non-linearity.
@@ -443,10 +444,9 @@ impl BertForMaskedLm {
 
     /// The masked-LM head on the encoder's last hidden states: logits `[batch, seq, vocab]`.
     pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
-        let h = layer_norm(
-            &self.transform_norm,
-            self.activation.forward(self.transform.forward(hidden)),
-        );
+        let h = self
+            .transform_norm
+            .forward(self.activation.forward(self.transform.forward(hidden)));
         let decoder = self.bert.embeddings.word.weight.val().transpose();
         linear(h, decoder, Some(self.decoder_bias.val()))
     }

@@ -1,18 +1,19 @@
-//! One Transformer block: attention and feed-forward, each with a residual and a LayerNorm.
+//! One Transformer block: attention and feed-forward, each with a residual and a norm
+//! (LayerNorm or RMSNorm).
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
 use crate::activation::Activation;
 use crate::attention::{AttentionMask, LayerKvCache, MultiHeadAttention, MultiHeadAttentionConfig};
 use crate::feed_forward::{FeedForward, FeedForwardConfig, FeedForwardKind};
-use crate::fused::layer_norm;
 use crate::linear::{Cut, LinearLayer};
+use crate::norm::{Norm, NormKind};
 use crate::rotary::RotaryEmbedding;
 
-/// Where the LayerNorms sit relative to the residual connections.
+/// Where the norms sit relative to the residual connections.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum NormPosition {
     /// `x + f(LN(x))`: GPT-2 and most large models; trains stably without warmup tricks.
@@ -28,8 +29,17 @@ pub struct TransformerBlockConfig {
     pub d_model: usize,
     /// Attention heads.
     pub n_head: usize,
+    /// Key/value heads (grouped-query attention); `None`: `n_head`.
+    #[config(default = "None")]
+    pub n_kv_head: Option<usize>,
+    /// The width of one head; `None`: `d_model / n_head`.
+    #[config(default = "None")]
+    pub head_dim: Option<usize>,
     /// Feed-forward hidden width.
     pub d_ff: usize,
+    /// LayerNorm or RMSNorm.
+    #[config(default = "NormKind::LayerNorm")]
+    pub norm: NormKind,
     /// Pre-norm or post-norm.
     #[config(default = "NormPosition::Pre")]
     pub norm_position: NormPosition,
@@ -45,12 +55,21 @@ pub struct TransformerBlockConfig {
     /// Dropout on the attention probabilities.
     #[config(default = 0.0)]
     pub attn_dropout: f64,
-    /// Whether linear layers have biases.
+    /// Whether the query, key and value projections have biases.
     #[config(default = true)]
-    pub bias: bool,
-    /// LayerNorm epsilon.
+    pub qkv_bias: bool,
+    /// Whether attention's output projection has a bias.
+    #[config(default = true)]
+    pub attn_out_bias: bool,
+    /// Whether the feed-forward layers have biases.
+    #[config(default = true)]
+    pub mlp_bias: bool,
+    /// The norms' epsilon.
     #[config(default = 1e-5)]
     pub layer_norm_eps: f64,
+    /// Attention's sliding window (Mistral's); `None`: every earlier key.
+    #[config(default = "None")]
+    pub sliding_window: Option<usize>,
     /// Standard deviation of the weights' normal init.
     #[config(default = 0.02)]
     pub init_std: f64,
@@ -59,17 +78,17 @@ pub struct TransformerBlockConfig {
     pub out_init_std: f64,
 }
 
-/// Attention then feed-forward, each wrapped in a residual connection and a LayerNorm.
+/// Attention then feed-forward, each wrapped in a residual connection and a norm.
 /// Generic over its [`LinearLayer`] (Burn's [`Linear`] by default).
 #[derive(Module, Debug)]
 pub struct TransformerBlock<L: LinearLayer = Linear> {
-    /// The LayerNorm of the attention sub-layer (before it in pre-norm, after the residual in
+    /// The norm of the attention sub-layer (before it in pre-norm, after the residual in
     /// post-norm).
-    pub attn_norm: LayerNorm,
+    pub attn_norm: Norm,
     /// Self-attention.
     pub attn: MultiHeadAttention<L>,
-    /// The LayerNorm of the feed-forward sub-layer.
-    pub ffn_norm: LayerNorm,
+    /// The norm of the feed-forward sub-layer.
+    pub ffn_norm: Norm,
     /// Feed-forward.
     pub ffn: FeedForward<L>,
     /// Pre- or post-norm.
@@ -80,17 +99,17 @@ pub struct TransformerBlock<L: LinearLayer = Linear> {
 impl TransformerBlockConfig {
     /// Builds the block. The caller validates the sizes.
     pub fn init(&self, device: &Device) -> TransformerBlock {
-        let norm = || {
-            LayerNormConfig::new(self.d_model)
-                .with_epsilon(self.layer_norm_eps)
-                .init(device)
-        };
+        let norm = || Norm::new(self.norm, self.d_model, self.layer_norm_eps, device);
         TransformerBlock {
             attn_norm: norm(),
             attn: MultiHeadAttentionConfig::new(self.d_model, self.n_head)
+                .with_n_kv_head(self.n_kv_head)
+                .with_head_dim(self.head_dim)
                 .with_attn_dropout(self.attn_dropout)
                 .with_resid_dropout(self.dropout)
-                .with_bias(self.bias)
+                .with_qkv_bias(self.qkv_bias)
+                .with_out_bias(self.attn_out_bias)
+                .with_sliding_window(self.sliding_window)
                 .with_init_std(self.init_std)
                 .with_out_init_std(self.out_init_std)
                 .init(device),
@@ -99,7 +118,7 @@ impl TransformerBlockConfig {
                 .with_kind(self.ff_kind)
                 .with_activation(self.activation)
                 .with_dropout(self.dropout)
-                .with_bias(self.bias)
+                .with_bias(self.mlp_bias)
                 .with_init_std(self.init_std)
                 .with_out_init_std(self.out_init_std)
                 .init(device),
@@ -174,15 +193,14 @@ impl<L: LinearLayer> TransformerBlock<L> {
                 let x = x.clone()
                     + self
                         .attn
-                        .forward(layer_norm(&self.attn_norm, x), mask, rope, cache);
-                x.clone() + self.ffn.forward(layer_norm(&self.ffn_norm, x))
+                        .forward(self.attn_norm.forward(x), mask, rope, cache);
+                x.clone() + self.ffn.forward(self.ffn_norm.forward(x))
             }
             NormPosition::Post => {
-                let x = layer_norm(
-                    &self.attn_norm,
-                    x.clone() + self.attn.forward(x, mask, rope, cache),
-                );
-                layer_norm(&self.ffn_norm, x.clone() + self.ffn.forward(x))
+                let x = self
+                    .attn_norm
+                    .forward(x.clone() + self.attn.forward(x, mask, rope, cache));
+                self.ffn_norm.forward(x.clone() + self.ffn.forward(x))
             }
         }
     }

@@ -52,6 +52,15 @@ pub enum ModelError {
         /// The file that was read.
         file: PathBuf,
     },
+    /// A weight file holds a tensor the model has no place for (a checkpoint of another
+    /// architecture than its config says, or one a config setting would have used).
+    #[error("tensor `{name}` in {file} has no place in the model the config describes")]
+    UnexpectedTensor {
+        /// The tensor's name in the file.
+        name: String,
+        /// The file that was read.
+        file: PathBuf,
+    },
     /// A tensor in a weight file has the wrong shape.
     #[error("tensor `{name}` in {file} has shape {found:?}, expected {expected:?}")]
     ShapeMismatch {
@@ -84,7 +93,9 @@ pub enum ModelError {
     #[error(transparent)]
     Limit(#[from] kiln_base::limits::LimitError),
     /// A `config.json` names a `model_type` kiln cannot load.
-    #[error("unsupported model_type `{0}` (kiln loads `gpt2` and `bert`)")]
+    #[error(
+        "unsupported model_type `{0}` (kiln loads `gpt2`, `bert`, `llama`, `qwen2` and `mistral`)"
+    )]
     UnknownModelType(String),
     /// A field of a `config.json` has the wrong type or value.
     #[error("field `{field}` of {file}: {message}")]

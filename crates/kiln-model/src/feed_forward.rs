@@ -17,7 +17,7 @@ use crate::linear::{Cut, LinearLayer, PrunableLinear};
 pub enum FeedForwardKind {
     /// `down(act(up(x)))`, with GELU in GPT-2 and BERT.
     Mlp,
-    /// `down(silu(gate(x)) ⊙ up(x))`, Shazeer 2020 (LLaMA, PaLM). Has no biases.
+    /// `down(silu(gate(x)) ⊙ up(x))`, Shazeer 2020 (LLaMA, PaLM); usually without biases.
     SwiGlu,
 }
 
@@ -37,7 +37,7 @@ pub struct FeedForwardConfig {
     /// Dropout on the output.
     #[config(default = 0.0)]
     pub dropout: f64,
-    /// Whether the linear layers have biases (ignored by SwiGLU, which has none).
+    /// Whether the linear layers have biases.
     #[config(default = true)]
     pub bias: bool,
     /// Standard deviation of the input projections' normal init.
@@ -74,11 +74,11 @@ impl FeedForwardConfig {
     /// Builds the layer with normal-initialized weights and zero biases.
     pub fn init(&self, device: &Device) -> FeedForward {
         let swiglu = self.kind == FeedForwardKind::SwiGlu;
-        let bias = self.bias && !swiglu;
+        let bias = self.bias;
         FeedForward {
             up: normal_linear(self.d_model, self.d_hidden, bias, self.init_std, device),
             gate: swiglu
-                .then(|| normal_linear(self.d_model, self.d_hidden, false, self.init_std, device)),
+                .then(|| normal_linear(self.d_model, self.d_hidden, bias, self.init_std, device)),
             down: normal_linear(self.d_hidden, self.d_model, bias, self.out_init_std, device),
             dropout: DropoutConfig::new(self.dropout).init(),
             activation: if swiglu {
@@ -137,6 +137,10 @@ impl<L: LinearLayer> FeedForward<L> {
             None => x,
         };
         let hidden = match &self.gate {
+            // SiLU's gate times up, one fused op (its gradients in one pass).
+            Some(gate) if self.activation == Activation::Silu => {
+                crate::fused::swiglu(gate.forward(x.clone()), self.up.forward(x))
+            }
             Some(gate) => self.activation.forward(gate.forward(x.clone())) * self.up.forward(x),
             None => self.activation.forward(self.up.forward(x)),
         };

@@ -1,5 +1,8 @@
-//! A decoder-only Transformer language model: GPT-2 (Radford et al. 2019) and its modern
-//! variants (rotary positions, SwiGLU, no biases).
+//! A decoder-only Transformer language model: one model for GPT-2 (Radford et al. 2019) and
+//! the Llama family (Touvron et al. 2023; Llama 3, Qwen2, Mistral): what differs is the config
+//! (LayerNorm or RMSNorm, learned or rotary positions with their scaling, a GELU MLP or SwiGLU,
+//! multi-head or grouped-query attention, an explicit head width, biases per projection, a
+//! sliding window, a tied or untied output layer), not the code.
 //!
 //! Reads top to bottom: the config, the model, the forward pass, the loss, KV-cache decoding,
 //! generation, and the linear layers by path.
@@ -7,9 +10,7 @@
 use burn::config::Config;
 use burn::module::Initializer;
 use burn::module::Module;
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
-};
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear};
 use burn::tensor::{Bool, Device, Int, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -19,14 +20,14 @@ use crate::attention::{AttentionMask, LayerKvCache};
 use crate::block::{NormPosition, TransformerBlock, TransformerBlockConfig};
 use crate::error::{ModelError, Result};
 use crate::feed_forward::FeedForwardKind;
-use crate::fused::layer_norm;
 use crate::fused::linear::linear;
 use crate::inference::{for_inference, host_floats};
 use crate::init::{materialize, normal_linear};
 use crate::limits::{CONTEXT, LAYERS, PARAMS, VOCAB, WIDTH, count};
 use crate::linear::{LinearLayer, PrunableLinear};
 use crate::loss::{check_token_ids, cross_entropy, token_tensor};
-use crate::rotary::RotaryEmbedding;
+use crate::norm::{Norm, NormKind};
+use crate::rotary::{RopeScaling, RotaryEmbedding};
 use crate::sampling::{GenerateConfig, sample_token};
 
 /// How a model knows where each token is.
@@ -39,6 +40,9 @@ pub enum PositionEncoding {
 }
 
 /// Configuration of a [`Gpt`]; the defaults are GPT-2 small's.
+///
+/// The fields added for the Llama family are `Option`s whose `None` is GPT-2's choice, so a
+/// kiln model folder or checkpoint written before them reads back as the model it was.
 #[derive(Config, Debug)]
 pub struct GptConfig {
     /// Vocabulary size.
@@ -49,9 +53,16 @@ pub struct GptConfig {
     /// Number of Transformer blocks.
     #[config(default = 12)]
     pub n_layer: usize,
-    /// Attention heads per block.
+    /// Attention (query) heads per block.
     #[config(default = 12)]
     pub n_head: usize,
+    /// Key/value heads per block, dividing `n_head`: grouped-query attention (1: multi-query);
+    /// `None`: `n_head` (multi-head, GPT-2).
+    #[config(default = "None")]
+    pub n_kv_head: Option<usize>,
+    /// The width of one head; `None`: `d_model / n_head`.
+    #[config(default = "None")]
+    pub head_dim: Option<usize>,
     /// Model width.
     #[config(default = 768)]
     pub d_model: usize,
@@ -70,6 +81,9 @@ pub struct GptConfig {
     /// Base of the rotary frequencies.
     #[config(default = 10000.0)]
     pub rope_theta: f64,
+    /// Rescaled rotary frequencies (`linear`, Llama 3.1's `llama3`); `None`: none.
+    #[config(default = "None")]
+    pub rope_scaling: Option<RopeScaling>,
     /// Plain MLP or SwiGLU.
     #[config(default = "FeedForwardKind::Mlp")]
     pub ff_kind: FeedForwardKind,
@@ -79,22 +93,40 @@ pub struct GptConfig {
     /// Pre-norm (GPT-2) or post-norm blocks.
     #[config(default = "NormPosition::Pre")]
     pub norm_position: NormPosition,
-    /// Whether linear layers have biases.
+    /// Whether linear layers have biases (the default of the three below).
     #[config(default = true)]
     pub bias: bool,
+    /// Whether the query, key and value projections have biases (Qwen2: yes, with none
+    /// elsewhere); `None`: `bias`.
+    #[config(default = "None")]
+    pub qkv_bias: Option<bool>,
+    /// Whether attention's output projection has a bias; `None`: `bias`.
+    #[config(default = "None")]
+    pub attn_out_bias: Option<bool>,
+    /// Whether the feed-forward layers have biases; `None`: `bias` for the MLP, none for
+    /// SwiGLU.
+    #[config(default = "None")]
+    pub mlp_bias: Option<bool>,
     /// Share the token embedding with the output projection (Press & Wolf 2017; GPT-2 does).
     #[config(default = true)]
     pub tie_embeddings: bool,
-    /// LayerNorm epsilon.
+    /// LayerNorm or RMSNorm; `None`: LayerNorm (GPT-2).
+    #[config(default = "None")]
+    pub norm: Option<NormKind>,
+    /// The norms' epsilon (LayerNorm's or RMSNorm's).
     #[config(default = 1e-5)]
     pub layer_norm_eps: f64,
+    /// A query attends to at most this many keys, the last ones up to its own position
+    /// (Mistral's sliding window); `None`: to every earlier key.
+    #[config(default = "None")]
+    pub sliding_window: Option<usize>,
     /// Standard deviation of the normal init; residual projections get `init_std/√(2·n_layer)`.
     #[config(default = 0.02)]
     pub init_std: f64,
 }
 
-/// A GPT language model: token (+ position) embeddings, pre-norm blocks, a final LayerNorm and
-/// an output projection to the vocabulary.
+/// A GPT language model: token (+ position) embeddings, pre-norm blocks, a final norm and an
+/// output projection to the vocabulary.
 ///
 /// Generic over the [`LinearLayer`] of its blocks: `Gpt` is `Gpt<Linear>`, the f32 model that
 /// trains; kiln-compress runs the same forward pass and generation on int8 layers.
@@ -110,8 +142,8 @@ pub struct Gpt<L: LinearLayer = Linear> {
     pub embedding_dropout: Dropout,
     /// The Transformer blocks.
     pub blocks: Vec<TransformerBlock<L>>,
-    /// LayerNorm before the output projection.
-    pub final_norm: LayerNorm,
+    /// The norm before the output projection.
+    pub final_norm: Norm,
     /// Output projection `[d_model, vocab]`; `None` when tied to the token embedding.
     pub lm_head: Option<L>,
     /// Vocabulary size.
@@ -145,6 +177,27 @@ impl GptConfig {
         self.d_ff.unwrap_or(self.d_model.saturating_mul(4))
     }
 
+    /// The width of one head in use.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.d_model / self.n_head.max(1))
+    }
+
+    /// The number of key/value heads in use.
+    pub fn n_kv_head(&self) -> usize {
+        self.n_kv_head.unwrap_or(self.n_head)
+    }
+
+    /// The norm in use.
+    pub fn norm(&self) -> NormKind {
+        self.norm.unwrap_or(NormKind::LayerNorm)
+    }
+
+    /// Whether the feed-forward layers have biases.
+    fn mlp_bias(&self) -> bool {
+        self.mlp_bias
+            .unwrap_or(self.bias && self.ff_kind == FeedForwardKind::Mlp)
+    }
+
     /// Checks sizes and probabilities. Every size is bounded by its ceiling in
     /// [`limits`](crate::limits), and the parameter count (with rotary tables) by
     /// [`PARAMS`], before anything is allocated.
@@ -154,11 +207,15 @@ impl GptConfig {
         LAYERS.check("n_layer", self.n_layer as u64)?;
         WIDTH.check("d_model", self.d_model as u64)?;
         WIDTH.check("d_ff", self.d_ff() as u64)?;
+        WIDTH.check("n_head", self.n_head as u64)?;
+        WIDTH.check("head_dim", self.head_dim() as u64)?;
+        WIDTH.check("n_kv_head", self.n_kv_head() as u64)?;
         let sizes = [
             ("vocab_size", self.vocab_size),
             ("block_size", self.block_size),
             ("n_layer", self.n_layer),
             ("n_head", self.n_head),
+            ("n_kv_head", self.n_kv_head()),
             ("d_model", self.d_model),
             ("d_ff", self.d_ff()),
         ];
@@ -167,18 +224,45 @@ impl GptConfig {
                 return Err(ModelError::config(format!("{name} must be > 0")));
             }
         }
-        if !self.d_model.is_multiple_of(self.n_head) {
+        if self.head_dim.is_none() && !self.d_model.is_multiple_of(self.n_head) {
             return Err(ModelError::config(format!(
-                "d_model {} is not divisible by n_head {}",
+                "d_model {} is not divisible by n_head {} (set head_dim for heads of another width)",
                 self.d_model, self.n_head
             )));
         }
-        if self.positions == PositionEncoding::Rotary
-            && !(self.d_model / self.n_head).is_multiple_of(2)
-        {
+        if self.head_dim() == 0 {
+            return Err(ModelError::config("head_dim must be > 0"));
+        }
+        if !self.n_head.is_multiple_of(self.n_kv_head()) {
+            return Err(ModelError::config(format!(
+                "n_kv_head {} does not divide n_head {}: each key/value head serves a whole group of query heads",
+                self.n_kv_head(),
+                self.n_head
+            )));
+        }
+        if self.positions == PositionEncoding::Rotary && !self.head_dim().is_multiple_of(2) {
             return Err(ModelError::config(
                 "rotary positions need an even head width",
             ));
+        }
+        if self.positions == PositionEncoding::Rotary
+            && !(self.rope_theta.is_finite() && self.rope_theta > 1.0)
+        {
+            return Err(ModelError::config(format!(
+                "rope_theta must be finite and > 1, got {}",
+                self.rope_theta
+            )));
+        }
+        if let Some(scaling) = &self.rope_scaling {
+            if self.positions != PositionEncoding::Rotary {
+                return Err(ModelError::config(
+                    "rope_scaling needs rotary positions (positions: Rotary)",
+                ));
+            }
+            scaling.validate()?;
+        }
+        if self.sliding_window == Some(0) {
+            return Err(ModelError::config("sliding_window must be > 0"));
         }
         check_probability("dropout", self.dropout)?;
         check_probability("attn_dropout", self.attn_dropout)?;
@@ -195,15 +279,35 @@ impl GptConfig {
     /// An upper bound on the model's parameters (and rotary table entries), in u128.
     fn param_bound(&self) -> u128 {
         let (v, p, d, ff) = (self.vocab_size, self.block_size, self.d_model, self.d_ff());
+        let (q, kv) = (
+            self.n_head as u128 * self.head_dim() as u128,
+            self.n_kv_head() as u128 * self.head_dim() as u128,
+        );
+        let q = usize::try_from(q).unwrap_or(usize::MAX);
+        let kv = usize::try_from(kv).unwrap_or(usize::MAX);
         let gates = if self.ff_kind == FeedForwardKind::SwiGlu {
             3
         } else {
             2
         };
         let head = if self.tie_embeddings { 0 } else { v };
-        let block = count(&[&[4, d, d], &[gates, d, ff], &[8, d], &[2, ff]]);
-        count(&[&[v, d], &[p, d], &[head, d], &[4, d]])
-            .saturating_add(block.saturating_mul(self.n_layer as u128))
+        let block = count(&[
+            &[2, d, q],
+            &[2, d, kv],
+            &[gates, d, ff],
+            &[2, q],
+            &[2, kv],
+            &[6, d],
+            &[2, ff],
+        ]);
+        count(&[
+            &[v, d],
+            &[p, d],
+            &[head, d],
+            &[4, d],
+            &[2, p, self.head_dim()],
+        ])
+        .saturating_add(block.saturating_mul(self.n_layer as u128))
     }
 
     /// Builds the model with GPT-2's initialization: N(0, 0.02) weights and embeddings, zero
@@ -227,13 +331,19 @@ impl GptConfig {
                 .init(device)
         };
         let block = TransformerBlockConfig::new(self.d_model, self.n_head, self.d_ff())
+            .with_n_kv_head(self.n_kv_head)
+            .with_head_dim(self.head_dim)
+            .with_norm(self.norm())
             .with_norm_position(self.norm_position)
             .with_ff_kind(self.ff_kind)
             .with_activation(self.activation)
             .with_dropout(self.dropout)
             .with_attn_dropout(self.attn_dropout)
-            .with_bias(self.bias)
+            .with_qkv_bias(self.qkv_bias.unwrap_or(self.bias))
+            .with_attn_out_bias(self.attn_out_bias.unwrap_or(self.bias))
+            .with_mlp_bias(self.mlp_bias())
             .with_layer_norm_eps(self.layer_norm_eps)
+            .with_sliding_window(self.sliding_window)
             .with_init_std(self.init_std)
             .with_out_init_std(self.init_std / (2.0 * self.n_layer as f64).sqrt());
         let learned = self.positions == PositionEncoding::Learned;
@@ -242,17 +352,16 @@ impl GptConfig {
             position_embedding: learned.then(|| embedding(self.block_size)),
             rope: (!learned).then(|| {
                 RotaryEmbedding::new(
-                    self.d_model / self.n_head,
+                    self.head_dim(),
                     self.block_size,
                     self.rope_theta,
+                    self.rope_scaling.as_ref(),
                     device,
                 )
             }),
             embedding_dropout: DropoutConfig::new(self.dropout).init(),
             blocks: (0..self.n_layer).map(|_| block.init(device)).collect(),
-            final_norm: LayerNormConfig::new(self.d_model)
-                .with_epsilon(self.layer_norm_eps)
-                .init(device),
+            final_norm: Norm::new(self.norm(), self.d_model, self.layer_norm_eps, device),
             lm_head: (!self.tie_embeddings).then(|| {
                 normal_linear(self.d_model, self.vocab_size, false, self.init_std, device)
             }),
@@ -348,7 +457,7 @@ impl<L: LinearLayer> Gpt<L> {
     /// The last stage of the forward pass: final norm and the LM head (the token embedding,
     /// transposed, when tied), from the last block's output to logits `[batch, seq, vocab]`.
     pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = layer_norm(&self.final_norm, x);
+        let x = self.final_norm.forward(x);
         match &self.lm_head {
             Some(head) => head.forward(x),
             None => linear(x, self.token_embedding.weight.val().transpose(), None),

@@ -62,6 +62,7 @@ pub mod init;
 pub mod limits;
 pub mod linear;
 pub mod loss;
+pub mod norm;
 pub mod parallel;
 pub mod rotary;
 pub mod sampling;

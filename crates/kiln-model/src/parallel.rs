@@ -2,7 +2,8 @@
 //! [`ParallelModel`]).
 //!
 //! - Tensor parallel (Megatron-LM): in every block, q, k and v are column-parallel (each rank
-//!   keeps `n_head/t` heads), attention's output row-parallel; the MLP's up (and gate)
+//!   keeps `n_head/t` query heads and `n_kv_head/t` whole key/value heads, so its query heads
+//!   read its own key/value heads), attention's output row-parallel; the MLP's up (and gate)
 //!   column-parallel, its down row-parallel. The blocks then call kiln-dist's `f` and `g`
 //!   around each region ([`MultiHeadAttention::forward`](crate::attention::MultiHeadAttention::forward),
 //!   [`FeedForward::forward`](crate::feed_forward::FeedForward::forward)).
@@ -15,7 +16,7 @@
 //!   same type (and kiln-dist's gather skips empty tensors).
 
 use burn::module::{Param, ParamId};
-use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::nn::{Embedding, Linear};
 use burn::tensor::Tensor;
 use kiln_dist::model_parallel::{ModelPart, ParallelModel, TensorSplit};
 use kiln_dist::tensor_parallel::{TensorParallel, column_shard, row_shard};
@@ -24,13 +25,20 @@ use kiln_dist::{DistError, Result};
 use crate::bert::{Bert, BertForMaskedLm, BertForSequenceClassification};
 use crate::block::TransformerBlock;
 use crate::gpt::Gpt;
-use crate::linear::Cut;
+use crate::linear::{Cut, LinearLayer};
+use crate::norm::Norm;
 
 impl TransformerBlock {
     /// This rank's tensor-parallel shard of the block (Megatron's parallel attention and MLP):
     /// each linear layer of the [layer table](TransformerBlock::linears) cut as it says.
     pub fn into_tensor_parallel(self, tp: &TensorParallel) -> Result<Self> {
         let heads = tp.shard("the number of heads", self.attn.n_head)?;
+        // Whole key/value heads per rank: each rank's query heads read its own.
+        let head_dim = self.attn.query.d_out() / self.attn.n_head;
+        tp.shard(
+            "the number of key/value heads",
+            self.attn.key.d_out() / head_dim,
+        )?;
         let mut block = self.map_linears(&mut |_, cut, layer: &Linear| match cut {
             Cut::Column => column_shard(layer.clone(), tp),
             Cut::Row => row_shard(layer.clone(), tp),
@@ -98,7 +106,7 @@ fn emptied_embedding(embedding: Embedding) -> Embedding {
     }
 }
 
-fn emptied_norm(mut norm: LayerNorm) -> LayerNorm {
+fn emptied_norm(mut norm: Norm) -> Norm {
     norm.gamma = emptied(norm.gamma);
     norm.beta = norm.beta.map(emptied);
     norm

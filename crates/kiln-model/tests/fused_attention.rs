@@ -3,7 +3,7 @@
 //! of the reference's largest magnitude.
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use kiln_model::fused::attention::{attention, attention_composite};
+use kiln_model::fused::attention::{KeyRange, attention, attention_composite};
 use kiln_model::fused::cross_entropy::{cross_entropy, cross_entropy_composite};
 use kiln_model::fused::softmax::{masked_softmax, masked_softmax_composite};
 use proptest::prelude::*;
@@ -206,7 +206,23 @@ fn masked_softmax_without_autodiff_matches_composite() {
 }
 
 type Attention =
-    fn(Tensor<4>, Tensor<4>, Tensor<4>, f64, bool, Option<&Tensor<2, Bool>>) -> Tensor<4>;
+    fn(Tensor<4>, Tensor<4>, Tensor<4>, f64, KeyRange, Option<&Tensor<2, Bool>>) -> Tensor<4>;
+
+/// What an attention case varies besides the sizes: key/value heads (grouped-query attention
+/// when fewer than the query heads), the keys a query sees, the padding.
+#[derive(Debug, Clone)]
+struct Case {
+    kv_heads: usize,
+    keys: KeyRange,
+    padding: Option<Vec<bool>>,
+}
+
+fn causal(causal: bool) -> KeyRange {
+    KeyRange {
+        causal,
+        window: None,
+    }
+}
 
 /// How q, k and v are laid out in memory.
 #[derive(Debug, Clone, Copy)]
@@ -241,23 +257,26 @@ fn leaf(
 }
 
 /// The output and the gradients of `sum(O ⊙ G)` for q, k and v (in their leaves' layout),
-/// through `f` on autodiff flex, with the keys where `padding` (`[b, tk]`) is true masked.
+/// through `f` on autodiff flex; k and v have `case.kv_heads` heads.
 fn attention_and_grads(
     f: Attention,
     seed: u64,
     [b, h, tq, tk, d]: [usize; 5],
-    causal: bool,
-    padding: Option<Vec<bool>>,
+    case: &Case,
     layout: Layout,
 ) -> [Vec<f32>; 4] {
     let device = Device::flex().autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let kh = case.kv_heads;
     let (q_leaf, q) = leaf(&mut rng, [b, h, tq, d], layout, &device);
-    let (k_leaf, k) = leaf(&mut rng, [b, h, tk, d], layout, &device);
-    let (v_leaf, v) = leaf(&mut rng, [b, h, tk, d], layout, &device);
-    let mask = padding.map(|m| Tensor::<2, Bool>::from_data(TensorData::new(m, [b, tk]), &device));
+    let (k_leaf, k) = leaf(&mut rng, [b, kh, tk, d], layout, &device);
+    let (v_leaf, v) = leaf(&mut rng, [b, kh, tk, d], layout, &device);
+    let mask = case
+        .padding
+        .clone()
+        .map(|m| Tensor::<2, Bool>::from_data(TensorData::new(m, [b, tk]), &device));
     let upstream = random(&mut rng, [b, h, tq, d], 1.0, &device);
-    let out = f(q, k, v, 0.4, causal, mask.as_ref());
+    let out = f(q, k, v, 0.4, case.keys, mask.as_ref());
     let grads = (out.clone() * upstream).sum().backward();
     let grad = |x: &Tensor<4>| values(x.grad(&grads).expect("q, k and v get gradients"));
     [values(out), grad(&q_leaf), grad(&k_leaf), grad(&v_leaf)]
@@ -270,17 +289,20 @@ fn tail_padding(batch: usize, keys: usize, padded: usize) -> Vec<bool> {
         .collect()
 }
 
-fn check_attention(
-    seed: u64,
-    dims: [usize; 5],
-    causal: bool,
-    padded: Option<usize>,
-    layout: Layout,
-) {
-    let padding = || padded.map(|p| tail_padding(dims[0], dims[3], p));
-    let fused = attention_and_grads(attention, seed, dims, causal, padding(), layout);
-    let composite = attention_and_grads(attention_composite, seed, dims, causal, padding(), layout);
-    let what = format!("[b, h, tq, tk, d] {dims:?} causal {causal} padded {padded:?} {layout:?}");
+/// Multi-head attention (as many key/value heads as query heads) of `keys`, the last `padded`
+/// keys of each row masked.
+fn mha(dims: [usize; 5], keys: KeyRange, padded: Option<usize>) -> Case {
+    Case {
+        kv_heads: dims[1],
+        keys,
+        padding: padded.map(|p| tail_padding(dims[0], dims[3], p)),
+    }
+}
+
+fn check_attention(seed: u64, dims: [usize; 5], case: &Case, layout: Layout) {
+    let fused = attention_and_grads(attention, seed, dims, case, layout);
+    let composite = attention_and_grads(attention_composite, seed, dims, case, layout);
+    let what = format!("[b, h, tq, tk, d] {dims:?} {case:?} {layout:?}");
     for (name, (a, b)) in ["output", "dq", "dk", "dv"]
         .iter()
         .zip(fused.iter().zip(&composite))
@@ -292,25 +314,96 @@ fn check_attention(
 #[test]
 fn attention_matches_composite_at_the_probe_shape() {
     // seq 128: two query blocks, the second seeing every key under the causal mask.
-    check_attention(21, [2, 4, 128, 128, 64], true, None, Layout::Projections);
-    check_attention(22, [2, 4, 128, 128, 64], false, Some(17), Layout::Heads);
+    let dims = [2, 4, 128, 128, 64];
+    check_attention(
+        21,
+        dims,
+        &mha(dims, causal(true), None),
+        Layout::Projections,
+    );
+    check_attention(22, dims, &mha(dims, causal(false), Some(17)), Layout::Heads);
 }
 
 #[test]
 fn attention_with_fewer_queries_than_keys_sees_the_cache_offset() {
     // 70 new queries over 100 keys: query i sees keys 0..=i + 30, across a block boundary.
-    check_attention(23, [1, 2, 70, 100, 8], true, None, Layout::Projections);
-    check_attention(24, [2, 1, 70, 100, 8], true, Some(9), Layout::Transposed);
+    let (a, b) = ([1, 2, 70, 100, 8], [2, 1, 70, 100, 8]);
+    check_attention(23, a, &mha(a, causal(true), None), Layout::Projections);
+    check_attention(24, b, &mha(b, causal(true), Some(9)), Layout::Transposed);
+}
+
+#[test]
+fn grouped_query_attention_matches_composite_at_a_llama_shape() {
+    // 8 query heads over 2 key/value heads (Llama 3's ratio of 4), two query blocks; and
+    // multi-query attention (one key/value head).
+    let dims = [2, 8, 128, 128, 32];
+    for kv_heads in [2, 1] {
+        let case = Case {
+            kv_heads,
+            keys: KeyRange::CAUSAL,
+            padding: None,
+        };
+        check_attention(31, dims, &case, Layout::Projections);
+    }
+}
+
+#[test]
+fn a_sliding_window_matches_composite_and_hides_the_older_keys() {
+    // A window of 20 over 128 keys: blocks whose first query's window starts past 0, with a
+    // cache offset (fewer queries than keys) and with grouped heads.
+    for (dims, kv_heads) in [([1, 4, 128, 128, 16], 4), ([2, 4, 70, 100, 8], 2)] {
+        let case = Case {
+            kv_heads,
+            keys: KeyRange {
+                causal: true,
+                window: Some(20),
+            },
+            padding: None,
+        };
+        check_attention(32, dims, &case, Layout::Heads);
+    }
+    // A query's output does not depend on keys outside its window.
+    let device = Device::flex();
+    let mut rng = ChaCha8Rng::seed_from_u64(33);
+    let q = random(&mut rng, [1, 1, 10, 4], 1.0, &device);
+    let k = random(&mut rng, [1, 1, 10, 4], 1.0, &device);
+    let v = random(&mut rng, [1, 1, 10, 4], 1.0, &device);
+    let window = KeyRange {
+        causal: true,
+        window: Some(3),
+    };
+    let out = values(attention(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        0.5,
+        window,
+        None,
+    ));
+    // Change key and value 0: only queries 0..=2 (whose windows include position 0) move.
+    let k2 = k.clone().slice_assign(
+        [0..1, 0..1, 0..1, 0..4],
+        Tensor::ones([1, 1, 1, 4], &device),
+    );
+    let v2 = v.clone().slice_assign(
+        [0..1, 0..1, 0..1, 0..4],
+        Tensor::ones([1, 1, 1, 4], &device),
+    );
+    let moved = values(attention(q, k2, v2, 0.5, window, None));
+    for i in 0..10 {
+        let same = out[i * 4..(i + 1) * 4] == moved[i * 4..(i + 1) * 4];
+        assert_eq!(same, i >= 3, "query {i}");
+    }
 }
 
 #[test]
 fn attention_over_one_key_has_zero_query_and_key_gradients() {
     // P = 1, so dS = P ⊙ (dP − Σ P ⊙ dP) is exactly 0: both forms must give exact zeros (a
     // row sum taken as Σ dO ⊙ O instead left rounding noise that a relative check rejects).
-    for (dims, causal) in [([1, 2, 1, 1, 16], true), ([2, 3, 5, 1, 8], false)] {
-        check_attention(27, dims, causal, None, Layout::Projections);
-        let [_, dq, dk, dv] =
-            attention_and_grads(attention, 27, dims, causal, None, Layout::Projections);
+    for (dims, is_causal) in [([1, 2, 1, 1, 16], true), ([2, 3, 5, 1, 8], false)] {
+        let case = mha(dims, causal(is_causal), None);
+        check_attention(27, dims, &case, Layout::Projections);
+        let [_, dq, dk, dv] = attention_and_grads(attention, 27, dims, &case, Layout::Projections);
         assert!(dq.iter().chain(&dk).all(|&g| g == 0.0), "{dims:?}");
         assert!(dv.iter().any(|&g| g != 0.0), "{dims:?}: v still learns");
     }
@@ -320,15 +413,14 @@ fn attention_over_one_key_has_zero_query_and_key_gradients() {
 fn attention_rows_that_see_no_key_are_zero_with_zero_gradients() {
     // Every key of batch row 0 is padding, and the last key of row 1.
     let padding: Vec<bool> = (0..14).map(|i| i < 7 || i == 13).collect();
-    for causal in [false, true] {
-        let [out, dq, dk, dv] = attention_and_grads(
-            attention,
-            25,
-            [2, 3, 7, 7, 5],
-            causal,
-            Some(padding.clone()),
-            Layout::Heads,
-        );
+    for is_causal in [false, true] {
+        let case = Case {
+            kv_heads: 3,
+            keys: causal(is_causal),
+            padding: Some(padding.clone()),
+        };
+        let [out, dq, dk, dv] =
+            attention_and_grads(attention, 25, [2, 3, 7, 7, 5], &case, Layout::Heads);
         let half = 3 * 7 * 5;
         for (name, v) in [("output", &out), ("dq", &dq), ("dk", &dk), ("dv", &dv)] {
             assert!(v.iter().all(|x| x.is_finite()), "{name}: finite");
@@ -353,18 +445,42 @@ fn attention_without_autodiff_matches_composite() {
     let v = random(&mut rng, [2, 3, 80, 16], 1.5, &device);
     let mask: Vec<bool> = (0..160).map(|i| i % 80 >= 75).collect();
     let mask = Tensor::<2, Bool>::from_data(TensorData::new(mask, [2, 80]), &device);
-    for (causal, mask) in [(true, None), (false, Some(&mask)), (true, Some(&mask))] {
+    let window = KeyRange {
+        causal: true,
+        window: Some(30),
+    };
+    for (keys, mask) in [
+        (causal(true), None),
+        (causal(false), Some(&mask)),
+        (causal(true), Some(&mask)),
+        (window, Some(&mask)),
+    ] {
         let args = || (q.clone(), k.clone(), v.clone());
         let (q1, k1, v1) = args();
         let (q2, k2, v2) = args();
-        let fused = values(attention(q1, k1, v1, 0.25, causal, mask));
-        let composite = values(attention_composite(q2, k2, v2, 0.25, causal, mask));
-        assert_close(
-            &format!("inference output causal {causal}"),
-            &fused,
-            &composite,
-        );
+        let fused = values(attention(q1, k1, v1, 0.25, keys, mask));
+        let composite = values(attention_composite(q2, k2, v2, 0.25, keys, mask));
+        assert_close(&format!("inference output {keys:?}"), &fused, &composite);
     }
+    // Grouped-query attention at inference (the KV-cache path): 6 query heads over 3.
+    let q6 = random(&mut rng, [2, 6, 1, 16], 1.5, &device);
+    let fused = values(attention(
+        q6.clone(),
+        k.clone(),
+        v.clone(),
+        0.25,
+        KeyRange::CAUSAL,
+        Some(&mask),
+    ));
+    let composite = values(attention_composite(
+        q6,
+        k,
+        v,
+        0.25,
+        KeyRange::CAUSAL,
+        Some(&mask),
+    ));
+    assert_close("inference grouped-query output", &fused, &composite);
 }
 
 type CrossEntropy = fn(Tensor<2>, Tensor<1, Int>, Option<i64>) -> Tensor<1>;
@@ -456,16 +572,24 @@ proptest! {
     fn attention_matches_composite_on_any_shape(
         seed in 0u64..1000,
         batch in 1usize..3,
-        heads in 1usize..3,
+        kv_heads in 1usize..3,
+        group in 1usize..4,
         q in 1usize..80,
         extra in 0usize..20,
         dim in 1usize..20,
         causal: bool,
+        window in proptest::option::of(1usize..40),
         padded in proptest::option::of(0usize..8),
         layout in prop_oneof![Just(Layout::Heads), Just(Layout::Projections), Just(Layout::Transposed)],
     ) {
         let k = q + extra;
-        check_attention(seed, [batch, heads, q, k, dim], causal, padded.map(|p| p.min(k - 1)), layout);
+        let dims = [batch, kv_heads * group, q, k, dim];
+        let case = Case {
+            kv_heads,
+            keys: KeyRange { causal, window },
+            padding: padded.map(|p| tail_padding(batch, k, p.min(k - 1))),
+        };
+        check_attention(seed, dims, &case, layout);
     }
 
     #[test]
@@ -509,7 +633,14 @@ fn half_precision_inputs_compute_in_f32_and_keep_their_dtype() {
     let qkv = random(&mut rng, [1, 2, 5, 4], 1.5, &device);
     for dtype in [DType::F16, DType::BF16] {
         let half = qkv.clone().cast(dtype).require_grad();
-        let out = attention(half.clone(), half.clone(), half.clone(), 0.5, true, None);
+        let out = attention(
+            half.clone(),
+            half.clone(),
+            half.clone(),
+            0.5,
+            KeyRange::CAUSAL,
+            None,
+        );
         assert_eq!(out.dtype(), dtype);
         assert_eq!(
             half.grad(&out.clone().sum().backward()).unwrap().dtype(),
@@ -520,7 +651,7 @@ fn half_precision_inputs_compute_in_f32_and_keep_their_dtype() {
             qkv.clone(),
             qkv.clone(),
             0.5,
-            true,
+            KeyRange::CAUSAL,
             None,
         ));
         assert!(

@@ -15,6 +15,8 @@ use kiln_model::block::NormPosition;
 use kiln_model::feed_forward::FeedForwardKind;
 use kiln_model::gpt::{Gpt, GptConfig, PositionEncoding};
 use kiln_model::hf::{HfConfig, HfExport, HfModel, HfOutput, load_pretrained, save_pretrained};
+use kiln_model::norm::NormKind;
+use kiln_model::rotary::RopeScaling;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
@@ -496,4 +498,33 @@ fn write_exports_for_transformers() {
         root.join("bert_cls"),
     )
     .unwrap();
+    // The Llama family: GQA with llama3 scaling (LlamaForCausalLM), q/k/v biases and tied
+    // embeddings (Qwen2ForCausalLM), a sliding window (MistralForCausalLM).
+    let llama = || {
+        GptConfig::new(31)
+            .with_block_size(16)
+            .with_n_layer(2)
+            .with_n_head(4)
+            .with_n_kv_head(Some(2))
+            .with_head_dim(Some(6))
+            .with_d_model(16)
+            .with_d_ff(Some(40))
+            .with_positions(PositionEncoding::Rotary)
+            .with_rope_theta(500000.0)
+            .with_ff_kind(FeedForwardKind::SwiGlu)
+            .with_norm(Some(NormKind::RmsNorm))
+            .with_bias(false)
+            .with_tie_embeddings(false)
+    };
+    let scaled = llama().with_rope_scaling(Some(RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8,
+    }));
+    save_pretrained(&gpt(scaled), root.join("llama")).unwrap();
+    let qwen2 = llama().with_qkv_bias(Some(true)).with_tie_embeddings(true);
+    save_pretrained(&gpt(qwen2), root.join("qwen2")).unwrap();
+    let mistral = llama().with_sliding_window(Some(3));
+    save_pretrained(&gpt(mistral), root.join("mistral")).unwrap();
 }

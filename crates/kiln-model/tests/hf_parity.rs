@@ -215,10 +215,10 @@ fn a_missing_tensor_is_named() {
 
 #[test]
 fn an_unknown_model_type_is_an_error() {
-    let dir = edited_copy("gpt2", "type", |c| c["model_type"] = "llama".into());
+    let dir = edited_copy("gpt2", "type", |c| c["model_type"] = "falcon".into());
     let err = load_pretrained(&dir, &Device::flex()).unwrap_err();
     assert!(
-        matches!(&err, ModelError::UnknownModelType(t) if t == "llama"),
+        matches!(&err, ModelError::UnknownModelType(t) if t == "falcon"),
         "{err}"
     );
 }

@@ -43,11 +43,54 @@ use burn::tensor::{Bool, DType, Tensor};
 use super::on_flex;
 use super::softmax::masked_softmax_composite;
 
+/// Which keys each query may see, besides padding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyRange {
+    /// Query `i` sees no key after position `i + k_len − q_len` (the queries are the last of
+    /// the keys' positions, as with a KV cache).
+    pub causal: bool,
+    /// With `causal`, query `i` sees at most the last `window` of those keys (Mistral's
+    /// sliding window, as transformers masks it: key `j` is seen when `j > position − window`).
+    pub window: Option<usize>,
+}
+
+impl KeyRange {
+    /// Causal, without a window.
+    pub const CAUSAL: Self = Self {
+        causal: true,
+        window: None,
+    };
+
+    /// Every key (an encoder).
+    pub const ALL: Self = Self {
+        causal: false,
+        window: None,
+    };
+
+    /// The keys `first..end` query `i` of `tq` sees among `tk`.
+    pub fn of(self, i: usize, tq: usize, tk: usize) -> std::ops::Range<usize> {
+        if !self.causal {
+            return 0..tk;
+        }
+        let end = (i as i64 + tk as i64 - tq as i64 + 1).clamp(0, tk as i64) as usize;
+        let first = self.window.map_or(0, |w| end.saturating_sub(w));
+        first..end
+    }
+
+    /// Whether the window hides a key that the causal mask alone would show, for `tq` queries
+    /// over `tk` keys.
+    pub fn window_binds(self, tk: usize) -> bool {
+        self.causal && self.window.is_some_and(|w| w < tk)
+    }
+}
+
 /// `softmax(q·kᵀ·scale)·v` over the keys each query may see, for `q` `[batch, heads, q_len,
-/// head_dim]` and `k`, `v` `[batch, heads, k_len, head_dim]` (v's last dimension may differ).
-/// `causal`: query `i` sees keys up to `i + k_len − q_len` (the queries are the last of the
-/// keys' positions, as with a KV cache). `padding` (`[batch, k_len]`, `true` = masked) hides
-/// keys from every query. A query that sees no key gets zeros.
+/// head_dim]` and `k`, `v` `[batch, kv_heads, k_len, head_dim]` (v's last dimension may
+/// differ): grouped-query attention when `kv_heads` divides `heads` (query head `h` reads
+/// key/value head `h / (heads / kv_heads)`, as transformers' `repeat_kv` pairs them), without
+/// the keys and values repeated. `keys` says which keys a query sees (causal, a sliding
+/// window); `padding` (`[batch, k_len]`, `true` = masked) hides keys from every query. A query
+/// that sees no key gets zeros.
 ///
 /// One fused kernel forward and one backward on flex in f32; Burn's composite ops
 /// ([`attention_composite`]) on every other backend and dtype.
@@ -59,12 +102,12 @@ pub fn attention(
     k: Tensor<4>,
     v: Tensor<4>,
     scale: f64,
-    causal: bool,
+    keys: KeyRange,
     padding: Option<&Tensor<2, Bool>>,
 ) -> Tensor<4> {
     let ([b, h, _, d], [kb, kh, tk, kd], [vb, vh, tv, _]) = (q.dims(), k.dims(), v.dims());
     assert!(
-        [kb, vb] == [b, b] && [kh, vh] == [h, h] && kd == d && tv == tk,
+        [kb, vb] == [b, b] && kh == vh && kh > 0 && h.is_multiple_of(kh) && kd == d && tv == tk,
         "attention: q {:?}, k {:?} and v {:?} do not fit together",
         q.dims(),
         k.dims(),
@@ -79,7 +122,7 @@ pub fn attention(
     }
     let f32s = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F32);
     if !f32s || !on_flex(&q.device()) {
-        return attention_composite(q, k, v, scale, causal, padding);
+        return attention_composite(q, k, v, scale, keys, padding);
     }
     // The padding as an additive key bias (0 or -inf): Burn 0.22.1's extension glue does not
     // unwrap an `Option` of a tensor, and `[batch, keys]` floats are small.
@@ -88,31 +131,77 @@ pub fn attention(
         Some(padding) => bias.mask_fill(padding.clone(), f32::NEG_INFINITY),
         None => bias,
     };
+    // The extension's arguments are tensors and plain values: the window as a count, 0 for none.
+    let window = keys.window.filter(|_| keys.causal).unwrap_or(0);
     let (out, _logsumexp) = <Dispatch as AttentionBackend>::fused_attention(
         q.into_dispatch(),
         k.into_dispatch(),
         v.into_dispatch(),
         bias.into_dispatch(),
         scale as f32,
-        causal,
+        keys.causal,
+        window,
     );
     Tensor::from_dispatch(out)
 }
 
-/// [`attention`] in Burn's composite ops (matmul, [`masked_softmax_composite`], matmul): what
-/// runs on backends without the fused kernel, and the reference the kernel is tested against.
+/// [`attention`] in Burn's composite ops (the key/value heads repeated, matmul,
+/// [`masked_softmax_composite`], matmul): what runs on backends without the fused kernel, and
+/// the reference the kernel is tested against.
 pub fn attention_composite(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
     scale: f64,
-    causal: bool,
+    keys: KeyRange,
     padding: Option<&Tensor<2, Bool>>,
 ) -> Tensor<4> {
-    let [b, h, tq, _] = q.dims();
-    let tk = k.dims()[2];
+    let h = q.dims()[1];
+    let (k, v) = (repeat_kv(k, h), repeat_kv(v, h));
+    let mask = key_mask(keys, padding, q.dims(), k.dims()[2], &q.device());
+    masked_softmax_composite(q.matmul(k.swap_dims(2, 3)), scale, keys.causal, mask).matmul(v)
+}
+
+/// The `[batch, heads, q_len, k_len]` mask (`true` = hidden) of the padded keys and of the keys
+/// before each query's window, for the explicit forms (the causal mask is the softmax's own
+/// flag); `None` when neither hides a key. `q` is the queries' `[batch, heads, q_len, _]`.
+pub fn key_mask(
+    keys: KeyRange,
+    padding: Option<&Tensor<2, Bool>>,
+    [b, h, tq, _]: [usize; 4],
+    tk: usize,
+    device: &burn::tensor::Device,
+) -> Option<Tensor<4, Bool>> {
     let padding = padding.map(|p| p.clone().reshape([b, 1, 1, tk]).expand([b, h, tq, tk]));
-    masked_softmax_composite(q.matmul(k.swap_dims(2, 3)), scale, causal, padding).matmul(v)
+    if !keys.window_binds(tk) {
+        return padding;
+    }
+    let before: Vec<bool> = (0..tq)
+        .flat_map(|i| {
+            let first = keys.of(i, tq, tk).start;
+            (0..tk).map(move |j| j < first)
+        })
+        .collect();
+    let before =
+        Tensor::<2, Bool>::from_data(burn::tensor::TensorData::new(before, [tq, tk]), device)
+            .reshape([1, 1, tq, tk])
+            .expand([b, h, tq, tk]);
+    Some(match padding {
+        Some(padding) => padding.bool_or(before),
+        None => before,
+    })
+}
+
+/// `[batch, kv_heads, t, d]` with each key/value head repeated for the `heads / kv_heads`
+/// query heads that read it (transformers' `repeat_kv`); `x` itself when the counts agree.
+pub fn repeat_kv(x: Tensor<4>, heads: usize) -> Tensor<4> {
+    let [b, kv, t, d] = x.dims();
+    if kv == heads {
+        return x;
+    }
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kv, heads / kv, t, d])
+        .reshape([b, heads, t, d])
 }
 
 /// The fused attention as a backend operation: flex runs the kernels, Autodiff adds the
@@ -123,7 +212,8 @@ pub fn attention_composite(
 pub trait AttentionBackend: Backend {
     /// The output `[batch, heads, q_len, v_dim]` of [`attention`] and each query's logsumexp
     /// of its scaled, masked scores `[batch, heads, q_len]` (`+inf` for a query that sees no
-    /// key), from `key_bias` `[batch, k_len]` (0 for a key seen, `-inf` for a padded one).
+    /// key), from `key_bias` `[batch, k_len]` (0 for a key seen, `-inf` for a padded one);
+    /// `window` 0 for none.
     fn fused_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -131,6 +221,7 @@ pub trait AttentionBackend: Backend {
         key_bias: FloatTensor<Self>,
         scale: f32,
         causal: bool,
+        window: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// The gradients of q, k and v from the forward's inputs and logsumexp and the output's
@@ -145,6 +236,7 @@ pub trait AttentionBackend: Backend {
         grad: FloatTensor<Self>,
         scale: f32,
         causal: bool,
+        window: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
@@ -156,6 +248,7 @@ impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B
         key_bias: FloatTensor<Self>,
         scale: f32,
         causal: bool,
+        window: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let nodes = [q.node(), k.node(), v.node()];
         let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
@@ -171,6 +264,7 @@ impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B
                     key_bias.clone(),
                     scale,
                     causal,
+                    window,
                 );
                 let state = AttentionState {
                     q,
@@ -180,11 +274,12 @@ impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B
                     logsumexp: lse.clone(),
                     scale,
                     causal,
+                    window,
                 };
                 (prep.finish(state, out), Self::from_inner(lse))
             }
             OpsKind::UnTracked(prep) => {
-                let (out, lse) = B::fused_attention(q, k, v, key_bias, scale, causal);
+                let (out, lse) = B::fused_attention(q, k, v, key_bias, scale, causal, window);
                 (prep.finish(out), Self::from_inner(lse))
             }
         }
@@ -199,6 +294,7 @@ impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B
         grad: FloatTensor<Self>,
         scale: f32,
         causal: bool,
+        window: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let (dq, dk, dv) = B::fused_attention_backward(
             q.into_primitive(),
@@ -209,6 +305,7 @@ impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B
             grad.into_primitive(),
             scale,
             causal,
+            window,
         );
         (
             Self::from_inner(dq),
@@ -228,6 +325,7 @@ struct AttentionState<B: Backend> {
     logsumexp: FloatTensor<B>,
     scale: f32,
     causal: bool,
+    window: usize,
 }
 
 /// The backward of the fused attention; its parents are q, k and v.
@@ -254,6 +352,7 @@ impl<B: AttentionBackend> Backward<B, 3> for AttentionGrad {
             grad,
             s.scale,
             s.causal,
+            s.window,
         );
         let [node_q, node_k, node_v] = ops.parents;
         for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
@@ -274,7 +373,9 @@ mod kernels {
     use gemm::Parallelism;
     use rayon::prelude::*;
 
-    use super::AttentionBackend;
+    use std::ops::Range;
+
+    use super::{AttentionBackend, KeyRange};
     use crate::fused::kernel::{
         Operand, exp, f32_contiguous, gemm, lane_dot, lane_max, lane_sum, multiversion, values,
     };
@@ -290,11 +391,12 @@ mod kernels {
             key_bias: FloatTensor<Self>,
             scale: f32,
             causal: bool,
+            window: usize,
         ) -> (FloatTensor<Self>, FloatTensor<Self>) {
             let dtype = q.dtype();
             let (q, k, v) = (heads(q), heads(k), heads(v));
             let bias = f32_contiguous(key_bias);
-            let shape = Sizes::of(&q, &k, &v, causal);
+            let shape = Sizes::of(&q, &k, &v, causal, window);
             let (out, lse) = forward(&shape, &q, &k, &v, values(&bias), scale);
             (
                 in_dtype(shape.heads_view(out, shape.dv), dtype),
@@ -311,11 +413,12 @@ mod kernels {
             grad: FloatTensor<Self>,
             scale: f32,
             causal: bool,
+            window: usize,
         ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
             let dtype = grad.dtype();
             let (q, k, v, grad) = (heads(q), heads(k), heads(v), heads(grad));
             let (bias, lse) = (f32_contiguous(key_bias), f32_contiguous(logsumexp));
-            let shape = Sizes::of(&q, &k, &v, causal);
+            let shape = Sizes::of(&q, &k, &v, causal, window);
             let inputs = Saved {
                 q: &q,
                 k: &k,
@@ -356,54 +459,70 @@ mod kernels {
     /// The sizes of one call.
     struct Sizes {
         b: usize,
+        /// Query heads.
         h: usize,
+        /// Key/value heads (`h` / the group size).
+        kh: usize,
         tq: usize,
         tk: usize,
         d: usize,
         dv: usize,
-        causal: bool,
+        keys: KeyRange,
     }
 
     impl Sizes {
-        fn of(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, causal: bool) -> Self {
+        fn of(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, causal: bool, window: usize) -> Self {
             let (q, k, v) = (q.layout().shape(), k.layout().shape(), v.layout().shape());
             Self {
                 b: q[0],
                 h: q[1],
+                kh: k[1],
                 tq: q[2],
                 tk: k[2],
                 d: q[3],
                 dv: v[3],
-                causal,
+                keys: KeyRange {
+                    causal,
+                    window: (window > 0).then_some(window),
+                },
             }
         }
 
-        /// The keys query `i` sees: `0..visible(i)`.
-        fn visible(&self, i: usize) -> usize {
-            if self.causal {
-                (i as i64 + self.tk as i64 - self.tq as i64 + 1).clamp(0, self.tk as i64) as usize
-            } else {
-                self.tk
-            }
+        /// The keys query `i` sees.
+        fn visible(&self, i: usize) -> Range<usize> {
+            self.keys.of(i, self.tq, self.tk)
+        }
+
+        /// The keys some query of the block of rows `i0..i0 + rows` sees: from the first
+        /// query's first to the last query's last (both move forward with the query).
+        fn block_keys(&self, i0: usize, rows: usize) -> Range<usize> {
+            let (first, last) = (self.visible(i0), self.visible(i0 + rows - 1));
+            let start = first.start.min(last.end);
+            start..last.end
+        }
+
+        /// The key/value head query head `h` reads.
+        fn kv_head(&self, h: usize) -> usize {
+            h / (self.h / self.kh)
         }
 
         fn blocks(&self) -> usize {
             self.tq.div_ceil(QUERY_BLOCK)
         }
 
-        /// `values`, laid out `[b, t, h, width]` (the projections' layout), as the
-        /// `[b, h, t, width]` tensor the op returns.
-        fn view(&self, values: Vec<f32>, t: usize, width: usize) -> FlexTensor {
-            let layout = Layout::contiguous([self.b, t, self.h, width].into());
+        /// `values`, laid out `[b, t, heads, width]` (the projections' layout), as the
+        /// `[b, heads, t, width]` tensor the op returns.
+        fn view(&self, values: Vec<f32>, t: usize, heads: usize, width: usize) -> FlexTensor {
+            let layout = Layout::contiguous([self.b, t, heads, width].into());
             FlexTensor::new(Bytes::from_elems(values), layout, DType::F32).transpose(1, 2)
         }
 
         fn heads_view(&self, values: Vec<f32>, width: usize) -> FlexTensor {
-            self.view(values, self.tq, width)
+            self.view(values, self.tq, self.h, width)
         }
 
         fn keys_view(&self, values: Vec<f32>, width: usize) -> FlexTensor {
-            self.view(values, self.tk, width)
+            self.view(values, self.tk, self.kh, width)
         }
     }
 
@@ -451,13 +570,13 @@ mod kernels {
             unsafe { self.0.add(offset) }
         }
 
-        /// Head `(b, h)` of a `[b, t, h, width]` buffer: `[t, width]` with row stride
-        /// `h·width`.
-        fn head(self, shape: &Sizes, t: usize, width: usize, b: usize, h: usize) -> OutMat {
-            let at = ((b * t) * shape.h + h) * width;
+        /// Head `(b, h)` of a `[b, t, heads, width]` buffer: `[t, width]` with row stride
+        /// `heads·width`.
+        fn head(self, t: usize, heads: usize, width: usize, b: usize, h: usize) -> OutMat {
+            let at = ((b * t) * heads + h) * width;
             OutMat {
                 ptr: self.at(at),
-                rs: (shape.h * width) as isize,
+                rs: (heads * width) as isize,
             }
         }
     }
@@ -567,15 +686,18 @@ mod kernels {
             let (bi, hi) = (bh / h, bh % h);
             let i0 = block * QUERY_BLOCK;
             let rows = QUERY_BLOCK.min(tq - i0);
-            let keys = shape.visible(i0 + rows - 1);
-            let (qm, km, vm) = (head(q, bi, hi), head(k, bi, hi), head(v, bi, hi));
-            let o = dst.head(shape, tq, dv, bi, hi).rows_from(i0);
+            let span = shape.block_keys(i0, rows);
+            let keys = span.len();
+            let kvh = shape.kv_head(hi);
+            let (qm, km, vm) = (head(q, bi, hi), head(k, bi, kvh), head(v, bi, kvh));
+            let (km, vm) = (rows_from(km, span.start), rows_from(vm, span.start));
+            let o = dst.head(tq, h, dv, bi, hi).rows_from(i0);
             // SAFETY: this task alone writes rows i0..i0 + rows of head (bi, hi) of the output
             // and of the logsumexp.
             let lse = unsafe { std::slice::from_raw_parts_mut(lse_dst.at(bh * tq + i0), rows) };
             scores.resize(rows * keys, 0.0);
             let (s_out, s) = scratch(scores, keys);
-            // SAFETY: q rows i0.., k rows ..keys, the scratch and the output rows are inside
+            // SAFETY: q rows i0.., k rows span, the scratch and the output rows are inside
             // their buffers with these strides.
             unsafe {
                 product(
@@ -589,9 +711,9 @@ mod kernels {
                     scale,
                 )
             };
-            let bias = &bias[bi * tk..bi * tk + keys];
+            let bias = &bias[bi * tk + span.start..bi * tk + span.end];
             for (r, row) in scores.chunks_exact_mut(keys.max(1)).take(rows).enumerate() {
-                lse[r] = softmax_row(row, bias, shape.visible(i0 + r));
+                lse[r] = softmax_row(row, bias, relative(shape.visible(i0 + r), span.start));
             }
             if keys == 0 {
                 lse.fill(f32::INFINITY);
@@ -609,6 +731,11 @@ mod kernels {
         (out, lse)
     }
 
+    /// `keys` relative to the block's first key.
+    fn relative(keys: Range<usize>, start: usize) -> Range<usize> {
+        keys.start - start..keys.end - start
+    }
+
     /// Multiply-adds below which a call runs on the calling thread.
     const PARALLEL_MIN_WORK: usize = 1 << 18;
 
@@ -622,11 +749,12 @@ mod kernels {
         lse: &'a [f32],
     }
 
-    /// `dq` `[b, tq, h, d]`, `dk` `[b, tk, h, d]`, `dv` `[b, tk, h, dv]`.
+    /// `dq` `[b, tq, h, d]`, `dk` `[b, tk, kh, d]`, `dv` `[b, tk, kh, dv]`.
     fn backward(shape: &Sizes, x: &Saved<'_>, scale: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let Sizes {
             b,
             h,
+            kh,
             tq,
             tk,
             d,
@@ -634,57 +762,69 @@ mod kernels {
             ..
         } = *shape;
         let mut dq = vec![0.0f32; b * tq * h * d];
-        let mut dk = vec![0.0f32; b * tk * h * d];
-        let mut dvv = vec![0.0f32; b * tk * h * dv];
+        let mut dk = vec![0.0f32; b * tk * kh * d];
+        let mut dvv = vec![0.0f32; b * tk * kh * dv];
         let (dq_out, dk_out, dv_out) = (
             Out(dq.as_mut_ptr()),
             Out(dk.as_mut_ptr()),
             Out(dvv.as_mut_ptr()),
         );
-        let task = |scratch_buf: &mut (Vec<f32>, Vec<f32>), bh: usize| {
-            let (bi, hi) = (bh / h, bh % h);
-            let (qm, km, vm) = (head(x.q, bi, hi), head(x.k, bi, hi), head(x.v, bi, hi));
-            let gm = head(x.grad, bi, hi);
-            let dqm = dq_out.head(shape, tq, d, bi, hi);
-            let dkm = dk_out.head(shape, tk, d, bi, hi);
-            let dvm = dv_out.head(shape, tk, dv, bi, hi);
+        // One task per key/value head: dK and dV sum over its query heads and their query
+        // blocks, in a fixed order.
+        let group = h / kh;
+        let task = |scratch_buf: &mut (Vec<f32>, Vec<f32>), bkv: usize| {
+            let (bi, kvh) = (bkv / kh, bkv % kh);
+            let (km, vm) = (head(x.k, bi, kvh), head(x.v, bi, kvh));
+            let dkm = dk_out.head(tk, kh, d, bi, kvh);
+            let dvm = dv_out.head(tk, kh, dv, bi, kvh);
             let bias = &x.bias[bi * tk..(bi + 1) * tk];
-            let lse = &x.lse[bh * tq..(bh + 1) * tq];
             let (probs, dprobs) = scratch_buf;
-            for block in 0..shape.blocks() {
-                let i0 = block * QUERY_BLOCK;
-                let rows = QUERY_BLOCK.min(tq - i0);
-                let keys = shape.visible(i0 + rows - 1);
-                if keys == 0 {
-                    continue; // these queries saw nothing: their dq rows stay 0
+            for hi in kvh * group..(kvh + 1) * group {
+                let (qm, gm) = (head(x.q, bi, hi), head(x.grad, bi, hi));
+                let dqm = dq_out.head(tq, h, d, bi, hi);
+                let lse = &x.lse[(bi * h + hi) * tq..(bi * h + hi + 1) * tq];
+                for block in 0..shape.blocks() {
+                    let i0 = block * QUERY_BLOCK;
+                    let rows = QUERY_BLOCK.min(tq - i0);
+                    let span = shape.block_keys(i0, rows);
+                    let keys = span.len();
+                    if keys == 0 {
+                        continue; // these queries saw nothing: their dq rows stay 0
+                    }
+                    probs.resize(rows * keys, 0.0);
+                    dprobs.resize(rows * keys, 0.0);
+                    let (p_out, p) = scratch(probs, keys);
+                    let (dp_out, dp) = scratch(dprobs, keys);
+                    let (q_blk, g_blk) = (rows_from(qm, i0), rows_from(gm, i0));
+                    let (k_blk, v_blk) = (rows_from(km, span.start), rows_from(vm, span.start));
+                    let (dk_blk, dv_blk) = (dkm.rows_from(span.start), dvm.rows_from(span.start));
+                    // SAFETY (the products below): every operand is inside its buffer with these
+                    // sizes and strides; this task alone writes head (bi, kvh) of dk and dv, the
+                    // heads of its group of dq, and its own scratch.
+                    unsafe { product(rows, keys, d, p_out, false, q_blk, k_blk.t(), scale) };
+                    let block_bias = &bias[span.clone()];
+                    for (r, row) in probs.chunks_exact_mut(keys).enumerate() {
+                        let seen = relative(shape.visible(i0 + r), span.start);
+                        recompute_probs(row, block_bias, seen, lse[i0 + r]);
+                    }
+                    unsafe { product(keys, dv, rows, dv_blk, true, p.t(), g_blk, 1.0) };
+                    unsafe { product(rows, keys, dv, dp_out, false, g_blk, v_blk.t(), 1.0) };
+                    for (dp_row, p_row) in
+                        dprobs.chunks_exact_mut(keys).zip(probs.chunks_exact(keys))
+                    {
+                        scores_grad_row(dp_row, p_row, scale);
+                    }
+                    unsafe { product(rows, d, keys, dqm.rows_from(i0), false, dp, k_blk, 1.0) };
+                    unsafe { product(keys, d, rows, dk_blk, true, dp.t(), q_blk, 1.0) };
                 }
-                probs.resize(rows * keys, 0.0);
-                dprobs.resize(rows * keys, 0.0);
-                let (p_out, p) = scratch(probs, keys);
-                let (dp_out, dp) = scratch(dprobs, keys);
-                let (q_blk, g_blk) = (rows_from(qm, i0), rows_from(gm, i0));
-                // SAFETY (the products below): every operand is inside its buffer with these
-                // sizes and strides; this task alone writes head (bi, hi) of dq, dk and dv, and
-                // its own scratch.
-                unsafe { product(rows, keys, d, p_out, false, q_blk, km.t(), scale) };
-                for (r, row) in probs.chunks_exact_mut(keys).enumerate() {
-                    recompute_probs(row, &bias[..keys], shape.visible(i0 + r), lse[i0 + r]);
-                }
-                unsafe { product(keys, dv, rows, dvm, true, p.t(), g_blk, 1.0) };
-                unsafe { product(rows, keys, dv, dp_out, false, g_blk, vm.t(), 1.0) };
-                for (dp_row, p_row) in dprobs.chunks_exact_mut(keys).zip(probs.chunks_exact(keys)) {
-                    scores_grad_row(dp_row, p_row, scale);
-                }
-                unsafe { product(rows, d, keys, dqm.rows_from(i0), false, dp, km, 1.0) };
-                unsafe { product(keys, d, rows, dkm, true, dp.t(), q_blk, 1.0) };
             }
         };
         let work = b * h * tq * tk * (d + dv);
-        if b * h == 1 || work < PARALLEL_MIN_WORK {
+        if b * kh == 1 || work < PARALLEL_MIN_WORK {
             let mut buf = (Vec::new(), Vec::new());
-            (0..b * h).for_each(|bh| task(&mut buf, bh));
+            (0..b * kh).for_each(|bkv| task(&mut buf, bkv));
         } else {
-            (0..b * h)
+            (0..b * kh)
                 .into_par_iter()
                 .for_each_init(|| (Vec::new(), Vec::new()), task);
         }
@@ -693,12 +833,14 @@ mod kernels {
 
     multiversion! {
         /// One query's probabilities in place over `row` (its scaled scores against the block's
-        /// keys): the key bias added over the first `visible` keys, zeros after them; max, exp,
+        /// keys): the key bias added over the keys it sees (`seen`), zeros elsewhere; max, exp,
         /// normalize. Returns the logsumexp, `+inf` when no key is seen (the row is then 0).
-        fn softmax_row(row: &mut [f32], bias: &[f32], visible: usize) -> f32 {
-            let (head, tail) = row.split_at_mut(visible.min(row.len()));
-            tail.fill(0.0);
-            for (s, &b) in head.iter_mut().zip(bias) {
+        fn softmax_row(row: &mut [f32], bias: &[f32], seen: Range<usize>) -> f32 {
+            let seen = seen.start.min(row.len())..seen.end.min(row.len());
+            row[..seen.start].fill(0.0);
+            row[seen.end..].fill(0.0);
+            let head = &mut row[seen.clone()];
+            for (s, &b) in head.iter_mut().zip(&bias[seen]) {
                 *s += b;
             }
             let max = lane_max(head);
@@ -720,11 +862,12 @@ mod kernels {
 
     multiversion! {
         /// The probabilities of one query again, from its scaled scores in `row`:
-        /// `exp(s + bias − lse)` over the first `visible` keys, zeros after them.
-        fn recompute_probs(row: &mut [f32], bias: &[f32], visible: usize, lse: f32) {
-            let (head, tail) = row.split_at_mut(visible.min(row.len()));
-            tail.fill(0.0);
-            for (s, &b) in head.iter_mut().zip(bias) {
+        /// `exp(s + bias − lse)` over the keys it sees (`seen`), zeros elsewhere.
+        fn recompute_probs(row: &mut [f32], bias: &[f32], seen: Range<usize>, lse: f32) {
+            let seen = seen.start.min(row.len())..seen.end.min(row.len());
+            row[..seen.start].fill(0.0);
+            row[seen.end..].fill(0.0);
+            for (s, &b) in row[seen.clone()].iter_mut().zip(&bias[seen]) {
                 *s = exp(*s + b - lse);
             }
         }

@@ -12,10 +12,13 @@
 //!   a product that reads the weight once where it lies (`skinny.rs`) instead of gemm.
 //! - [`gelu`](mod@gelu): GELU, exact and tanh ([`Activation::Gelu`](crate::activation::Activation::Gelu),
 //!   [`Activation::GeluTanh`](crate::activation::Activation::GeluTanh)).
-//! - [`norm`]: LayerNorm and RMSNorm ([`layer_norm`], [`rms_norm`]), each backward computing
-//!   `dX`, `dγ`, `dβ` in one pass over the rows.
+//! - [`norm`]: LayerNorm and RMSNorm ([`layer_norm`], [`rms_norm`], the decoder's
+//!   [`Norm`](crate::norm::Norm)), each backward computing `dX`, `dγ`, `dβ` in one pass over the
+//!   rows.
+//! - [`swiglu`](mod@swiglu): SwiGLU's `silu(gate)·up`, both gradients in one pass.
 //! - [`attention`](mod@attention): attention while training as one operation (FlashAttention's
-//!   blocks of queries, the probabilities recomputed in the backward, never stored).
+//!   blocks of queries, the probabilities recomputed in the backward, never stored), with
+//!   grouped-query heads and sliding windows; at inference for the cases Burn's op lacks.
 //! - [`softmax`]: attention's scaled, causal- and padding-masked softmax (the explicit form,
 //!   with dropout on the probabilities).
 //! - [`cross_entropy`]: log-softmax and cross-entropy with an ignore index.
@@ -39,9 +42,11 @@ pub mod norm;
 #[cfg(feature = "flex")]
 mod skinny;
 pub mod softmax;
+pub mod swiglu;
 
 pub use gelu::{GeluKind, gelu};
 pub use norm::{layer_norm, rms_norm};
+pub use swiglu::swiglu;
 
 /// Whether `device` is flex, with or without autodiff: where the fused kernels run.
 pub(crate) fn on_flex(device: &Device) -> bool {

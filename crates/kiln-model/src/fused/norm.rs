@@ -30,11 +30,11 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
+use burn::module::{Content, DisplaySettings, ModuleDisplay};
 use burn::nn::{LayerNorm, RmsNorm};
 use burn::tensor::{DType, Tensor};
 
 use super::on_flex;
-use crate::hf::layer_norm_eps;
 
 /// `norm` applied to `x` (`[..., d_model]`): the fused kernel on flex (f32, plain or
 /// autodiff), Burn's [`LayerNorm::forward`] elsewhere and for other dtypes. `norm` keeps its
@@ -53,17 +53,20 @@ use crate::hf::layer_norm_eps;
 /// ```
 pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
     let gamma = norm.gamma.val();
-    match layer_norm_eps(norm) {
-        Ok(epsilon) if fusable(&x, &gamma) => {
-            // Without β, a zero constant: one kernel for both.
-            let beta = match &norm.beta {
-                Some(beta) => beta.val(),
-                None => gamma.zeros_like(),
-            };
-            fused(x, gamma, beta, epsilon, true)
+    match epsilon_of(norm) {
+        Some(epsilon) if fusable(&x, &gamma) => {
+            norm_fused(x, gamma, norm.beta.as_ref().map(|b| b.val()), epsilon, true)
         }
         _ => norm.forward(x),
     }
+}
+
+/// The epsilon of a Burn `LayerNorm`. Burn keeps it private; its display content is the one
+/// public view, written with `f64`'s `Display`, which round-trips exactly.
+fn epsilon_of(norm: &LayerNorm) -> Option<f64> {
+    norm.custom_content(Content::new(DisplaySettings::new()))
+        .and_then(|content| content.attributes.into_iter().find(|a| a.name == "epsilon"))
+        .and_then(|epsilon| epsilon.value.parse().ok())
 }
 
 /// `norm` (RMSNorm, `x/√(mean(x²) + ε)·γ`) applied to `x` (`[..., d_model]`): the fused
@@ -85,15 +88,14 @@ pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
 pub fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
     let gamma = norm.gamma.val();
     if fusable(&x, &gamma) {
-        let beta = gamma.zeros_like();
-        fused(x, gamma, beta, norm.epsilon, false)
+        norm_fused(x, gamma, None, norm.epsilon, false)
     } else {
         norm.forward(x)
     }
 }
 
 /// Whether the kernel takes `x` normalized with `gamma`: f32 on flex, matching widths.
-fn fusable<const D: usize>(x: &Tensor<D>, gamma: &Tensor<1>) -> bool {
+pub(crate) fn fusable<const D: usize>(x: &Tensor<D>, gamma: &Tensor<1>) -> bool {
     on_flex(&x.device())
         && x.dtype() == DType::F32
         && gamma.dtype() == DType::F32
@@ -101,13 +103,16 @@ fn fusable<const D: usize>(x: &Tensor<D>, gamma: &Tensor<1>) -> bool {
         && x.shape().num_elements() > 0
 }
 
-fn fused<const D: usize>(
+/// The fused kernel on `x` (the caller checked [`fusable`]): LayerNorm when `centered`,
+/// RMSNorm when not; without `β`, a zero constant, so one kernel serves both.
+pub(crate) fn norm_fused<const D: usize>(
     x: Tensor<D>,
     gamma: Tensor<1>,
-    beta: Tensor<1>,
+    beta: Option<Tensor<1>>,
     epsilon: f64,
     centered: bool,
 ) -> Tensor<D> {
+    let beta = beta.unwrap_or_else(|| gamma.zeros_like());
     Tensor::from_dispatch(<Dispatch as NormBackend>::fused_norm(
         x.into_dispatch(),
         gamma.into_dispatch(),

@@ -8,18 +8,17 @@
 use std::path::Path;
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
 use super::config::{HfBertConfig, HfConfig};
-use super::save::{
-    HfCheckpoint, HfExport, NamedTensors, bias, block_shape, layer_norm_eps, no_hf_equivalent,
-};
+use super::save::{HfCheckpoint, HfExport, NamedTensors, bias, block_shape, no_hf_equivalent};
 use super::weights::HfWeights;
 use crate::activation::Activation;
 use crate::bert::{Bert, BertConfig, BertForMaskedLm, BertForSequenceClassification};
 use crate::block::NormPosition;
 use crate::error::{ModelError, Result};
+use crate::norm::Norm;
 
 impl HfBertConfig {
     /// The kiln config of this checkpoint; `file` is where it was read (named in errors).
@@ -73,15 +72,15 @@ fn dims<const D: usize>(param: &Param<Tensor<D>>) -> [usize; D] {
 /// Loads an `nn.Linear` (`[out, in]` weight and bias) into a Burn `Linear` (`[in, out]`).
 fn load_dense(linear: &mut Linear, weights: &HfWeights, name: &str, device: &Device) -> Result<()> {
     let [d_in, d_out] = dims(&linear.weight);
-    let weight = weights.tensor(&format!("{name}.weight"), [d_out, d_in], device)?;
+    let weight = weights.linear_weight(&format!("{name}.weight"), [d_out, d_in], device)?;
     let bias = weights.tensor(&format!("{name}.bias"), [d_out], device)?;
-    linear.weight = Param::from_tensor(weight.transpose());
+    linear.weight = Param::from_tensor(weight);
     linear.bias = Some(Param::from_tensor(bias));
     Ok(())
 }
 
 /// Loads a LayerNorm, accepting the `gamma`/`beta` names of TF-era checkpoints.
-fn load_norm(norm: &mut LayerNorm, weights: &HfWeights, name: &str, device: &Device) -> Result<()> {
+fn load_norm(norm: &mut Norm, weights: &HfWeights, name: &str, device: &Device) -> Result<()> {
     let [d] = dims(&norm.gamma);
     let (w, b, g, be) = (
         format!("{name}.weight"),
@@ -227,7 +226,7 @@ fn save_dense(tensors: &mut NamedTensors, name: &str, linear: &Linear) -> Result
 }
 
 /// Adds a LayerNorm under transformers' `weight`/`bias` names.
-fn save_norm(tensors: &mut NamedTensors, name: &str, norm: &LayerNorm) -> Result<()> {
+fn save_norm(tensors: &mut NamedTensors, name: &str, norm: &Norm) -> Result<()> {
     tensors.push(&format!("{name}.weight"), norm.gamma.val());
     tensors.push(&format!("{name}.bias"), bias(&norm.beta)?);
     Ok(())
@@ -246,7 +245,7 @@ fn save_encoder(
     let emb = &bert.embeddings;
     let [vocab_size, hidden] = emb.word.weight.dims();
     let shape = block_shape(&bert.layers, hidden, NormPosition::Post, "BERT")?;
-    if layer_norm_eps(&emb.norm)? != shape.layer_norm_eps {
+    if emb.norm.epsilon != shape.layer_norm_eps {
         return Err(no_hf_equivalent(
             "the embeddings' LayerNorm epsilon differs from the layers'; BERT has one \
              layer_norm_eps",
@@ -325,7 +324,7 @@ impl HfExport for BertForMaskedLm {
                 self.activation, config.hidden_act
             )));
         }
-        if layer_norm_eps(&self.transform_norm)? != config.layer_norm_eps {
+        if self.transform_norm.epsilon != config.layer_norm_eps {
             return Err(no_hf_equivalent(
                 "the masked-LM transform's LayerNorm epsilon differs from the layers'; BERT has \
                  one layer_norm_eps",

@@ -209,6 +209,8 @@ pub enum HfConfig {
     Gpt2(HfGpt2Config),
     /// A `bert` model.
     Bert(HfBertConfig),
+    /// A `llama`, `qwen2` or `mistral` model.
+    Llama(super::llama::HfLlamaConfig),
 }
 
 /// Parses the `config.json` text read from `file` into `T`.

@@ -10,9 +10,7 @@ use burn::module::Param;
 use burn::tensor::{Device, Tensor};
 
 use super::config::{HfConfig, HfGpt2Config};
-use super::save::{
-    HfCheckpoint, HfExport, NamedTensors, bias, block_shape, layer_norm_eps, no_hf_equivalent,
-};
+use super::save::{HfCheckpoint, NamedTensors, bias, block_shape, no_hf_equivalent};
 use super::weights::HfWeights;
 use crate::activation::Activation;
 use crate::block::NormPosition;
@@ -126,17 +124,16 @@ pub fn load_gpt2(config: &GptConfig, weights: &mut HfWeights, device: &Device) -
     )?));
     if let Some(head) = model.lm_head.as_mut() {
         // `lm_head` is an nn.Linear, stored [out, in]; it sits outside the `transformer.` prefix.
-        let weight = weights.tensor("lm_head.weight", [v, d], device)?;
-        head.weight = Param::from_tensor(weight.transpose());
+        head.weight =
+            Param::from_tensor(weights.linear_weight("lm_head.weight", [v, d], device)?);
     }
     Ok(model)
 }
 
 /// A GPT as `GPT2LMHeadModel`. No equivalent: rotary positions, SwiGLU, post-norm blocks,
 /// missing biases, heads removed by pruning, blocks of different widths.
-impl HfExport for Gpt {
-    fn hf_checkpoint(&self) -> Result<HfCheckpoint> {
-        let gpt = self;
+pub(crate) fn gpt2_checkpoint(gpt: &Gpt) -> Result<HfCheckpoint> {
+    {
         if gpt.rope.is_some() || gpt.position_embedding.is_none() {
             return Err(no_hf_equivalent(
                 "the GPT uses rotary positions; GPT-2 learns absolute position embeddings",
@@ -148,7 +145,7 @@ impl HfExport for Gpt {
             gpt.final_norm.beta.as_ref().ok_or_else(|| {
                 no_hf_equivalent("the final LayerNorm has no bias; GPT-2's has one")
             })?;
-        if layer_norm_eps(&gpt.final_norm)? != shape.layer_norm_eps {
+        if gpt.final_norm.epsilon != shape.layer_norm_eps {
             return Err(no_hf_equivalent(
                 "the final LayerNorm's epsilon differs from the blocks'; GPT-2 has one \
                  layer_norm_epsilon",

@@ -36,6 +36,7 @@
 mod bert;
 mod config;
 mod gpt2;
+pub mod llama;
 mod save;
 mod weights;
 
@@ -48,13 +49,13 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 pub use bert::{load_bert, load_bert_classifier, load_bert_masked_lm};
 pub use config::{CONFIG_FILE, HfBertConfig, HfConfig, HfGpt2Config};
 pub use gpt2::load_gpt2;
-pub(crate) use save::layer_norm_eps;
+pub use llama::{HfLlamaConfig, LlamaFamily, load_llama};
 pub use save::{HfCheckpoint, HfExport, WEIGHTS_FILE, save_pretrained};
 pub use weights::HfWeights;
 
 use crate::bert::{Bert, BertForMaskedLm, BertForSequenceClassification, BertInput};
 use crate::error::{ModelError, Result};
-use crate::gpt::{Gpt, check_probability};
+use crate::gpt::{Gpt, GptConfig, check_probability};
 use crate::limits::read_config_text;
 use config::{ConfigHeader, parse_config};
 
@@ -63,6 +64,8 @@ use config::{ConfigHeader, parse_config};
 pub enum HfModel {
     /// `GPT2LMHeadModel` or `GPT2Model`.
     Gpt2(Gpt),
+    /// `LlamaForCausalLM`, `Qwen2ForCausalLM` or `MistralForCausalLM`.
+    Llama(Gpt),
     /// A bare `BertModel`.
     Bert(Bert),
     /// `BertForMaskedLM`.
@@ -170,6 +173,62 @@ pub fn load_pretrained_with(
                 })
             }
         }
+        other if LlamaFamily::of(other).is_some() => {
+            let hf: HfLlamaConfig = parse_config(&text, &file)?;
+            let family = hf.family().expect("checked above");
+            if !architecture.is_empty() && architecture != family.architecture() {
+                return Err(ModelError::ConfigField {
+                    file,
+                    field: "architectures".into(),
+                    message: format!(
+                        "`{architecture}` is not supported for {other} (kiln reads {})",
+                        family.architecture()
+                    ),
+                });
+            }
+            let mut weights = HfWeights::open_with(dir, options)?;
+            Ok(HfModel::Llama(load_llama(
+                &hf.gpt_config(&file)?,
+                &mut weights,
+                device,
+            )?))
+        }
+        other => Err(ModelError::UnknownModelType(other.to_owned())),
+    }
+}
+
+/// The [`GptConfig`] of a HuggingFace decoder folder (`gpt2`, `llama`, `qwen2`, `mistral`):
+/// the model [`load_pretrained_gpt`] fills. A training run records it as its model config.
+pub fn gpt_config_of(dir: impl AsRef<Path>) -> Result<GptConfig> {
+    let file = dir.as_ref().join(CONFIG_FILE);
+    let text = read_config_text(&file)?;
+    let header: ConfigHeader = parse_config(&text, &file)?;
+    match header.model_type.as_str() {
+        "gpt2" => parse_config::<HfGpt2Config>(&text, &file)?.gpt_config(&file),
+        other if LlamaFamily::of(other).is_some() => {
+            parse_config::<HfLlamaConfig>(&text, &file)?.gpt_config(&file)
+        }
+        other => Err(ModelError::UnknownModelType(format!(
+            "{other}` (a decoder is needed: `gpt2`, `llama`, `qwen2` or `mistral`"
+        ))),
+    }
+}
+
+/// The weights of a HuggingFace decoder folder in a model of `config`: the folder's own
+/// ([`gpt_config_of`]), or that with another context length (`block_size`; rotary positions
+/// only, since learned ones are a tensor of that length).
+pub fn load_pretrained_gpt(
+    dir: impl AsRef<Path>,
+    config: &GptConfig,
+    device: &Device,
+) -> Result<Gpt> {
+    let dir = dir.as_ref();
+    let file = dir.join(CONFIG_FILE);
+    let header: ConfigHeader = parse_config(&read_config_text(&file)?, &file)?;
+    let mut weights = HfWeights::open(dir)?;
+    match header.model_type.as_str() {
+        "gpt2" => load_gpt2(config, &mut weights, device),
+        other if LlamaFamily::of(other).is_some() => load_llama(config, &mut weights, device),
         other => Err(ModelError::UnknownModelType(other.to_owned())),
     }
 }
@@ -189,7 +248,7 @@ impl HfModel {
             attention_mask: attention_mask.clone(),
         };
         Ok(match self {
-            HfModel::Gpt2(gpt) => {
+            HfModel::Gpt2(gpt) | HfModel::Llama(gpt) => {
                 let padding = attention_mask.clone().map(padding_mask);
                 HfOutput::TokenLogits(gpt.forward_masked(input_ids.clone(), padding)?)
             }

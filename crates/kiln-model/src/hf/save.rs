@@ -8,8 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use burn::module::{Content, DisplaySettings, ModuleDisplay, Param};
-use burn::nn::LayerNorm;
+use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
@@ -19,6 +18,8 @@ use super::config::{CONFIG_FILE, HfConfig};
 use crate::activation::Activation;
 use crate::block::{NormPosition, TransformerBlock};
 use crate::error::{ModelError, Result};
+use crate::gpt::Gpt;
+use crate::norm::NormKind;
 use crate::store::write_atomic;
 
 /// The weights file of a HuggingFace folder.
@@ -120,15 +121,6 @@ pub(crate) fn bias(bias: &Option<Param<Tensor<1>>>) -> Result<Tensor<1>> {
     })
 }
 
-/// The epsilon of a LayerNorm. Burn keeps it private; its display content is the one public
-/// view, written with `f64`'s `Display`, which round-trips exactly.
-pub(crate) fn layer_norm_eps(norm: &LayerNorm) -> Result<f64> {
-    norm.custom_content(Content::new(DisplaySettings::new()))
-        .and_then(|content| content.attributes.into_iter().find(|a| a.name == "epsilon"))
-        .and_then(|epsilon| epsilon.value.parse().ok())
-        .ok_or_else(|| ModelError::config("cannot read a LayerNorm's epsilon"))
-}
-
 /// What one HF config states once for all blocks.
 pub(crate) struct BlockShape {
     pub n_head: usize,
@@ -139,9 +131,9 @@ pub(crate) struct BlockShape {
     pub resid_dropout: f64,
 }
 
-/// Checks that every block is one transformers' `family` has (full width `d_model` attention
-/// with all its heads, a plain MLP, biases, LayerNorms at `norm`) and that all blocks agree on
-/// what the HF config states once.
+/// Checks that every block is one transformers' `family` has (multi-head attention over the
+/// full width `d_model` with all its heads, a plain MLP, biases, LayerNorms at `norm`) and that
+/// all blocks agree on what the HF config states once.
 pub(crate) fn block_shape(
     blocks: &[TransformerBlock],
     d_model: usize,
@@ -177,19 +169,32 @@ pub(crate) fn block_shape(
                 )));
             }
         }
+        for norm in [&block.attn_norm, &block.ffn_norm] {
+            if norm.kind != NormKind::LayerNorm {
+                return Err(no_hf_equivalent(format!(
+                    "block {i} has {:?}; {family}'s blocks have LayerNorms",
+                    norm.kind
+                )));
+            }
+        }
         if block.attn_norm.beta.is_none() || block.ffn_norm.beta.is_none() {
             return Err(no_hf_equivalent(format!(
                 "block {i} has a LayerNorm without bias; {family}'s have biases"
             )));
         }
         let width = attn.query.weight.dims()[1];
+        if attn.key.weight.dims()[1] != width {
+            return Err(no_hf_equivalent(format!(
+                "block {i} has grouped-query attention; {family} has as many key/value heads as                  query heads"
+            )));
+        }
         if width != d_model {
             return Err(no_hf_equivalent(format!(
                 "block {i} attends over {width} of {d_model} dimensions (heads removed by \
                  pruning); {family} has every head in every block"
             )));
         }
-        let eps = layer_norm_eps(&block.attn_norm)?;
+        let eps = block.attn_norm.epsilon;
         let this = BlockShape {
             n_head: attn.n_head,
             d_ff: ffn.up.weight.dims()[1],
@@ -198,7 +203,7 @@ pub(crate) fn block_shape(
             attn_dropout: attn.attn_dropout.prob,
             resid_dropout: attn.resid_dropout.prob,
         };
-        if layer_norm_eps(&block.ffn_norm)? != eps {
+        if block.ffn_norm.epsilon != eps {
             return Err(no_hf_equivalent(format!(
                 "block {i}'s LayerNorms have different epsilons; {family} has one"
             )));
@@ -236,10 +241,22 @@ pub(crate) fn block_shape(
     shape.ok_or_else(|| no_hf_equivalent(format!("the model has no blocks; {family} has some")))
 }
 
+/// A GPT as transformers' checkpoint: with RMSNorms, the Llama family's class that expresses it
+/// (`LlamaForCausalLM`, `Qwen2ForCausalLM`, `MistralForCausalLM`); else `GPT2LMHeadModel`.
+impl HfExport for Gpt {
+    fn hf_checkpoint(&self) -> Result<HfCheckpoint> {
+        if self.final_norm.kind == NormKind::RmsNorm {
+            super::llama::llama_checkpoint(self)
+        } else {
+            super::gpt2::gpt2_checkpoint(self)
+        }
+    }
+}
+
 impl HfExport for HfModel {
     fn hf_checkpoint(&self) -> Result<HfCheckpoint> {
         match self {
-            HfModel::Gpt2(model) => model.hf_checkpoint(),
+            HfModel::Gpt2(model) | HfModel::Llama(model) => model.hf_checkpoint(),
             HfModel::Bert(model) => model.hf_checkpoint(),
             HfModel::BertForMaskedLm(model) => model.hf_checkpoint(),
             HfModel::BertForSequenceClassification(model) => model.hf_checkpoint(),

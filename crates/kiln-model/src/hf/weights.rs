@@ -117,6 +117,18 @@ impl HfWeights {
         }
     }
 
+    /// Every tensor name in the checkpoint, as the files write them (sorted).
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.index.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The first file of the checkpoint (named in errors about the checkpoint as a whole).
+    pub fn first_file(&self) -> &Path {
+        self.files.first().map_or(Path::new(""), |f| f.0.as_path())
+    }
+
     /// Whether the checkpoint has `name` (after the prefix).
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(&self.full_name(name)) || self.index.contains_key(name)
@@ -137,6 +149,29 @@ impl HfWeights {
         self.tensor_any(&[name], expected, device)
     }
 
+    /// The `[out, in]` weight of transformers' `nn.Linear` `name` (`expected` = `[out, in]`)
+    /// as Burn's `[in, out]`, transposed on the host: a contiguous tensor, so that a model
+    /// loaded from the checkpoint and the same model saved and read back compute bit for bit
+    /// alike (a transposed view would take other paths through the gemm).
+    pub fn linear_weight(
+        &self,
+        name: &str,
+        [d_out, d_in]: [usize; 2],
+        device: &Device,
+    ) -> Result<Tensor<2>> {
+        let values = self.values(&[name], &[d_out, d_in])?;
+        let mut transposed = vec![0.0f32; values.len()];
+        for (o, row) in values.chunks_exact(d_in.max(1)).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                transposed[i * d_out + o] = v;
+            }
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(transposed, [d_in, d_out]),
+            device,
+        ))
+    }
+
     /// Like [`tensor`](Self::tensor) with alternative names, the first one reported if none is
     /// present. Names are tried with the prefix first, then as written.
     pub fn tensor_any<const D: usize>(
@@ -145,6 +180,13 @@ impl HfWeights {
         expected: [usize; D],
         device: &Device,
     ) -> Result<Tensor<D>> {
+        let values = self.values(names, &expected)?;
+        Ok(Tensor::from_data(TensorData::new(values, expected), device))
+    }
+
+    /// The values (as f32) of the first of `names` present, checked to have shape `expected`
+    /// and (unless allowed) finite values.
+    fn values(&self, names: &[&str], expected: &[usize]) -> Result<Vec<f32>> {
         let found = names.iter().find_map(|name| {
             let full = self.full_name(name);
             if let Some(&file) = self.index.get(&full) {
@@ -196,7 +238,7 @@ impl HfWeights {
                 path.display()
             );
         }
-        Ok(Tensor::from_data(TensorData::new(values, expected), device))
+        Ok(values)
     }
 }
 

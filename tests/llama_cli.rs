@@ -1,0 +1,211 @@
+//! The Llama family on the command line: `generate` on an HF folder gives transformers' greedy
+//! text, `train_gpt --arch llama` trains and exports a class transformers reads, and
+//! `--init-from` starts from the checkpoint's weights. These run the examples that
+//! `cargo test --release --workspace` builds beside this test; run alone without them, they say
+//! loudly that they were skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kiln::prelude::*;
+use safetensors::SafeTensors;
+
+/// `target/<profile>/examples/<name>`.
+fn example(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("examples").join(name);
+    bin.exists().then_some(bin)
+}
+
+macro_rules! example_or_skip {
+    ($name:expr) => {
+        match example($name) {
+            Some(bin) => bin,
+            None => {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** SKIPPED: examples/{} is not built (`cargo test --release --workspace` builds it) ***\n",
+                    $name
+                );
+                return;
+            }
+        }
+    };
+}
+
+fn run(bin: &Path, args: &[&str]) -> Output {
+    let output = Command::new(bin)
+        .args(args)
+        .env_remove("OMPI_COMM_WORLD_SIZE")
+        .output()
+        .expect("the example runs");
+    assert!(
+        output.status.success(),
+        "{} {args:?} failed:\n{}",
+        bin.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// `generate` encodes the prompt with the folder's tokenizer and decodes greedily: the text and
+/// ids transformers' `generate` gave on the same folder.
+#[test]
+fn generate_prints_transformers_greedy_continuation() {
+    let bin = example_or_skip!("generate");
+    let dir = fixture("llama3_gqa");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let generate = &reference["generate"];
+    let prompt = generate["prompt_text"].as_str().unwrap();
+    let greedy: Vec<String> = generate["greedy"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.to_string())
+        .collect();
+    let new_tokens = greedy.len() - generate["prompt"][0].as_array().unwrap().len();
+    let output = run(
+        &bin,
+        &[
+            "--model-dir",
+            dir.to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            &new_tokens.to_string(),
+            "--ids",
+        ],
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), generate["text"].as_str());
+    assert_eq!(lines.next(), Some(greedy.join(",").as_str()));
+}
+
+/// The tensors of a safetensors file, by name (as f32).
+fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let values = match view.dtype() {
+                safetensors::Dtype::F32 => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                other => panic!("{name}: {other:?}"),
+            };
+            (name, values)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// `--init-from` starts from the checkpoint: with a learning rate of 0 the exported model is
+/// the checkpoint itself (same names, same values), and the text is tokenized with its
+/// tokenizer.json (word-level here, so the run sees whole words).
+#[test]
+fn init_from_starts_at_the_checkpoints_weights() {
+    let bin = example_or_skip!("train_gpt");
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = (0..400)
+        .map(|i| format!("w{} ", (i * 7 + i / 3) % 64))
+        .collect();
+    let data = dir.path().join("words.txt");
+    std::fs::write(&data, text).unwrap();
+    let out = dir.path().join("hf");
+    let fixture = fixture("llama3_gqa");
+    run(
+        &bin,
+        &[
+            "--init-from",
+            fixture.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--block",
+            "16",
+            "--lr",
+            "0",
+            "--max-steps",
+            "2",
+            "--batch",
+            "2",
+            "--samples",
+            "0",
+            "--export-hf",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        tensors(&out.join("model.safetensors")),
+        tensors(&fixture.join("model.safetensors")),
+        "the exported weights are the checkpoint's"
+    );
+    let HfModel::Llama(_) = load_pretrained(&out, &Device::flex()).unwrap() else {
+        panic!("exported as another class")
+    };
+}
+
+/// `train_gpt --arch llama` trains a Llama-architecture model (GQA, RMSNorm, rotary, SwiGLU)
+/// on the addition task: its held-out loss falls below the unigram plateau in a few hundred
+/// steps, and `--export-hf` writes a `LlamaForCausalLM` folder that loads back with the
+/// trained model's logits.
+#[test]
+fn train_gpt_arch_llama_learns_and_exports() {
+    let bin = example_or_skip!("train_gpt");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("hf");
+    let output = run(
+        &bin,
+        &[
+            "--arch",
+            "llama",
+            "--kv-heads",
+            "2",
+            "--max-steps",
+            "400",
+            "--eval-every",
+            "400",
+            "--accuracy-problems",
+            "50",
+            "--export-hf",
+            out.to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let loss: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("held-out at step "))
+        .and_then(|l| l.split("loss ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("no held-out loss in:\n{stdout}"));
+    assert!(
+        loss < 1.0,
+        "held-out loss {loss} after 400 steps:\n{stdout}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(config["num_key_value_heads"], 2);
+    let HfModel::Llama(gpt) = load_pretrained(&out, &Device::flex()).unwrap() else {
+        panic!("exported as another class")
+    };
+    assert_eq!(
+        gpt.blocks[0].attn.key.weight.dims()[1] * 2,
+        gpt.blocks[0].attn.query.weight.dims()[1]
+    );
+}
