@@ -3,10 +3,12 @@
 //!
 //! ```text
 //! cargo run --release --example bench_generate -- [--batch 1,8] [--prompt 32] [--new-tokens 32] \
-//!     [--rounds 3] [--d-model 768 --layers 12 --heads 12 --vocab 50257 --context 1024]
+//!     [--rounds 3] [--d-model 768 --layers 12 --heads 12 --vocab 50257 --context 1024] \
+//!     [--arch llama --kv-heads 4]
 //! ```
 //!
-//! The defaults are GPT-2 small's shape with random weights (the speed does not depend on the
+//! The defaults are GPT-2 small's shape with random weights (`--arch llama`: the same sizes as
+//! `kiln::recipe::llama_model`, RMSNorm, rotary, SwiGLU, `--kv-heads` key/value heads) (the speed does not depend on the
 //! values). Each measurement runs `generate` twice on the same prompts: once for one new token
 //! (the prefill: the prompt through the model, and the first token) and once for `--new-tokens`;
 //! **decoding tokens/s** is `batch · (new_tokens − 1)` over the difference, the cost of the
@@ -59,6 +61,12 @@ struct Args {
     /// Only the f32 model (for comparing builds).
     #[arg(long)]
     f32_only: bool,
+    /// `gpt2` or `llama` (`kiln::recipe::llama_model`).
+    #[arg(long, default_value = "gpt2", value_parser = ["gpt2", "llama"])]
+    arch: String,
+    /// Key/value heads of the Llama model (default: a third of the heads, rounded up).
+    #[arg(long)]
+    kv_heads: Option<usize>,
 }
 
 /// A count of at least 1.
@@ -97,21 +105,29 @@ fn main() -> kiln::Result<()> {
         )));
     }
     let device = Device::flex();
-    let config = GptConfig::new(a.vocab)
-        .with_block_size(a.context)
-        .with_n_layer(a.layers)
-        .with_n_head(a.heads)
-        .with_d_model(a.d_model);
+    let config = match a.arch.as_str() {
+        "llama" => {
+            let kv = a.kv_heads.unwrap_or(a.heads.div_ceil(3));
+            kiln::recipe::llama_model(a.vocab, a.context, a.layers, a.d_model, a.heads, kv)
+        }
+        _ => GptConfig::new(a.vocab)
+            .with_block_size(a.context)
+            .with_n_layer(a.layers)
+            .with_n_head(a.heads)
+            .with_d_model(a.d_model),
+    };
     device.seed(0);
     let gpt = config.init(&device)?;
     let int8 = (!a.f32_only)
         .then(|| QuantizedGpt::from_gpt(&gpt, &QuantConfig::new(), ActivationQuant::Dynamic))
         .transpose()?;
     println!(
-        "model: d_model {} layers {} heads {} vocab {} ({} parameters); prompt {}, {} new tokens; int8 kernel {}",
+        "model: {} d_model {} layers {} heads {} (kv {}) vocab {} ({} parameters); prompt {}, {} new tokens; int8 kernel {}",
+        a.arch,
         a.d_model,
         a.layers,
         a.heads,
+        config.n_kv_head(),
         a.vocab,
         gpt.num_params(),
         a.prompt,

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --release --example bench_gpt -- --d-model 256 --layers 4 --heads 4 --seq 128 \
-//!     --batch 16 --steps 6 [--vocab 256] [--warmup 2] [--baseline] [--rounds 1] [--device NAME]
+//!     --batch 16 --steps 6 [--vocab 256] [--warmup 2] [--baseline] [--rounds 1] [--device NAME] \
+//!     [--arch llama --kv-heads 2]
 //! cargo run --release --example bench_gpt -- --help
 //! ```
 //!
@@ -64,6 +65,13 @@ struct Args {
     /// Backend: flex, wgpu, vulkan[:N], metal, cuda[:N] or auto; defaults to $KILN_DEVICE, else flex.
     #[arg(long)]
     device: Option<String>,
+    /// `gpt2` (learned positions, LayerNorm, GELU MLP, tied) or `llama`
+    /// (`kiln::recipe::llama_model`: RMSNorm, rotary, SwiGLU, grouped-query attention, untied).
+    #[arg(long, default_value = "gpt2", value_parser = ["gpt2", "llama"])]
+    arch: String,
+    /// Key/value heads of the Llama model (default: half the heads).
+    #[arg(long)]
+    kv_heads: Option<usize>,
 }
 
 /// A count of at least 1.
@@ -151,15 +159,28 @@ fn main() -> kiln::Result<()> {
     let a = Args::parse();
     let device = kiln::device::from_flag(a.device.as_deref())?.autodiff();
     let tokens = (a.batch * a.seq) as f64;
-    let config = GptConfig::new(a.vocab)
-        .with_block_size(a.seq)
-        .with_n_layer(a.layers)
-        .with_n_head(a.heads)
-        .with_d_model(a.d_model);
+    let config = match a.arch.as_str() {
+        "llama" => {
+            let kv = a.kv_heads.unwrap_or((a.heads / 2).max(1));
+            kiln::recipe::llama_model(a.vocab, a.seq, a.layers, a.d_model, a.heads, kv)
+        }
+        _ => GptConfig::new(a.vocab)
+            .with_block_size(a.seq)
+            .with_n_layer(a.layers)
+            .with_n_head(a.heads)
+            .with_d_model(a.d_model),
+    };
     let params = config.init(&device)?.num_params();
     println!(
-        "model: d_model {} layers {} heads {} seq {} batch {} vocab {} ({params} parameters), device {device:?}",
-        a.d_model, a.layers, a.heads, a.seq, a.batch, a.vocab,
+        "model: {} d_model {} layers {} heads {} (kv {}) seq {} batch {} vocab {} ({params} parameters), device {device:?}",
+        a.arch,
+        a.d_model,
+        a.layers,
+        a.heads,
+        config.n_kv_head(),
+        a.seq,
+        a.batch,
+        a.vocab,
     );
     let (mut kiln_steps, mut burn_steps) = (Vec::new(), Vec::new());
     for round in 1..=a.rounds {

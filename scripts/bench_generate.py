@@ -15,6 +15,10 @@ HF runs `GPT2LMHeadModel.generate(do_sample=False, min_new_tokens=max_new_tokens
 `torch.no_grad()` in f32 on `torch.get_num_threads()` threads; kiln runs
 `target/release/examples/bench_generate` (f32 `Gpt::generate` and int8 `QuantizedGpt::generate`)
 as a separate process. The two alternate `--rounds` times, so drift of the machine hits both.
+
+`--arch llama [--kv-heads 4]`: transformers' `LlamaForCausalLM` (its default SDPA attention)
+and kiln's `recipe::llama_model` of the same sizes (vocab 50257, 12 layers, 12 heads over
+`--kv-heads` key/value heads, d_model 768, SwiGLU of width 2048, rotary, RMSNorm, untied).
 """
 
 import argparse
@@ -24,7 +28,7 @@ import subprocess
 import time
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 
 def hf_decode_tokens_per_s(model, batch, prompt, new_tokens):
@@ -47,7 +51,7 @@ def hf_decode_tokens_per_s(model, batch, prompt, new_tokens):
 
 def kiln_decode_tokens_per_s(a, batch):
     cmd = [a.binary, "--batch", str(batch), "--prompt", str(a.prompt), "--new-tokens",
-           str(a.new_tokens), "--rounds", "1"]
+           str(a.new_tokens), "--rounds", "1", "--arch", a.arch, "--kv-heads", str(a.kv_heads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     f32 = float(re.search(rf"^f32_decode_tokens_per_s_b{batch}: ([0-9.]+)", out, re.M).group(1))
     int8 = float(re.search(rf"^int8_decode_tokens_per_s_b{batch}: ([0-9.]+)", out, re.M).group(1))
@@ -61,10 +65,19 @@ def main():
     p.add_argument("--prompt", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--binary", default="target/release/examples/bench_generate")
+    p.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2")
+    p.add_argument("--kv-heads", type=int, default=4)
     a = p.parse_args()
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config()).eval()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GPT-2 small shape, "
+    if a.arch == "llama":
+        config = LlamaConfig(vocab_size=50257, hidden_size=768, intermediate_size=2048,
+                             num_hidden_layers=12, num_attention_heads=12,
+                             num_key_value_heads=a.kv_heads, max_position_embeddings=1024,
+                             rms_norm_eps=1e-5, tie_word_embeddings=False)
+        model = LlamaForCausalLM(config).eval()
+    else:
+        model = GPT2LMHeadModel(GPT2Config()).eval()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {a.arch}, GPT-2 small's sizes, "
           f"prompt {a.prompt}, {a.new_tokens} new tokens; decoding tokens/s")
     for batch in (int(b) for b in a.batch.split(",")):
         kf, ki, hf = [], [], []

@@ -7,7 +7,10 @@ Run once in a venv outside the repo (CI never needs it):
     /tmp/venv/bin/python scripts/bench_vs_pytorch.py [--rounds 3] [--baseline]
 
 Both sides: vocab 256, d_model 256, 4 pre-norm layers, 4 heads, seq 128, batch 16, learned
-positions, tanh GELU, tied embeddings, AdamW; a step is forward + backward + optimizer update,
+positions, tanh GELU, tied embeddings, AdamW; with `--arch llama`, transformers'
+`LlamaForCausalLM` (its default SDPA attention) against kiln's `recipe::llama_model` of the same
+sizes (RMSNorm, rotary, SwiGLU of width 8/3·d rounded up to 8, `--kv-heads` key/value heads
+(default half the heads), no biases, untied); a step is forward + backward + optimizer update,
 timed as the median of `--steps` steps after 2 warm-up steps. kiln runs as a separate process
 (`target/release/examples/bench_gpt`); the two alternate `--rounds` times so that drift of the
 machine hits both. Prints each measurement, the medians and kiln/PyTorch.
@@ -66,15 +69,35 @@ class Gpt(nn.Module):
         return self.ln_f(x) @ self.wte.weight.T
 
 
+def llama(a):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=a.vocab, hidden_size=a.d_model,
+                         intermediate_size=((8 * a.d_model + 2) // 3 + 7) // 8 * 8,
+                         num_hidden_layers=a.layers, num_attention_heads=a.heads,
+                         num_key_value_heads=kv_heads(a), max_position_embeddings=a.seq,
+                         rms_norm_eps=1e-5, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    return lambda ids: model(input_ids=ids).logits, model
+
+
+def kv_heads(a):
+    return a.kv_heads or max(a.heads // 2, 1)
+
+
 def torch_tokens_per_s(a):
     torch.manual_seed(0)
-    model = Gpt(a.vocab, a.seq, a.d_model, a.layers, a.heads)
+    if a.arch == "llama":
+        forward, model = llama(a)
+    else:
+        model = Gpt(a.vocab, a.seq, a.d_model, a.layers, a.heads)
+        forward = model
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
     times = []
     for step in range(2 + a.steps):
         data = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
         start = time.perf_counter()
-        logits = model(data[:, :-1])
+        logits = forward(data[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, a.vocab), data[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -100,8 +123,12 @@ def run(cmd):
 
 
 def model_args(a):
-    return ["--d-model", str(a.d_model), "--layers", str(a.layers), "--heads", str(a.heads),
-            "--seq", str(a.seq), "--batch", str(a.batch), "--steps", str(a.steps), "--vocab", str(a.vocab)]
+    args = ["--d-model", str(a.d_model), "--layers", str(a.layers), "--heads", str(a.heads),
+            "--seq", str(a.seq), "--batch", str(a.batch), "--steps", str(a.steps), "--vocab", str(a.vocab),
+            "--arch", a.arch]
+    if a.kv_heads:
+        args += ["--kv-heads", str(a.kv_heads)]
+    return args
 
 
 def torch_worker(a):
@@ -138,6 +165,8 @@ def main():
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--baseline", action="store_true", help="also time burn-nn's TransformerEncoder GPT")
+    p.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2")
+    p.add_argument("--kv-heads", type=int, default=None)
     p.add_argument("--binary", default="target/release/examples/bench_gpt")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()

@@ -41,9 +41,9 @@ fn child() {
     };
     let n = world.size();
     match scenario.as_str() {
-        "tensor_gpt" => tensor_parallel_matches(world, shape(n, 1), gpt_case),
-        "tensor_llama" => tensor_parallel_matches(world, shape(n, 1), llama_case),
-        "tensor_bert" => tensor_parallel_matches(world, shape(n, 1), bert_case),
+        "tensor_gpt" => tensor_parallel_matches(world, shape(n, 1), gpt_case, true),
+        "tensor_llama" => tensor_parallel_matches(world, shape(n, 1), llama_case, true),
+        "tensor_bert" => tensor_parallel_matches(world, shape(n, 1), bert_case, false),
         "gather_pipeline" => gathered_whole(world, shape(1, n)),
         "gather_grid" => gathered_whole(world, shape(2, n / 2)),
         "train" => train_child(world),
@@ -204,6 +204,7 @@ fn tensor_parallel_matches<M: ParallelModel + TrainModel<B> + Clone, B>(
     world: ProcessGroup,
     shape: ModelParallelConfig,
     case: Case<M>,
+    vocab_split: bool,
 ) where
     B: kiln::base::Batch,
 {
@@ -215,6 +216,19 @@ fn tensor_parallel_matches<M: ParallelModel + TrainModel<B> + Clone, B>(
 
     let (whole_logits, whole_loss) = run(&whole);
     let (part_logits, part_loss) = run(&part);
+    // Under the vocabulary split a rank's logits are its slice of the vocabulary.
+    let (whole_logits, part_logits) = if vocab_split {
+        let [.., vocab] = whole_logits.dims();
+        let rows = part_logits.dims()[2];
+        let start = mp.grid().tensor().rank() * rows;
+        let real = rows.min(vocab - start);
+        (
+            whole_logits.narrow(2, start, real),
+            part_logits.narrow(2, 0, real),
+        )
+    } else {
+        (whole_logits, part_logits)
+    };
     let logits_diff = relative_diff(whole_logits, part_logits);
     assert!(logits_diff <= 1e-5, "logits differ by {logits_diff:e}");
     let whole_grads = GradientsParams::from_grads(whole_loss.clone().backward(), &whole);
@@ -229,9 +243,15 @@ fn tensor_parallel_matches<M: ParallelModel + TrainModel<B> + Clone, B>(
         part: &part_grads,
         checked: 0,
         split: 0,
+        vocab: 0,
     };
     part.visit(&mut compare);
     assert!(compare.split > 0, "no parameter was split");
+    assert_eq!(
+        compare.vocab > 0,
+        vocab_split,
+        "the vocabulary is split when the case says so"
+    );
     assert!(
         compare.checked > compare.split,
         "replicated parameters were checked"
@@ -245,6 +265,8 @@ struct CompareGrads<'a> {
     part: &'a GradientsParams,
     checked: usize,
     split: usize,
+    /// Parameters split along the vocabulary.
+    vocab: usize,
 }
 
 impl ModuleVisitor for CompareGrads<'_> {
@@ -259,13 +281,27 @@ impl ModuleVisitor for CompareGrads<'_> {
             );
             return;
         };
-        let expected = match self.splits.get(&param.id) {
+        let (expected, part) = match self.splits.get(&param.id) {
             Some(TensorSplit::Dim(dim)) => {
                 self.split += 1;
                 let len = part.dims()[*dim];
-                whole.narrow(*dim, self.rank * len, len)
+                (whole.narrow(*dim, self.rank * len, len), part)
             }
-            Some(TensorSplit::FirstRank) | None => whole,
+            Some(&TensorSplit::Padded { dim, len }) => {
+                // The vocabulary: this rank's rows, then padding that gets no gradient.
+                self.split += 1;
+                self.vocab += 1;
+                let rows = part.dims()[dim];
+                let start = self.rank * rows;
+                let real = rows.min(len - start);
+                if rows > real {
+                    let padding = part.clone().narrow(dim, real, rows - real);
+                    let largest: f32 = padding.abs().max().into_scalar();
+                    assert_eq!(largest, 0.0, "the padding rows get no gradient");
+                }
+                (whole.narrow(dim, start, real), part.narrow(dim, 0, real))
+            }
+            Some(TensorSplit::FirstRank) | None => (whole, part),
         };
         let diff = relative_diff(expected, part);
         assert!(

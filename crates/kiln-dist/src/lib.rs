@@ -22,7 +22,8 @@
 //! - [`PipelineStage`] ([`pipeline`]): which blocks a stage runs, and its plan of passes and
 //!   transfers; [`p2p`] carries the transfers between stages.
 //! - [`TensorParallel`] ([`tensor_parallel`]): Megatron's column- and row-parallel layers and
-//!   its `f`/`g` operations, with their own backward.
+//!   its `f`/`g` operations, with their own backward; [`VocabParallel`] ([`vocab_parallel`]):
+//!   its vocabulary-parallel embedding and cross-entropy.
 //! - [`DataParallelConfig`], [`ReduceDtype`], [`ModelParallelConfig`] (`config.rs`), [`DistError`].
 //!
 //! ```
@@ -56,6 +57,7 @@ pub mod ring;
 pub mod schedule;
 pub mod tensor;
 pub mod tensor_parallel;
+pub mod vocab_parallel;
 
 pub use communicator::{Communicator, ReduceOp, SingleProcess};
 pub use config::{DataParallelConfig, ModelParallelConfig, ReduceDtype};
@@ -76,3 +78,4 @@ pub use pipeline::{PipelineStage, Step};
 pub use process_group::ProcessGroup;
 pub use schedule::{Pass, PipelineSchedule};
 pub use tensor_parallel::TensorParallel;
+pub use vocab_parallel::VocabParallel;

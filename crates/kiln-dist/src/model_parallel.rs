@@ -36,6 +36,15 @@ pub struct ModelPart {
 pub enum TensorSplit {
     /// Each rank holds a slice along this dimension (column- and row-parallel weights).
     Dim(usize),
+    /// Each rank holds `⌈len/t⌉` of dimension `dim`, the last rank's tail padding (the
+    /// vocabulary of [`VocabParallel`](crate::vocab_parallel::VocabParallel)); gathered, the
+    /// padding is cut off.
+    Padded {
+        /// The split dimension.
+        dim: usize,
+        /// Its whole length.
+        len: usize,
+    },
     /// Tensor-parallel rank 0 alone holds it (a row-parallel layer's bias).
     FirstRank,
 }
@@ -321,6 +330,10 @@ impl ModuleVisitor for Join<'_> {
                 .group
                 .all_gather_tensor(value, *dim)
                 .and_then(|whole| host(param.id, whole)),
+            Some(&TensorSplit::Padded { dim, len }) => self
+                .group
+                .all_gather_tensor(value, dim)
+                .and_then(|whole| host(param.id, whole.narrow(dim, 0, len))),
             Some(TensorSplit::FirstRank) | None => host(param.id, value),
         };
         match joined {

@@ -135,10 +135,10 @@ pub fn column_shard(linear: Linear, tp: &TensorParallel) -> Result<Linear> {
     let [d_in, d_out] = linear.weight.dims();
     let cols = tp.shard("a column-parallel layer's output width", d_out)?;
     Ok(Linear {
-        weight: slice_param(linear.weight, |w| w.slice([0..d_in, cols.clone()])),
+        weight: map_param(linear.weight, |w| w.slice([0..d_in, cols.clone()])),
         bias: linear
             .bias
-            .map(|b| slice_param(b, |b| b.slice([cols.clone()]))),
+            .map(|b| map_param(b, |b| b.slice([cols.clone()]))),
     })
 }
 
@@ -149,7 +149,7 @@ pub fn row_shard(linear: Linear, tp: &TensorParallel) -> Result<Linear> {
     let [d_in, d_out] = linear.weight.dims();
     let rows = tp.shard("a row-parallel layer's input width", d_in)?;
     Ok(Linear {
-        weight: slice_param(linear.weight, |w| w.slice([rows.clone(), 0..d_out])),
+        weight: map_param(linear.weight, |w| w.slice([rows.clone(), 0..d_out])),
         bias: linear.bias.filter(|_| tp.rank() == 0),
     })
 }
@@ -186,9 +186,9 @@ pub fn gather_row(linear: Linear, tp: &TensorParallel) -> Result<Linear> {
     Ok(Linear { weight, bias })
 }
 
-/// A parameter replaced by a part of itself, keeping its id (so optimizer state and
-/// gradients stay keyed alike on every layout).
-fn slice_param<const D: usize>(
+/// A parameter replaced by a function of itself (a part of it), keeping its id (so optimizer
+/// state and gradients stay keyed alike on every layout) and its trainability.
+pub(crate) fn map_param<const D: usize>(
     param: Param<Tensor<D>>,
     slice: impl FnOnce(Tensor<D>) -> Tensor<D>,
 ) -> Param<Tensor<D>> {

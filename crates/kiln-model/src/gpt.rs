@@ -29,6 +29,7 @@ use crate::loss::{check_token_ids, cross_entropy, token_tensor};
 use crate::norm::{Norm, NormKind};
 use crate::rotary::{RopeScaling, RotaryEmbedding};
 use crate::sampling::{GenerateConfig, sample_token};
+use kiln_dist::VocabParallel;
 
 /// How a model knows where each token is.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -146,6 +147,11 @@ pub struct Gpt<L: LinearLayer = Linear> {
     pub final_norm: Norm,
     /// Output projection `[d_model, vocab]`; `None` when tied to the token embedding.
     pub lm_head: Option<L>,
+    /// Under tensor parallelism, the vocabulary split across the group (Megatron's
+    /// vocabulary-parallel embedding and cross-entropy): the token embedding and the output
+    /// layer hold this rank's rows, [`head`](Self::head) gives this rank's slice of the logits.
+    #[module(skip)]
+    pub vocab_parallel: Option<VocabParallel>,
     /// Vocabulary size.
     pub vocab_size: usize,
     /// Context length.
@@ -365,6 +371,7 @@ impl GptConfig {
             lm_head: (!self.tie_embeddings).then(|| {
                 normal_linear(self.d_model, self.vocab_size, false, self.init_std, device)
             }),
+            vocab_parallel: None,
             vocab_size: self.vocab_size,
             block_size: self.block_size,
         })
@@ -444,7 +451,10 @@ impl<L: LinearLayer> Gpt<L> {
     /// loops that recompute activations block by block call them separately.
     pub fn embed(&self, ids: Tensor<2, Int>, offset: usize) -> Tensor<3> {
         let [batch, seq] = ids.dims();
-        let mut x = self.token_embedding.forward(ids);
+        let mut x = match &self.vocab_parallel {
+            Some(vp) => vp.embed(self.token_embedding.weight.val(), ids),
+            None => self.token_embedding.forward(ids),
+        };
         let d_model = x.dims()[2];
         if let Some(positions) = &self.position_embedding {
             let pos = Tensor::<1, Int>::arange(offset as i64..(offset + seq) as i64, &x.device())
@@ -455,9 +465,16 @@ impl<L: LinearLayer> Gpt<L> {
     }
 
     /// The last stage of the forward pass: final norm and the LM head (the token embedding,
-    /// transposed, when tied), from the last block's output to logits `[batch, seq, vocab]`.
+    /// transposed, when tied), from the last block's output to logits `[batch, seq, vocab]`
+    /// (this rank's slice `[batch, seq, ⌈vocab/t⌉]` under the vocabulary split).
     pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
         let x = self.final_norm.forward(x);
+        // Megatron's `f` before the rank's rows of the output layer: the input's gradient is
+        // summed over the ranks' slices.
+        let x = match &self.vocab_parallel {
+            Some(vp) => vp.tensor_parallel().copy_to_region(x),
+            None => x,
+        };
         match &self.lm_head {
             Some(head) => head.forward(x),
             None => linear(x, self.token_embedding.weight.val().transpose(), None),
@@ -628,6 +645,7 @@ impl<L: LinearLayer> Gpt<L> {
             blocks,
             final_norm: self.final_norm.clone(),
             lm_head: self.lm_head.as_ref().map(|h| f("lm_head", h)).transpose()?,
+            vocab_parallel: self.vocab_parallel.clone(),
             vocab_size: self.vocab_size,
             block_size: self.block_size,
         })

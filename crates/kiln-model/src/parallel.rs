@@ -7,9 +7,10 @@
 //!   column-parallel, its down row-parallel. The blocks then call kiln-dist's `f` and `g`
 //!   around each region ([`MultiHeadAttention::forward`](crate::attention::MultiHeadAttention::forward),
 //!   [`FeedForward::forward`](crate::feed_forward::FeedForward::forward)).
-//!   Embeddings, LayerNorms and the head are replicated: the vocabularies kiln trains on are
-//!   small next to the blocks, so the vocabulary-parallel embedding and cross-entropy of
-//!   Megatron (which never gather the logits whole) are left out; see `docs/distributed.md`.
+//!   The GPT's vocabulary is split too (Megatron's vocabulary-parallel embedding, output layer
+//!   and cross-entropy, kiln-dist's `VocabParallel`): each rank holds `⌈vocab/t⌉` rows and the
+//!   loss is computed from its slice of the logits. Position embeddings, norms and the BERTs'
+//!   embeddings and heads are replicated.
 //! - Pipeline parallel: a stage keeps its consecutive blocks; the embeddings live on the first
 //!   stage, the final norm and head on the last, and a tied embedding on both. What a stage
 //!   does not hold becomes an empty tensor of the same id, so a part is still a model of the
@@ -20,7 +21,7 @@ use burn::nn::{Embedding, Linear};
 use burn::tensor::Tensor;
 use kiln_dist::model_parallel::{ModelPart, ParallelModel, TensorSplit};
 use kiln_dist::tensor_parallel::{TensorParallel, column_shard, row_shard};
-use kiln_dist::{DistError, Result};
+use kiln_dist::{DistError, Result, VocabParallel};
 
 use crate::bert::{Bert, BertForMaskedLm, BertForSequenceClassification};
 use crate::block::TransformerBlock;
@@ -132,12 +133,26 @@ impl ParallelModel for Gpt {
         let tied = self.lm_head.is_none();
         let blocks = stage_of(self.blocks, part)?;
         let keeps_embedding = part.stage.is_first() || (tied && part.stage.is_last());
+        // Under tensor parallelism the vocabulary is split too (Megatron's vocabulary-parallel
+        // embedding, output layer and cross-entropy).
+        let vocab = part
+            .tensor_parallel
+            .as_ref()
+            .map(|tp| vocab_parallel(tp, self.vocab_size))
+            .transpose()?;
+        let shard = |param, dim| match &vocab {
+            Some(vp) => vp.shard(param, dim),
+            None => param,
+        };
+        let token_embedding = if keeps_embedding {
+            Embedding {
+                weight: shard(self.token_embedding.weight, 0),
+            }
+        } else {
+            emptied_embedding(self.token_embedding)
+        };
         Ok(Self {
-            token_embedding: if keeps_embedding {
-                self.token_embedding
-            } else {
-                emptied_embedding(self.token_embedding)
-            },
+            token_embedding,
             position_embedding: self.position_embedding.map(|e| {
                 if part.stage.is_first() {
                     e
@@ -155,17 +170,32 @@ impl ParallelModel for Gpt {
             // of a tied embedding on every stage.
             lm_head: self.lm_head.map(|h| {
                 if part.stage.is_last() {
-                    h
+                    Linear {
+                        weight: shard(h.weight, 1),
+                        bias: h.bias,
+                    }
                 } else {
                     emptied_linear(h)
                 }
             }),
+            vocab_parallel: vocab,
             ..self
         })
     }
 
     fn tensor_splits(&self) -> Vec<(ParamId, TensorSplit)> {
-        block_splits(&self.blocks)
+        let mut splits = block_splits(&self.blocks);
+        if self.vocab_parallel.is_some() {
+            let len = self.vocab_size;
+            let embedding = &self.token_embedding.weight;
+            if !is_empty(embedding) {
+                splits.push((embedding.id, TensorSplit::Padded { dim: 0, len }));
+            }
+            if let Some(head) = self.lm_head.as_ref().filter(|h| !is_empty(&h.weight)) {
+                splits.push((head.weight.id, TensorSplit::Padded { dim: 1, len }));
+            }
+        }
+        splits
     }
 
     fn tied_params(&self) -> Vec<ParamId> {
@@ -176,6 +206,19 @@ impl ParallelModel for Gpt {
             Vec::new()
         }
     }
+}
+
+/// The vocabulary split across `tp`, when every rank gets some of it.
+fn vocab_parallel(tp: &TensorParallel, vocab: usize) -> Result<VocabParallel> {
+    let vp = VocabParallel::new(tp.clone(), vocab);
+    if (tp.size() - 1) * vp.rows() >= vocab {
+        return Err(DistError::InvalidArgument(format!(
+            "a vocabulary of {vocab} tokens leaves tensor-parallel rank {} of {} no rows of its own",
+            tp.size() - 1,
+            tp.size()
+        )));
+    }
+    Ok(vp)
 }
 
 impl Bert {

@@ -167,26 +167,10 @@ impl RotaryEmbedding {
         }
     }
 
-    /// Rotates `x` of shape `[batch, heads, seq, head_dim]` whose first position is `offset`.
+    /// Rotates `x` of shape `[batch, heads, seq, head_dim]` whose first position is `offset`
+    /// (one fused pass each way on flex: [`fused::rope`](crate::fused::rope)).
     pub fn apply(&self, x: Tensor<4>, offset: usize) -> Tensor<4> {
-        let [_, _, seq, head_dim] = x.dims();
-        let half = head_dim / 2;
-        let cos = self
-            .cos
-            .clone()
-            .narrow(0, offset, seq)
-            .unsqueeze::<4>()
-            .cast(x.dtype());
-        let sin = self
-            .sin
-            .clone()
-            .narrow(0, offset, seq)
-            .unsqueeze::<4>()
-            .cast(x.dtype());
-        let first = x.clone().narrow(3, 0, half);
-        let second = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        x * cos + rotated * sin
+        crate::fused::rope::rope(x, &self.cos, &self.sin, offset)
     }
 
     /// How many positions the tables cover.

@@ -27,7 +27,7 @@ const CAUSAL: AttentionMask<'static> = AttentionMask {
 impl TrainModel<LmBatch> for Gpt {
     fn forward_step(&self, batch: &LmBatch) -> Result<StepOutput, BoxError> {
         let logits = self.forward(batch.inputs.clone())?;
-        lm_output(logits, batch)
+        self.lm_output(logits, batch)
     }
 
     fn block_stack(&self) -> Option<&dyn BlockStack<LmBatch>> {
@@ -59,19 +59,37 @@ impl BlockStack<LmBatch> for Gpt {
     }
 
     fn head(&self, x: Tensor<3>, batch: &LmBatch) -> Result<StepOutput, BoxError> {
-        lm_output(Gpt::head(self, x), batch)
+        self.lm_output(Gpt::head(self, x), batch)
     }
 }
 
-/// Loss and correct count of next-token logits, in f32 whatever the compute precision.
-fn lm_output(logits: Tensor<3>, batch: &LmBatch) -> Result<StepOutput, BoxError> {
-    let vocab = logits.dims()[2];
-    check_targets(&batch.targets, vocab, Some(IGNORE_INDEX), "target")?;
-    let logits = logits.cast(FloatDType::F32);
-    Ok(StepOutput {
-        correct: Some(correct_tokens(logits.clone(), batch.targets.clone())),
-        loss: crate::loss::cross_entropy(logits, batch.targets.clone(), Some(IGNORE_INDEX)),
-    })
+impl Gpt {
+    /// Loss and correct count of next-token logits, in f32 whatever the compute precision;
+    /// from this rank's slice of the logits under the vocabulary split.
+    fn lm_output(&self, logits: Tensor<3>, batch: &LmBatch) -> Result<StepOutput, BoxError> {
+        check_targets(
+            &batch.targets,
+            self.vocab_size,
+            Some(IGNORE_INDEX),
+            "target",
+        )?;
+        let logits = logits.cast(FloatDType::F32);
+        let Some(vp) = &self.vocab_parallel else {
+            return Ok(StepOutput {
+                correct: Some(correct_tokens(logits.clone(), batch.targets.clone())),
+                loss: crate::loss::cross_entropy(logits, batch.targets.clone(), Some(IGNORE_INDEX)),
+            });
+        };
+        let [b, t, rows] = logits.dims();
+        let (logits, targets) = (
+            logits.reshape([b * t, rows]),
+            batch.targets.clone().reshape([b * t]),
+        );
+        Ok(StepOutput {
+            correct: Some(vp.correct(logits.clone(), targets.clone(), Some(IGNORE_INDEX))?),
+            loss: vp.cross_entropy(logits, targets, Some(IGNORE_INDEX))?,
+        })
+    }
 }
 
 /// BERT's input from a batch's fields (HF's attention mask: 1 at real tokens).

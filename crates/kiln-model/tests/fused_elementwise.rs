@@ -6,7 +6,10 @@
 use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor, TensorData, activation};
+use kiln_model::fused::rope::{rope, rope_composite};
+use kiln_model::fused::swiglu::swiglu;
 use kiln_model::fused::{GeluKind, gelu, layer_norm, rms_norm};
+use kiln_model::rotary::{RopeScaling, RotaryEmbedding};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -250,6 +253,89 @@ proptest! {
     }
 }
 
+/// SwiGLU's `silu(gate)·up` and both gradients against the composite form.
+fn check_swiglu(shape: [usize; 2], transposed: bool, seed: u64) {
+    let device = Device::flex().autodiff();
+    let gate = random(shape, 6.0, 0.0, seed, &device).require_grad();
+    let up = random(shape, 2.0, 0.3, seed + 1, &device).require_grad();
+    let run = |fused: bool| {
+        let (g, u) = (
+            oriented(gate.clone(), transposed),
+            oriented(up.clone(), transposed),
+        );
+        let y = if fused {
+            swiglu(g, u)
+        } else {
+            activation::silu(g) * u
+        };
+        let upstream = random(y.dims(), 1.0, 0.0, seed ^ 0x5eed, &device);
+        let grads = (y.clone() * upstream).sum().backward();
+        [
+            values(y),
+            values(gate.grad(&grads).unwrap()),
+            values(up.grad(&grads).unwrap()),
+        ]
+    };
+    let (fused, composite) = (run(true), run(false));
+    for (name, (a, b)) in ["swiglu", "d gate", "d up"]
+        .iter()
+        .zip(fused.iter().zip(&composite))
+    {
+        assert_close(&format!("{name} {shape:?} transposed {transposed}"), a, b);
+    }
+}
+
+/// The fused rotation, forward and backward, bit for bit the composite one: queries in the
+/// projections' layout (a strided view), at a cache offset, with llama3-scaled tables.
+fn check_rope([b, h, t, d]: [usize; 4], offset: usize, seed: u64) {
+    let device = Device::flex().autodiff();
+    let scaling = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 16,
+    };
+    let table = RotaryEmbedding::new(d, offset + t, 10000.0, Some(&scaling), &device);
+    let leaf = random([b, t, h, d], 2.0, 0.0, seed, &device).require_grad();
+    let run = |fused: bool| {
+        let x = leaf.clone().swap_dims(1, 2);
+        let y = if fused {
+            rope(x, &table.cos, &table.sin, offset)
+        } else {
+            rope_composite(x, &table.cos, &table.sin, offset)
+        };
+        let upstream = random(y.dims(), 1.0, 0.0, seed ^ 0x5eed, &device);
+        let grads = (y.clone() * upstream).sum().backward();
+        (values(y), values(leaf.grad(&grads).unwrap()))
+    };
+    let (fused, composite) = (run(true), run(false));
+    assert_eq!(
+        fused.0,
+        composite.0,
+        "rope {:?} offset {offset}",
+        [b, h, t, d]
+    );
+    assert_close(
+        &format!("d rope {:?}", [b, h, t, d]),
+        &fused.1,
+        &composite.1,
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn swiglu_matches_composite(rows in 1usize..40, cols in 1usize..300, transposed: bool, seed in 0u64..1000) {
+        check_swiglu([rows, cols], transposed, seed);
+    }
+
+    #[test]
+    fn rope_matches_composite(b in 1usize..3, h in 1usize..4, t in 1usize..20, half in 1usize..17, offset in 0usize..9, seed in 0u64..1000) {
+        check_rope([b, h, t, 2 * half], offset, seed);
+    }
+}
+
 /// Large enough for the kernels to split the work across threads (and, for GELU, far enough
 /// out that `σ` and `Φ` saturate).
 #[test]
@@ -262,6 +348,8 @@ fn large_tensors_split_across_threads() {
     check_norm(Norm::Layer { bias: true }, [259, 301], true, 10);
     check_norm(Norm::Rms, [301, 259], false, 11);
     check_norm(Norm::Rms, [259, 301], true, 12);
+    check_swiglu([301, 259], false, 13);
+    check_rope([4, 8, 130, 64], 3, 14);
 }
 
 /// GELU far into both tails: `x·Φ(x)` keeps its relative precision where `1 + erf` is tiny,

@@ -296,10 +296,13 @@ fn field_of(err: ModelError) -> String {
     }
 }
 
+/// An edit of a fixture's `config.json`.
+type ConfigEdit = Box<dyn Fn(&mut serde_json::Map<String, Value>)>;
+
 #[test]
 fn unsupported_settings_are_refused_by_name() {
     let device = Device::flex();
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Map<String, Value>)>, &str)> = vec![
+    let cases: Vec<(&str, ConfigEdit, &str)> = vec![
         (
             "llama3_gqa",
             Box::new(|c| c["rope_scaling"]["rope_type"] = "yarn".into()),

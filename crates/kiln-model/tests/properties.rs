@@ -179,7 +179,7 @@ proptest! {
             (gqa.clone(), mha.clone(), plain.clone()),
             (gqa.clone().fork(&autodiff), mha.fork(&autodiff), autodiff.clone()),
         ] {
-            let input = ids(&[seq.clone()]).to_device(&device);
+            let input = ids(std::slice::from_ref(&seq)).to_device(&device);
             let a = values(gqa.forward(input.clone()).unwrap());
             let b = values(mha.forward(input).unwrap());
             prop_assert!(max_diff(&a, &b) <= 1e-5, "kv {kv}: {}", max_diff(&a, &b));
@@ -189,7 +189,7 @@ proptest! {
         for &token in &seq {
             decoded.extend(values(gqa.forward_cached(ids(&[vec![token]]), &mut cache).unwrap()));
         }
-        let full = values(gqa.forward(ids(&[seq.clone()])).unwrap());
+        let full = values(gqa.forward(ids(std::slice::from_ref(&seq))).unwrap());
         prop_assert!(max_diff(&full, &decoded) <= 1e-4);
         let (k, _) = cache.layers[0].key_value.clone().unwrap();
         prop_assert_eq!(k.dims()[1], kv, "the cache holds the key/value heads only");

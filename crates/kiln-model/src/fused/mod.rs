@@ -16,6 +16,7 @@
 //!   [`Norm`](crate::norm::Norm)), each backward computing `dX`, `dγ`, `dβ` in one pass over the
 //!   rows.
 //! - [`swiglu`](mod@swiglu): SwiGLU's `silu(gate)·up`, both gradients in one pass.
+//! - [`rope`]: rotary positions on queries and keys, the backward the inverse rotation.
 //! - [`attention`](mod@attention): attention while training as one operation (FlashAttention's
 //!   blocks of queries, the probabilities recomputed in the backward, never stored), with
 //!   grouped-query heads and sliding windows; at inference for the cases Burn's op lacks.
@@ -39,6 +40,7 @@ pub mod host;
 mod kernel;
 pub mod linear;
 pub mod norm;
+pub mod rope;
 #[cfg(feature = "flex")]
 mod skinny;
 pub mod softmax;

@@ -210,7 +210,7 @@ pub enum HfConfig {
     /// A `bert` model.
     Bert(HfBertConfig),
     /// A `llama`, `qwen2` or `mistral` model.
-    Llama(super::llama::HfLlamaConfig),
+    Llama(Box<super::llama::HfLlamaConfig>),
 }
 
 /// Parses the `config.json` text read from `file` into `T`.

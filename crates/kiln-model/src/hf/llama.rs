@@ -774,5 +774,5 @@ pub(crate) fn llama_checkpoint(gpt: &Gpt) -> Result<HfCheckpoint> {
         torch_dtype: Some("float32".into()),
         ..HfLlamaConfig::default()
     };
-    Ok(tensors.into_checkpoint(HfConfig::Llama(config)))
+    Ok(tensors.into_checkpoint(HfConfig::Llama(Box::new(config))))
 }
