@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example hf_logits -- --model-dir DIR --input-ids "1,2,3;4,5,6" \
 //!     [--token-type-ids "0,0,1;0,1,1"] [--attention-mask "1,1,1;1,1,0"] [--device NAME] \
-//!     [--allow-non-finite]
+//!     [--allow-non-finite] [--lora ADAPTER_DIR]
 //! cargo run --release --example hf_logits -- --help
 //! ```
 //!
@@ -13,7 +13,9 @@
 //! `last_hidden_state` as `logits` and adds `last_hidden_state` and `pooler_output`.
 //! `--token-type-ids` is for BERT checkpoints only (kiln's GPT-2 has no token types). A
 //! checkpoint with NaN or infinite weights is an error naming the tensor, unless
-//! `--allow-non-finite` (then a warning on stderr).
+//! `--allow-non-finite` (then a warning on stderr). `--lora` adds a peft LoRA adapter folder
+//! (`adapter_config.json`, `adapter_model.safetensors`) to a decoder: the logits of
+//! `PeftModel.from_pretrained(base, ADAPTER_DIR)`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -46,6 +48,9 @@ struct Args {
     /// Load a checkpoint with NaN or infinite weights, with a warning, instead of failing.
     #[arg(long)]
     allow_non_finite: bool,
+    /// A peft LoRA adapter folder to apply to the (decoder) model.
+    #[arg(long, value_name = "ADAPTER_DIR")]
+    lora: Option<PathBuf>,
 }
 
 /// A batch of ids, one `Vec` per row.
@@ -104,7 +109,19 @@ fn main() -> kiln::Result<()> {
             "--token-type-ids applies to BERT checkpoints; this one is a decoder".into(),
         ));
     }
-    let output = model.forward(ids, types, mask)?;
+    let output = match (&args.lora, model) {
+        (None, model) => model.forward(ids, types, mask)?,
+        (Some(adapter), HfModel::Gpt2(gpt) | HfModel::Llama(gpt)) => {
+            let (gpt, _) = kiln::model::hf::peft::load_adapter(gpt, adapter)?;
+            let padding = mask.map(kiln::model::padding_mask);
+            HfOutput::TokenLogits(gpt.forward_masked(ids, padding)?)
+        }
+        (Some(_), _) => {
+            return Err(kiln::Error::Usage(
+                "--lora applies to decoders (GPT-2 and the Llama family)".into(),
+            ));
+        }
+    };
     let value = match output {
         HfOutput::TokenLogits(logits) => json!({ "logits": to_json(logits) }),
         HfOutput::ClassLogits(logits) => json!({ "logits": to_json(logits) }),

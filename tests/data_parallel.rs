@@ -256,6 +256,8 @@ struct Setting {
     bucket_mb: f64,
     reduce_dtype: ReduceDtype,
     dropout: f64,
+    /// LoRA adapters on a frozen base: only their gradients are all-reduced.
+    lora: bool,
 }
 
 impl Setting {
@@ -267,6 +269,7 @@ impl Setting {
             bucket_mb: 25.0,
             reduce_dtype: ReduceDtype::F32,
             dropout: 0.0,
+            lora: false,
         }
     }
 
@@ -278,6 +281,7 @@ impl Setting {
             ("KILN_DP_BUCKET_MB", self.bucket_mb.to_string()),
             ("KILN_DP_DTYPE", format!("{:?}", self.reduce_dtype)),
             ("KILN_DP_DROPOUT", self.dropout.to_string()),
+            ("KILN_DP_LORA", self.lora.to_string()),
         ]
     }
 
@@ -294,6 +298,7 @@ impl Setting {
                 _ => ReduceDtype::F32,
             },
             dropout: var("KILN_DP_DROPOUT").parse().unwrap(),
+            lora: var("KILN_DP_LORA").parse().unwrap(),
         }
     }
 }
@@ -347,12 +352,38 @@ fn train(group: &ProcessGroup, setting: &Setting, accumulation: usize) -> (Vec<f
         (kiln::optim::SgdConfig::new().with_momentum(0.9).into(), 0.1)
     };
     let run = RunConfig::new((), (), optimizer, ScheduleConfig::Constant(lr), trainer);
+    let gpt = tiny_gpt(&device, 11, 16, setting.dropout);
+    if setting.lora {
+        // Adapters drawn from a seeded generator: the same on every rank and in the reference
+        // (rank 0's are broadcast anyway).
+        device.seed(3);
+        let config = kiln::model::lora::LoraConfig::new()
+            .with_r(2)
+            .with_init_lora_weights(kiln::model::lora::LoraInit::Random)
+            .with_target_modules(Some(kiln::model::lora::TargetModules::Names(vec![
+                "c_attn".into(),
+                "c_fc".into(),
+            ])));
+        fit(&run, group, gpt.with_lora(&config).unwrap(), &device)
+    } else {
+        fit(&run, group, gpt, &device)
+    }
+}
+
+/// Trains `model` with `run` on `group`; every parameter after training and the last
+/// evaluation.
+fn fit<M: kiln::train::TrainModel<LmBatch> + kiln::dist::ParallelModel>(
+    run: &RunConfig<(), ()>,
+    group: &ProcessGroup,
+    model: M,
+    device: &Device,
+) -> (Vec<f32>, EvalMetrics) {
     let data = BatchSource::new(AdditionDataset::held_out(), AdditionBatcher);
-    let outcome = Trainer::new(&run, data.clone())
+    let outcome = Trainer::new(run, data.clone())
         .unwrap()
         .with_eval(data)
         .with_process_group(group.clone())
-        .fit(tiny_gpt(&device, 11, 16, setting.dropout), &device)
+        .fit(model, device)
         .unwrap();
     let params = read_params(&outcome.model, &Layout::of(&outcome.model)).unwrap();
     (params, outcome.last_eval.unwrap().1)
@@ -433,6 +464,30 @@ fn two_ranks_equal_one_process_accumulating_bit_for_bit() {
             true,
         ),
     ];
+    // LoRA: only the adapters' gradients are all-reduced (and sharded under ZeRO-1).
+    let lora = Setting {
+        lora: true,
+        ..plain.clone()
+    };
+    let (lora_reference, lora_eval) = train(&single, &lora, 2);
+    for (name, setting) in [
+        ("LoRA", lora.clone()),
+        (
+            "LoRA with ZeRO-1",
+            Setting {
+                zero_stage: 1,
+                ..lora.clone()
+            },
+        ),
+    ] {
+        let (params, eval) = train_in_parallel(2, false, &setting);
+        assert!(
+            params == lora_reference,
+            "{name}: differs by {}",
+            max_abs_diff(&params, &lora_reference)
+        );
+        assert!((eval.loss - lora_eval.loss).abs() < 1e-9, "{name}");
+    }
     for (name, setting, tcp) in variants {
         let (params, eval) = train_in_parallel(2, tcp, &setting);
         assert!(

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::store::{BurnpackStore, ModuleSnapshot, PathFilter};
 
 /// Why bytes could not be written or read back.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +81,56 @@ pub fn weights_to_bytes<M: Module>(model: &M, path: &Path) -> Result<Vec<u8>, St
         .map_err(|e| StoreError::format(path, e))?;
     let bytes = store.get_bytes().map_err(|e| StoreError::format(path, e))?;
     Ok(bytes.to_vec())
+}
+
+/// The weights of the parameters of `model` at `paths` (dotted module paths, as burn-store
+/// names them) as burnpack bytes: a checkpoint of a model with a frozen part holds the rest.
+pub fn some_weights_to_bytes<M: Module>(
+    model: &M,
+    paths: &[String],
+    path: &Path,
+) -> Result<Vec<u8>, StoreError> {
+    let filter = PathFilter::new().with_full_paths(paths.iter().cloned());
+    let mut store = BurnpackStore::from_bytes(None).with_filter(filter);
+    model
+        .save_into(&mut store)
+        .map_err(|e| StoreError::format(path, e))?;
+    let bytes = store.get_bytes().map_err(|e| StoreError::format(path, e))?;
+    Ok(bytes.to_vec())
+}
+
+/// Fills the parameters of `model` that burnpack `bytes` (read from `path`) hold, which must be
+/// every parameter but those at `absent` (exactly those: a tensor missing beyond them, one
+/// present among them, or a mis-shaped one is an error). The others keep their values.
+pub fn some_weights_from_bytes<M: Module>(
+    mut model: M,
+    bytes: Vec<u8>,
+    absent: &[String],
+    path: &Path,
+) -> Result<M, StoreError> {
+    let mut store = BurnpackStore::from_bytes(Some(burn::tensor::Bytes::from_bytes_vec(bytes)))
+        .allow_partial(true);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| StoreError::format(path, e))?;
+    let mut missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).collect();
+    missing.sort_unstable();
+    let mut expected: Vec<&str> = absent.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    if !result.errors.is_empty() || !result.unused.is_empty() || missing != expected {
+        return Err(StoreError::format(
+            path,
+            format!(
+                "the file should hold every parameter but the {} frozen ones; missing {:?}, \
+                 unexpected {:?}, errors {:?}",
+                expected.len(),
+                missing,
+                result.unused,
+                result.errors
+            ),
+        ));
+    }
+    Ok(model)
 }
 
 /// Fills every parameter of `model` from burnpack `bytes` read from `path` (named in errors).

@@ -488,7 +488,7 @@ pub fn save_quantized_gpt(
     for (name, layer) in model.linears() {
         tensors.insert(
             format!("{name}.weight"),
-            StoredTensor::Int8(layer.weight.clone()),
+            StoredTensor::Int8(layer.weight.as_ref().clone()),
         );
         if let Some(b) = &layer.bias {
             tensors.insert(

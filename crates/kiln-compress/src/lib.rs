@@ -17,6 +17,8 @@
 //! - [`int_gemm`]: the int8 × int8 → i32 product (AVX-512 VNNI where the CPU has it).
 //! - [`quantized_gpt`]: [`QuantizedGpt`], kiln-model's `Gpt` on int8 linear layers (its forward
 //!   pass, KV cache and generation), with calibration and head removal.
+//! - [`lora_base`]: LoRA over an int8 base ([`quantize_lora_base`]; QLoRA's idea), the int8
+//!   layer differentiable with respect to its input.
 //!
 //! Storage: [`archive`] saves and loads pruned and quantized models in files whose size is the
 //! compressed size. Errors: every fallible call returns a [`CompressError`].
@@ -42,6 +44,7 @@
 pub mod archive;
 mod error;
 pub mod int_gemm;
+pub mod lora_base;
 pub mod magnitude;
 mod mask;
 pub mod n_m;
@@ -58,6 +61,7 @@ pub use archive::{
 };
 pub use error::{CompressError, Result};
 pub use int_gemm::{gemm_i8, int8_kernel_name};
+pub use lora_base::quantize_lora_base;
 pub use magnitude::{Amount, PruningScope, magnitude_masks};
 pub use mask::{MaskSparsity, PruningMasks};
 pub use n_m::{n_m_masks, satisfies_n_m};

@@ -56,6 +56,10 @@ impl LinearLayer for Recorder<'_> {
     fn d_out(&self) -> usize {
         self.layer.d_out()
     }
+
+    fn d_in(&self) -> usize {
+        self.layer.d_in()
+    }
 }
 
 impl QuantizedGpt {

@@ -4,8 +4,10 @@
 use burn::nn::Linear;
 use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor, TensorData};
-use kiln_model::fused::host::map_rows;
-use kiln_model::linear::{LinearLayer, PrunableLinear};
+use std::sync::Arc;
+
+use kiln_model::fused::host::{HostLinear, HostOp, host_linear, map_rows};
+use kiln_model::linear::{LinearLayer, PrunableLinear, ToLinear};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CompressError, Result};
@@ -33,17 +35,26 @@ pub enum ActivationQuant {
 /// The weight is stored transposed, `[d_out, d_in]`, so each output channel's weights are
 /// contiguous: per-channel scales are per row and the integer kernel reads both operands along
 /// the reduction dimension.
+///
+/// The weight and what is derived from it are shared (`Arc`): a clone is cheap, which the
+/// differentiable path needs (each forward pass on an autodiff device hands the layer to the
+/// backward pass).
+///
+/// On an autodiff device the layer is differentiable with respect to its input (never its
+/// weights, which are not parameters): the backward multiplies the output's gradient by the
+/// dequantized weight, a block of output channels at a time, so a frozen int8 base passes
+/// gradients down to LoRA adapters below it with no f32 copy of its weight.
 #[derive(Debug, Clone)]
 pub struct QuantizedLinear {
     /// The int8 weight, `[d_out, d_in]`.
-    pub weight: QuantizedTensor,
+    pub weight: Arc<QuantizedTensor>,
     /// The f32 bias, `[d_out]`.
     pub bias: Option<Vec<f32>>,
     /// How activations are treated.
     pub activations: ActivationQuant,
-    weight_sums: Vec<i32>,
+    weight_sums: Arc<[i32]>,
     /// The weight repacked for the VNNI kernel (`None` on CPUs without it).
-    packed: Option<Packed>,
+    packed: Option<Arc<Packed>>,
 }
 
 impl QuantizedLinear {
@@ -87,14 +98,14 @@ impl QuantizedLinear {
         bias: Option<Vec<f32>>,
         activations: ActivationQuant,
     ) -> Self {
-        let weight_sums = weight
+        let weight_sums: Arc<[i32]> = weight
             .values
-            .chunks(weight.shape[1])
+            .chunks(weight.shape[1].max(1))
             .map(|row| row.iter().map(|&q| q as i32).sum())
             .collect();
-        let packed = pack_for_vnni(&weight.values, weight.shape[0], weight.shape[1]);
+        let packed = pack_for_vnni(&weight.values, weight.shape[0], weight.shape[1]).map(Arc::new);
         Self {
-            weight,
+            weight: Arc::new(weight),
             bias,
             activations,
             weight_sums,
@@ -153,6 +164,10 @@ impl QuantizedLinear {
             return linear(x, self.dequantized_weight(&device), bias());
         }
         assert_eq!(dims[D - 1], self.d_in(), "QuantizedLinear: input width");
+        if device.is_autodiff() {
+            // Training adapters over a frozen int8 base: the input's gradient flows through.
+            return host_linear(x, &HostOp(Arc::new(self.clone())));
+        }
         // On flex the kernel quantizes the activations straight out of the tensor's buffer and
         // writes the output tensor's own (no copy either way).
         map_rows(x, self.d_out(), |x, rows, y| self.forward_rows(x, rows, y))
@@ -189,10 +204,10 @@ impl QuantizedLinear {
         let cols = Columns {
             scale: &w_scale,
             zero: &w_zero,
-            sums: &self.weight_sums,
+            sums: &self.weight_sums[..],
             bias: self.bias.as_deref().unwrap_or(&zeros),
         };
-        if let Some(packed) = &self.packed
+        if let Some(packed) = self.packed.as_deref()
             && fused_linear(x, rows, d_in, d_out, packed, fixed, &cols, y)
         {
             return;
@@ -293,6 +308,36 @@ impl LinearLayer for QuantizedLinear {
     fn d_out(&self) -> usize {
         QuantizedLinear::d_out(self)
     }
+
+    fn d_in(&self) -> usize {
+        QuantizedLinear::d_in(self)
+    }
+}
+
+/// The dequantized weight and the bias: what merging a LoRA adapter into an int8 base gives
+/// (QLoRA's merged export is in f32).
+impl ToLinear for QuantizedLinear {
+    fn to_linear(&self, device: &Device) -> Linear {
+        // Transposed on the host: a parameter is a leaf, never the output of an operation.
+        let [d_out, d_in] = self.weight.shape;
+        let values = self.weight.dequantize();
+        let mut transposed = vec![0f32; values.len()];
+        for (o, row) in values.chunks_exact(d_in.max(1)).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                transposed[i * d_out + o] = v;
+            }
+        }
+        let weight = Tensor::<2>::from_data(TensorData::new(transposed, [d_in, d_out]), device);
+        Linear {
+            weight: burn::module::Param::from_tensor(weight),
+            bias: self.bias.as_ref().map(|b| {
+                burn::module::Param::from_tensor(Tensor::<1>::from_data(
+                    TensorData::new(b.clone(), [b.len()]),
+                    device,
+                ))
+            }),
+        }
+    }
 }
 
 pub(crate) fn to_host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -303,6 +348,50 @@ fn to_host_data(data: TensorData) -> Vec<f32> {
     data.convert::<f32>()
         .try_into_vec::<f32>()
         .unwrap_or_default()
+}
+
+impl HostLinear for QuantizedLinear {
+    fn d_in(&self) -> usize {
+        QuantizedLinear::d_in(self)
+    }
+
+    fn d_out(&self) -> usize {
+        QuantizedLinear::d_out(self)
+    }
+
+    fn forward_rows(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        QuantizedLinear::forward_rows(self, x, rows, y)
+    }
+
+    /// `dx = dy·W` with `W[o][i] = s_o·(q[o][i] − z_o)`, dequantized a block of output channels
+    /// at a time into a buffer gemm reads: the f32 copy is never more than a block.
+    fn backward_rows(&self, dy: &[f32], rows: usize, dx: &mut [f32]) {
+        // Output channels per block: a block's f32 copy is `BLOCK · d_in` floats.
+        const BLOCK: usize = 256;
+        let (d_in, d_out) = (QuantizedLinear::d_in(self), QuantizedLinear::d_out(self));
+        let w = &self.weight;
+        let mut block = vec![0f32; BLOCK.min(d_out) * d_in];
+        for o0 in (0..d_out).step_by(BLOCK) {
+            let o1 = (o0 + BLOCK).min(d_out);
+            for (o, out) in (o0..o1).zip(block.chunks_exact_mut(d_in)) {
+                let p = w.params_of(o);
+                for (v, &q) in out.iter_mut().zip(&w.values[o * d_in..(o + 1) * d_in]) {
+                    *v = p.scale * (q as i32 - p.zero_point) as f32;
+                }
+            }
+            // dx += dy[:, o0..o1] · W[o0..o1, :]
+            kiln_model::fused::host::matmul_rows(
+                [rows, d_in, o1 - o0],
+                &dy[o0..],
+                d_out,
+                &block,
+                d_in,
+                dx,
+                d_in,
+                o0 > 0,
+            );
+        }
+    }
 }
 
 impl PrunableLinear for QuantizedLinear {

@@ -19,6 +19,8 @@
 //!    - [`packed_lm`]: packed causal LM windows ([`PackedLmDataset`], [`LmBatcher`] → [`LmBatch`]);
 //!    - [`mlm`]: BERT masked LM, masking fixed by `(seed, index)` ([`MlmDataset`],
 //!      [`MlmBatcher`] → [`MlmBatch`]);
+//!    - [`completion`]: prompt–completion pairs for supervised fine-tuning, the loss on the
+//!      completion only ([`CompletionDataset`], [`CompletionBatcher`] → [`LmBatch`]);
 //!    - [`classification`]: text classification from JSONL/CSV ([`ClassificationDataset`],
 //!      [`ClassificationBatcher`] → [`ClassificationBatch`]);
 //!    - [`addition`]: the 3-digit addition task of the main job.
@@ -58,6 +60,7 @@ pub mod addition;
 mod char_tokenizer;
 pub mod classification;
 pub mod clean;
+pub mod completion;
 pub mod dedup;
 mod error;
 mod hash;
@@ -78,6 +81,7 @@ pub use classification::{
     ClassificationItem,
 };
 pub use clean::{CleanConfig, CleanReport, Cleaner};
+pub use completion::{CompletionBatcher, CompletionDataset, CompletionItem, CompletionReport};
 pub use dedup::{DedupConfig, DedupMode, DedupStats, Deduplicator, Verdict};
 pub use error::DataError;
 pub use input::{DocumentReader, InputFormat, InputReport};

@@ -168,24 +168,37 @@ pub struct LmBatcher;
 
 impl Batcher<Vec<u32>, LmBatch> for LmBatcher {
     fn batch(&self, items: Vec<Vec<u32>>, device: &Device) -> LmBatch {
-        let batch = items.len();
-        let seq = items
-            .iter()
-            .map(|w| w.len().saturating_sub(1))
-            .max()
-            .unwrap_or(0);
-        let mut inputs = vec![0i64; batch * seq];
-        let mut targets = vec![IGNORE_INDEX; batch * seq];
-        for (b, w) in items.iter().enumerate() {
-            for t in 0..w.len().saturating_sub(1) {
-                inputs[b * seq + t] = w[t] as i64;
+        next_token_batch(items.iter().map(|w| (w.as_slice(), 0)), device)
+    }
+}
+
+/// Next-token batches of token rows: inputs a row but its last token, targets the row shifted
+/// by one, kept from target position `first_target − 1` on (the token at `first_target` is the
+/// first predicted; 0 keeps them all), [`IGNORE_INDEX`] before it and over the right padding
+/// of rows shorter than the longest (input 0).
+pub(crate) fn next_token_batch<'a>(
+    rows: impl ExactSizeIterator<Item = (&'a [u32], usize)> + Clone,
+    device: &Device,
+) -> LmBatch {
+    let batch = rows.len();
+    let seq = rows
+        .clone()
+        .map(|(w, _)| w.len().saturating_sub(1))
+        .max()
+        .unwrap_or(0);
+    let mut inputs = vec![0i64; batch * seq];
+    let mut targets = vec![IGNORE_INDEX; batch * seq];
+    for (b, (w, first_target)) in rows.enumerate() {
+        for t in 0..w.len().saturating_sub(1) {
+            inputs[b * seq + t] = w[t] as i64;
+            if t + 1 >= first_target {
                 targets[b * seq + t] = w[t + 1] as i64;
             }
         }
-        LmBatch {
-            inputs: Tensor::<2, Int>::from_data(TensorData::new(inputs, [batch, seq]), device),
-            targets: Tensor::<2, Int>::from_data(TensorData::new(targets, [batch, seq]), device),
-        }
+    }
+    LmBatch {
+        inputs: Tensor::<2, Int>::from_data(TensorData::new(inputs, [batch, seq]), device),
+        targets: Tensor::<2, Int>::from_data(TensorData::new(targets, [batch, seq]), device),
     }
 }
 

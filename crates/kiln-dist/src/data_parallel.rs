@@ -31,8 +31,12 @@ use crate::ring;
 pub struct DataParallel {
     group: ProcessGroup,
     config: DataParallelConfig,
+    /// Every parameter: what the ranks check and rank 0 broadcasts at the start.
     layout: Layout,
-    /// The rank that owns each parameter (ZeRO-1), in layout order.
+    /// The parameters that train: what gradients, ZeRO-1's shards and its updates move. With a
+    /// frozen base (LoRA) only the adapters' gradients cross the network.
+    trainable: Layout,
+    /// The rank that owns each trainable parameter (ZeRO-1), in `trainable` order.
     owners: Vec<usize>,
 }
 
@@ -46,11 +50,13 @@ impl DataParallel {
     ) -> Result<Self> {
         config.validate()?;
         let layout = Layout::of(model);
-        let owners = balance(&layout, group.size());
+        let trainable = Layout::trainable(model);
+        let owners = balance(&trainable, group.size());
         Ok(Self {
             group,
             config,
             layout,
+            trainable,
             owners,
         })
     }
@@ -115,14 +121,14 @@ impl DataParallel {
         if self.group.size() == 1 {
             return Ok(grads);
         }
-        let (mut values, present) = take_grads(model, &self.layout, &mut grads)?;
+        let (mut values, present) = take_grads(model, &self.trainable, &mut grads)?;
         let mut anywhere: Vec<f32> = present.iter().map(|&p| f32::from(u8::from(p))).collect();
         self.group.all_reduce_f32(&mut anywhere, ReduceOp::Max)?;
         for bucket in values.chunks_mut(self.config.bucket_elements()) {
             ring::all_reduce(&self.group, bucket, ReduceOp::Sum, self.config.reduce_dtype)?;
         }
         let anywhere: Vec<bool> = anywhere.iter().map(|&p| p > 0.0).collect();
-        put_grads(model, &self.layout, &values, &anywhere, &mut grads);
+        put_grads(model, &self.trainable, &values, &anywhere, &mut grads);
         Ok(grads)
     }
 
@@ -140,14 +146,14 @@ impl DataParallel {
         if !self.shards_optimizer() {
             return Ok(grads);
         }
-        let (values, present) = take_grads(model, &self.layout, &mut grads)?;
+        let (values, present) = take_grads(model, &self.trainable, &mut grads)?;
         let rank = self.group.rank();
         let mine: Vec<bool> = present
             .iter()
             .zip(&self.owners)
             .map(|(&p, &owner)| p && owner == rank)
             .collect();
-        put_grads(model, &self.layout, &values, &mine, &mut grads);
+        put_grads(model, &self.trainable, &values, &mine, &mut grads);
         Ok(grads)
     }
 
@@ -157,10 +163,10 @@ impl DataParallel {
         if !self.shards_optimizer() {
             return Ok(model);
         }
-        let mut values = read_params(&model, &self.layout)?;
+        let mut values = read_params(&model, &self.trainable)?;
         for owner in 0..self.group.size() {
             let slots: Vec<_> = self
-                .layout
+                .trainable
                 .slots
                 .iter()
                 .zip(&self.owners)
@@ -180,7 +186,7 @@ impl DataParallel {
             }
         }
         let rank = self.group.rank();
-        Ok(write_params(model, &self.layout, &values, |i| {
+        Ok(write_params(model, &self.trainable, &values, |i| {
             self.owners[i] != rank
         }))
     }
@@ -188,10 +194,10 @@ impl DataParallel {
     /// Parameters (elements) whose optimizer state this rank keeps: all of them without ZeRO.
     pub fn owned_elements(&self) -> usize {
         if !self.shards_optimizer() {
-            return self.layout.len;
+            return self.trainable.len;
         }
         let rank = self.group.rank();
-        self.layout
+        self.trainable
             .slots
             .iter()
             .zip(&self.owners)
@@ -200,8 +206,14 @@ impl DataParallel {
             .sum()
     }
 
-    /// All parameter elements of the model.
+    /// The parameter elements that train (all of the model's unless some are frozen): what a
+    /// gradient all-reduce moves.
     pub fn total_elements(&self) -> usize {
+        self.trainable.len
+    }
+
+    /// All parameter elements of the model, frozen ones included.
+    pub fn model_elements(&self) -> usize {
         self.layout.len
     }
 }
@@ -241,6 +253,7 @@ mod tests {
                     path: format!("p{i}"),
                     shape: vec![len],
                     dtype: DType::F32,
+                    trainable: true,
                     offset,
                     len,
                 };
@@ -248,7 +261,11 @@ mod tests {
                 slot
             })
             .collect();
-        Layout { slots, len: offset }
+        Layout {
+            by_visit: (0..sizes.len()).map(Some).collect(),
+            slots,
+            len: offset,
+        }
     }
 
     #[test]

@@ -20,29 +20,50 @@ pub struct Slot {
     pub shape: Vec<usize>,
     /// Its dtype.
     pub dtype: DType,
+    /// Whether it trains (requires a gradient); a frozen parameter (a LoRA base) does not.
+    pub trainable: bool,
     /// First element in the buffer.
     pub offset: usize,
     /// Number of elements.
     pub len: usize,
 }
 
-/// Every float parameter of a model, in visiting order.
+/// Float parameters of a model in visiting order: every one ([`Layout::of`]), or only those
+/// that train ([`Layout::trainable`]: what gradients, optimizer shards and their updates
+/// move when the rest is frozen).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Layout {
-    /// The parameters.
+    /// The parameters in the buffer.
     pub slots: Vec<Slot>,
     /// Elements in all.
     pub len: usize,
+    /// For each float parameter the model visits, in order, its slot (`None`: not in this
+    /// layout).
+    pub by_visit: Vec<Option<usize>>,
 }
 
 impl Layout {
-    /// The layout of `model`'s float parameters.
+    /// The layout of all of `model`'s float parameters.
     pub fn of<M: Module>(model: &M) -> Self {
+        Self::build(model, |_| true)
+    }
+
+    /// The layout of the float parameters of `model` that train; the same as
+    /// [`of`](Self::of) when none is frozen.
+    pub fn trainable<M: Module>(model: &M) -> Self {
+        Self::build(model, |trainable| trainable)
+    }
+
+    /// The layout of the frozen float parameters of `model` (empty when none is).
+    pub fn frozen<M: Module>(model: &M) -> Self {
+        Self::build(model, |trainable| !trainable)
+    }
+
+    fn build<M: Module>(model: &M, keep: impl Fn(bool) -> bool) -> Self {
         #[derive(Default)]
         struct Collect {
             stack: Vec<String>,
-            slots: Vec<Slot>,
-            len: usize,
+            params: Vec<(ParamId, String, Vec<usize>, DType)>,
         }
         impl ModuleVisitor for Collect {
             fn enter_module(&mut self, name: &str, _container_type: &str) {
@@ -52,25 +73,48 @@ impl Layout {
                 self.stack.pop();
             }
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let shape = param.val().dims().to_vec();
-                let len = shape.iter().product();
-                self.slots.push(Slot {
-                    id: param.id,
-                    path: self.stack.join("."),
-                    shape,
-                    dtype: param.val().dtype(),
-                    offset: self.len,
-                    len,
-                });
-                self.len += len;
+                let value = param.val();
+                self.params.push((
+                    param.id,
+                    self.stack.join("."),
+                    value.dims().to_vec(),
+                    value.dtype(),
+                ));
             }
         }
         let mut collect = Collect::default();
         model.visit(&mut collect);
-        Self {
-            slots: collect.slots,
-            len: collect.len,
+        let trainable = trainable_flags(model);
+        let mut layout = Self {
+            slots: Vec::new(),
+            len: 0,
+            by_visit: Vec::with_capacity(collect.params.len()),
+        };
+        for ((id, path, shape, dtype), trainable) in collect.params.into_iter().zip(trainable) {
+            if !keep(trainable) {
+                layout.by_visit.push(None);
+                continue;
+            }
+            let len = shape.iter().product();
+            layout.by_visit.push(Some(layout.slots.len()));
+            layout.slots.push(Slot {
+                id,
+                path,
+                shape,
+                dtype,
+                trainable,
+                offset: layout.len,
+                len,
+            });
+            layout.len += len;
         }
+        layout
+    }
+
+    /// The slot of the `index`-th float parameter visited, when it is in this layout.
+    fn slot(&self, index: usize) -> Option<(usize, &Slot)> {
+        let at = (*self.by_visit.get(index)?)?;
+        Some((at, &self.slots[at]))
     }
 
     /// One line per parameter, `path [shape] dtype`: what the ranks compare to check they
@@ -78,9 +122,27 @@ impl Layout {
     pub fn describe(&self) -> Vec<String> {
         self.slots
             .iter()
-            .map(|s| format!("{} {:?} {:?}", s.path, s.shape, s.dtype))
+            .map(|s| {
+                let frozen = if s.trainable { "" } else { " frozen" };
+                format!("{} {:?} {:?}{frozen}", s.path, s.shape, s.dtype)
+            })
             .collect()
     }
+}
+
+/// Whether each float parameter of `model`, in visiting order, trains. Read on the model's
+/// training form: off an autodiff device a tensor never requires a gradient, but the
+/// parameter keeps its setting for [`Module::train`].
+pub fn trainable_flags<M: Module>(model: &M) -> Vec<bool> {
+    struct Flags(Vec<bool>);
+    impl ModuleVisitor for Flags {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.val().is_require_grad());
+        }
+    }
+    let mut flags = Flags(Vec::new());
+    model.clone().train().visit(&mut flags);
+    flags.0
 }
 
 /// Every float parameter's values, flat.
@@ -93,8 +155,11 @@ pub fn read_params<M: Module>(model: &M, layout: &Layout) -> Result<Vec<f32>> {
     }
     impl ModuleVisitor for Read<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let slot = &self.layout.slots[self.index];
+            let found = self.layout.slot(self.index);
             self.index += 1;
+            let Some((_, slot)) = found else {
+                return;
+            };
             match to_host(param.val()) {
                 Ok(values) => {
                     self.out[slot.offset..slot.offset + slot.len].copy_from_slice(&values)
@@ -116,8 +181,8 @@ pub fn read_params<M: Module>(model: &M, layout: &Layout) -> Result<Vec<f32>> {
     }
 }
 
-/// `model` with the parameters for which `keep(slot index)` is false replaced by their values
-/// in `values`: same ids, devices, dtypes and gradient requirements.
+/// `model` with the parameters of the layout's slots for which `replace(slot index)` is true
+/// replaced by their values in `values`: same ids, devices, dtypes and gradient requirements.
 pub fn write_params<M: Module>(
     model: M,
     layout: &Layout,
@@ -132,12 +197,14 @@ pub fn write_params<M: Module>(
     }
     impl<F: Fn(usize) -> bool> ModuleMapper for Write<'_, F> {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let index = self.index;
+            let found = self.layout.slot(self.index);
             self.index += 1;
-            if !(self.replace)(index) {
+            let Some((at, slot)) = found else {
+                return param;
+            };
+            if !(self.replace)(at) {
                 return param;
             }
-            let slot = &self.layout.slots[index];
             let values = &self.values[slot.offset..slot.offset + slot.len];
             param.map(|t| {
                 let fresh = from_host(values.to_vec(), &slot.shape, slot.dtype, &t);
@@ -157,8 +224,8 @@ pub fn write_params<M: Module>(
     })
 }
 
-/// Takes every gradient out of `grads` into a flat buffer (zeros where a parameter has none),
-/// with which parameters had one.
+/// Takes the gradients of the layout's parameters out of `grads` into a flat buffer (zeros
+/// where a parameter has none), with which slots had one.
 pub fn take_grads<M: Module>(
     model: &M,
     layout: &Layout,
@@ -174,15 +241,18 @@ pub fn take_grads<M: Module>(
     }
     impl ModuleVisitor for Take<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let slot = &self.layout.slots[self.index];
+            let found = self.layout.slot(self.index);
+            self.index += 1;
+            let Some((at, slot)) = found else {
+                return;
+            };
             if let Some(grad) = self.grads.remove::<D>(param.id) {
                 match to_host(grad) {
                     Ok(v) => self.out[slot.offset..slot.offset + slot.len].copy_from_slice(&v),
                     Err(e) => self.error = self.error.take().or(Some(e)),
                 }
-                self.present[self.index] = true;
+                self.present[at] = true;
             }
-            self.index += 1;
         }
     }
     let mut take = Take {
@@ -218,12 +288,14 @@ pub fn put_grads<M: Module>(
     }
     impl ModuleVisitor for Put<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let index = self.index;
+            let found = self.layout.slot(self.index);
             self.index += 1;
-            if !self.present[index] {
+            let Some((at, slot)) = found else {
+                return;
+            };
+            if !self.present[at] {
                 return;
             }
-            let slot = &self.layout.slots[index];
             let values = &self.values[slot.offset..slot.offset + slot.len];
             let grad = from_host(values.to_vec(), &slot.shape, DType::F32, &param.val()).inner();
             self.grads.register::<D>(param.id, grad);

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use kiln_dist::{Communicator, NcclCommunicator, ProcessGroup, ReduceOp};
+use kiln_dist::{NcclCommunicator, ProcessGroup, ReduceOp};
 
 #[test]
 #[ignore = "needs GPUs and mpirun: scripts/gpu_check.sh"]

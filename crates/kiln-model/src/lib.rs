@@ -13,6 +13,8 @@
 //!   decodes with a KV cache and a sliding window past the context, [`sampling`] picks tokens
 //!   from a seeded ChaCha8 generator) and [`bert`] (encoder, masked-LM and
 //!   sequence-classification heads, with `predict` helpers).
+//! - Fine-tuning: [`lora`] (LoRA adapters as a linear layer over any other, f32 or int8,
+//!   configured and matched as HF peft does; [`hf::peft`] reads and writes peft's adapters).
 //! - Weights: [`hf`] loads and writes HuggingFace checkpoints, [`store`] saves and loads kiln's
 //!   own (`load_model::<GptConfig>(dir, &device)`, no closure: the config builds the model).
 //! - Training: GPT and both BERT heads are kiln-base `TrainModel`s on kiln's batch types, and
@@ -61,6 +63,7 @@ mod inference;
 pub mod init;
 pub mod limits;
 pub mod linear;
+pub mod lora;
 pub mod loss;
 pub mod norm;
 pub mod parallel;

@@ -3,7 +3,7 @@
 
 use burn::module::{Module, ModuleDisplay, Param};
 use burn::nn::Linear;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// A linear map of the last dimension, `[batch, seq, d_in] -> [batch, seq, d_out]`.
 ///
@@ -20,6 +20,25 @@ pub trait LinearLayer: Module + ModuleDisplay {
     /// Output width (attention reads its head width from it, since structured pruning may have
     /// removed heads).
     fn d_out(&self) -> usize;
+
+    /// Input width (a LoRA adapter's `A` is `[d_in, r]`).
+    fn d_in(&self) -> usize;
+}
+
+/// A linear layer that can be written as Burn's f32 [`Linear`]: itself, or an int8 layer
+/// dequantized. What a model with LoRA adapters becomes when they are merged
+/// ([`Gpt::merge_and_unload`](crate::gpt::Gpt::merge_and_unload)), and how a saved module's
+/// weights are read.
+pub trait ToLinear: LinearLayer {
+    /// The layer as an f32 `Linear` (`[d_in, d_out]` weight), computing the same function up to
+    /// the layer's own rounding; on `device` when the layer is not on a device already.
+    fn to_linear(&self, device: &Device) -> Linear;
+}
+
+impl ToLinear for Linear {
+    fn to_linear(&self, _device: &Device) -> Linear {
+        self.clone()
+    }
 }
 
 /// A linear layer whose features can be removed: structured pruning takes heads and neurons
@@ -54,6 +73,10 @@ impl LinearLayer for Linear {
     fn d_out(&self) -> usize {
         // Burn stores the weight as `[d_in, d_out]`.
         self.weight.dims()[1]
+    }
+
+    fn d_in(&self) -> usize {
+        self.weight.dims()[0]
     }
 }
 

@@ -27,6 +27,7 @@ use crate::bert::{Bert, BertForMaskedLm, BertForSequenceClassification};
 use crate::block::TransformerBlock;
 use crate::gpt::Gpt;
 use crate::linear::{Cut, LinearLayer};
+use crate::lora::LoraLinear;
 use crate::norm::Norm;
 
 impl TransformerBlock {
@@ -207,6 +208,10 @@ impl ParallelModel for Gpt {
         }
     }
 }
+
+/// A GPT with LoRA adapters trains on one process or data-parallel (ZeRO-1 included, only the
+/// adapters' gradients all-reduced); it is not cut for tensor or pipeline parallelism.
+impl<L: LinearLayer + 'static> ParallelModel for Gpt<LoraLinear<L>> {}
 
 /// The vocabulary split across `tp`, when every rank gets some of it.
 fn vocab_parallel(tp: &TensorParallel, vocab: usize) -> Result<VocabParallel> {

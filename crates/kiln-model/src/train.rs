@@ -16,6 +16,7 @@ use kiln_base::{
 use crate::attention::AttentionMask;
 use crate::bert::{Bert, BertForMaskedLm, BertForSequenceClassification, BertInput};
 use crate::gpt::Gpt;
+use crate::linear::LinearLayer;
 use crate::loss::{check_targets, check_token_ids};
 
 /// The causal mask of every GPT block while training (sequences are packed, never padded).
@@ -24,7 +25,7 @@ const CAUSAL: AttentionMask<'static> = AttentionMask {
     padding: None,
 };
 
-impl TrainModel<LmBatch> for Gpt {
+impl<L: LinearLayer + 'static> TrainModel<LmBatch> for Gpt<L> {
     fn forward_step(&self, batch: &LmBatch) -> Result<StepOutput, BoxError> {
         let logits = self.forward(batch.inputs.clone())?;
         self.lm_output(logits, batch)
@@ -35,7 +36,7 @@ impl TrainModel<LmBatch> for Gpt {
     }
 }
 
-impl BlockStack<LmBatch> for Gpt {
+impl<L: LinearLayer + 'static> BlockStack<LmBatch> for Gpt<L> {
     fn num_blocks(&self) -> usize {
         self.blocks.len()
     }
@@ -63,7 +64,7 @@ impl BlockStack<LmBatch> for Gpt {
     }
 }
 
-impl Gpt {
+impl<L: LinearLayer> Gpt<L> {
     /// Loss and correct count of next-token logits, in f32 whatever the compute precision;
     /// from this rank's slice of the logits under the vocabulary split.
     fn lm_output(&self, logits: Tensor<3>, batch: &LmBatch) -> Result<StepOutput, BoxError> {

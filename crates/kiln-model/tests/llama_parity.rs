@@ -5,8 +5,7 @@
 //! every parameter for one causal-LM loss within 1e-5; greedy generation token for token; export
 //! and reload exact; bad configs refused by name.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
@@ -16,8 +15,9 @@ use kiln_model::gpt::Gpt;
 use kiln_model::hf::{HfExport, HfModel, load_pretrained, save_pretrained};
 use kiln_model::loss::cross_entropy;
 use kiln_model::sampling::GenerateConfig;
-use safetensors::SafeTensors;
 use serde_json::Value;
+
+use common::{Tensors, fixture, max_diff, safetensors, values};
 
 const FIXTURES: [&str; 5] = [
     "llama3_gqa",
@@ -27,33 +27,14 @@ const FIXTURES: [&str; 5] = [
     "llama_bf16",
 ];
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
 fn reference_json(name: &str) -> Value {
     let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 /// `reference.safetensors`: logits, loss and `grad.<name>` (f32), by name.
-fn reference_tensors(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(fixture(name).join("reference.safetensors")).unwrap();
-    let tensors = SafeTensors::deserialize(&bytes).unwrap();
-    tensors
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, (view.shape().to_vec(), values))
-        })
-        .collect()
+fn reference_tensors(name: &str) -> Tensors {
+    safetensors(&fixture(name).join("reference.safetensors"))
 }
 
 fn rows(value: &Value) -> Vec<Vec<u32>> {
@@ -75,18 +56,6 @@ fn ids(rows: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
     let (b, t) = (rows.len(), rows[0].len());
     let flat: Vec<i64> = rows.iter().flatten().map(|&x| x as i64).collect();
     Tensor::from_data(TensorData::new(flat, [b, t]), device)
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn load(name: &str, device: &Device) -> Gpt {

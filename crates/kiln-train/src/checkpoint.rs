@@ -9,6 +9,11 @@
 //! killed at any moment leaves either a complete checkpoint or none. On resume, a folder whose
 //! files do not match their manifest is reported by name and the previous one is used.
 //!
+//! A model with frozen parameters (a LoRA run's base) is checkpointed by what trains: the
+//! adapters and their optimizer state. The frozen part is the run's starting point, rebuilt by
+//! the resuming program (from the same base checkpoint); the manifest records its SHA-256
+//! (`frozen_sha256`) and resuming onto another base is an error, not a silently different run.
+//!
 //! Every byte read back is untrusted: the manifest and the JSON files are read with a ceiling
 //! ([`limits`]), the manifest may only name the files a checkpoint has, each
 //! file's length is checked before it is read, and the optimizer state is checked against the
@@ -20,12 +25,13 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::ModuleOptimizer;
 use burn::optim::lr_scheduler::{LrScheduler, LrSchedulerRecord};
-use burn::tensor::Bytes;
+use burn::tensor::{Bytes, Tensor};
 use kiln_base::store::sync_dir;
 use kiln_dist::ProcessGroup;
+use kiln_dist::flat::Layout;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -83,6 +89,10 @@ struct Manifest {
     /// run (`optimizer-rank{r}.bpk`).
     #[serde(default = "one")]
     optimizer_shards: usize,
+    /// The SHA-256 of the frozen parameters the model was trained over (its file leaves them
+    /// out); absent when nothing is frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    frozen_sha256: Option<String>,
     files: Vec<ManifestEntry>,
 }
 
@@ -115,6 +125,8 @@ pub struct Snapshot<'a, M> {
     pub run: &'a serde_json::Value,
     /// The run's id.
     pub run_id: &'a str,
+    /// The SHA-256 of the model's frozen parameters ([`frozen_fingerprint`]), when some are.
+    pub frozen_sha256: Option<&'a str>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -136,6 +148,8 @@ pub struct Checkpoint {
     pub run_id: String,
     /// The number of optimizer state files (the world size of a ZeRO-1 run, else 1).
     pub optimizer_shards: usize,
+    /// The SHA-256 of the frozen parameters the model was trained over, when some were.
+    pub frozen_sha256: Option<String>,
     model: Vec<u8>,
     optimizer: Vec<Vec<u8>>,
     scheduler: Vec<u8>,
@@ -216,17 +230,91 @@ fn optimizer_bytes(optimizer: &ModuleOptimizer) -> Result<Vec<u8>> {
         .to_vec())
 }
 
-/// Model weights as burnpack bytes.
+/// Model weights as burnpack bytes: the parameters that train (all of them, unless some are
+/// frozen).
 pub fn model_bytes<M: Module>(model: &M) -> Result<Vec<u8>> {
-    Ok(kiln_base::store::weights_to_bytes(model, Path::new(MODEL))?)
+    let path = Path::new(MODEL);
+    let frozen = Layout::frozen(model);
+    if frozen.slots.is_empty() {
+        return Ok(kiln_base::store::weights_to_bytes(model, path)?);
+    }
+    let trainable: Vec<String> = Layout::trainable(model)
+        .slots
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    Ok(kiln_base::store::some_weights_to_bytes(
+        model, &trainable, path,
+    )?)
 }
 
 /// Loads burnpack `bytes` (read from `path`, named in errors) into `model`, with stable
-/// parameter ids.
+/// parameter ids: every parameter, or every one that trains when some are frozen (those keep
+/// the values `model` has).
 pub fn load_weights<M: Module>(model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
-    let model = kiln_base::store::weights_from_bytes(model, bytes, path)
-        .map_err(|e| TrainError::corrupt(path, e))?;
+    let frozen: Vec<String> = Layout::frozen(&model)
+        .slots
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    let model = if frozen.is_empty() {
+        kiln_base::store::weights_from_bytes(model, bytes, path)
+    } else {
+        kiln_base::store::some_weights_from_bytes(model, bytes, &frozen, path)
+    }
+    .map_err(|e| TrainError::corrupt(path, e))?;
     Ok(stable_param_ids(model))
+}
+
+/// The SHA-256 of `model`'s frozen parameters (each one's path, shape and f32 values, in
+/// visiting order), or `None` when every parameter trains: what ties a checkpoint that leaves
+/// them out to the base it was trained over. Reads one parameter at a time.
+pub fn frozen_fingerprint<M: Module>(model: &M) -> Result<Option<String>> {
+    struct Hash<'a> {
+        layout: &'a Layout,
+        index: usize,
+        sha: Sha256,
+        error: Option<String>,
+    }
+    impl ModuleVisitor for Hash<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let index = self.index;
+            self.index += 1;
+            let Some(Some(at)) = self.layout.by_visit.get(index) else {
+                return;
+            };
+            let slot = &self.layout.slots[*at];
+            match kiln_dist::tensor::to_host(param.val()) {
+                Ok(values) => {
+                    self.sha.update(slot.path.as_bytes());
+                    self.sha.update(format!("{:?}", slot.shape).as_bytes());
+                    for v in values {
+                        self.sha.update(v.to_le_bytes());
+                    }
+                }
+                Err(e) => self.error = Some(e.to_string()),
+            }
+        }
+    }
+    let layout = Layout::frozen(model);
+    if layout.slots.is_empty() {
+        return Ok(None);
+    }
+    let mut hash = Hash {
+        layout: &layout,
+        index: 0,
+        sha: Sha256::new(),
+        error: None,
+    };
+    model.visit(&mut hash);
+    if let Some(reason) = hash.error {
+        return Err(TrainError::Serialize {
+            what: "the frozen parameters",
+            reason,
+        });
+    }
+    let digest = hash.sha.finalize();
+    Ok(Some(digest.iter().map(|b| format!("{b:02x}")).collect()))
 }
 
 /// Writes and finds checkpoints in one folder.
@@ -350,6 +438,7 @@ impl CheckpointDir {
             step: snapshot.state.step,
             run_id: snapshot.run_id.to_string(),
             optimizer_shards,
+            frozen_sha256: snapshot.frozen_sha256.map(str::to_string),
             files: entries,
         };
         let manifest = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
@@ -555,6 +644,7 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
         run,
         run_id: manifest.run_id,
         optimizer_shards: shards,
+        frozen_sha256: manifest.frozen_sha256,
         model: take(MODEL),
         optimizer,
         scheduler: take(SCHEDULER),

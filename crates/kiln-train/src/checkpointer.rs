@@ -6,7 +6,9 @@
 use kiln_base::{Batch, TrainModel};
 use kiln_dist::ParallelModel;
 
-use crate::checkpoint::{CheckpointDir, Snapshot, TrainerState};
+use std::sync::OnceLock;
+
+use crate::checkpoint::{CheckpointDir, Snapshot, TrainerState, frozen_fingerprint};
 use crate::config::TrainerConfig;
 use crate::error::{Result, TrainError};
 use crate::run::Run;
@@ -19,6 +21,8 @@ pub(crate) struct Checkpointer {
     /// Every this many steps (and after the last, and when early stopping ends the run);
     /// 0: never (the folder is still read to resume).
     every: usize,
+    /// The SHA-256 of the model's frozen parameters, computed once: they never change.
+    frozen: OnceLock<Option<String>>,
 }
 
 impl Checkpointer {
@@ -27,6 +31,7 @@ impl Checkpointer {
         config.checkpoint_path().map(|dir| Self {
             dir: CheckpointDir::new(dir, config.keep_checkpoints),
             every: config.checkpoint_every,
+            frozen: OnceLock::new(),
         })
     }
 
@@ -54,14 +59,23 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
             Some(best) => self.parallel.gather(best)?,
             None => None,
         };
+        let model = whole.as_ref().unwrap_or(&self.model);
+        let frozen = match checkpointer.frozen.get() {
+            Some(known) => known.clone(),
+            None => {
+                let found = frozen_fingerprint(model)?;
+                checkpointer.frozen.get_or_init(|| found).clone()
+            }
+        };
         let snapshot = Snapshot {
-            model: whole.as_ref().unwrap_or(&self.model),
+            model,
             best: whole_best.as_ref().or(self.best.as_ref()),
             optimizer: &self.optimizer,
             scheduler: self.scheduler.as_ref(),
             state: &self.state,
             run: &self.run,
             run_id: &self.run_id,
+            frozen_sha256: frozen.as_deref(),
         };
         checkpointer.dir.save(
             snapshot,
@@ -122,6 +136,21 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
         }
         self.check_state(&checkpoint.state)
             .map_err(|reason| TrainError::corrupt(checkpoint.path.join("trainer.json"), reason))?;
+        // The checkpoint leaves frozen parameters out: they must be the ones it trained over.
+        let frozen = frozen_fingerprint(&whole)?;
+        if frozen != checkpoint.frozen_sha256 {
+            let describe = |f: &Option<String>| match f {
+                Some(sha) => format!("frozen parameters with SHA-256 {sha}"),
+                None => "no frozen parameters".to_string(),
+            };
+            return Err(TrainError::ConfigChanged {
+                checkpoint: checkpoint.path.clone(),
+                field: "the frozen parameters (the base model under the adapters)".into(),
+                saved: describe(&checkpoint.frozen_sha256),
+                current: describe(&frozen),
+            });
+        }
+        let _ = checkpointer.frozen.set(frozen);
         // The checkpoint holds the whole model: loaded whole, then cut into this rank's part.
         let best = checkpoint
             .load_best(whole.clone())?

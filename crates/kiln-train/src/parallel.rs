@@ -187,11 +187,20 @@ impl<M: ParallelModel + Clone> Parallelism<M> {
                 .join(", ")
         };
         Ok(format!(
-            "parameters per rank (MiB, f32): {}\noptimizer state per rank (MiB): {} ({} of {} parameters of this rank's part stepped here)",
+            "parameters per rank (MiB, f32): {}\noptimizer state per rank (MiB): {} ({} of {} parameters of this rank's part stepped here){}",
             column(0),
             column(8),
             self.dp.owned_elements(),
-            self.dp.total_elements()
+            self.dp.total_elements(),
+            if self.dp.total_elements() < self.dp.model_elements() {
+                format!(
+                    "; {} of its {} parameters train, and only their gradients are all-reduced",
+                    self.dp.total_elements(),
+                    self.dp.model_elements()
+                )
+            } else {
+                String::new()
+            }
         ))
     }
 

@@ -150,8 +150,11 @@ pub fn per_block_backward<M: TrainModel<B>, B: Batch>(
         let model = precision.compute_model(params);
         reseed(device, step_seed, 0);
         let x = stack_of(&model)?.embed(batch).map_err(TrainError::Model)?;
-        let backward = (x * Tensor::from_inner(g)).sum().backward();
-        grads.accumulate(params, GradientsParams::from_grads(backward, params));
+        // A frozen embedding (a LoRA base) records no graph: nothing below to differentiate.
+        if x.is_tracked() {
+            let backward = (x * Tensor::from_inner(g)).sum().backward();
+            grads.accumulate(params, GradientsParams::from_grads(backward, params));
+        }
     }
     Ok((
         StepOutput {

@@ -12,6 +12,9 @@
 //! express (rotary positions, SwiGLU, a post-norm GPT, no biases, heads removed by pruning) is a
 //! [`ModelError::NoHfEquivalent`] and nothing is written.
 //!
+//! [`peft`] reads and writes HF peft's LoRA adapter folders over these models, naming layers as
+//! transformers does ([`names`]).
+//!
 //! `config.json` is read and written through typed structs ([`HfGpt2Config`],
 //! [`HfBertConfig`]) with transformers' field names and defaults.
 //!
@@ -37,6 +40,8 @@ mod bert;
 mod config;
 mod gpt2;
 pub mod llama;
+pub mod names;
+pub mod peft;
 mod save;
 mod weights;
 

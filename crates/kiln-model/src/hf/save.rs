@@ -68,7 +68,7 @@ pub fn save_pretrained(model: &impl HfExport, dir: impl AsRef<Path>) -> Result<(
 
 /// `tensors` in the safetensors format, with the `{"format": "pt"}` metadata transformers
 /// requires.
-fn safetensors_bytes(tensors: &[(String, TensorData)], file: &Path) -> Result<Vec<u8>> {
+pub(crate) fn safetensors_bytes(tensors: &[(String, TensorData)], file: &Path) -> Result<Vec<u8>> {
     let bytes = tensors
         .iter()
         .map(|(name, data)| {

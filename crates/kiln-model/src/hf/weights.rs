@@ -82,6 +82,15 @@ impl HfWeights {
                 ),
             ));
         };
+        Self::from_files(paths, config.allow_non_finite)
+    }
+
+    /// Opens one safetensors file (a peft adapter's `adapter_model.safetensors`).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        Self::from_files(vec![path.to_path_buf()], false)
+    }
+
+    fn from_files(paths: Vec<PathBuf>, allow_non_finite: bool) -> Result<Self> {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for path in paths {
@@ -105,7 +114,7 @@ impl HfWeights {
             files,
             index,
             prefix: String::new(),
-            allow_non_finite: config.allow_non_finite,
+            allow_non_finite,
         })
     }
 

@@ -27,7 +27,9 @@ pub fn tiny_gpt(device: &Device, seed: u64) -> Gpt {
     gpt.map(&mut Redraw(StdRng::seed_from_u64(seed)))
 }
 
-struct Redraw(StdRng);
+/// Redraws every float parameter uniformly in ±0.3 from its own generator, keeping which ones
+/// train.
+pub struct Redraw(pub StdRng);
 
 impl ModuleMapper for Redraw {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
