@@ -84,6 +84,10 @@ struct Args {
     /// Keep the trained dense model in this folder.
     #[arg(long)]
     save_dense: Option<PathBuf>,
+    /// Write --save-dense into a folder that holds files kiln did not write (they are left
+    /// alone); without it such a folder is refused, naming the files.
+    #[arg(long)]
+    force: bool,
     /// Also write the rows as JSON.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -235,7 +239,12 @@ fn main() -> kiln::Result<()> {
         }
     };
     if let Some(dir) = &args.save_dense {
-        save_model(&dense, &config, dir)?;
+        let out = if args.force {
+            kiln::base::OutputDir::forced(dir)
+        } else {
+            kiln::base::OutputDir::new(dir)
+        };
+        save_model(&dense, &config, out)?;
         println!("saved the dense model to {}", dir.display());
     }
     std::fs::create_dir_all(&args.out)?;
@@ -502,10 +511,8 @@ fn main() -> kiln::Result<()> {
                 })
             })
             .collect();
-        std::fs::write(
-            path,
-            serde_json::to_string_pretty(&json).expect("JSON values serialize"),
-        )?;
+        let text = serde_json::to_string_pretty(&json).expect("JSON values serialize");
+        kiln::base::store::write_atomic(path, text.as_bytes())?;
         println!("wrote {}", path.display());
     }
     Ok(())

@@ -24,6 +24,7 @@
 //! killed run exactly, as for any kiln run. At the end it prints `adapter_sha256:`, a hash of
 //! every trainable value.
 
+use kiln::base::OutputDir;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -126,12 +127,29 @@ struct Args {
     /// Start a new run in a folder that holds another run, deleting it.
     #[arg(long)]
     overwrite: bool,
+    /// Resume although the data differs from the checkpoint's (fixed or extended on purpose).
+    #[arg(long, requires = "resume")]
+    allow_data_change: bool,
     /// Write the trained adapter here as a peft adapter folder.
     #[arg(long, value_name = "DIR")]
     save_adapter: Option<PathBuf>,
     /// Write the base with the adapters merged in here, as a transformers folder.
     #[arg(long, value_name = "DIR")]
     merge_export: Option<PathBuf>,
+    /// Write --save-adapter and --merge-export into folders that hold files kiln did not write
+    /// (they are left alone; same-named ones are replaced). Without it such a folder is refused
+    /// before training starts, naming the files.
+    #[arg(long)]
+    force: bool,
+}
+
+/// The output folder `dir`, forced when the user said `--force`.
+fn output(dir: &Path, force: bool) -> OutputDir {
+    if force {
+        OutputDir::forced(dir)
+    } else {
+        OutputDir::new(dir)
+    }
 }
 
 /// The model of a fine-tuning run: the base folder and the adapters on it.
@@ -220,6 +238,7 @@ fn run_config(args: &Args, context: usize) -> kiln::Result<FinetuneRun> {
     }
     t.resume |= args.resume;
     t.overwrite |= args.overwrite;
+    t.allow_data_change |= args.allow_data_change;
     if let Some(lr) = args.lr {
         run.schedule = run.schedule.with_peak_lr(lr)?;
     }
@@ -253,25 +272,54 @@ fn data(
             run.data.block,
             report.skipped
         );
-        let batches =
-            |d: CompletionDataset| BatchSource::new(d, CompletionBatcher) as BatchSource<LmBatch>;
+        let tokenizer = tokenizer.fingerprint()?;
+        let batches = |d: CompletionDataset| {
+            let fingerprint = format!("{} tokenizer {tokenizer}", d.fingerprint());
+            BatchSource::new(d, CompletionBatcher).with_fingerprint(fingerprint)
+                as BatchSource<LmBatch>
+        };
         return Ok((batches(train), batches(held), described));
     }
-    let text = std::fs::read_to_string(path)?;
+    let text = kiln::data::read_text_file(path)?;
     let ids = tokenizer.encode(&text)?;
     let held = ((ids.len() as f64 * fraction) as usize).min(ids.len());
     let (train, eval) = ids.split_at(ids.len() - held);
-    let train = PackedLmDataset::from_tokens(train.to_vec(), run.data.block)?;
-    let eval = PackedLmDataset::from_tokens(eval.to_vec(), run.data.block)?;
+    let block = run.data.block;
+    // Too short a split names itself and the flags that change it.
+    let windows = |ids: &[u32], split: &str, fix: String| {
+        PackedLmDataset::from_tokens(ids.to_vec(), block).map_err(|e| match e {
+            kiln::data::DataError::NotEnoughTokens { tokens, needed } => {
+                kiln::Error::Usage(format!(
+                    "the {split} split of {} has {tokens} tokens, fewer than one window of \
+                     {needed} (--block {block} + 1): {fix}",
+                    path.display()
+                ))
+            }
+            other => other.into(),
+        })
+    };
+    let train = windows(
+        train,
+        "training",
+        "use more text or a smaller --block".into(),
+    )?;
+    let eval = windows(
+        eval,
+        "held-out",
+        format!("raise --val-fraction (now {fraction}) or lower --block"),
+    )?;
     let described = format!(
         "{} tokens of text in {} windows of {}",
         ids.len(),
         train.len(),
         run.data.block
     );
+    let tokenizer = tokenizer.fingerprint()?;
+    let fingerprint = |d: &PackedLmDataset| format!("{} tokenizer {tokenizer}", d.fingerprint());
+    let (train_fp, eval_fp) = (fingerprint(&train), fingerprint(&eval));
     Ok((
-        BatchSource::new(train, LmBatcher),
-        BatchSource::new(eval, LmBatcher),
+        BatchSource::new(train, LmBatcher).with_fingerprint(train_fp),
+        BatchSource::new(eval, LmBatcher).with_fingerprint(eval_fp),
         described,
     ))
 }
@@ -284,6 +332,10 @@ fn main() -> kiln::Result<()> {
     if args.print_config {
         print!("{}", run.to_toml()?);
         return Ok(());
+    }
+    // The output folders are checked before training, not after hours of it.
+    for dir in args.save_adapter.iter().chain(&args.merge_export) {
+        output(dir, args.force).claim(&[])?;
     }
     let tokenizer = Tokenizer::from_file(Path::new(&run.model.model_dir).join("tokenizer.json"))?;
     if tokenizer.vocab_size() > hf_config.vocab_size {
@@ -352,14 +404,22 @@ where
     let after = evaluate(&model, &eval, batch, None, &eval_device)?;
     println!("held-out loss after: {:.4}", after.loss);
     if let Some(dir) = &args.save_adapter {
-        save_adapter(&model, lora, Some(&run.model.model_dir), dir)?;
+        save_adapter(
+            &model,
+            lora,
+            Some(&run.model.model_dir),
+            output(dir, args.force),
+        )?;
         println!("adapter saved to {}", dir.display());
     }
     if let Some(dir) = &args.merge_export {
         let merged = model.merge_and_unload();
-        kiln::model::hf::save_pretrained(&merged, dir)?;
+        let out = output(dir, args.force);
+        kiln::model::hf::save_pretrained(&merged, out.clone())?;
         let tokenizer = Path::new(&run.model.model_dir).join("tokenizer.json");
-        std::fs::copy(&tokenizer, dir.join("tokenizer.json"))?;
+        let bytes =
+            kiln::base::limits::read_bounded(&tokenizer, &kiln::base::limits::TEXT_FILE_BYTES)?;
+        out.write("tokenizer.json", &bytes)?;
         println!("merged model exported to {}", dir.display());
     }
     println!("adapter_sha256: {}", trainable_sha256(&model));

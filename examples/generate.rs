@@ -59,7 +59,7 @@ fn eos_token(dir: &Path) -> Option<u32> {
     ["generation_config.json", "config.json"]
         .iter()
         .find_map(|file| {
-            let text = std::fs::read_to_string(dir.join(file)).ok()?;
+            let text = kiln::data::read_text_file(dir.join(file)).ok()?;
             let json: serde_json::Value = serde_json::from_str(&text).ok()?;
             match &json["eos_token_id"] {
                 serde_json::Value::Number(n) => n.as_u64(),

@@ -231,7 +231,7 @@ fn main() -> kiln::Result<()> {
     for (name, final_loss, eval_loss) in &table {
         println!("| {name} | {final_loss:.4} | {eval_loss:.4} |");
     }
-    std::fs::write(&args.out, plot(&curves))?;
+    kiln::base::store::write_atomic(&args.out, plot(&curves).as_bytes())?;
     println!("\nloss curves: {}", args.out.display());
     Ok(())
 }

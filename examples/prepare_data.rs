@@ -108,6 +108,10 @@ struct Args {
     /// Also report how many training windows of this many tokens the shards hold.
     #[arg(long, value_parser = positive())]
     seq_len: Option<usize>,
+    /// Write into an output folder that holds files kiln did not write (they are left alone;
+    /// same-named ones are replaced). Without it such a folder is refused, naming the files.
+    #[arg(long)]
+    force: bool,
 }
 
 /// kiln-data's defaults, which the flags override.
@@ -129,6 +133,7 @@ impl Args {
     /// The preparation the flags describe.
     fn config(&self) -> kiln::Result<PrepareConfig> {
         let mut config = PrepareConfig::new(self.input.clone(), &self.output);
+        config.force = self.force;
         let near = [
             ("--jaccard", self.jaccard.is_some()),
             ("--num-perm", self.num_perm.is_some()),

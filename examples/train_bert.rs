@@ -216,7 +216,7 @@ fn main() -> kiln::Result<()> {
     // Unlabeled text for pre-training, and labeled train/test sets.
     let (corpus_text, train_examples, test_examples) = match (&args.data, &args.classify) {
         (Some(data), Some(classify)) => {
-            let text = std::fs::read_to_string(data)?;
+            let text = kiln::data::read_text_file(data)?;
             let corpus: Vec<String> = text
                 .lines()
                 .filter(|l| !l.trim().is_empty())

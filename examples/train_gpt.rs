@@ -39,6 +39,7 @@ use std::time::Instant;
 use burn::data::dataset::Dataset;
 use burn::module::{ModuleVisitor, Param};
 use clap::Parser;
+use kiln::base::OutputDir;
 use kiln::data::addition::{AdditionBatcher, AdditionDataset};
 use kiln::dist::{PipelineSchedule, ProcessGroup, ReduceDtype};
 use kiln::prelude::*;
@@ -141,6 +142,9 @@ struct Args {
     /// them (without it, such a folder is refused).
     #[arg(long)]
     overwrite: bool,
+    /// Resume although the data differs from the checkpoint's (fixed or extended on purpose).
+    #[arg(long, requires = "resume")]
+    allow_data_change: bool,
     /// Text samples to print after training (text data only).
     #[arg(long)]
     samples: Option<usize>,
@@ -175,6 +179,20 @@ struct Args {
     /// `LlamaForCausalLM` (`Qwen2ForCausalLM`, `MistralForCausalLM`) for the Llama family.
     #[arg(long)]
     export_hf: Option<PathBuf>,
+    /// Write --save and --export-hf into folders that hold files kiln did not write (they are
+    /// left alone; same-named ones are replaced). Without it such a folder is refused before
+    /// training starts, naming the files.
+    #[arg(long)]
+    force: bool,
+}
+
+/// The output folder `dir`, forced when the user said `--force`.
+fn output(dir: &std::path::Path, force: bool) -> OutputDir {
+    if force {
+        OutputDir::forced(dir)
+    } else {
+        OutputDir::new(dir)
+    }
 }
 
 /// Where the run's data comes from: part of the run config.
@@ -311,6 +329,7 @@ fn run_config(args: &Args) -> kiln::Result<GptRun> {
     }
     t.resume |= args.resume;
     t.overwrite |= args.overwrite;
+    t.allow_data_change |= args.allow_data_change;
     let dp = &mut t.data_parallel;
     if let Some(stage) = args.zero_stage {
         dp.zero_stage = stage as usize;
@@ -355,7 +374,7 @@ fn text_data(
             (tokenizer, train, eval)
         }
         GptData::Text { path, val_fraction } => {
-            let text = std::fs::read_to_string(path)?;
+            let text = kiln::data::read_text_file(path)?;
             let tokenizer = match init_from {
                 Some(dir) => Tokenizer::from_file(dir.join("tokenizer.json"))?,
                 None => Tokenizer::char_level(&text)?,
@@ -363,10 +382,30 @@ fn text_data(
             let ids = tokenizer.encode(&text)?;
             let held_out = ((ids.len() as f64 * val_fraction) as usize).min(ids.len());
             let (train, eval) = ids.split_at(ids.len() - held_out);
+            // Too short a split names itself and the flags that change it.
+            let windows = |ids: &[u32], split: &str, fix: String| {
+                PackedLmDataset::from_tokens(ids.to_vec(), block).map_err(|e| match e {
+                    kiln::data::DataError::NotEnoughTokens { tokens, needed } => {
+                        kiln::Error::Usage(format!(
+                            "the {split} split of {path} has {tokens} tokens, fewer than one \
+                             window of {needed} (--block {block} + 1): {fix}"
+                        ))
+                    }
+                    other => other.into(),
+                })
+            };
             (
                 tokenizer,
-                PackedLmDataset::from_tokens(train.to_vec(), block)?,
-                PackedLmDataset::from_tokens(eval.to_vec(), block)?,
+                windows(
+                    train,
+                    "training",
+                    "use more text or a smaller --block".into(),
+                )?,
+                windows(
+                    eval,
+                    "held-out",
+                    format!("raise --val-fraction (now {val_fraction}) or lower --block"),
+                )?,
             )
         }
         GptData::Addition => unreachable!("text_data is called for text runs"),
@@ -389,6 +428,12 @@ fn main() -> kiln::Result<()> {
 
 fn train(args: &Args, group: &ProcessGroup) -> kiln::Result<()> {
     let mut run = run_config(args)?;
+    // The output folders are checked before training, not after hours of it.
+    if group.is_main() {
+        for dir in args.save.iter().chain(&args.export_hf) {
+            output(dir, args.force).claim(&[])?;
+        }
+    }
     // One GPU per process on a machine: `cuda` means `cuda:{local rank}`.
     let device = match args.device.as_deref() {
         Some("cuda") if group.size() > 1 => {
@@ -429,9 +474,14 @@ fn train(args: &Args, group: &ProcessGroup) -> kiln::Result<()> {
             let starts = (0..args.samples.unwrap_or(3))
                 .map(|i| Ok(train.window(i * 7 % len)?[0]))
                 .collect::<kiln::Result<Vec<u32>>>()?;
+            // Checkpoints recognise the data (and its tokenizer) by these.
+            let vocab = tokenizer.fingerprint()?;
+            let fingerprint =
+                |d: &PackedLmDataset| format!("{} tokenizer {vocab}", d.fingerprint());
+            let (train_fp, eval_fp) = (fingerprint(&train), fingerprint(&eval));
             (
-                BatchSource::new(train, LmBatcher),
-                BatchSource::new(eval, LmBatcher),
+                BatchSource::new(train, LmBatcher).with_fingerprint(train_fp),
+                BatchSource::new(eval, LmBatcher).with_fingerprint(eval_fp),
                 Some((tokenizer, starts)),
                 len,
             )
@@ -505,13 +555,19 @@ fn train(args: &Args, group: &ProcessGroup) -> kiln::Result<()> {
         }
     }
     if let Some(dir) = &args.save {
-        kiln::saved::save(dir, &gpt, &run.model, text.as_ref().map(|(t, _)| t))?;
+        kiln::saved::save(
+            output(dir, args.force),
+            &gpt,
+            &run.model,
+            text.as_ref().map(|(t, _)| t),
+        )?;
         println!("saved to {}", dir.display());
     }
     if let Some(dir) = &args.export_hf {
-        kiln::model::hf::save_pretrained(&gpt, dir)?;
+        let out = output(dir, args.force);
+        kiln::model::hf::save_pretrained(&gpt, out.clone())?;
         if let Some((tokenizer, _)) = &text {
-            tokenizer.save(dir.join("tokenizer.json"))?;
+            out.write("tokenizer.json", tokenizer.to_json()?.as_bytes())?;
         }
         println!("exported for transformers to {}", dir.display());
     }

@@ -57,6 +57,14 @@ impl std::fmt::Debug for Error {
 /// Results whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<kiln_base::FileError> for Error {
+    /// A path kiln will not use (a link where it writes, a device where it reads, an output
+    /// folder holding files kiln did not write), or an I/O error: as kiln-base reports it.
+    fn from(e: kiln_base::FileError) -> Self {
+        Self::Store(e.into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use burn::tensor::Device;
+use kiln_base::OutputDir;
 use kiln_data::Tokenizer;
 use kiln_model::store::{ModelConfig, TOKENIZER_FILE, load_model, save_model};
 
@@ -25,18 +26,21 @@ pub struct Saved<C: ModelConfig> {
 
 /// Writes `model`, the `config` that builds it and, when given, its `tokenizer` into `dir`
 /// (created if needed). A tokenizer left from an earlier save into the same folder is removed
-/// when none is given, so the folder never pairs a model with another model's tokenizer.
+/// when none is given, so the folder never pairs a model with another model's tokenizer. A
+/// folder holding files kiln did not write is refused, naming them, unless `dir` is
+/// [`OutputDir::forced`](kiln_base::OutputDir::forced).
 pub fn save<C: ModelConfig>(
-    dir: impl AsRef<Path>,
+    dir: impl Into<OutputDir>,
     model: &C::Model,
     config: &C,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<()> {
-    let dir = dir.as_ref();
-    save_model(model, config, dir)?;
-    let file = dir.join(TOKENIZER_FILE);
+    let out = dir.into();
+    out.claim(&[TOKENIZER_FILE])?;
+    save_model(model, config, out.clone())?;
+    let file = out.path().join(TOKENIZER_FILE);
     match tokenizer {
-        Some(tokenizer) => tokenizer.save(&file)?,
+        Some(tokenizer) => out.write(TOKENIZER_FILE, tokenizer.to_json()?.as_bytes())?,
         None if file.exists() => std::fs::remove_file(&file)?,
         None => {}
     }

@@ -10,6 +10,8 @@
 //!   per-block activation recomputation needs.
 //! - [`precision`]: the compute dtype of forward and backward ([`Precision`]).
 //! - [`seed`]: one seed mixer and one version-stable generator for everything seeded.
+//! - [`files`]: no writes through links, no reads of devices, output folders that hold only
+//!   kiln's files ([`FileError`], [`OutputDir`]).
 //! - [`store`]: atomic file writes and model weights as bytes ([`StoreError`]).
 //! - [`limits`]: ceilings on sizes read from files and flags ([`Limit`], [`LimitError`]).
 //! - [`memory`]: the process's peak resident memory, as the benchmarks report it.
@@ -19,6 +21,7 @@
 
 pub mod batch;
 pub mod block_stack;
+pub mod files;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod limits;
@@ -30,6 +33,7 @@ pub mod train_model;
 
 pub use batch::{Batch, ClassificationBatch, IGNORE_INDEX, LmBatch, MlmBatch};
 pub use block_stack::BlockStack;
+pub use files::{FileError, OutputDir};
 pub use limits::{Limit, LimitError};
 pub use precision::Precision;
 pub use store::StoreError;

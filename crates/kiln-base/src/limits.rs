@@ -99,10 +99,12 @@ impl Limit {
     }
 }
 
-/// The bytes of `path`, if it holds at most `limit` bytes. Reading stops one byte past the
-/// ceiling, so neither a lying size nor an endless file (a FIFO, `/dev/zero`) can exhaust memory.
+/// The bytes of `path`, if it is a regular file ([`files::regular_file`](crate::files::regular_file):
+/// a device or a pipe is refused before it is opened) holding at most `limit` bytes. Reading
+/// stops one byte past the ceiling, so neither a lying size nor a file growing while it is read
+/// can exhaust memory.
 pub fn read_bounded(path: &Path, limit: &Limit) -> Result<Vec<u8>, StoreError> {
-    let file = std::fs::File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let (file, _) = crate::files::open_regular(path)?;
     let mut bytes = Vec::new();
     file.take(limit.max().saturating_add(1))
         .read_to_end(&mut bytes)

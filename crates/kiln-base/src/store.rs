@@ -30,6 +30,10 @@ pub enum StoreError {
     /// A file is larger than kiln reads ([`read_bounded`](crate::limits::read_bounded)).
     #[error(transparent)]
     Limit(#[from] crate::limits::LimitError),
+    /// A path kiln will not write or read: a link where it writes, a device where it reads, a
+    /// folder holding files kiln did not write ([`files`](crate::files)).
+    #[error(transparent)]
+    File(crate::files::FileError),
 }
 
 impl StoreError {
@@ -50,12 +54,20 @@ impl StoreError {
 }
 
 /// Writes `bytes` to `path` through a temporary file beside it, fsync and rename: a crash
-/// leaves the old file or the new one, never a torn one.
+/// leaves the old file or the new one, never a torn one. `path` must not be a symbolic link
+/// (the rename would replace the link, not the file a user meant); the temporary file is
+/// created afresh, never opened through whatever a leftover of that name is.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    crate::files::refuse_link(path)?;
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    let mut file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+    // A leftover of an interrupted write (or a link planted there): removing it removes the
+    // entry itself, never what a link points to.
+    if std::fs::symlink_metadata(&tmp).is_ok() {
+        std::fs::remove_file(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+    }
+    let mut file = crate::files::create_new(&tmp)?;
     file.write_all(bytes).map_err(|e| StoreError::io(&tmp, e))?;
     file.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))?;
@@ -134,7 +146,9 @@ pub fn some_weights_from_bytes<M: Module>(
 }
 
 /// Fills every parameter of `model` from burnpack `bytes` read from `path` (named in errors).
-/// A missing or mis-shaped tensor is an error.
+/// A missing or mis-shaped tensor is an error, and so is a tensor the model has no place for:
+/// a config that declares fewer layers than the weights hold (or no bias, or rotary positions
+/// over learned ones) would otherwise load a different model without a word.
 pub fn weights_from_bytes<M: Module>(
     mut model: M,
     bytes: Vec<u8>,
@@ -150,6 +164,19 @@ pub fn weights_from_bytes<M: Module>(
             format!(
                 "missing tensors {:?}, errors {:?}",
                 result.missing, result.errors
+            ),
+        ));
+    }
+    if !result.unused.is_empty() {
+        let mut unused = result.unused.clone();
+        unused.sort();
+        return Err(StoreError::format(
+            path,
+            format!(
+                "{} tensor(s) the model has no place for: {} (does the config describe these \
+                 weights?)",
+                unused.len(),
+                unused.join(", ")
             ),
         ));
     }

@@ -356,6 +356,7 @@ impl Archive {
     /// Reads an archive written by [`save`](Self::save).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        kiln_base::files::regular_file(path)?;
         let bytes = std::fs::read(path).map_err(|source| CompressError::Io {
             file: path.into(),
             source,
@@ -438,8 +439,35 @@ fn fill_gpt(
     } else {
         Vec::new()
     };
+    let shapes = param_shapes(&gpt);
+    // Every tensor of the archive has a place in the model, or the config does not describe
+    // the weights (fewer layers, no bias): refused, never ignored. A tied model's int8 head
+    // copy is the one optional tensor.
+    let tied_head = int8_linears && gpt.lm_head.is_none();
+    let mut unused: Vec<&str> = archive
+        .tensors
+        .keys()
+        .map(String::as_str)
+        .filter(|name| {
+            let known = shapes.iter().any(|(p, _)| p == name)
+                || skipped.iter().any(|p| p == name)
+                || (tied_head && *name == "lm_head.weight");
+            !known
+        })
+        .collect();
+    if !unused.is_empty() {
+        unused.sort_unstable();
+        return Err(CompressError::format(
+            path,
+            format!(
+                "{} tensor(s) the model of its config has no place for: {}",
+                unused.len(),
+                unused.join(", ")
+            ),
+        ));
+    }
     let mut values = BTreeMap::new();
-    for (param, expected) in param_shapes(&gpt) {
+    for (param, expected) in shapes {
         if skipped.contains(&param) {
             continue;
         }

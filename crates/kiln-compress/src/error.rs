@@ -64,9 +64,20 @@ pub enum CompressError {
     /// [`limits`](kiln_model::limits)).
     #[error(transparent)]
     Limit(#[from] kiln_base::limits::LimitError),
+    /// A path kiln will not use: a symbolic link where it writes, a device or pipe where it
+    /// reads, an output folder holding files kiln did not write ([`kiln_base::files`]).
+    #[error(transparent)]
+    File(kiln_base::FileError),
     /// An error from kiln-model (building or running the model).
     #[error(transparent)]
     Model(#[from] kiln_model::ModelError),
+}
+
+impl From<kiln_base::FileError> for CompressError {
+    /// An I/O error stays one; a refused path is [`CompressError::File`].
+    fn from(e: kiln_base::FileError) -> Self {
+        kiln_base::StoreError::from(e).into()
+    }
 }
 
 impl From<kiln_base::StoreError> for CompressError {
@@ -75,6 +86,7 @@ impl From<kiln_base::StoreError> for CompressError {
             kiln_base::StoreError::Io { path, source } => Self::Io { file: path, source },
             kiln_base::StoreError::Format { path, reason } => Self::format(path, reason),
             kiln_base::StoreError::Limit(e) => Self::Limit(e),
+            kiln_base::StoreError::File(e) => Self::File(e),
         }
     }
 }

@@ -53,7 +53,7 @@ impl ClassificationData {
     /// [`CLASSES`] is [`DataError::Limit`].
     pub fn load(path: impl AsRef<Path>, strict: bool) -> Result<Self, DataError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        let bytes = kiln_base::limits::read_bounded(path, &kiln_base::limits::TEXT_FILE_BYTES)?;
         let name = path.display().to_string();
         let text = String::from_utf8(bytes).map_err(|e| {
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];

@@ -49,6 +49,21 @@ pub struct CompletionDataset {
 }
 
 impl CompletionDataset {
+    /// A fingerprint of the pairs (the SHA-256 of every item's tokens and completion start),
+    /// for a checkpoint to recognise its data by.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for item in &self.items {
+            hash.update((item.tokens.len() as u64).to_le_bytes());
+            hash.update((item.completion_start as u64).to_le_bytes());
+            for t in &item.tokens {
+                hash.update(t.to_le_bytes());
+            }
+        }
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Reads `path` (JSONL, one object with string fields `prompt` and `completion` per line;
     /// blank lines are skipped), tokenized with `tokenizer`, each sequence at most
     /// `max_len + 1` tokens. A line longer than [`DOCUMENT_BYTES`], not UTF-8, not such an
@@ -60,10 +75,7 @@ impl CompletionDataset {
     ) -> Result<(Self, CompletionReport), DataError> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let file = std::fs::File::open(path).map_err(|e| DataError::Io {
-            path: name.clone(),
-            message: e.to_string(),
-        })?;
+        let (file, _) = kiln_base::files::open_regular(path)?;
         if max_len < 2 {
             return Err(DataError::InvalidConfig(format!(
                 "a window of {max_len} tokens leaves no room for a prompt and a completion"

@@ -135,6 +135,10 @@ pub enum DataError {
     /// A size is above its ceiling (see [`crate::limits`]), or arithmetic on sizes overflowed.
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// A path kiln will not use: a symbolic link where it writes, a device or pipe where it
+    /// reads, an output folder holding files kiln did not write ([`kiln_base::files`]).
+    #[error(transparent)]
+    File(kiln_base::FileError),
     /// Too few tokens for even one training window.
     #[error("{tokens} tokens cannot fill one window of {needed}")]
     NotEnoughTokens {
@@ -143,6 +147,24 @@ pub enum DataError {
         /// Tokens one window needs.
         needed: usize,
     },
+}
+
+impl From<kiln_base::FileError> for DataError {
+    /// An I/O error stays one; a refused path is [`DataError::File`].
+    fn from(e: kiln_base::FileError) -> Self {
+        kiln_base::StoreError::from(e).into()
+    }
+}
+
+impl From<kiln_base::StoreError> for DataError {
+    fn from(e: kiln_base::StoreError) -> Self {
+        match e {
+            kiln_base::StoreError::Io { path, source } => Self::io(path, source),
+            kiln_base::StoreError::Format { path, reason } => Self::io(path, reason),
+            kiln_base::StoreError::Limit(e) => Self::Limit(e),
+            kiln_base::StoreError::File(e) => Self::File(e),
+        }
+    }
 }
 
 impl DataError {

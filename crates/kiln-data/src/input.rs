@@ -229,11 +229,12 @@ impl DocumentReader {
             });
         }
         let name = path.display().to_string();
-        let file = match File::open(&path) {
+        // A device or a pipe would never end (or block): refused before it is opened.
+        let file = match kiln_base::files::open_regular(&path).map(|(file, _)| file) {
             Ok(f) => f,
             Err(e) => {
                 self.report.unreadable_files += 1;
-                return Some(self.issue(DataError::io(&path, e)).map_or(Ok(()), Err));
+                return Some(self.issue(DataError::from(e)).map_or(Ok(()), Err));
             }
         };
         let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -465,6 +466,21 @@ impl Iterator for DocumentReader {
             }
         }
     }
+}
+
+/// A text file read whole (a program's `--data FILE`): a regular file of at most
+/// `TEXT_FILE_BYTES` (64 MiB unless raised with `KILN_LIMIT_TEXT_FILE_BYTES`; larger corpora go
+/// through `prepare_data` and shards), in UTF-8 (the first bad line is named).
+pub fn read_text_file(path: impl AsRef<Path>) -> Result<String, DataError> {
+    let path = path.as_ref();
+    let bytes = kiln_base::limits::read_bounded(path, &kiln_base::limits::TEXT_FILE_BYTES)?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        DataError::InvalidUtf8 {
+            path: path.display().to_string(),
+            line: 1 + valid.iter().filter(|&&b| b == b'\n').count(),
+        }
+    })
 }
 
 /// Reads a whole file's documents (for small inputs and tests).

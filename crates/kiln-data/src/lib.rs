@@ -84,7 +84,7 @@ pub use clean::{CleanConfig, CleanReport, Cleaner};
 pub use completion::{CompletionBatcher, CompletionDataset, CompletionItem, CompletionReport};
 pub use dedup::{DedupConfig, DedupMode, DedupStats, Deduplicator, Verdict};
 pub use error::DataError;
-pub use input::{DocumentReader, InputFormat, InputReport};
+pub use input::{DocumentReader, InputFormat, InputReport, read_text_file};
 /// The batch types (kiln-base's: the models and the training loop share them).
 pub use kiln_base::batch;
 pub use kiln_base::batch::{Batch, ClassificationBatch, IGNORE_INDEX, LmBatch, MlmBatch};

@@ -15,6 +15,11 @@ use crate::batch::{IGNORE_INDEX, LmBatch};
 use crate::limits::CONTEXT;
 use crate::shards::{ShardCheck, ShardMeta, TokenShards};
 
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[derive(Debug, Clone)]
 enum Stream {
     Memory(Arc<Vec<u32>>),
@@ -70,6 +75,29 @@ impl PackedLmDataset {
         let mut ds = Self::new(Stream::Mapped(Arc::new(shards)), seq_len)?;
         ds.meta = Some(meta);
         Ok(ds)
+    }
+
+    /// A fingerprint of the token stream, for a checkpoint to recognise its data by: the
+    /// SHA-256 of the tokens held in memory, or of the shard folder's `meta.json` (which
+    /// holds every shard's SHA-256; version-1 folders without them are fingerprinted by their
+    /// names and token counts only).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        match (&self.stream, &self.meta) {
+            (_, Some(meta)) => {
+                hash.update(b"shards ");
+                hash.update(serde_json::to_vec(meta).expect("meta.json serializes"));
+            }
+            (Stream::Memory(tokens), None) => {
+                hash.update(b"tokens ");
+                for t in tokens.iter() {
+                    hash.update(t.to_le_bytes());
+                }
+            }
+            (Stream::Mapped(_), None) => unreachable!("a mapped stream comes with its meta.json"),
+        }
+        hex(&hash.finalize())
     }
 
     /// Windows over a token stream held in memory.

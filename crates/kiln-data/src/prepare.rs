@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use kiln_base::OutputDir;
 use serde::{Deserialize, Serialize};
 
 use crate::DataError;
@@ -75,6 +76,9 @@ pub struct PrepareConfig {
     pub strict: bool,
     /// Documents per parallel batch.
     pub batch_docs: usize,
+    /// Write into an output folder that holds files kiln did not write (they are left alone;
+    /// same-named ones are replaced). Off: such a folder is refused, naming the files.
+    pub force: bool,
 }
 
 impl PrepareConfig {
@@ -91,6 +95,7 @@ impl PrepareConfig {
             shard_tokens: 100_000_000,
             strict: false,
             batch_docs: 4096,
+            force: false,
         }
     }
 
@@ -208,21 +213,29 @@ pub struct PrepareStats {
 pub fn prepare_corpus(config: &PrepareConfig) -> Result<PrepareStats, DataError> {
     config.validate()?;
     let out = &config.output;
-    std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
+    let target = if config.force {
+        OutputDir::forced(out)
+    } else {
+        OutputDir::new(out)
+    };
+    target.claim(&[])?;
     // Removed with everything in it when dropped, so a failed run leaves no trace.
     let work = tempfile::Builder::new()
         .prefix(".kiln-prepare-")
         .tempdir_in(out)
         .map_err(|e| DataError::io(out, e))?;
     let stats = prepare_into(config, work.path())?;
-    move_into_place(work.path(), out)?;
+    let written = move_into_place(work.path(), out)?;
+    let written: Vec<&str> = written.iter().map(String::as_str).collect();
+    target.record(&written)?;
     Ok(stats)
 }
 
 /// Moves the files of a finished preparation from `work` into `out`: the old `meta.json`
 /// first (a reader sees no folder rather than a mix), then the new files, then shards of the
-/// old preparation that the new one does not have, then the new `meta.json`.
-fn move_into_place(work: &Path, out: &Path) -> Result<(), DataError> {
+/// old preparation that the new one does not have, then the new `meta.json`. Returns the names
+/// of the files now in `out`.
+fn move_into_place(work: &Path, out: &Path) -> Result<Vec<String>, DataError> {
     let old = ShardMeta::load(out).ok();
     let old_meta = out.join(META_FILE);
     if old_meta.exists() {
@@ -253,7 +266,11 @@ fn move_into_place(work: &Path, out: &Path) -> Result<(), DataError> {
     }
     std::fs::rename(work.join(META_FILE), &old_meta).map_err(|e| DataError::io(&old_meta, e))?;
     kiln_base::store::sync_dir(out);
-    Ok(())
+    Ok(names
+        .iter()
+        .map(|n| n.to_string_lossy().into_owned())
+        .chain([META_FILE.to_string()])
+        .collect())
 }
 
 /// The preparation itself, writing every output file into `out`.
@@ -263,8 +280,7 @@ fn prepare_into(config: &PrepareConfig, out: &Path) -> Result<PrepareStats, Data
     // Pass 1: read, clean, dedup, write the kept documents.
     let mut pipeline = CorpusPipeline::new(config.clean.clone(), config.dedup.clone())?;
     let docs_path = out.join(DOCUMENTS_FILE);
-    let mut docs_out =
-        BufWriter::new(File::create(&docs_path).map_err(|e| DataError::io(&docs_path, e))?);
+    let mut docs_out = BufWriter::new(kiln_base::files::create(&docs_path)?);
     let mut reader = DocumentReader::new(config.inputs.iter().cloned(), config.strict);
     let mut batch = Vec::with_capacity(config.batch_docs);
     loop {
@@ -370,7 +386,7 @@ fn prepare_into(config: &PrepareConfig, out: &Path) -> Result<PrepareStats, Data
     };
     let stats_path = out.join(STATS_FILE);
     let json = serde_json::to_string_pretty(&stats).map_err(|e| DataError::io(&stats_path, e))?;
-    std::fs::write(&stats_path, json).map_err(|e| DataError::io(&stats_path, e))?;
+    kiln_base::store::write_atomic(&stats_path, json.as_bytes())?;
     Ok(stats)
 }
 

@@ -124,11 +124,7 @@ impl ShardMeta {
     /// Reads and checks `DIR/meta.json` ([`ShardMeta::validate`]).
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, DataError> {
         let path = dir.as_ref().join(META_FILE);
-        let bytes =
-            kiln_base::limits::read_bounded(&path, &TEXT_FILE_BYTES).map_err(|e| match e {
-                kiln_base::StoreError::Limit(limit) => DataError::Limit(limit),
-                other => DataError::io(&path, other),
-            })?;
+        let bytes = kiln_base::limits::read_bounded(&path, &TEXT_FILE_BYTES)?;
         let meta: Self = serde_json::from_slice(&bytes).map_err(|e| bad(&path, e))?;
         meta.validate().map_err(|e| match e {
             DataError::BadShards { message, .. } => bad(&path, message),
@@ -198,7 +194,7 @@ impl ShardMeta {
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<(), DataError> {
         let path = dir.as_ref().join(META_FILE);
         let json = serde_json::to_string_pretty(self).map_err(|e| bad(&path, e))?;
-        std::fs::write(&path, json).map_err(|e| DataError::io(&path, e))
+        Ok(kiln_base::store::write_atomic(&path, json.as_bytes())?)
     }
 
     /// Total tokens of a split (0 if absent; saturating).
@@ -305,7 +301,7 @@ impl ShardWriter {
         self.flush()?;
         let name = format!("{}-{:05}.bin", self.split, self.shards.len());
         let path = self.dir.join(&name);
-        let file = File::create(&path).map_err(|e| DataError::io(&path, e))?;
+        let file = kiln_base::files::create(&path)?;
         self.file = Some((BufWriter::with_capacity(1 << 20, file), Sha256::new()));
         self.shards.push(ShardInfo {
             file: name,
@@ -411,8 +407,7 @@ impl TokenShards {
                     format!("leads outside the folder, to {}", real.display()),
                 ));
             }
-            let file = File::open(&real).map_err(|e| DataError::io(&path, e))?;
-            let len = file.metadata().map_err(|e| DataError::io(&path, e))?.len();
+            let (file, len) = kiln_base::files::open_regular(&real)?;
             // Both sides in u128: a token count near 2^64 cannot wrap to the file's size.
             if u128::from(len) != u128::from(info.tokens) * u128::from(width) {
                 return Err(bad(

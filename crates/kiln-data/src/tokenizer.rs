@@ -72,10 +72,12 @@ impl BertSpecialTokens {
 
 impl Tokenizer {
     /// Loads a HuggingFace `tokenizer.json`, or a character vocabulary saved by
-    /// [`Tokenizer::save`].
+    /// [`Tokenizer::save`]; a file of more than `TEXT_FILE_BYTES` is refused before it is read
+    /// whole (the largest real ones, Gemma's, are about 34 MB).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, DataError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+        let bytes = kiln_base::limits::read_bounded(path, &kiln_base::limits::TEXT_FILE_BYTES)?;
+        let text = String::from_utf8(bytes).map_err(|e| DataError::io(path, e))?;
         Self::from_json(&text).map_err(|e| match e {
             DataError::Tokenizer(m) => DataError::Tokenizer(format!("{}: {m}", path.display())),
             other => other,
@@ -109,10 +111,21 @@ impl Tokenizer {
         }
     }
 
+    /// The SHA-256 of [`Tokenizer::to_json`]: the same ids for the same text exactly when two
+    /// fingerprints agree (for a checkpoint to recognise the tokenizer it was trained with).
+    pub fn fingerprint(&self) -> Result<String, DataError> {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.to_json()?.as_bytes());
+        Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// Writes [`Tokenizer::to_json`] to `path`.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), DataError> {
         let path = path.as_ref();
-        std::fs::write(path, self.to_json()?).map_err(|e| DataError::io(path, e))
+        Ok(kiln_base::store::write_atomic(
+            path,
+            self.to_json()?.as_bytes(),
+        )?)
     }
 
     /// A character vocabulary of `corpus`.

@@ -361,7 +361,15 @@ impl Bert {
         };
         if let Some(types) = &input.token_type_ids {
             shape_of("token_type_ids", types)?;
-            check_id_range(types, self.type_vocab_size)?;
+            // Segment ids have their own, tiny vocabulary: an error about "token ids" would
+            // send a user to the wrong tensor.
+            check_id_range(types, self.type_vocab_size).map_err(|e| match e {
+                ModelError::TokenOutOfVocab { id, vocab_size } => ModelError::BadInput(format!(
+                    "segment id {id} (token_type_ids) is outside 0..{vocab_size} \
+                     (type_vocab_size)"
+                )),
+                other => other,
+            })?;
         }
         input
             .attention_mask

@@ -92,6 +92,10 @@ pub enum ModelError {
     /// ([`limits`](crate::limits)).
     #[error(transparent)]
     Limit(#[from] kiln_base::limits::LimitError),
+    /// A path kiln will not use: a symbolic link where it writes, a device or pipe where it
+    /// reads, an output folder holding files kiln did not write ([`kiln_base::files`]).
+    #[error(transparent)]
+    File(kiln_base::FileError),
     /// A `config.json` names a `model_type` kiln cannot load.
     #[error(
         "unsupported model_type `{0}` (kiln loads `gpt2`, `bert`, `llama`, `qwen2` and `mistral`)"
@@ -149,6 +153,13 @@ impl ModelError {
     }
 }
 
+impl From<kiln_base::FileError> for ModelError {
+    /// An I/O error stays one; a refused path is [`ModelError::File`].
+    fn from(e: kiln_base::FileError) -> Self {
+        kiln_base::StoreError::from(e).into()
+    }
+}
+
 impl From<kiln_base::StoreError> for ModelError {
     fn from(e: kiln_base::StoreError) -> Self {
         match e {
@@ -158,6 +169,7 @@ impl From<kiln_base::StoreError> for ModelError {
                 message: reason,
             },
             kiln_base::StoreError::Limit(e) => Self::Limit(e),
+            kiln_base::StoreError::File(e) => Self::File(e),
         }
     }
 }

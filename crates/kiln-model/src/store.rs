@@ -28,6 +28,7 @@ use std::path::Path;
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::Device;
+use kiln_base::OutputDir;
 pub use kiln_base::store::{weights_from_bytes, weights_to_bytes, write_atomic};
 
 use crate::bert::{
@@ -110,19 +111,21 @@ impl ModelConfig for BertForSequenceClassificationConfig {
 }
 
 /// Saves `model` and the `config` that builds it into the folder `dir` (created if needed):
-/// [`WEIGHTS_FILE`] and [`CONFIG_FILE`], each written atomically.
+/// [`WEIGHTS_FILE`] and [`CONFIG_FILE`], each written atomically. A folder holding files kiln
+/// did not write is refused, naming them, unless `dir` is [`OutputDir::forced`]
+/// ([`kiln_base::files`]).
 pub fn save_model<C: ModelConfig>(
     model: &C::Model,
     config: &C,
-    dir: impl AsRef<Path>,
+    dir: impl Into<OutputDir>,
 ) -> Result<()> {
-    let dir = dir.as_ref();
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let weights = dir.join(WEIGHTS_FILE);
-    write_atomic(&weights, &weights_to_bytes(model, &weights)?)?;
+    let out = dir.into();
+    out.claim(&[WEIGHTS_FILE, CONFIG_FILE])?;
+    let weights = out.path().join(WEIGHTS_FILE);
+    out.write(WEIGHTS_FILE, &weights_to_bytes(model, &weights)?)?;
     let json = serde_json::to_string_pretty(config)
-        .map_err(|e| ModelError::format(dir.join(CONFIG_FILE), e))?;
-    Ok(write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?)
+        .map_err(|e| ModelError::format(out.path().join(CONFIG_FILE), e))?;
+    Ok(out.write(CONFIG_FILE, json.as_bytes())?)
 }
 
 /// Loads a model saved by [`save_model`]: reads the config, builds the model from it and
@@ -144,6 +147,7 @@ pub fn load_model<C: ModelConfig>(dir: impl AsRef<Path>, device: &Device) -> Res
         }
     }
     let config = read_config_text(&config_file)?;
+    kiln_base::files::regular_file(&weights)?;
     let bytes = std::fs::read(&weights).map_err(|e| ModelError::io(&weights, e))?;
     model_from_bytes(config.as_bytes(), bytes, dir, device)
 }

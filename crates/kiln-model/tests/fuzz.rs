@@ -150,3 +150,90 @@ fn write_corpus() {
         std::fs::write(store.join(name), bytes).unwrap();
     }
 }
+
+/// Saved folders with edited configs (issue 26): a field of a saved GPT's `config.json`
+/// replaced by a neighbouring value (a layer count, a width, a flag flipped, a variant
+/// swapped). Each folder either loads as the model its config describes, with every tensor of
+/// the weights used (never a silently different model), or is a typed error.
+#[test]
+fn fuzz_model_folder_config_edits() {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::store::burn_pack::Reader;
+    use burn::tensor::{Bytes, Tensor};
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let config = GptConfig::new(9)
+        .with_block_size(6)
+        .with_n_layer(2)
+        .with_n_head(2)
+        .with_d_model(8);
+    save_model(&config.init(&device).unwrap(), &config, dir.path()).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    let weights = std::fs::read(dir.path().join("model.bpk")).unwrap();
+    let original: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+    let fields: Vec<String> = original.keys().cloned().collect();
+    let in_file = Reader::from_bytes(Bytes::from_bytes_vec(weights.clone()))
+        .unwrap()
+        .into_tensors()
+        .unwrap()
+        .len();
+
+    struct Count(usize);
+    impl ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, _: &Param<Tensor<D>>) {
+            self.0 += 1;
+        }
+    }
+    // A neighbouring value of the same kind: numbers moved, flags flipped, strings swapped for
+    // the variants kiln writes.
+    let neighbour = |value: &Value, pick: u8| -> Value {
+        match value {
+            Value::Bool(b) => Value::Bool(!b),
+            Value::Number(n) => {
+                let v = n.as_f64().unwrap_or(0.0);
+                let choices = [0.0, 1.0, v - 1.0, v + 1.0, 2.0 * v, v / 2.0];
+                let x = choices[pick as usize % choices.len()];
+                if n.is_f64() {
+                    Value::from(x)
+                } else {
+                    Value::from(x.max(0.0) as u64)
+                }
+            }
+            Value::String(_) => {
+                let choices = [
+                    "Learned",
+                    "Rotary",
+                    "LayerNorm",
+                    "RmsNorm",
+                    "Gelu",
+                    "SwiGlu",
+                ];
+                Value::from(choices[pick as usize % choices.len()])
+            }
+            Value::Null => Value::from(pick as u64 % 4),
+            other => other.clone(),
+        }
+    };
+    let edits = proptest::collection::vec((0..fields.len(), any::<u8>()), 1..3);
+    fuzz::run("model_folder_config_edits", edits, |edits| {
+        let mut edited = original.clone();
+        for (field, pick) in &edits {
+            let name = &fields[*field];
+            let value = neighbour(&edited[name], *pick);
+            edited.insert(name.clone(), value);
+        }
+        let bytes = serde_json::to_vec(&edited).unwrap();
+        let (gpt, _) =
+            model_from_bytes::<GptConfig>(&bytes, weights.clone(), Path::new("fuzz"), &device)?;
+        let mut count = Count(0);
+        gpt.visit(&mut count);
+        assert_eq!(
+            count.0, in_file,
+            "{edits:?} loaded a model with another set of tensors than the file's"
+        );
+        gpt.forward(token_tensor(&[vec![0, 1]], &device)?).map(drop)
+    });
+}

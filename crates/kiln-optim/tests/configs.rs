@@ -105,7 +105,17 @@ fn init_for_run_fills_only_an_unset_length() {
     let explicit: ScheduleConfig = WarmupDecayConfig::cosine(0.1, 5, 50).into();
     let expected = lrs(explicit.init().unwrap(), 60);
     assert_eq!(lrs(sized.init_for_run(50).unwrap(), 60), expected);
-    assert_eq!(lrs(explicit.init_for_run(80).unwrap(), 60), expected);
+    assert_eq!(lrs(explicit.init_for_run(50).unwrap(), 60), expected);
+    assert_eq!(lrs(explicit.init_for_run(40).unwrap(), 60), expected);
+    // A schedule shorter than the run would leave its curve mid-run (issue 26): refused.
+    let err = explicit
+        .init_for_run(80)
+        .err()
+        .expect("shorter than the run");
+    assert!(
+        err.to_string().contains("shorter than the run (80 steps)"),
+        "{err}"
+    );
     assert_ne!(lrs(sized.init_for_run(80).unwrap(), 60), expected);
     let direct = WarmupDecayConfig::cosine(0.1, 5, None)
         .init_for_run(50)
@@ -211,8 +221,8 @@ fn configs_round_trip_through_toml_and_json() {
                 assert_eq!(format!("{:?}", back.optimizer), format!("{optimizer:?}"));
                 assert_eq!(format!("{:?}", back.schedule), format!("{schedule:?}"));
                 assert_eq!(
-                    lrs(back.schedule.init_for_run(100).unwrap(), 110),
-                    lrs(schedule.init_for_run(100).unwrap(), 110)
+                    lrs(back.schedule.init_for_run(90).unwrap(), 110),
+                    lrs(schedule.init_for_run(90).unwrap(), 110)
                 );
             }
         }

@@ -15,6 +15,7 @@ type MakeBatch<B> = dyn Fn(&[usize], &Device) -> Result<B> + Send + Sync;
 pub struct BatchSource<B> {
     len: usize,
     make: Arc<MakeBatch<B>>,
+    fingerprint: Option<String>,
 }
 
 impl<B> BatchSource<B> {
@@ -40,7 +41,22 @@ impl<B> BatchSource<B> {
         Self {
             len,
             make: Arc::new(make),
+            fingerprint: None,
         }
+    }
+
+    /// This source with a fingerprint of its content (a hash of the token stream, of the
+    /// shards' checksums, of the tokenizer): checkpoints record it, and a resume on data whose
+    /// fingerprint differs is refused (`TrainerConfig::allow_data_change` allows it on
+    /// purpose). Without one, only the number of items is compared.
+    pub fn with_fingerprint(mut self, fingerprint: impl Into<String>) -> Self {
+        self.fingerprint = Some(fingerprint.into());
+        self
+    }
+
+    /// The fingerprint given with [`with_fingerprint`](Self::with_fingerprint).
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
     }
 
     /// Items in the dataset.

@@ -21,7 +21,7 @@
 //! run id): a run only ever prunes or replaces its own checkpoints.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -78,6 +78,13 @@ pub struct TrainerState {
     pub world_size: usize,
     /// The number of training items the run reads (the data position counts in them).
     pub train_items: usize,
+    /// The fingerprint of the training data ([`BatchSource::with_fingerprint`](crate::BatchSource::with_fingerprint)),
+    /// when the program gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_data: Option<String>,
+    /// The fingerprint of the held-out data, when the program gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_data: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -354,7 +361,15 @@ impl CheckpointDir {
         let shards = if shard_optimizer { group.size() } else { 1 };
         if group.is_main() {
             fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
-            if tmp.exists() {
+            if fs::symlink_metadata(&tmp).is_ok() {
+                // An interrupted save's leftover is removed; anything else under that name is
+                // not kiln's to delete.
+                if !is_unfinished_checkpoint(&tmp) {
+                    return Err(TrainError::Occupied {
+                        dir: self.dir.clone(),
+                        found: format!("{}, which kiln did not write", tmp.display()),
+                    });
+                }
                 fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
             }
             fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
@@ -445,16 +460,30 @@ impl CheckpointDir {
         write_synced(&tmp.join(MANIFEST), &manifest)?;
         sync_dir(tmp);
 
-        if final_path.exists() {
+        if fs::symlink_metadata(final_path).is_ok() {
             // A folder of this step from this run (resumed from an older checkpoint) is
-            // replaced; another run's never is.
-            if let Some(other) = run_id_of(final_path).filter(|id| id != snapshot.run_id) {
-                return Err(TrainError::Occupied {
-                    dir: self.dir.clone(),
-                    found: format!("{} of run {other}", final_path.display()),
-                });
+            // replaced; another run's, or a folder kiln did not write, never is.
+            match run_id_of(final_path) {
+                Some(id) if id == snapshot.run_id => {
+                    fs::remove_dir_all(final_path).map_err(|e| TrainError::io(final_path, e))?
+                }
+                // What an interrupted prune left (checkpoint files, no manifest).
+                None if is_unfinished_checkpoint(final_path) => {
+                    fs::remove_dir_all(final_path).map_err(|e| TrainError::io(final_path, e))?
+                }
+                other => {
+                    return Err(TrainError::Occupied {
+                        dir: self.dir.clone(),
+                        found: match other {
+                            Some(other) => format!("{} of run {other}", final_path.display()),
+                            None => format!(
+                                "{}, which is not a checkpoint kiln wrote (no readable manifest)",
+                                final_path.display()
+                            ),
+                        },
+                    });
+                }
             }
-            fs::remove_dir_all(final_path).map_err(|e| TrainError::io(final_path, e))?;
         }
         fs::rename(tmp, final_path).map_err(|e| TrainError::io(final_path, e))?;
         sync_dir(&self.dir);
@@ -474,6 +503,7 @@ impl CheckpointDir {
             if let Some(step) = name
                 .to_str()
                 .and_then(|n| n.strip_prefix(PREFIX))
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<usize>().ok())
             {
                 found.push((step, entry.path()));
@@ -542,24 +572,69 @@ impl CheckpointDir {
         )))
     }
 
-    /// Deletes every checkpoint folder (and every unfinished one), for a run that replaces
-    /// what was here (`TrainerConfig::overwrite`).
-    pub fn clear(&self) -> Result<()> {
+    /// The folders [`clear`](Self::clear) would delete: the checkpoints kiln wrote here (a
+    /// `step-N` folder with a readable manifest naming a run) and the leftovers of interrupted
+    /// saves and prunes (a `.step-N.tmp` or `step-N` folder holding only checkpoint files). Recognised by content,
+    /// never by name alone: a user's `step-notes/` or `step-00000099-backup/` is not kiln's.
+    pub fn ours(&self) -> Result<Vec<PathBuf>> {
         if !self.dir.exists() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let mut found = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(|e| TrainError::io(&self.dir, e))? {
             let entry = entry.map_err(|e| TrainError::io(&self.dir, e))?;
+            let path = entry.path();
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let unfinished = name.starts_with(&format!(".{PREFIX}")) && name.ends_with(".tmp");
-            if (name.starts_with(PREFIX) || unfinished) && entry.path().is_dir() {
-                fs::remove_dir_all(entry.path()).map_err(|e| TrainError::io(entry.path(), e))?;
+            let step_name = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            // A checkpoint, or what a prune interrupted by a kill left of one (its manifest
+            // may be gone first): checkpoint files and nothing else.
+            let checkpoint = name.strip_prefix(PREFIX).is_some_and(step_name)
+                && entry.file_type().is_ok_and(|t| t.is_dir())
+                && (run_id_of(&path).is_some() || is_unfinished_checkpoint(&path));
+            let unfinished = name
+                .strip_prefix(&format!(".{PREFIX}"))
+                .and_then(|n| n.strip_suffix(".tmp"))
+                .is_some_and(step_name)
+                && is_unfinished_checkpoint(&path);
+            if checkpoint || unfinished {
+                found.push(path);
             }
         }
-        sync_dir(&self.dir);
-        Ok(())
+        found.sort();
+        Ok(found)
     }
+
+    /// Deletes the folders [`ours`](Self::ours) lists, for a run that replaces what was here
+    /// (`TrainerConfig::overwrite`), and returns them; everything else is left alone.
+    pub fn clear(&self) -> Result<Vec<PathBuf>> {
+        let ours = self.ours()?;
+        for path in &ours {
+            fs::remove_dir_all(path).map_err(|e| TrainError::io(path, e))?;
+        }
+        sync_dir(&self.dir);
+        Ok(ours)
+    }
+}
+
+/// Whether `path` is a folder (not a link) holding nothing but checkpoint files: what an
+/// interrupted save leaves.
+fn is_unfinished_checkpoint(path: &Path) -> bool {
+    let is_dir = fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+    let Ok(entries) = fs::read_dir(path) else {
+        return false;
+    };
+    let checkpoint_file = |name: &str| {
+        [MODEL, OPTIMIZER, SCHEDULER, TRAINER, RUN, BEST, MANIFEST].contains(&name)
+            || (name.starts_with("optimizer-rank") && name.ends_with(".bpk"))
+    };
+    is_dir
+        && entries.into_iter().all(|entry| {
+            entry.is_ok_and(|e| {
+                e.file_type().is_ok_and(|t| t.is_file())
+                    && checkpoint_file(&e.file_name().to_string_lossy())
+            })
+        })
 }
 
 /// The run id a checkpoint folder's manifest names, if it can be read.
@@ -663,8 +738,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>> {
 
 /// Reads `path` if it holds exactly `len` bytes, checked before reading it.
 fn read_exact_len(path: &Path, len: u64) -> Result<Vec<u8>> {
-    let file = File::open(path).map_err(|e| TrainError::io(path, e))?;
-    let actual = file.metadata().map_err(|e| TrainError::io(path, e))?.len();
+    let (file, actual) = kiln_base::files::open_regular(path)?;
     if actual != len {
         return Err(TrainError::corrupt(
             path,
@@ -686,7 +760,7 @@ fn read_exact_len(path: &Path, len: u64) -> Result<Vec<u8>> {
 
 /// Writes `bytes` to `path` and fsyncs it.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = File::create(path).map_err(|e| TrainError::io(path, e))?;
+    let mut file = kiln_base::files::create(path)?;
     file.write_all(bytes).map_err(|e| TrainError::io(path, e))?;
     file.sync_all().map_err(|e| TrainError::io(path, e))
 }

@@ -136,6 +136,35 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
         }
         self.check_state(&checkpoint.state)
             .map_err(|reason| TrainError::corrupt(checkpoint.path.join("trainer.json"), reason))?;
+        // Same length, other text: every token id would mean something else from here on.
+        let data = [
+            (
+                "training",
+                &checkpoint.state.train_data,
+                &self.state.train_data,
+            ),
+            (
+                "held-out",
+                &checkpoint.state.eval_data,
+                &self.state.eval_data,
+            ),
+        ];
+        for (split, saved, current) in data {
+            if let (Some(saved), Some(current)) = (saved, current)
+                && saved != current
+                && !self.config.allow_data_change
+            {
+                return Err(TrainError::ConfigChanged {
+                    checkpoint: checkpoint.path.clone(),
+                    field: format!(
+                        "the {split} data (its content; set allow_data_change, \
+                         --allow-data-change, to resume on other data on purpose)"
+                    ),
+                    saved: saved.clone(),
+                    current: current.clone(),
+                });
+            }
+        }
         // The checkpoint leaves frozen parameters out: they must be the ones it trained over.
         let frozen = frozen_fingerprint(&whole)?;
         if frozen != checkpoint.frozen_sha256 {
@@ -175,7 +204,11 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
         self.best = best;
         self.resumed_from = Some(checkpoint.state.step);
         self.logger.resume_at(checkpoint.state.step);
+        // The checkpoints from here on describe the data the run now reads.
+        let (train_data, eval_data) = (self.state.train_data.take(), self.state.eval_data.take());
         self.state = checkpoint.state;
+        self.state.train_data = train_data.or(self.state.train_data.take());
+        self.state.eval_data = eval_data.or(self.state.eval_data.take());
         self.run_id = checkpoint.run_id;
         Ok(())
     }

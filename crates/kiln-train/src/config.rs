@@ -97,6 +97,10 @@ pub struct TrainerConfig {
     /// No progress output.
     #[config(default = false)]
     pub quiet: bool,
+    /// Resume even though the data's fingerprint differs from the checkpoint's (data fixed or
+    /// extended on purpose). Off: such a resume is refused, naming the split.
+    #[config(default = false)]
+    pub allow_data_change: bool,
     /// Data parallelism across the ranks of a process group (`Trainer::with_process_group`):
     /// gradient buckets, the reduction dtype, ZeRO-1. Ignored by a single process.
     #[config(default = "DataParallelConfig::new()")]
@@ -142,6 +146,13 @@ impl TrainerConfig {
             && !(max.is_finite() && max > 0.0)
         {
             return bad(format!("clip_grad_norm must be > 0, got {max}"));
+        }
+        if self.eval_items == Some(0) {
+            return bad(
+                "eval_items = 0 evaluates nothing (a NaN loss): leave it unset for the whole \
+                 held-out split, or give a positive count"
+                    .into(),
+            );
         }
         if self.log_every == 0 {
             return bad("log_every must be > 0".into());

@@ -20,6 +20,25 @@ pub enum TrainError {
         /// The global gradient norm.
         grad_norm: f64,
     },
+    /// Every step of the run was skipped (its loss or gradients were not finite): the model
+    /// is the one it started from, which is a failure, not a result.
+    #[error(
+        "every one of the {steps} steps was skipped for a loss or gradient that was not finite: \
+         nothing was trained (lower the learning rate, check the data, or use f32)"
+    )]
+    NothingTrained {
+        /// The steps the run took.
+        steps: usize,
+    },
+    /// An evaluation's loss is NaN or infinite: there is no held-out result to report or to
+    /// stop on.
+    #[error("the held-out loss at step {step} is {loss}, not finite")]
+    NonFiniteEval {
+        /// The step after which the evaluation ran.
+        step: usize,
+        /// The loss it measured.
+        loss: f64,
+    },
     /// The parameters hold NaN or infinity; they are never written to a checkpoint.
     #[error("refusing to write a checkpoint at step {step}: the parameters are not finite")]
     NonFiniteWeights {
@@ -100,6 +119,10 @@ pub enum TrainError {
     /// ([`limits`](crate::limits)), or arithmetic on sizes would overflow.
     #[error(transparent)]
     Limit(#[from] kiln_base::limits::LimitError),
+    /// A path kiln will not use: a symbolic link where it writes, a device or pipe where it
+    /// reads, an output folder holding files kiln did not write ([`kiln_base::files`]).
+    #[error(transparent)]
+    File(kiln_base::FileError),
     /// Another run holds the run directory's lock.
     #[error(
         "{} is in use by another run ({holder}); wait for it to end, or use another folder",
@@ -142,6 +165,13 @@ pub enum TrainError {
     Optim(#[from] kiln_optim::OptimError),
 }
 
+impl From<kiln_base::FileError> for TrainError {
+    /// An I/O error stays one; a refused path is [`TrainError::File`].
+    fn from(e: kiln_base::FileError) -> Self {
+        kiln_base::StoreError::from(e).into()
+    }
+}
+
 impl From<kiln_base::StoreError> for TrainError {
     fn from(e: kiln_base::StoreError) -> Self {
         match e {
@@ -150,6 +180,7 @@ impl From<kiln_base::StoreError> for TrainError {
                 Self::CorruptCheckpoint { path, reason }
             }
             kiln_base::StoreError::Limit(e) => Self::Limit(e),
+            kiln_base::StoreError::File(e) => Self::File(e),
         }
     }
 }

@@ -30,6 +30,15 @@ impl LossScaleConfig {
         if !(self.init_scale.is_finite() && self.init_scale > 0.0) {
             return Err(format!("init_scale must be > 0, got {}", self.init_scale));
         }
+        // The loss is scaled in f32: a larger scale is infinity there, and every step would
+        // overflow until enough backoffs had brought it down.
+        if self.init_scale > MAX_SCALE {
+            return Err(format!(
+                "init_scale {} is beyond f32's range (at most {MAX_SCALE:e}), in which the loss \
+                 is scaled",
+                self.init_scale
+            ));
+        }
         if !(self.growth_factor.is_finite() && self.growth_factor > 1.0) {
             return Err(format!(
                 "growth_factor must be > 1, got {}",
@@ -59,6 +68,9 @@ impl LossScaleConfig {
         }
     }
 }
+
+/// The largest scale: f32's largest finite value (the loss is scaled in f32).
+const MAX_SCALE: f64 = f32::MAX as f64;
 
 /// The scaler's state; it is part of every checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,7 +124,7 @@ impl LossScaler {
         } else {
             self.clean_steps += 1;
             if self.clean_steps == self.growth_interval {
-                self.scale *= self.growth_factor;
+                self.scale = (self.scale * self.growth_factor).min(MAX_SCALE);
                 self.clean_steps = 0;
             }
         }

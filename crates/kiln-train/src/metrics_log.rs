@@ -1,7 +1,7 @@
 //! Metrics appended as JSON lines to `metrics.jsonl` in the run folder: one object per logged
 //! training step and per evaluation, readable by any plotting tool.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
@@ -111,11 +111,7 @@ impl MetricsLog {
 
     /// Appends one record.
     pub fn append(&self, record: &MetricsRecord) -> Result<()> {
-        let mut file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&self.path)
-            .map_err(|e| TrainError::io(&self.path, e))?;
+        let mut file = kiln_base::files::append(&self.path)?;
         let line = serde_json::to_string(record).expect("metrics serialize");
         writeln!(file, "{line}").map_err(|e| TrainError::io(&self.path, e))
     }
@@ -129,11 +125,10 @@ impl MetricsLog {
 /// Reads a `metrics.jsonl`; a missing file is empty, a torn last line (a run killed while
 /// writing it) is ignored.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(TrainError::io(path, e)),
-    };
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(Vec::new());
+    }
+    let (file, _) = kiln_base::files::open_regular(path)?;
     let mut records = Vec::new();
     for line in BufReader::new(file).lines() {
         let line = line.map_err(|e| TrainError::io(path, e))?;

@@ -129,6 +129,11 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
             best_eval: None,
             world_size: world.size(),
             train_items: train.len(),
+            train_data: train.fingerprint().map(str::to_string),
+            eval_data: eval
+                .as_ref()
+                .and_then(|e| e.fingerprint())
+                .map(str::to_string),
         };
         let quiet = config.quiet || !world.is_main();
         let logger = Logger::new(0, total, B::UNITS, quiet, config.log_every);
@@ -205,6 +210,14 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
         let metrics = evaluator.evaluate(&self.model, &self.device, &self.parallel)?;
         let step = self.state.step;
         self.logger.eval(step, &metrics)?;
+        // A NaN loss compares as "not better" and "not worse" alike: early stopping would end
+        // the run as if it had converged, and the best weights would be a guess.
+        if !metrics.loss.is_finite() {
+            return Err(TrainError::NonFiniteEval {
+                step,
+                loss: metrics.loss,
+            });
+        }
         if let Some(es) = &mut self.state.early_stopping {
             let metric = es.metric();
             let value = metric.of(&metrics).ok_or_else(|| {
@@ -243,6 +256,11 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
     /// it; the whole model on rank 0 of a split model, the others' parts elsewhere).
     pub fn finish(mut self) -> Result<TrainOutcome<M>> {
         self.logger.finish()?;
+        if self.state.step > 0 && self.state.skipped_steps >= self.state.step {
+            return Err(TrainError::NothingTrained {
+                steps: self.state.step,
+            });
+        }
         let eval = match (self.best.take(), &self.state.best_eval) {
             (Some(best), Some(best_eval)) => {
                 self.model = best;
@@ -311,6 +329,16 @@ fn claim(config: &TrainerConfig) -> Result<Vec<RunLock>> {
     let checkpoints = checkpoints.map(|dir| CheckpointDir::new(dir, config.keep_checkpoints));
     if config.overwrite {
         if let Some(dir) = &checkpoints {
+            // Said before it happens, so a user sees what `overwrite` took.
+            let ours = dir.ours()?;
+            if !ours.is_empty() && !config.quiet {
+                let names: Vec<String> = ours.iter().map(|p| p.display().to_string()).collect();
+                eprintln!(
+                    "overwrite: deleting {} checkpoint folder(s) kiln wrote: {}",
+                    names.len(),
+                    names.join(", ")
+                );
+            }
             dir.clear()?;
         }
         return Ok(locks);

@@ -23,8 +23,9 @@ use crate::error::{Result, TrainError};
 
 /// Fields that say how a run is watched and stored, not what it computes: they may change
 /// when a run resumes.
-const OPERATIONAL: [&str; 8] = [
+const OPERATIONAL: [&str; 9] = [
     "trainer.resume",
+    "trainer.allow_data_change",
     "trainer.overwrite",
     "trainer.quiet",
     "trainer.log_every",
@@ -233,7 +234,32 @@ fn read_value(path: &Path) -> Result<Value> {
     let text = String::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;
     match format {
         Format::Json => serde_json::from_str(&text).map_err(|e| bad(e.to_string())),
-        Format::Toml => toml::from_str(&text).map_err(|e| bad(e.to_string())),
+        Format::Toml => {
+            let table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            // JSON has no NaN or infinity, and serde_json turns them into null: in a TOML file
+            // `clip_grad_norm = nan` would read as "unset". A setting is unset by leaving it out.
+            if let Some(field) = non_finite_float(&toml::Value::Table(table.clone()), "") {
+                return Err(bad(format!(
+                    "`{field}` is not a finite number (leave a setting out to leave it unset)"
+                )));
+            }
+            serde_json::to_value(table).map_err(|e| bad(e.to_string()))
+        }
+    }
+}
+
+/// The dotted path of the first NaN or infinite float in `value`.
+fn non_finite_float(value: &toml::Value, path: &str) -> Option<String> {
+    match value {
+        toml::Value::Float(f) if !f.is_finite() => Some(path.to_string()),
+        toml::Value::Table(table) => table
+            .iter()
+            .find_map(|(k, v)| non_finite_float(v, &join(path, k))),
+        toml::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| non_finite_float(v, &format!("{path}[{i}]"))),
+        _ => None,
     }
 }
 

@@ -58,16 +58,20 @@ impl RunLock {
     pub fn acquire(dir: &Path) -> Result<Self> {
         check_writable(dir)?;
         let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|source| TrainError::NotWritable {
+        // Never through a link: a `kiln.lock` linked to a user's file would have it
+        // overwritten with the run's identity.
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        let mut file = kiln_base::files::open_no_follow(&path, options).map_err(|e| match e {
+            kiln_base::FileError {
+                problem: kiln_base::files::FileProblem::Io { kind, message },
+                ..
+            } => TrainError::NotWritable {
                 path: path.clone(),
-                source,
-            })?;
+                source: std::io::Error::new(kind, message),
+            },
+            other => TrainError::File(other),
+        })?;
         match file.try_lock() {
             Ok(()) => Ok(Self { file, path }),
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -110,8 +114,13 @@ pub(crate) fn check_writable(dir: &Path) -> Result<()> {
     };
     fs::create_dir_all(dir).map_err(|e| not_writable(dir, e))?;
     let probe = dir.join(format!(".kiln-write-check-{}", std::process::id()));
-    let written =
-        File::create(&probe).and_then(|mut f| f.write_all(b"kiln").and_then(|()| f.sync_all()));
+    // A leftover probe (or a link planted under its name) is removed, never written through.
+    let _ = fs::remove_file(&probe);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|mut f| f.write_all(b"kiln").and_then(|()| f.sync_all()));
     let removed = fs::remove_file(&probe);
     written.and(removed).map_err(|e| not_writable(dir, e))
 }

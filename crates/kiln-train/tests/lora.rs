@@ -9,8 +9,6 @@ use burn::store::burn_pack::Reader;
 use burn::tensor::{Bytes, Device};
 use common::*;
 use kiln_data::LmBatch;
-use rand::{Rng, SeedableRng};
-use rand::rngs::StdRng;
 use kiln_dist::flat::{Layout, read_params, write_params};
 use kiln_model::gpt::Gpt;
 use kiln_model::lora::{LoraConfig, LoraLinear, TargetModules};
@@ -19,6 +17,8 @@ use kiln_train::{
     BatchSource, EarlyStoppingConfig, Metric, Precision, Recompute, RunConfig, TrainError, Trainer,
     TrainerConfig,
 };
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 type Lora = Gpt<LoraLinear>;
 
@@ -270,4 +270,3 @@ fn data_parallel_moves_the_adapters_gradients_only() {
         "one rank owns every adapter"
     );
 }
-

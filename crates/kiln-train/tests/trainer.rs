@@ -170,20 +170,34 @@ fn an_f16_overflow_skips_the_step_and_halves_the_scale() {
     let device = Device::flex().autodiff();
     let model = tiny_gpt(&device, 5);
     let before = param_values(&model);
-    // A scale past f16's range makes every scaled gradient infinite.
-    let config = quiet(1)
+    // A scale past f16's range makes every scaled gradient infinite: the first step is skipped
+    // and the scale halved. A run of skipped steps alone would be an error (nothing trained),
+    // so the run goes on until the halvings bring the scale into range, and the state after
+    // the first step is read from its checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let config = quiet(30)
         .with_batch_size(4)
         .with_precision(Precision::F16)
-        .with_loss_scale(LossScaleConfig::new().with_init_scale(1e9));
+        .with_loss_scale(LossScaleConfig::new().with_init_scale(1e9))
+        .with_checkpoint_every(1)
+        .with_keep_checkpoints(30)
+        .with_checkpoint_dir(Some(dir.path().display().to_string()));
     let outcome = sgd_trainer(config, source(8, 2), 0.1)
         .fit(model, &device)
         .unwrap();
-    assert_eq!(outcome.state.skipped_steps, 1);
-    assert_eq!(outcome.state.scaler.unwrap().scale(), 5e8);
+    let first = kiln_train::checkpoint::read_checkpoint(&dir.path().join("step-00000001")).unwrap();
+    assert_eq!(first.state.skipped_steps, 1);
+    assert_eq!(first.state.scaler.clone().unwrap().scale(), 5e8);
     assert_eq!(
-        param_values(&outcome.model),
+        param_values(&first.load_model(tiny_gpt(&device, 6)).unwrap()),
         before,
         "a skipped step changes nothing"
+    );
+    let skipped = outcome.state.skipped_steps;
+    assert!((2..30).contains(&skipped), "{skipped} skipped");
+    assert_eq!(
+        outcome.state.scaler.unwrap().scale(),
+        1e9 * 0.5f64.powi(skipped as i32)
     );
 }
 

@@ -171,7 +171,15 @@ pub fn load_bert(config: &BertConfig, weights: &mut HfWeights, device: &Device) 
     let with_pooler = weights.contains("pooler.dense.weight");
     let mut bert = config.init_lazy(with_pooler, device)?;
     load_encoder(&mut bert, weights, device)?;
+    // An encoder is commonly loaded from a pre-training checkpoint: its heads are left.
+    weights.check_all_read(|name| bert_buffer(name) || name.starts_with("cls."))?;
     Ok(bert)
+}
+
+/// What transformers saves with BERT that is not a weight of the model read: the position-id
+/// buffer, and the decoder weight tied to the word embeddings (kiln ties it too).
+fn bert_buffer(name: &str) -> bool {
+    name == "embeddings.position_ids" || name == "cls.predictions.decoder.weight"
 }
 
 /// Loads `BertForMaskedLM`; the decoder stays tied to the word embeddings.
@@ -201,6 +209,13 @@ pub fn load_bert_masked_lm(
         [v],
         device,
     )?);
+    // `BertForPreTraining`'s next-sentence head, and the decoder bias's other name.
+    weights.check_all_read(|name| {
+        bert_buffer(name)
+            || name.starts_with("cls.seq_relationship.")
+            || name == "cls.predictions.decoder.bias"
+            || name == "cls.predictions.bias"
+    })?;
     Ok(model)
 }
 
@@ -215,6 +230,7 @@ pub fn load_bert_classifier(
     let mut model = config.init_classifier_lazy(num_labels, device)?;
     load_encoder(&mut model.bert, weights, device)?;
     load_dense(&mut model.classifier, weights, "classifier", device)?;
+    weights.check_all_read(bert_buffer)?;
     Ok(model)
 }
 

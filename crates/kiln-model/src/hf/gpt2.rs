@@ -127,7 +127,14 @@ pub fn load_gpt2(config: &GptConfig, weights: &mut HfWeights, device: &Device) -
         head.weight =
             Param::from_tensor(weights.linear_weight("lm_head.weight", [v, d], device)?);
     }
+    weights.check_all_read(gpt2_buffer)?;
     Ok(model)
+}
+
+/// The causal-mask buffers older transformers saved with GPT-2 (`h.N.attn.bias`, a
+/// `[1, 1, n, n]` mask, and `h.N.attn.masked_bias`): recomputed, never weights.
+fn gpt2_buffer(name: &str) -> bool {
+    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")
 }
 
 /// A GPT as `GPT2LMHeadModel`. No equivalent: rotary positions, SwiGLU, post-norm blocks,

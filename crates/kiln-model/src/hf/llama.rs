@@ -494,68 +494,36 @@ pub fn load_llama(config: &GptConfig, weights: &mut HfWeights, device: &Device) 
     // Built without drawing weights: each is replaced by the file's, shape-checked first.
     let mut model = config.init_lazy(device)?;
     let (d, v) = (config.d_model, config.vocab_size);
-    let mut used = Vec::new();
-    let mut read = |name: String| {
-        used.push(name.clone());
-        name
-    };
     model.token_embedding.weight =
-        Param::from_tensor(weights.tensor(&read("embed_tokens.weight".into()), [v, d], device)?);
+        Param::from_tensor(weights.tensor("embed_tokens.weight", [v, d], device)?);
     for (i, block) in model.blocks.iter_mut().enumerate() {
         let name = |s: &str| format!("layers.{i}.{s}");
         load_norm(
             &mut block.attn_norm,
             weights,
-            &read(name("input_layernorm.weight")),
+            &name("input_layernorm.weight"),
             device,
         )?;
         load_norm(
             &mut block.ffn_norm,
             weights,
-            &read(name("post_attention_layernorm.weight")),
+            &name("post_attention_layernorm.weight"),
             device,
         )?;
         for (kiln, layer) in block.linears_mut() {
             let hf = hf_linear_name(&kiln).expect("every block linear has an HF name");
-            let weight = read(name(&format!("{hf}.weight")));
-            let bias = layer
-                .bias
-                .is_some()
-                .then(|| read(name(&format!("{hf}.bias"))));
+            let weight = name(&format!("{hf}.weight"));
+            let bias = layer.bias.is_some().then(|| name(&format!("{hf}.bias")));
             load_linear(layer, weights, &weight, bias.as_deref(), device)?;
         }
     }
-    load_norm(
-        &mut model.final_norm,
-        weights,
-        &read("norm.weight".into()),
-        device,
-    )?;
+    load_norm(&mut model.final_norm, weights, "norm.weight", device)?;
     if let Some(head) = model.lm_head.as_mut() {
         // `lm_head` sits outside the `model.` prefix; an nn.Linear, stored [out, in].
-        let weight = weights.linear_weight(&read("lm_head.weight".into()), [v, d], device)?;
+        let weight = weights.linear_weight("lm_head.weight", [v, d], device)?;
         head.weight = Param::from_tensor(weight);
     }
-    let extra = weights.names().into_iter().find(|name| {
-        let inner = name.strip_prefix("model.").unwrap_or(name);
-        !ignored(name)
-            && !used
-                .iter()
-                .any(|u| *name == u.as_str() || inner == u.as_str())
-    });
-    if let Some(name) = extra {
-        let hint = if name == "lm_head.weight" {
-            " (the config ties the output layer to the embedding: tie_word_embeddings)"
-        } else if name.ends_with(".bias") {
-            " (the config says this layer has no bias)"
-        } else {
-            ""
-        };
-        return Err(ModelError::UnexpectedTensor {
-            name: format!("{name}{hint}"),
-            file: weights.first_file().to_path_buf(),
-        });
-    }
+    weights.check_all_read(ignored)?;
     Ok(model)
 }
 

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::{Tensor, TensorData};
+use kiln_base::OutputDir;
 use serde_json::{Map, Value, json};
 
 use super::names::{HfModules, Part, Saved};
@@ -36,7 +37,6 @@ use crate::gpt::Gpt;
 use crate::limits::read_config_text;
 use crate::linear::{LinearLayer, ToLinear};
 use crate::lora::{LoraConfig, LoraInit, LoraLinear, TargetModules};
-use crate::store::write_atomic;
 
 /// The adapter's config file.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -365,9 +365,10 @@ pub fn save_adapter<L: ToLinear>(
     model: &Gpt<LoraLinear<L>>,
     config: &LoraConfig,
     base_model: Option<&str>,
-    dir: impl AsRef<Path>,
+    dir: impl Into<OutputDir>,
 ) -> Result<()> {
-    let dir = dir.as_ref();
+    let out = dir.into();
+    let dir = out.path();
     let names = HfModules::of(model);
     let mut tensors: Vec<(String, TensorData)> = Vec::new();
     let mut rank_pattern = config.rank_pattern.clone();
@@ -483,9 +484,9 @@ pub fn save_adapter<L: ToLinear>(
     let bytes = safetensors_bytes(&tensors, &weights_file)?;
     let text = serde_json::to_string_pretty(&adapter_config)
         .map_err(|e| ModelError::format(&config_file, e))?;
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    write_atomic(&weights_file, &bytes)?;
-    Ok(write_atomic(&config_file, text.as_bytes())?)
+    out.claim(&[ADAPTER_WEIGHTS, ADAPTER_CONFIG])?;
+    out.write(ADAPTER_WEIGHTS, &bytes)?;
+    Ok(out.write(ADAPTER_CONFIG, text.as_bytes())?)
 }
 
 /// `x` as JSON, an integer when it is one (peft's configs write `lora_alpha: 16`).

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
+use kiln_base::OutputDir;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
@@ -20,7 +21,6 @@ use crate::block::{NormPosition, TransformerBlock};
 use crate::error::{ModelError, Result};
 use crate::gpt::Gpt;
 use crate::norm::NormKind;
-use crate::store::write_atomic;
 
 /// The weights file of a HuggingFace folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -52,18 +52,19 @@ pub struct HfCheckpoint {
 ///
 /// A model transformers cannot express is a [`ModelError::NoHfEquivalent`], returned before
 /// anything is written. Each file is written atomically (the weights first, so a folder with a
-/// config always has its weights).
-pub fn save_pretrained(model: &impl HfExport, dir: impl AsRef<Path>) -> Result<()> {
-    let dir = dir.as_ref();
+/// config always has its weights). A folder holding files kiln did not write (a user's
+/// `config.json`) is refused, naming them, unless `dir` is [`OutputDir::forced`].
+pub fn save_pretrained(model: &impl HfExport, dir: impl Into<OutputDir>) -> Result<()> {
+    let out = dir.into();
     let checkpoint = model.hf_checkpoint()?;
-    let weights_file = dir.join(WEIGHTS_FILE);
-    let config_file = dir.join(CONFIG_FILE);
+    let weights_file = out.path().join(WEIGHTS_FILE);
+    let config_file = out.path().join(CONFIG_FILE);
     let weights = safetensors_bytes(&checkpoint.tensors, &weights_file)?;
     let config = serde_json::to_string_pretty(&checkpoint.config)
         .map_err(|e| ModelError::format(&config_file, e))?;
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    write_atomic(&weights_file, &weights)?;
-    Ok(write_atomic(&config_file, config.as_bytes())?)
+    out.claim(&[WEIGHTS_FILE, CONFIG_FILE])?;
+    out.write(WEIGHTS_FILE, &weights)?;
+    Ok(out.write(CONFIG_FILE, config.as_bytes())?)
 }
 
 /// `tensors` in the safetensors format, with the `{"format": "pt"}` metadata transformers

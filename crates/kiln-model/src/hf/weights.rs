@@ -27,6 +27,9 @@ pub struct HfWeights {
     prefix: String,
     /// Accept NaN or infinite values with a warning instead of an error.
     allow_non_finite: bool,
+    /// The names read so far (as the files write them): what [`check_all_read`](Self::check_all_read)
+    /// compares the checkpoint with.
+    read: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl HfWeights {
@@ -94,7 +97,7 @@ impl HfWeights {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for path in paths {
-            let file = std::fs::File::open(&path).map_err(|e| ModelError::io(&path, e))?;
+            let (file, _) = kiln_base::files::open_regular(&path)?;
             // SAFETY: the map is only read, and lives as long as `self`. As with every mmap,
             // another process truncating the file while it is mapped would fault; checkpoints
             // are not rewritten in place while a model loads from them.
@@ -115,6 +118,7 @@ impl HfWeights {
             index,
             prefix: String::new(),
             allow_non_finite,
+            read: Default::default(),
         })
     }
 
@@ -131,6 +135,33 @@ impl HfWeights {
         let mut names: Vec<&str> = self.index.keys().map(String::as_str).collect();
         names.sort_unstable();
         names
+    }
+
+    /// Fails with [`ModelError::UnexpectedTensor`] naming the first tensor of the checkpoint
+    /// that no read took: a checkpoint with more layers than its config, a bias the config
+    /// says the model lacks, an untied head in a tied model. `optional` names (the prefix
+    /// stripped) the tensors a loader knowingly leaves: transformers' saved buffers and heads
+    /// of other classes, listed in each loader.
+    pub fn check_all_read(&self, optional: impl Fn(&str) -> bool) -> Result<()> {
+        let read = self.read.borrow();
+        let extra = self.names().into_iter().find(|name| {
+            let inner = name.strip_prefix(self.prefix.as_str()).unwrap_or(name);
+            !read.contains(*name) && !optional(inner)
+        });
+        let Some(name) = extra else {
+            return Ok(());
+        };
+        let hint = if name == "lm_head.weight" {
+            " (the config ties the output layer to the embedding: tie_word_embeddings)"
+        } else if name.ends_with(".bias") {
+            " (the config says this layer has no bias)"
+        } else {
+            ""
+        };
+        Err(ModelError::UnexpectedTensor {
+            name: format!("{name}{hint}"),
+            file: self.first_file().to_path_buf(),
+        })
     }
 
     /// The first file of the checkpoint (named in errors about the checkpoint as a whole).
@@ -213,6 +244,7 @@ impl HfWeights {
                 file: self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
             });
         };
+        self.read.borrow_mut().insert(full.clone());
         let (path, bytes) = &self.files[file];
         let tensors = SafeTensors::deserialize(bytes).map_err(|e| ModelError::format(path, e))?;
         let view = tensors

@@ -73,6 +73,20 @@ impl<C: LrCurve> LrScheduler for Scheduler<C> {
     }
 }
 
+/// Fails when a schedule's own `total_steps` is shorter than the run it is given to: past its
+/// end a cosine or one-cycle curve does not hold its last value (the cosine's cycles go on,
+/// restarting the warmup mid-run), so the rest of the run would train on a schedule nobody
+/// chose. `None` (sized to the run) always fits.
+pub(crate) fn check_covers_run(total: Option<usize>, run: usize) -> Result<(), OptimError> {
+    match total {
+        Some(total) if total < run => Err(OptimError::InvalidSchedule(format!(
+            "total_steps {total} is shorter than the run ({run} steps): leave total_steps unset \
+             to size the schedule to the run, or set it to at least {run}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A learning rate must be finite and `>= 0`.
 pub(crate) fn check_lr(name: &'static str, lr: f64) -> Result<(), OptimError> {
     crate::error::non_negative(name, lr)

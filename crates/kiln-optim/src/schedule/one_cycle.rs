@@ -48,6 +48,7 @@ impl OneCycleConfig {
     /// [`OneCycleConfig::init`] for a run of `total_steps` steps: the config's own
     /// `total_steps` when set, else the run's.
     pub fn init_for_run(&self, total_steps: usize) -> Result<Scheduler<OneCycle>, OptimError> {
+        super::check_covers_run(self.total_steps, total_steps)?;
         self.clone()
             .with_total_steps(Some(self.total_steps.unwrap_or(total_steps)))
             .init()

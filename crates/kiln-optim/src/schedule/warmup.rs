@@ -18,7 +18,7 @@ use std::f64::consts::PI;
 
 use burn::config::Config;
 
-use super::{LrCurve, Scheduler, check_lr};
+use super::{LrCurve, Scheduler, check_covers_run, check_lr};
 use crate::error::{OptimError, positive};
 
 /// What follows the warmup.
@@ -91,6 +91,7 @@ impl WarmupDecayConfig {
     /// [`WarmupDecayConfig::init`] for a run of `total_steps` steps: the config's own
     /// `total_steps` when set, else the run's.
     pub fn init_for_run(&self, total_steps: usize) -> Result<Scheduler<WarmupDecay>, OptimError> {
+        check_covers_run(self.total_steps, total_steps)?;
         self.clone()
             .with_total_steps(Some(self.total_steps.unwrap_or(total_steps)))
             .init()

@@ -34,18 +34,29 @@ pub struct Redraw(pub StdRng);
 impl ModuleMapper for Redraw {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let rng = &mut self.0;
-        param.map(|t| {
-            let shape = t.shape();
-            let values: Vec<f32> = (0..shape.num_elements())
-                .map(|_| rng.random_range(-0.3f32..0.3))
-                .collect();
-            let fresh = Tensor::<D>::from_data(TensorData::new(values, shape), &t.device());
-            if t.is_require_grad() {
-                fresh.require_grad()
-            } else {
-                fresh
-            }
-        })
+        param.map(|t| refill(t, || rng.random_range(-0.3f32..0.3)))
+    }
+}
+
+/// Sets every float parameter to NaN, keeping which ones train.
+pub struct Poison;
+
+impl ModuleMapper for Poison {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|t| refill(t, || f32::NAN))
+    }
+}
+
+/// A fresh tensor of `t`'s shape and device with values drawn from `value`: a leaf of the
+/// autodiff graph (as a parameter must be), requiring a gradient when `t` did.
+fn refill<const D: usize>(t: Tensor<D>, mut value: impl FnMut() -> f32) -> Tensor<D> {
+    let shape = t.shape();
+    let values: Vec<f32> = (0..shape.num_elements()).map(|_| value()).collect();
+    let fresh = Tensor::<D>::from_data(TensorData::new(values, shape), &t.device());
+    if t.is_require_grad() {
+        fresh.require_grad()
+    } else {
+        fresh
     }
 }
 
