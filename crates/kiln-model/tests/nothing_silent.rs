@@ -11,7 +11,7 @@ use kiln_base::{MlmBatch, OutputDir, TrainModel};
 use kiln_model::ModelError;
 use kiln_model::bert::BertConfig;
 use kiln_model::gpt::{Gpt, GptConfig};
-use kiln_model::hf::{load_pretrained, save_pretrained};
+use kiln_model::hf::{HfLoadConfig, load_pretrained, load_pretrained_with, save_pretrained};
 use kiln_model::store::{load_model, save_model};
 use serde_json::Value;
 
@@ -68,6 +68,18 @@ fn an_hf_folder_with_a_layer_its_config_does_not_have_is_refused() {
         Err(e) => panic!("expected UnexpectedTensor, got {e}"),
         Ok(_) => panic!("a one-layer config loaded two layers' weights"),
     }
+    // Left on purpose, by name: the first layer alone loads.
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(
+        &std::fs::read(dir.path().join("model.safetensors")).unwrap(),
+    )
+    .unwrap()
+    .names()
+    .into_iter()
+    .filter(|n| n.contains("h.1."))
+    .map(|n| n.to_string())
+    .collect();
+    let config = HfLoadConfig::new().with_ignore_tensors(names);
+    assert!(load_pretrained_with(dir.path(), &device, &config).is_ok());
 }
 
 #[test]

@@ -105,6 +105,11 @@ pub struct HfLoadConfig {
     /// checkpoint gives NaN outputs, and a corrupt download is better found at load time.
     #[config(default = false)]
     pub allow_non_finite: bool,
+    /// Tensors of the checkpoint the model has no place for that are left on purpose, by their
+    /// names in the file (a head of another class, say). Any other such tensor is an error
+    /// ([`ModelError::UnexpectedTensor`]); transformers' own buffers are known without this.
+    #[config(default = "Vec::new()")]
+    pub ignore_tensors: Vec<String>,
 }
 
 /// Loads the model that `dir/config.json` describes, with weights from `dir/model.safetensors`.

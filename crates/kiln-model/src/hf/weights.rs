@@ -30,6 +30,8 @@ pub struct HfWeights {
     /// The names read so far (as the files write them): what [`check_all_read`](Self::check_all_read)
     /// compares the checkpoint with.
     read: std::cell::RefCell<std::collections::HashSet<String>>,
+    /// Names the caller leaves on purpose (`HfLoadConfig::ignore_tensors`).
+    ignored: std::collections::HashSet<String>,
 }
 
 impl HfWeights {
@@ -85,7 +87,9 @@ impl HfWeights {
                 ),
             ));
         };
-        Self::from_files(paths, config.allow_non_finite)
+        let mut weights = Self::from_files(paths, config.allow_non_finite)?;
+        weights.ignored = config.ignore_tensors.iter().cloned().collect();
+        Ok(weights)
     }
 
     /// Opens one safetensors file (a peft adapter's `adapter_model.safetensors`).
@@ -119,6 +123,7 @@ impl HfWeights {
             prefix: String::new(),
             allow_non_finite,
             read: Default::default(),
+            ignored: Default::default(),
         })
     }
 
@@ -141,12 +146,12 @@ impl HfWeights {
     /// that no read took: a checkpoint with more layers than its config, a bias the config
     /// says the model lacks, an untied head in a tied model. `optional` names (the prefix
     /// stripped) the tensors a loader knowingly leaves: transformers' saved buffers and heads
-    /// of other classes, listed in each loader.
+    /// of other classes, listed in each loader; the caller's `ignore_tensors` are left too.
     pub fn check_all_read(&self, optional: impl Fn(&str) -> bool) -> Result<()> {
         let read = self.read.borrow();
         let extra = self.names().into_iter().find(|name| {
             let inner = name.strip_prefix(self.prefix.as_str()).unwrap_or(name);
-            !read.contains(*name) && !optional(inner)
+            !read.contains(*name) && !optional(inner) && !self.ignored.contains(*name)
         });
         let Some(name) = extra else {
             return Ok(());
