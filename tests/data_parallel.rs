@@ -4,7 +4,7 @@
 //! They need the `mpi` feature and Open MPI (`cargo test --release --features mpi --test
 //! data_parallel`); without them each test says loudly that it was skipped.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -230,6 +230,10 @@ fn same_everywhere(group: &ProcessGroup, bytes: Vec<u8>, what: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn collectives_match_their_definitions() {
     skip_unless_mpi!();
     for (ranks, tcp) in [(2, false), (3, false), (4, false), (2, true)] {
@@ -425,6 +429,10 @@ fn train_in_parallel(ranks: usize, tcp: bool, setting: &Setting) -> (Vec<f32>, E
 /// Two ranks of one micro-batch each take the step of one process accumulating two, bit for
 /// bit (a + b == b + a), whatever the bucket size, with ZeRO-1, with dropout, over TCP.
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn two_ranks_equal_one_process_accumulating_bit_for_bit() {
     skip_unless_mpi!();
     let single = ProcessGroup::single();
@@ -519,6 +527,10 @@ fn two_ranks_equal_one_process_accumulating_bit_for_bit() {
 /// micro-batches within 1e-6: the sums then associate differently. (SGD with momentum: see
 /// [`Setting::adamw`].)
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn more_ranks_match_one_process_within_tolerance() {
     skip_unless_mpi!();
     let single = ProcessGroup::single();
@@ -550,6 +562,10 @@ fn more_ranks_match_one_process_within_tolerance() {
 /// Gradients travelling in f16 or bf16 stay close to f32's run (the loss of precision is
 /// measured in docs/benchmarks.md).
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn half_precision_reduction_stays_close_to_f32() {
     skip_unless_mpi!();
     let sgd = Setting {
@@ -613,6 +629,10 @@ fn mismatch_child(group: &ProcessGroup) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn different_models_on_the_ranks_are_named() {
     skip_unless_mpi!();
     let output = launch(2, false, "mismatch", &[]);
@@ -649,6 +669,10 @@ fn exit_early_child(group: &ProcessGroup) {
 
 /// A rank that dies makes the job fail promptly with a message naming it, never a hang.
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn a_rank_that_exits_early_fails_the_job() {
     skip_unless_mpi!();
     let start = Instant::now();
@@ -693,16 +717,15 @@ fn sha_of(output: &Output) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn a_run_killed_with_sigkill_resumes_to_the_same_hash() {
     skip_unless_mpi!();
-    let Some(bin) = train_gpt_binary() else {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** SKIPPED: examples/train_gpt is not built (cargo test builds it) ***\n"
-        );
-        return;
-    };
+    let bin = train_gpt_binary().expect(
+        "examples/train_gpt is not built (`cargo test --release --features mpi` builds it)",
+    );
     let dir = tempfile::tempdir().unwrap();
     let checkpoints = dir.path().join("ck");
     let common = [
@@ -772,6 +795,9 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_hash() {
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(lock);
+    // A copy of what the killed run left, for the elastic resumes below.
+    let one_dir = dir.path().join("one");
+    copy_folder(&checkpoints, &one_dir);
 
     args.push("--resume".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -779,4 +805,61 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_hash() {
     assert_success(&resumed, "the resumed run");
     assert!(String::from_utf8_lossy(&resumed.stdout).contains("resumed from step"));
     assert_eq!(sha_of(&resumed), sha_of(&full));
+
+    // Elastic (issue 23): the same checkpoint resumed on one process accumulating the two
+    // ranks' micro-batches (the ZeRO-1 shards gathered), and that run's later checkpoint
+    // resumed on two ranks again, both end where the uninterrupted run ends.
+    let resume_args = |dir: &Path, accumulation: &str| -> Vec<String> {
+        let mut args: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+        args.extend(
+            [
+                "--checkpoint-every",
+                "5",
+                "--checkpoint-dir",
+                &dir.display().to_string(),
+                "--resume",
+                "--accum",
+                accumulation,
+            ]
+            .map(String::from),
+        );
+        args
+    };
+    let one = Command::new(&bin)
+        .args(resume_args(&one_dir, "2"))
+        .env_remove("OMPI_COMM_WORLD_SIZE")
+        .output()
+        .unwrap();
+    assert_success(&one, "the run resumed on one process");
+    assert!(
+        String::from_utf8_lossy(&one.stderr).contains("resharded: written by 2 rank(s)"),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    assert_eq!(sha_of(&one), sha_of(&full), "2 ranks -> 1 process");
+    // Back to two ranks from the one process's step-295 checkpoint.
+    let two_dir = dir.path().join("two");
+    copy_folder(&one_dir, &two_dir);
+    std::fs::remove_dir_all(two_dir.join("step-00000300")).unwrap();
+    let args = resume_args(&two_dir, "1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let two = mpirun(2, false, &[], &bin, &args);
+    assert_success(&two, "the run resumed on two ranks");
+    assert!(String::from_utf8_lossy(&two.stdout).contains("resumed from step 295"));
+    assert_eq!(sha_of(&two), sha_of(&full), "1 process -> 2 ranks");
+}
+
+/// `src` copied into the new folder `dst`, files only, one level of folders deep (a checkpoint
+/// folder).
+fn copy_folder(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_folder(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), to).unwrap();
+        }
+    }
 }

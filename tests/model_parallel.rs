@@ -348,6 +348,10 @@ fn gathered_whole(world: ProcessGroup, shape: ModelParallelConfig) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn tensor_parallel_gpt_matches_one_process() {
     skip_unless_mpi!();
     for ranks in [2, 4] {
@@ -360,6 +364,10 @@ fn tensor_parallel_gpt_matches_one_process() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn tensor_parallel_bert_matches_one_process() {
     skip_unless_mpi!();
     let output = launch(2, false, "tensor_bert", &[]);
@@ -367,6 +375,10 @@ fn tensor_parallel_bert_matches_one_process() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn parts_gather_into_the_whole_model() {
     skip_unless_mpi!();
     for (ranks, scenario) in [
@@ -596,6 +608,10 @@ fn grid_matches_one_process(ranks: usize, tcp: bool, grid: Grid) -> Vec<f32> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn tensor_parallel_training_matches_one_process() {
     skip_unless_mpi!();
     let _ = grid_matches_one_process(
@@ -614,6 +630,10 @@ fn tensor_parallel_training_matches_one_process() {
 /// Two stages of a pipeline, four micro-batches: GPipe and 1F1B match one process accumulating
 /// four, and each other bit for bit (the same passes in another order).
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn pipeline_training_matches_one_process() {
     skip_unless_mpi!();
     let grid = |schedule| Grid {
@@ -637,6 +657,10 @@ fn pipeline_training_matches_one_process() {
 /// decoder: grouped-query attention with one key/value head per tensor-parallel rank, RMSNorm,
 /// SwiGLU, rotary positions), and 4 stages with 8 micro-batches.
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn tensor_and_pipeline_grid_matches_one_process() {
     skip_unless_mpi!();
     for (tensor, pipeline, micro_batches, tcp, llama) in [
@@ -684,6 +708,10 @@ fn resume_child(world: ProcessGroup) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn a_model_parallel_run_resumes_exactly() {
     skip_unless_mpi!();
     let dir = tempfile::tempdir().unwrap();
@@ -751,6 +779,10 @@ fn bert_child(world: ProcessGroup) {
 /// BERT on 2 stages and on a 2 × 2 grid: the masked-LM decoder's tied word embeddings are
 /// summed between the first and last stage; 20 steps within 1e-4 of one process.
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn bert_on_a_grid_matches_one_process() {
     skip_unless_mpi!();
     let _alone = in_process();

@@ -353,6 +353,10 @@ fn gradients_child(group: ProcessGroup) {
 
 /// 2 stages with 4 micro-batches and 4 stages with 8 (and the edge cases each child runs).
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "a multi-process test: build with `--features mpi` (and install mpirun)"
+)]
 fn stages_equal_one_process_accumulating() {
     skip_unless_mpi!();
     for (stages, micro_batches) in [(2, 4), (4, 8)] {

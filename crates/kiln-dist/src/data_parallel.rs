@@ -16,7 +16,7 @@
 //! Burn 0.22.1's autodiff has no per-parameter hook inside the backward pass, so buckets are
 //! reduced after it, not overlapped with it (see `docs/distributed.md`).
 
-use burn::module::Module;
+use burn::module::{Module, ParamId};
 use burn::optim::GradientsParams;
 
 use crate::communicator::ReduceOp;
@@ -130,6 +130,19 @@ impl DataParallel {
         let anywhere: Vec<bool> = anywhere.iter().map(|&p| p > 0.0).collect();
         put_grads(model, &self.trainable, &values, &anywhere, &mut grads);
         Ok(grads)
+    }
+
+    /// Whether this rank steps the parameter `id`, and so keeps its optimizer state: every
+    /// trainable parameter without ZeRO-1, its own ones with. What a resumed run keeps of a
+    /// checkpoint's optimizer state when the number of ranks changed.
+    pub fn steps(&self, id: ParamId) -> bool {
+        let rank = self.group.rank();
+        let sharded = self.shards_optimizer();
+        self.trainable
+            .slots
+            .iter()
+            .zip(&self.owners)
+            .any(|(slot, &owner)| slot.id == id && (!sharded || owner == rank))
     }
 
     /// Whether ZeRO-1 shards the optimizer state.

@@ -77,4 +77,4 @@ pub use schedule::{
     ScheduleConfig, Scheduler, StepDecayConfig, WarmupDecayConfig, validate_lr,
 };
 pub use sgd::SgdConfig;
-pub use state::{OPTIMIZER_STEPS, load_state};
+pub use state::{OPTIMIZER_STEPS, load_state, merge_state_shards};

@@ -86,6 +86,77 @@ pub fn load_state<M: Module>(
     Ok(optimizer)
 }
 
+/// The optimizer state of the parameters `keep` accepts, gathered from `shards` (the files of a
+/// ZeRO-1 checkpoint, each holding its owner's parameters, or the one file of an unsharded
+/// one) into one state: what a run on another number of ranks restores, each rank keeping the
+/// parameters it now owns. Entries are keyed by parameter id (`{id}.{leaf}`), so any partition
+/// can be rebuilt from any other. A parameter held by two shards is an error (shards never
+/// overlap); the result is checked like any state by [`load_state`].
+///
+/// # Errors
+/// [`OptimError::CorruptState`] when a shard does not read or two shards hold one parameter.
+pub fn merge_state_shards(
+    shards: &[Vec<u8>],
+    keep: impl Fn(u64) -> bool,
+) -> Result<Vec<u8>, OptimError> {
+    let corrupt = |e: &dyn std::fmt::Debug| OptimError::CorruptState(format!("{e:?}"));
+    let id_of = |name: &str| {
+        name.split_once('.')
+            .and_then(|(id, _)| id.parse::<u64>().ok())
+    };
+    let (mut tensors, mut scalars, mut metadata) = (Vec::new(), BTreeMap::new(), BTreeMap::new());
+    let mut holder: HashMap<u64, usize> = HashMap::new();
+    for (index, bytes) in shards.iter().enumerate() {
+        let reader =
+            Reader::from_bytes(Bytes::from_bytes_vec(bytes.clone())).map_err(|e| corrupt(&e))?;
+        for (name, value) in reader.scalars() {
+            let Some(id) = id_of(name) else {
+                return Err(OptimError::CorruptState(format!(
+                    "scalar `{name}` of shard {index} is not named `<parameter id>.<field>`"
+                )));
+            };
+            if let Some(other) = holder.insert(id, index).filter(|&other| other != index) {
+                return Err(OptimError::CorruptState(format!(
+                    "parameter {id} is in shards {other} and {index}"
+                )));
+            }
+            if keep(id) {
+                scalars.insert(name.clone(), *value);
+            }
+        }
+        for (key, value) in reader.metadata() {
+            if key.parse::<u64>().is_ok_and(&keep) {
+                metadata.insert(key.clone(), value.clone());
+            }
+        }
+        for tensor in reader.into_tensors().map_err(|e| corrupt(&e))? {
+            let id = tensor.param_id.or_else(|| id_of(&tensor.name));
+            let Some(id) = id else {
+                return Err(OptimError::CorruptState(format!(
+                    "tensor `{}` of shard {index} names no parameter",
+                    tensor.name
+                )));
+            };
+            if let Some(other) = holder.insert(id, index).filter(|&other| other != index) {
+                return Err(OptimError::CorruptState(format!(
+                    "parameter {id} is in shards {other} and {index}"
+                )));
+            }
+            if keep(id) {
+                tensors.push(tensor);
+            }
+        }
+    }
+    let mut writer = burn::store::burn_pack::Writer::new(tensors);
+    for (key, value) in &scalars {
+        writer = writer.with_scalar(key, *value);
+    }
+    for (key, value) in &metadata {
+        writer = writer.with_metadata(key, value);
+    }
+    Ok(writer.into_bytes().map_err(|e| corrupt(&e))?.to_vec())
+}
+
 /// A parameter's shape and dtype.
 type Signature = (Vec<usize>, DType);
 

@@ -190,3 +190,36 @@ fn resuming_from_a_checkpoint_restores_param_ids_and_steps() {
     );
     assert_eq!(values(&original).0, values(&resumed).0);
 }
+
+/// A state split by parameter (as ZeRO-1's shards are) merges back into the whole, and the
+/// whole splits any other way: a run resumed on another number of ranks takes the steps of the
+/// run that wrote the shards, bit for bit. Shards that overlap are refused.
+#[test]
+fn sharded_state_merges_back_and_splits_any_way() {
+    let device = Device::flex().autodiff();
+    let (_, make) = optimizers().remove(0);
+    let gpt = config().init(&device).unwrap();
+    let mut optim = make(&gpt);
+    let mut sched = schedule();
+    let gpt = train(gpt, &mut optim, &mut sched, 0..3, &device);
+    let whole = optim.into_bytes().unwrap().to_vec();
+    let ids: Vec<u64> = values(&gpt).1.iter().map(|id| id.val()).collect();
+    let first_half = |id: u64| ids.iter().position(|&i| i == id).unwrap() < ids.len() / 2;
+
+    // Two "ranks" write their halves; a resumed run gathers them whole.
+    let shards = [
+        kiln_optim::merge_state_shards(std::slice::from_ref(&whole), first_half).unwrap(),
+        kiln_optim::merge_state_shards(std::slice::from_ref(&whole), |id| !first_half(id)).unwrap(),
+    ];
+    assert!(shards.iter().all(|s| s.len() < whole.len()));
+    let merged = kiln_optim::merge_state_shards(&shards, |_| true).unwrap();
+    let mut restored = kiln_optim::load_state(make(&gpt), merged, &gpt).unwrap();
+
+    let mut sched_a = sched.clone();
+    let continued = train(gpt.clone(), &mut optim, &mut sched, 3..5, &device);
+    let resumed = train(gpt.clone(), &mut restored, &mut sched_a, 3..5, &device);
+    assert_eq!(values(&continued).0, values(&resumed).0, "bit for bit");
+
+    let err = kiln_optim::merge_state_shards(&[whole.clone(), whole], |_| true).unwrap_err();
+    assert!(err.to_string().contains("shards 0 and 1"), "{err}");
+}

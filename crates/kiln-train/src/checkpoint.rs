@@ -195,6 +195,22 @@ impl Checkpoint {
             .map_err(|e| TrainError::corrupt(&path, e))
     }
 
+    /// Restores the optimizer state of the parameters `steps` accepts from every shard of the
+    /// checkpoint, whatever the number of ranks and ZeRO setting that wrote it
+    /// ([`kiln_optim::merge_state_shards`]): how a run resumed on another number of ranks gets
+    /// each rank's part.
+    pub fn load_optimizer_resharded<M: Module>(
+        &self,
+        optimizer: ModuleOptimizer,
+        model: &M,
+        steps: impl Fn(u64) -> bool,
+    ) -> Result<ModuleOptimizer> {
+        let path = self.path.join(optimizer_file(0, self.optimizer_shards));
+        let merged = kiln_optim::merge_state_shards(&self.optimizer, steps)
+            .map_err(|e| TrainError::corrupt(&path, e))?;
+        kiln_optim::load_state(optimizer, merged, model).map_err(|e| TrainError::corrupt(&path, e))
+    }
+
     /// Restores a schedule built with the same config. Its step must be the checkpoint's, and
     /// the schedule must hold exactly what the file holds.
     pub fn load_scheduler(&self, scheduler: &mut dyn LrScheduler) -> Result<()> {

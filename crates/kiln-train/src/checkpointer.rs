@@ -118,14 +118,9 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
         } else {
             1
         };
-        if checkpoint.state.world_size != ranks || checkpoint.optimizer_shards != shards {
-            return Err(TrainError::InvalidConfig(format!(
-                "{} was written by {} rank(s) with {} optimizer shard(s); this run has {ranks} rank(s) and {shards}: resume with the same number of processes (and ZeRO setting)",
-                checkpoint.path.display(),
-                checkpoint.state.world_size,
-                checkpoint.optimizer_shards
-            )));
-        }
+        let same_layout =
+            checkpoint.state.world_size == ranks && checkpoint.optimizer_shards == shards;
+        self.check_global_batch(&checkpoint, same_layout)?;
         if checkpoint.state.train_items != self.train.len() {
             return Err(TrainError::ConfigChanged {
                 checkpoint: checkpoint.path.clone(),
@@ -192,7 +187,23 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
             ));
         }
         let model = self.parallel.partition(checkpoint.load_model(whole)?)?;
-        self.optimizer = checkpoint.load_optimizer(self.optimizer.clone(), world.rank(), &model)?;
+        self.optimizer = if same_layout {
+            checkpoint.load_optimizer(self.optimizer.clone(), world.rank(), &model)?
+        } else {
+            // Each rank gathers the state of the parameters it now steps from every shard.
+            let parallel = &self.parallel;
+            checkpoint.load_optimizer_resharded(self.optimizer.clone(), &model, |id| {
+                parallel.steps(id.into())
+            })?
+        };
+        if !same_layout {
+            self.logger.println(&format!(
+                "resharded: written by {} rank(s) × {} micro-batch(es), resumed on {ranks} × {}",
+                checkpoint.state.world_size,
+                saved_accumulation(&checkpoint.run).unwrap_or(0),
+                self.config.grad_accumulation
+            ));
+        }
         checkpoint.load_scheduler(self.scheduler.as_mut())?;
         self.logger.println(&format!(
             "resumed run {} from {} (step {})",
@@ -207,9 +218,62 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
         // The checkpoints from here on describe the data the run now reads.
         let (train_data, eval_data) = (self.state.train_data.take(), self.state.eval_data.take());
         self.state = checkpoint.state;
+        // The checkpoints from here on describe the ranks that now train.
+        self.state.world_size = ranks;
         self.state.train_data = train_data.or(self.state.train_data.take());
         self.state.eval_data = eval_data.or(self.state.eval_data.take());
         self.run_id = checkpoint.run_id;
+        Ok(())
+    }
+
+    /// Any checkpoint resumes with the global batch it was written with; one written by
+    /// another number of data-parallel ranks (or another ZeRO setting) resumes here when the
+    /// global batch is the same: ranks × micro-batches per step (× the
+    /// batch size, which the config check has compared). Then every step sees the same
+    /// micro-batches, summed in the same order, and the run continues bit for bit. A model
+    /// cut by tensor or pipeline parallelism resumes on the layout that wrote it.
+    fn check_global_batch(
+        &self,
+        checkpoint: &crate::checkpoint::Checkpoint,
+        same_layout: bool,
+    ) -> Result<()> {
+        let path = checkpoint.path.display();
+        let (ranks, accumulation) = (self.parallel.world().size(), self.config.grad_accumulation);
+        let saved_ranks = checkpoint.state.world_size;
+        if !same_layout && (self.parallel.is_split() || checkpoint.optimizer_shards > saved_ranks) {
+            return Err(TrainError::InvalidConfig(format!(
+                "{path} was written by {saved_ranks} rank(s) with {} optimizer shard(s); a model \
+                 cut by tensor or pipeline parallelism resumes on the same ranks",
+                checkpoint.optimizer_shards
+            )));
+        }
+        let saved_accumulation = saved_accumulation(&checkpoint.run).ok_or_else(|| {
+            TrainError::corrupt(
+                checkpoint.path.join("run.json"),
+                "no trainer.grad_accumulation",
+            )
+        })?;
+        let global = saved_ranks.saturating_mul(saved_accumulation);
+        if ranks.saturating_mul(accumulation) != global {
+            let fits = if global % ranks == 0 {
+                format!("--accum {} on {ranks} rank(s)", global / ranks)
+            } else {
+                let divisors: Vec<String> = (1..=global)
+                    .filter(|d| global % d == 0)
+                    .map(|d| d.to_string())
+                    .collect();
+                format!(
+                    "a number of ranks that divides {global} ({}), with --accum {global}/ranks",
+                    divisors.join(", ")
+                )
+            };
+            return Err(TrainError::InvalidConfig(format!(
+                "{path} was written by {saved_ranks} rank(s) × {saved_accumulation} micro-batch(es) \
+                 per step, a global batch of {global} micro-batches; this run has {ranks} × \
+                 {accumulation} = {}: the global batch must stay the same (use {fits})",
+                ranks * accumulation
+            )));
+        }
         Ok(())
     }
 
@@ -262,4 +326,13 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
         }
         Ok(())
     }
+}
+
+/// `trainer.grad_accumulation` of a checkpoint's run config.
+fn saved_accumulation(run: &serde_json::Value) -> Option<usize> {
+    run.get("trainer")?
+        .get("grad_accumulation")?
+        .as_u64()
+        .and_then(|a| usize::try_from(a).ok())
+        .filter(|&a| a > 0)
 }

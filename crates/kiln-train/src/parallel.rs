@@ -90,6 +90,16 @@ impl<M: ParallelModel + Clone> Parallelism<M> {
         self.dp.shards_optimizer() || self.split.is_some()
     }
 
+    /// Whether the model is cut across ranks (tensor or pipeline parallelism).
+    pub fn is_split(&self) -> bool {
+        self.split.is_some()
+    }
+
+    /// Whether this rank steps the parameter `id` of its part (keeps its optimizer state).
+    pub fn steps(&self, id: burn::module::ParamId) -> bool {
+        self.dp.steps(id)
+    }
+
     /// This rank's part of a whole model (the model itself when it is not split).
     pub fn partition(&self, whole: M) -> Result<M> {
         match &self.split {

@@ -265,3 +265,34 @@ fn resuming_on_other_data_is_refused_unless_allowed() {
         Some("tokens of seed 7")
     );
 }
+
+/// The parallel layout may change on resume, the global batch may not: a run of one
+/// micro-batch per step resumed with two is refused, naming the numbers and the flag that fits.
+#[test]
+fn a_resume_with_another_global_batch_is_refused_naming_the_flag() {
+    let device = Device::flex().autodiff();
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        quiet(4)
+            .with_checkpoint_every(2)
+            .with_checkpoint_dir(Some(dir.path().display().to_string()))
+    };
+    constant(config(), source(64, 8))
+        .fit(tiny_gpt(&device, 8), &device)
+        .unwrap();
+    std::fs::remove_dir_all(dir.path().join("step-00000004")).unwrap();
+    let err = constant(
+        config().with_resume(true).with_grad_accumulation(2),
+        source(64, 8),
+    )
+    .fit(tiny_gpt(&device, 8), &device)
+    .err()
+    .expect("another global batch is refused");
+    let message = err.to_string();
+    assert!(message.contains("global batch"), "{message}");
+    assert!(message.contains("--accum 1"), "{message}");
+    let resumed = constant(config().with_resume(true), source(64, 8))
+        .fit(tiny_gpt(&device, 8), &device)
+        .unwrap();
+    assert_eq!(resumed.resumed_from, Some(2));
+}
