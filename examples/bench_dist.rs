@@ -9,8 +9,9 @@
 //! mpirun -np 2 target/release/examples/bench_dist step --bucket-mb 25  # ... 2 ranks
 //! ```
 //!
-//! `collectives`: the all-reduce of 4 MB and 64 MB of f32 through kiln (`ProcessGroup`, and
-//! the f16/bf16 ring) against the raw `mpi` crate's `all_reduce_into`, in the same run, the
+//! `collectives`: the all-reduce of 4 MB and 64 MB of f32 through kiln (`ProcessGroup`, the
+//! rank-ordered sum data parallelism uses, and the f16/bf16 ring) against the raw `mpi`
+//! crate's `all_reduce_into`, in the same run, the
 //! median of `--reps` calls. Bandwidth is the algorithm's (bytes / time) and the bus's
 //! (`2(n−1)/n` of it: what each rank sends, as NCCL's tests report).
 //!
@@ -136,6 +137,12 @@ fn collectives(group: &ProcessGroup, reps: usize) -> kiln::Result<()> {
         >| {
             group.all_reduce_f32(b, ReduceOp::Sum).expect("all-reduce");
         })?;
+        time(
+            "kiln ordered (rank order, what data parallelism uses for f32)",
+            &mut |b: &mut Vec<f32>| {
+                kiln::dist::ordered::all_reduce_sum(group, b).expect("ordered");
+            },
+        )?;
         for dtype in [ReduceDtype::F16, ReduceDtype::Bf16] {
             time(
                 &format!("kiln ring, {dtype:?} on the wire"),

@@ -20,9 +20,10 @@ use burn::module::{Module, ParamId};
 use burn::optim::GradientsParams;
 
 use crate::communicator::ReduceOp;
-use crate::config::DataParallelConfig;
+use crate::config::{DataParallelConfig, ReduceDtype};
 use crate::error::{DistError, Result};
 use crate::flat::{Layout, put_grads, read_params, take_grads, write_params};
+use crate::ordered;
 use crate::process_group::ProcessGroup;
 use crate::ring;
 
@@ -125,7 +126,12 @@ impl DataParallel {
         let mut anywhere: Vec<f32> = present.iter().map(|&p| f32::from(u8::from(p))).collect();
         self.group.all_reduce_f32(&mut anywhere, ReduceOp::Max)?;
         for bucket in values.chunks_mut(self.config.bucket_elements()) {
-            ring::all_reduce(&self.group, bucket, ReduceOp::Sum, self.config.reduce_dtype)?;
+            match self.config.reduce_dtype {
+                // In rank order, as accumulation sums micro-batches: any number of ranks is
+                // one process accumulating, bit for bit.
+                ReduceDtype::F32 => ordered::all_reduce_sum(&self.group, bucket)?,
+                dtype => ring::all_reduce(&self.group, bucket, ReduceOp::Sum, dtype)?,
+            }
         }
         let anywhere: Vec<bool> = anywhere.iter().map(|&p| p > 0.0).collect();
         put_grads(model, &self.trainable, &values, &anywhere, &mut grads);

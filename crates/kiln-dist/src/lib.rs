@@ -11,6 +11,8 @@
 //!   with `nccl`. The same collectives on Burn tensors, and the one conversion of a tensor to
 //!   host values and back ([`tensor`]).
 //! - [`ring`]: all-reduce with f16/bf16 traffic and f32 accumulation.
+//! - [`ordered`]: the f32 all-reduce that sums in rank order, as accumulation does (N ranks =
+//!   one process accumulating N, bit for bit).
 //! - [`flat`]: a model's parameters or gradients as one flat buffer.
 //! - [`DataParallel`] ([`data_parallel`]): what kiln-train's loop calls for data parallelism:
 //!   the model check and broadcast at the start, bucketed gradient all-reduce, ZeRO-1.
@@ -50,6 +52,7 @@ pub mod model_parallel;
 mod mpi_comm;
 #[cfg(feature = "nccl")]
 mod nccl;
+pub mod ordered;
 pub mod p2p;
 pub mod pipeline;
 pub mod process_group;
