@@ -151,8 +151,9 @@ struct Args {
     /// Held-out problems for the final accuracy (addition only).
     #[arg(long, default_value_t = 1000)]
     accuracy_problems: usize,
-    /// ZeRO stage under mpirun: 1 shards the optimizer state across the ranks.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1))]
+    /// ZeRO stage under mpirun: 1 shards the optimizer state across the ranks, 2 the reduced
+    /// gradients too.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=2))]
     zero_stage: Option<u64>,
     /// Gradient bucket size under mpirun, in MB.
     #[arg(long)]

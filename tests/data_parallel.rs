@@ -462,6 +462,14 @@ fn two_ranks_equal_one_process_accumulating_bit_for_bit() {
             },
             false,
         ),
+        (
+            "ZeRO-2",
+            Setting {
+                zero_stage: 2,
+                ..plain.clone()
+            },
+            false,
+        ),
         ("TCP", plain.clone(), true),
         (
             "ZeRO-1 over TCP",
@@ -484,6 +492,13 @@ fn two_ranks_equal_one_process_accumulating_bit_for_bit() {
             "LoRA with ZeRO-1",
             Setting {
                 zero_stage: 1,
+                ..lora.clone()
+            },
+        ),
+        (
+            "LoRA with ZeRO-2",
+            Setting {
+                zero_stage: 2,
                 ..lora.clone()
             },
         ),
@@ -537,9 +552,12 @@ fn two_ranks_equal_one_process_accumulating_bit_for_bit() {
 fn any_number_of_ranks_equals_one_process_accumulating() {
     skip_unless_mpi!();
     let single = ProcessGroup::single();
-    for (ranks, accumulation, zero_stage, exact) in
-        [(3, 1, 0, true), (4, 1, 1, true), (2, 2, 0, false)]
-    {
+    for (ranks, accumulation, zero_stage, exact) in [
+        (3, 1, 0, true),
+        (4, 1, 1, true),
+        (3, 1, 2, true),
+        (2, 2, 0, false),
+    ] {
         let setting = Setting {
             adamw: false,
             accumulation,

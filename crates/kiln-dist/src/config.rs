@@ -29,7 +29,9 @@ pub struct DataParallelConfig {
     #[config(default = "ReduceDtype::F32")]
     pub reduce_dtype: ReduceDtype,
     /// ZeRO stage: 0 keeps the whole optimizer state on every rank; 1 shards it by parameter
-    /// (Rajbhandari et al. 2020): each rank updates the parameters it owns and broadcasts them.
+    /// (Rajbhandari et al. 2020): each rank updates the parameters it owns and broadcasts them;
+    /// 2 shards the reduced gradients too: each owner receives and sums only its parameters'
+    /// gradients, and the other ranks drop theirs.
     #[config(default = 0)]
     pub zero_stage: usize,
 }
@@ -43,9 +45,9 @@ impl DataParallelConfig {
                 self.bucket_mb
             )));
         }
-        if self.zero_stage > 1 {
+        if self.zero_stage > 2 {
             return Err(DistError::InvalidArgument(format!(
-                "ZeRO stage {} is not implemented (0 or 1)",
+                "ZeRO stage {} is not implemented (0, 1 or 2)",
                 self.zero_stage
             )));
         }

@@ -125,6 +125,12 @@ impl DataParallel {
         let (mut values, present) = take_grads(model, &self.trainable, &mut grads)?;
         let mut anywhere: Vec<f32> = present.iter().map(|&p| f32::from(u8::from(p))).collect();
         self.group.all_reduce_f32(&mut anywhere, ReduceOp::Max)?;
+        if self.shards_gradients() {
+            let anywhere: Vec<bool> = anywhere.iter().map(|&p| p > 0.0).collect();
+            let kept = self.reduce_to_owners(&mut values, &anywhere)?;
+            put_grads(model, &self.trainable, &values, &kept, &mut grads);
+            return Ok(grads);
+        }
         for bucket in values.chunks_mut(self.config.bucket_elements()) {
             match self.config.reduce_dtype {
                 // In rank order, as accumulation sums micro-batches: any number of ranks is
@@ -151,9 +157,67 @@ impl DataParallel {
             .any(|(slot, &owner)| slot.id == id && (!sharded || owner == rank))
     }
 
-    /// Whether ZeRO-1 shards the optimizer state.
+    /// Whether ZeRO-1 or 2 shards the optimizer state.
     pub fn shards_optimizer(&self) -> bool {
-        self.config.zero_stage == 1 && self.group.size() > 1
+        self.config.zero_stage >= 1 && self.group.size() > 1
+    }
+
+    /// Whether ZeRO-2 shards the reduced gradients: each rank keeps its own parameters' only.
+    pub fn shards_gradients(&self) -> bool {
+        self.config.zero_stage == 2 && self.group.size() > 1
+    }
+
+    /// ZeRO-2's reduction: each owner receives every rank's gradients of the parameters it owns
+    /// and sums them in rank order (as [`ordered`] does, so the sums are ZeRO-1's and one
+    /// process's bits); the other gradients are dropped. `anywhere` marks the parameters with a
+    /// gradient on some rank.
+    fn reduce_to_owners(&self, values: &mut [f32], anywhere: &[bool]) -> Result<Vec<bool>> {
+        let (n, rank) = (self.group.size(), self.group.rank());
+        let owned = |owner: usize| -> Vec<std::ops::Range<usize>> {
+            self.trainable
+                .slots
+                .iter()
+                .zip(&self.owners)
+                .filter(|(_, o)| **o == owner)
+                .map(|(s, _)| s.offset..s.offset + s.len)
+                .collect()
+        };
+        let pack = |ranges: &[std::ops::Range<usize>]| -> Vec<f32> {
+            ranges
+                .iter()
+                .flat_map(|r| values[r.clone()].iter().copied())
+                .collect()
+        };
+        let mine = owned(rank);
+        let len: usize = mine.iter().map(|r| r.len()).sum();
+        let mut parts = vec![vec![0.0f32; len]; n];
+        parts[rank] = pack(&mine);
+        let comm = self.group.communicator();
+        for k in 1..n {
+            let (dest, source) = ((rank + k) % n, (rank + n - k) % n);
+            let send = pack(&owned(dest));
+            comm.send_recv(
+                bytemuck::cast_slice(&send),
+                dest,
+                bytemuck::cast_slice_mut(&mut parts[source]),
+                source,
+            )?;
+        }
+        let mut sum = parts[0].clone();
+        for part in &parts[1..] {
+            sum.iter_mut().zip(part).for_each(|(s, v)| *s += v);
+        }
+        let mut at = 0;
+        for range in mine {
+            let end = at + range.len();
+            values[range].copy_from_slice(&sum[at..end]);
+            at = end;
+        }
+        Ok(anywhere
+            .iter()
+            .zip(&self.owners)
+            .map(|(&a, &owner)| a && owner == rank)
+            .collect())
     }
 
     /// ZeRO-1: only the gradients of the parameters this rank owns (all of them without ZeRO).

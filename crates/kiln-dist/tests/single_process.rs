@@ -120,7 +120,7 @@ fn bad_settings_are_refused() {
     for config in [
         DataParallelConfig::new().with_bucket_mb(0.0),
         DataParallelConfig::new().with_bucket_mb(f64::NAN),
-        DataParallelConfig::new().with_zero_stage(2),
+        DataParallelConfig::new().with_zero_stage(3),
     ] {
         assert!(DataParallel::new(ProcessGroup::single(), config, &model).is_err());
     }

@@ -35,6 +35,13 @@ impl<M: ParallelModel + Clone> Parallelism<M> {
     /// Cuts `model` (whole, the same on every rank of `world`) as `config` asks, and gives
     /// every replica its data group's rank-0 weights. Returns this rank's part.
     pub fn new(world: ProcessGroup, config: &TrainerConfig, model: M) -> Result<(Self, M)> {
+        if config.data_parallel.zero_stage == 2 && config.model_parallel.is_model_parallel() {
+            return Err(TrainError::InvalidConfig(
+                "ZeRO-2 does not combine with tensor or pipeline parallelism yet (their gradient \
+                 norm needs every gradient of a rank's part); use zero_stage 1"
+                    .into(),
+            ));
+        }
         let (split, template, model) = if config.model_parallel.is_model_parallel() {
             if config.model_parallel.pipeline_parallel > 1
                 && config.recompute == Recompute::PerBlock
@@ -137,9 +144,32 @@ impl<M: ParallelModel + Clone> Parallelism<M> {
                 let squares = grad_squares(model, &grads, split.counts_in_norm(model));
                 split.global_norm(squares)?
             }
+            None if self.dp.shards_gradients() => self.sharded_norm(model, &grads)?,
             None => grad_norm(model, &grads),
         };
         Ok((grads, norm))
+    }
+
+    /// The whole model's gradient norm under ZeRO-2, where each rank holds its own parameters'
+    /// gradients only: every parameter's sum of squares from its owner, added up in visiting
+    /// order on every rank as [`grad_norm`] adds them in one process, so clipping, the loss
+    /// scaler and the non-finite check decide on the same bits as ZeRO-1 and one process. (An
+    /// all-reduce of one owner's value and zeros is exact whatever its order.)
+    fn sharded_norm(&self, model: &M, grads: &GradientsParams) -> Result<f64> {
+        let ids: Vec<_> = kiln_dist::flat::Layout::of(model)
+            .slots
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        let mut squares: Vec<f32> = ids
+            .iter()
+            .map(|&id| grad_squares(model, grads, |p| p == id) as f32)
+            .collect();
+        self.dp
+            .group()
+            .all_reduce_f32(&mut squares, ReduceOp::Sum)?;
+        let total = squares.iter().fold(0.0f32, |total, &s| total + s);
+        Ok((total as f64).sqrt())
     }
 
     /// The optimizer's step at `lr`: under ZeRO-1 each rank steps the parameters it owns, then
@@ -196,8 +226,17 @@ impl<M: ParallelModel + Clone> Parallelism<M> {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let gradients = if self.dp.shards_gradients() {
+            format!(
+                "\ngradients kept after the reduction per rank (MiB, ZeRO-2): {:.2} of {:.2}",
+                self.dp.owned_elements() as f64 * 4.0 / (1 << 20) as f64,
+                self.dp.total_elements() as f64 * 4.0 / (1 << 20) as f64
+            )
+        } else {
+            String::new()
+        };
         Ok(format!(
-            "parameters per rank (MiB, f32): {}\noptimizer state per rank (MiB): {} ({} of {} parameters of this rank's part stepped here){}",
+            "parameters per rank (MiB, f32): {}\noptimizer state per rank (MiB): {} ({} of {} parameters of this rank's part stepped here){gradients}{}",
             column(0),
             column(8),
             self.dp.owned_elements(),
