@@ -258,8 +258,10 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
             let fits = if global % ranks == 0 {
                 format!("--accum {} on {ranks} rank(s)", global / ranks)
             } else {
-                let divisors: Vec<String> = (1..=global)
+                // The first few: the numbers come from a file and may be anything.
+                let divisors: Vec<String> = (1..=global.min(1024))
                     .filter(|d| global % d == 0)
+                    .take(16)
                     .map(|d| d.to_string())
                     .collect();
                 format!(

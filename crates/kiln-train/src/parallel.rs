@@ -10,7 +10,9 @@
 //! - The optimizer step: under ZeRO-1 each rank steps the parameters it owns and shares them.
 //! - Checkpoints and the returned model: the whole model gathered on world rank 0.
 
+use burn::module::{ModuleVisitor, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::Tensor;
 use kiln_dist::{
     DataParallel, ModelSplit, ParallelModel, PipelineSchedule, PipelineStage, ProcessGrid,
     ProcessGroup, ReduceOp,
@@ -156,14 +158,34 @@ impl<M: ParallelModel + Clone> Parallelism<M> {
     /// scaler and the non-finite check decide on the same bits as ZeRO-1 and one process. (An
     /// all-reduce of one owner's value and zeros is exact whatever its order.)
     fn sharded_norm(&self, model: &M, grads: &GradientsParams) -> Result<f64> {
-        let ids: Vec<_> = kiln_dist::flat::Layout::of(model)
-            .slots
+        /// Each float parameter's `sum(grad²)` (what `grad_squares` adds), in visiting order.
+        struct Squares<'a> {
+            grads: &'a GradientsParams,
+            found: Vec<Option<Tensor<1>>>,
+        }
+        impl ModuleVisitor for Squares<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let squares = self.grads.get::<D>(param.id).map(|g| g.square().sum());
+                self.found.push(squares);
+            }
+        }
+        let mut visitor = Squares {
+            grads,
+            found: Vec::new(),
+        };
+        model.visit(&mut visitor);
+        // One read back for all of them.
+        let present: Vec<Tensor<1>> = visitor.found.iter().flatten().cloned().collect();
+        let mut values = if present.is_empty() {
+            Vec::new()
+        } else {
+            kiln_dist::tensor::to_host(Tensor::cat(present, 0))?
+        }
+        .into_iter();
+        let mut squares: Vec<f32> = visitor
+            .found
             .iter()
-            .map(|s| s.id)
-            .collect();
-        let mut squares: Vec<f32> = ids
-            .iter()
-            .map(|&id| grad_squares(model, grads, |p| p == id) as f32)
+            .map(|s| s.as_ref().and_then(|_| values.next()).unwrap_or(0.0))
             .collect();
         self.dp
             .group()
