@@ -167,46 +167,31 @@ impl DataParallel {
         self.config.zero_stage == 2 && self.group.size() > 1
     }
 
+    /// Where `owner`'s parameters sit in the flat buffer of the trainable ones.
+    fn owned_ranges(&self, owner: usize) -> Vec<std::ops::Range<usize>> {
+        self.trainable
+            .slots
+            .iter()
+            .zip(&self.owners)
+            .filter(|(_, o)| **o == owner)
+            .map(|(s, _)| s.offset..s.offset + s.len)
+            .collect()
+    }
+
     /// ZeRO-2's reduction: each owner receives every rank's gradients of the parameters it owns
     /// and sums them in rank order (as [`ordered`] does, so the sums are ZeRO-1's and one
     /// process's bits); the other gradients are dropped. `anywhere` marks the parameters with a
     /// gradient on some rank.
     fn reduce_to_owners(&self, values: &mut [f32], anywhere: &[bool]) -> Result<Vec<bool>> {
-        let (n, rank) = (self.group.size(), self.group.rank());
-        let owned = |owner: usize| -> Vec<std::ops::Range<usize>> {
-            self.trainable
-                .slots
-                .iter()
-                .zip(&self.owners)
-                .filter(|(_, o)| **o == owner)
-                .map(|(s, _)| s.offset..s.offset + s.len)
-                .collect()
-        };
-        let pack = |ranges: &[std::ops::Range<usize>]| -> Vec<f32> {
-            ranges
-                .iter()
-                .flat_map(|r| values[r.clone()].iter().copied())
-                .collect()
-        };
-        let mine = owned(rank);
+        let rank = self.group.rank();
+        let mine = self.owned_ranges(rank);
         let len: usize = mine.iter().map(|r| r.len()).sum();
-        let mut parts = vec![vec![0.0f32; len]; n];
-        parts[rank] = pack(&mine);
-        let comm = self.group.communicator();
-        for k in 1..n {
-            let (dest, source) = ((rank + k) % n, (rank + n - k) % n);
-            let send = pack(&owned(dest));
-            comm.send_recv(
-                bytemuck::cast_slice(&send),
-                dest,
-                bytemuck::cast_slice_mut(&mut parts[source]),
-                source,
-            )?;
-        }
-        let mut sum = parts[0].clone();
-        for part in &parts[1..] {
-            sum.iter_mut().zip(part).for_each(|(s, v)| *s += v);
-        }
+        let sum = ordered::sum_at_owners(&self.group, len, |owner| {
+            self.owned_ranges(owner)
+                .into_iter()
+                .flat_map(|r| values[r].to_vec())
+                .collect()
+        })?;
         let mut at = 0;
         for range in mine {
             let end = at + range.len();
@@ -248,14 +233,7 @@ impl DataParallel {
         }
         let mut values = read_params(&model, &self.trainable)?;
         for owner in 0..self.group.size() {
-            let slots: Vec<_> = self
-                .trainable
-                .slots
-                .iter()
-                .zip(&self.owners)
-                .filter(|(_, o)| **o == owner)
-                .map(|(s, _)| s.offset..s.offset + s.len)
-                .collect();
+            let slots = self.owned_ranges(owner);
             let mut packed: Vec<f32> = slots
                 .iter()
                 .flat_map(|r| values[r.clone()].to_vec())

@@ -15,7 +15,7 @@ use crate::process_group::ProcessGroup;
 /// Sums `data` over the ranks of `group` in rank order: `((d₀ + d₁) + d₂) + …` on every
 /// element, the same bits on every rank.
 pub fn all_reduce_sum(group: &ProcessGroup, data: &mut [f32]) -> Result<()> {
-    let (n, rank) = (group.size(), group.rank());
+    let n = group.size();
     if n == 1 || data.is_empty() {
         return Ok(());
     }
@@ -25,33 +25,47 @@ pub fn all_reduce_sum(group: &ProcessGroup, data: &mut [f32]) -> Result<()> {
         return group.all_reduce_f32(data, crate::ReduceOp::Sum);
     }
     let chunk = data.len().div_ceil(n);
-    let range = |c: usize| c * chunk..(c + 1) * chunk;
     let mut padded = data.to_vec();
     padded.resize(chunk * n, 0.0);
-    // parts[r]: rank r's values of the chunk this rank owns.
-    let mut parts = vec![0.0f32; chunk * n];
-    parts[range(rank)].copy_from_slice(&padded[range(rank)]);
+    let sum = sum_at_owners(group, chunk, |owner| {
+        padded[owner * chunk..(owner + 1) * chunk].to_vec()
+    })?;
+    group.all_gather_f32(&sum, &mut padded)?;
+    data.copy_from_slice(&padded[..data.len()]);
+    Ok(())
+}
+
+/// The owners' half of a reduce-scatter in rank order: every rank hands each owner its values
+/// for that owner (`pack(owner)`; `len` values for this rank), and this rank returns the sum of
+/// what it received, `((v₀ + v₁) + v₂) + …` in rank order. ZeRO-2 sums each owner's parameters'
+/// gradients with it; [`all_reduce_sum`] is it followed by an all-gather.
+pub fn sum_at_owners(
+    group: &ProcessGroup,
+    len: usize,
+    pack: impl Fn(usize) -> Vec<f32>,
+) -> Result<Vec<f32>> {
+    let (n, rank) = (group.size(), group.rank());
+    // parts[r]: rank r's values for this rank.
+    let mut parts = vec![vec![0.0f32; len]; n];
+    parts[rank] = pack(rank);
     let comm = group.communicator();
     for k in 1..n {
         // Paired exchanges: everyone sends k ranks ahead and receives from k behind, so no
         // rank waits on one that is sending elsewhere.
         let (dest, source) = ((rank + k) % n, (rank + n - k) % n);
         comm.send_recv(
-            bytemuck::cast_slice(&padded[range(dest)]),
+            bytemuck::cast_slice(&pack(dest)),
             dest,
-            bytemuck::cast_slice_mut(&mut parts[range(source)]),
+            bytemuck::cast_slice_mut(&mut parts[source]),
             source,
         )?;
     }
-    let mut sum = parts[range(0)].to_vec();
-    for r in 1..n {
-        for (s, v) in sum.iter_mut().zip(&parts[range(r)]) {
-            *s += v;
-        }
+    let mut parts = parts.into_iter();
+    let mut sum = parts.next().unwrap_or_default();
+    for part in parts {
+        sum.iter_mut().zip(&part).for_each(|(s, v)| *s += v);
     }
-    group.all_gather_f32(&sum, &mut padded)?;
-    data.copy_from_slice(&padded[..data.len()]);
-    Ok(())
+    Ok(sum)
 }
 
 #[cfg(test)]

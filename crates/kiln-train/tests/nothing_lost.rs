@@ -217,24 +217,31 @@ fn a_non_finite_evaluation_ends_the_run_with_an_error() {
     );
 }
 
+/// Four steps of the tiny GPT, a checkpoint every two, into `dir`.
+fn checkpointed(dir: &tempfile::TempDir) -> TrainerConfig {
+    quiet(4)
+        .with_checkpoint_every(2)
+        .with_checkpoint_dir(Some(dir.path().display().to_string()))
+}
+
+/// The checkpoints of a [`checkpointed`] run on `data`, as if it had been killed after step 2.
+fn killed_after_step_2(dir: &tempfile::TempDir, data: BatchSource<LmBatch>, device: &Device) {
+    constant(checkpointed(dir), data)
+        .fit(tiny_gpt(device, 8), device)
+        .unwrap();
+    std::fs::remove_dir_all(dir.path().join("step-00000004")).unwrap();
+}
+
 #[test]
 fn resuming_on_other_data_is_refused_unless_allowed() {
     let device = Device::flex().autodiff();
     let dir = tempfile::tempdir().unwrap();
-    let config = || {
-        quiet(4)
-            .with_checkpoint_every(2)
-            .with_checkpoint_dir(Some(dir.path().display().to_string()))
-    };
+    let config = || checkpointed(&dir);
     // The same number of items, other content: only the fingerprint tells them apart.
     let data = |seed: u64| source(32, seed).with_fingerprint(format!("tokens of seed {seed}"));
-    constant(config(), data(6))
-        .fit(tiny_gpt(&device, 6), &device)
-        .unwrap();
-    // As if the run had been killed after step 2.
-    std::fs::remove_dir_all(dir.path().join("step-00000004")).unwrap();
+    killed_after_step_2(&dir, data(6), &device);
     let err = constant(config().with_resume(true), data(7))
-        .fit(tiny_gpt(&device, 6), &device)
+        .fit(tiny_gpt(&device, 8), &device)
         .err()
         .expect("other data is refused");
     match err {
@@ -257,7 +264,7 @@ fn resuming_on_other_data_is_refused_unless_allowed() {
         config().with_resume(true).with_allow_data_change(true),
         data(7),
     )
-    .fit(tiny_gpt(&device, 6), &device)
+    .fit(tiny_gpt(&device, 8), &device)
     .unwrap();
     assert_eq!(resumed.resumed_from, Some(2));
     assert_eq!(
@@ -272,15 +279,8 @@ fn resuming_on_other_data_is_refused_unless_allowed() {
 fn a_resume_with_another_global_batch_is_refused_naming_the_flag() {
     let device = Device::flex().autodiff();
     let dir = tempfile::tempdir().unwrap();
-    let config = || {
-        quiet(4)
-            .with_checkpoint_every(2)
-            .with_checkpoint_dir(Some(dir.path().display().to_string()))
-    };
-    constant(config(), source(64, 8))
-        .fit(tiny_gpt(&device, 8), &device)
-        .unwrap();
-    std::fs::remove_dir_all(dir.path().join("step-00000004")).unwrap();
+    let config = || checkpointed(&dir);
+    killed_after_step_2(&dir, source(64, 8), &device);
     let err = constant(
         config().with_resume(true).with_grad_accumulation(2),
         source(64, 8),
