@@ -161,6 +161,11 @@ struct Args {
     /// The dtype gradients travel in under mpirun.
     #[arg(long, value_enum)]
     reduce_dtype: Option<ReduceDtype>,
+    /// Under mpirun with --accum above 1: each micro-batch's gradients reduced apart and added
+    /// in one process's order, so that any ranks × accumulation of the same global batch gives
+    /// the same bits (costs --accum gradient copies per rank and as much more traffic).
+    #[arg(long)]
+    exact_accumulation: bool,
     /// Under mpirun: ranks each block's matrices are split across (Megatron's tensor
     /// parallelism); must divide the heads and the MLP width.
     #[arg(long)]
@@ -171,6 +176,10 @@ struct Args {
     /// The pipeline's schedule.
     #[arg(long, value_enum)]
     schedule: Option<PipelineSchedule>,
+    /// Under mpirun: seconds a collective may wait for the other ranks before it ends the job
+    /// (a peer that died or hangs; 0: wait for ever).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    collective_timeout: u64,
     /// Save the trained model into this folder with its config (and tokenizer for text data):
     /// `kiln::saved::load::<GptConfig>(dir, &device)` reads it back.
     #[arg(long)]
@@ -337,6 +346,7 @@ fn run_config(args: &Args) -> kiln::Result<GptRun> {
     }
     set(&mut dp.bucket_mb, args.bucket_mb);
     set(&mut dp.reduce_dtype, args.reduce_dtype);
+    dp.exact_accumulation |= args.exact_accumulation;
     let mp = &mut t.model_parallel;
     set(&mut mp.tensor_parallel, args.tensor_parallel);
     set(&mut mp.pipeline_parallel, args.pipeline_parallel);
@@ -416,7 +426,9 @@ fn text_data(
 fn main() -> kiln::Result<()> {
     let args = Args::parse();
     // Under mpirun/srun: this rank of the world (a build without `--features mpi` says so).
-    let group = ProcessGroup::from_env()?;
+    let timeout = (args.collective_timeout > 0)
+        .then(|| std::time::Duration::from_secs(args.collective_timeout));
+    let group = ProcessGroup::from_env()?.with_timeout(timeout);
     match train(&args, &group) {
         Err(e) if group.size() > 1 => {
             // The other ranks may be waiting in a collective: end the whole job.

@@ -5,7 +5,7 @@
 //! data_parallel`); without them each test says loudly that it was skipped.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -262,6 +262,8 @@ struct Setting {
     dropout: f64,
     /// LoRA adapters on a frozen base: only their gradients are all-reduced.
     lora: bool,
+    /// Each micro-batch's gradients reduced apart (`exact_accumulation`).
+    exact: bool,
 }
 
 impl Setting {
@@ -274,6 +276,7 @@ impl Setting {
             reduce_dtype: ReduceDtype::F32,
             dropout: 0.0,
             lora: false,
+            exact: false,
         }
     }
 
@@ -286,6 +289,7 @@ impl Setting {
             ("KILN_DP_DTYPE", format!("{:?}", self.reduce_dtype)),
             ("KILN_DP_DROPOUT", self.dropout.to_string()),
             ("KILN_DP_LORA", self.lora.to_string()),
+            ("KILN_DP_EXACT", self.exact.to_string()),
         ]
     }
 
@@ -303,6 +307,7 @@ impl Setting {
             },
             dropout: var("KILN_DP_DROPOUT").parse().unwrap(),
             lora: var("KILN_DP_LORA").parse().unwrap(),
+            exact: var("KILN_DP_EXACT").parse().unwrap(),
         }
     }
 }
@@ -347,6 +352,7 @@ fn train(group: &ProcessGroup, setting: &Setting, accumulation: usize) -> (Vec<f
         .with_data_parallel(
             DataParallelConfig::new()
                 .with_zero_stage(setting.zero_stage)
+                .with_exact_accumulation(setting.exact)
                 .with_bucket_mb(setting.bucket_mb)
                 .with_reduce_dtype(setting.reduce_dtype),
         );
@@ -541,9 +547,10 @@ fn two_ranks_equal_one_process_accumulating_bit_for_bit() {
 /// Any number of ranks with one micro-batch each gives one process accumulating as many, bit
 /// for bit: the gradient all-reduce sums in rank order, as accumulation sums micro-batches
 /// (`kiln::dist::ordered`; MPI's own reduction associated differently from three ranks on).
-/// With several micro-batches on each rank the sums still associate differently
-/// (`(m0 + m1) + (m2 + m3)` against `((m0 + m1) + m2) + m3`): within 1e-6. (SGD with momentum:
-/// see [`Setting::adamw`].)
+/// With several micro-batches on each rank the sums associate differently (`(m0 + m1) + (m2 +
+/// m3)` against `((m0 + m1) + m2) + m3`): within 1e-6, and bit for bit with
+/// `exact_accumulation`, which reduces each micro-batch apart. (SGD with momentum: see
+/// [`Setting::adamw`].)
 #[test]
 #[cfg_attr(
     not(feature = "mpi"),
@@ -552,16 +559,20 @@ fn two_ranks_equal_one_process_accumulating_bit_for_bit() {
 fn any_number_of_ranks_equals_one_process_accumulating() {
     skip_unless_mpi!();
     let single = ProcessGroup::single();
-    for (ranks, accumulation, zero_stage, exact) in [
-        (3, 1, 0, true),
-        (4, 1, 1, true),
-        (3, 1, 2, true),
-        (2, 2, 0, false),
+    // (ranks, accumulation, ZeRO stage, exact_accumulation, bit for bit)
+    for (ranks, accumulation, zero_stage, apart, exact) in [
+        (3, 1, 0, false, true),
+        (4, 1, 1, false, true),
+        (3, 1, 2, false, true),
+        (2, 2, 0, false, false),
+        (2, 2, 0, true, true),
+        (3, 2, 2, true, true),
     ] {
         let setting = Setting {
             adamw: false,
             accumulation,
             zero_stage,
+            exact: apart,
             ..Setting::plain()
         };
         let (reference, reference_eval) = train(&single, &setting, ranks * accumulation);
@@ -725,27 +736,6 @@ fn a_rank_that_exits_early_fails_the_job() {
 // The main job under mpirun: killed with SIGKILL and resumed, it ends where an uninterrupted
 // run ends.
 
-/// `target/<profile>/examples/train_gpt`, built with this test binary's features.
-fn train_gpt_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("examples").join("train_gpt");
-    bin.exists().then_some(bin)
-}
-
-fn sha_of(output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("params_sha256: "))
-        .unwrap_or_else(|| {
-            panic!(
-                "no params_sha256 in:\n{stdout}\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
-        .to_string()
-}
-
 #[test]
 #[cfg_attr(
     not(feature = "mpi"),
@@ -753,7 +743,7 @@ fn sha_of(output: &Output) -> String {
 )]
 fn a_run_killed_with_sigkill_resumes_to_the_same_hash() {
     skip_unless_mpi!();
-    let bin = train_gpt_binary().expect(
+    let bin = common::example("train_gpt").expect(
         "examples/train_gpt is not built (`cargo test --release --features mpi` builds it)",
     );
     let dir = tempfile::tempdir().unwrap();
@@ -827,14 +817,14 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_hash() {
     drop(lock);
     // A copy of what the killed run left, for the elastic resumes below.
     let one_dir = dir.path().join("one");
-    copy_folder(&checkpoints, &one_dir);
+    common::copy_folder(&checkpoints, &one_dir);
 
     args.push("--resume".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let resumed = mpirun(2, false, &[], &bin, &args);
     assert_success(&resumed, "the resumed run");
     assert!(String::from_utf8_lossy(&resumed.stdout).contains("resumed from step"));
-    assert_eq!(sha_of(&resumed), sha_of(&full));
+    assert_eq!(common::sha_of(&resumed), common::sha_of(&full));
 
     // Elastic (issue 23): the same checkpoint resumed on one process accumulating the two
     // ranks' micro-batches (the ZeRO-1 shards gathered), and that run's later checkpoint
@@ -866,30 +856,23 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_hash() {
         "{}",
         String::from_utf8_lossy(&one.stderr)
     );
-    assert_eq!(sha_of(&one), sha_of(&full), "2 ranks -> 1 process");
+    assert_eq!(
+        common::sha_of(&one),
+        common::sha_of(&full),
+        "2 ranks -> 1 process"
+    );
     // Back to two ranks from the one process's step-295 checkpoint.
     let two_dir = dir.path().join("two");
-    copy_folder(&one_dir, &two_dir);
+    common::copy_folder(&one_dir, &two_dir);
     std::fs::remove_dir_all(two_dir.join("step-00000300")).unwrap();
     let args = resume_args(&two_dir, "1");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let two = mpirun(2, false, &[], &bin, &args);
     assert_success(&two, "the run resumed on two ranks");
     assert!(String::from_utf8_lossy(&two.stdout).contains("resumed from step 295"));
-    assert_eq!(sha_of(&two), sha_of(&full), "1 process -> 2 ranks");
-}
-
-/// `src` copied into the new folder `dst`, files only, one level of folders deep (a checkpoint
-/// folder).
-fn copy_folder(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let to = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_folder(&entry.path(), &to);
-        } else {
-            std::fs::copy(entry.path(), to).unwrap();
-        }
-    }
+    assert_eq!(
+        common::sha_of(&two),
+        common::sha_of(&full),
+        "1 process -> 2 ranks"
+    );
 }

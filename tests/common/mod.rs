@@ -5,7 +5,7 @@
 #![allow(dead_code)] // Each test binary uses its own subset.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -155,4 +155,42 @@ pub fn in_process() -> MutexGuard<'static, ()> {
     IN_PROCESS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `target/<profile>/examples/<name>`, built with this test binary's features (`cargo test`
+/// builds the examples).
+pub fn example(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("examples").join(name);
+    bin.exists().then_some(bin)
+}
+
+/// The `params_sha256` the main job printed.
+pub fn sha_of(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("params_sha256: "))
+        .unwrap_or_else(|| {
+            panic!(
+                "no params_sha256 in:\n{stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+        .to_string()
+}
+
+/// `src` copied into the new folder `dst`, files only, one level of folders deep (a checkpoint
+/// folder).
+pub fn copy_folder(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_folder(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), to).unwrap();
+        }
+    }
 }

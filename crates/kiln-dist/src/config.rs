@@ -34,6 +34,15 @@ pub struct DataParallelConfig {
     /// gradients, and the other ranks drop theirs.
     #[config(default = 0)]
     pub zero_stage: usize,
+    /// With several micro-batches per rank (gradient accumulation) and f32 reduction: keep each
+    /// micro-batch's gradients apart and let every owner add all of them in (rank, micro-batch)
+    /// order, as one process accumulating adds them, so that any number of ranks × any
+    /// accumulation with the same global batch gives the same bits (and a run resumes on any
+    /// such layout exactly). Costs `grad_accumulation` gradient copies per rank until the
+    /// reduction and as many times the traffic; off, each rank sums its micro-batches first
+    /// (the same sum within rounding).
+    #[config(default = false)]
+    pub exact_accumulation: bool,
 }
 
 impl DataParallelConfig {

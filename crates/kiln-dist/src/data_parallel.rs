@@ -7,6 +7,8 @@
 //! - [`DataParallel::all_reduce_gradients`]: after the backward passes, the ranks' gradients are
 //!   summed in buckets of `bucket_mb`, in f32 or with half-precision traffic. A parameter that
 //!   has a gradient on some ranks only counts as zero on the others (DDP's unused parameters).
+//!   [`DataParallel::all_reduce_micro_batches`] takes each micro-batch's gradients apart, for
+//!   the same bits as one process accumulating whatever the layout.
 //! - ZeRO-1 ([`DataParallel::owned_gradients`], [`DataParallel::share_updated`]): each
 //!   parameter has one owner; a rank steps only its own parameters (Burn's `ModuleOptimizer`
 //!   leaves a parameter without gradient untouched and keeps no state for it), then every owner
@@ -117,30 +119,90 @@ impl DataParallel {
     pub fn all_reduce_gradients<M: Module>(
         &self,
         model: &M,
-        mut grads: GradientsParams,
+        grads: GradientsParams,
     ) -> Result<GradientsParams> {
-        if self.group.size() == 1 {
+        self.all_reduce_micro_batches(model, vec![grads])
+    }
+
+    /// The sum of every rank's gradients of each of its micro-batches (in order), on every
+    /// rank (on its owner's only under ZeRO-2), added in (rank, micro-batch) order in f32: what
+    /// [`exact_accumulation`](DataParallelConfig::exact_accumulation) hands over. One
+    /// micro-batch's gradients per rank is [`all_reduce_gradients`](Self::all_reduce_gradients).
+    pub fn all_reduce_micro_batches<M: Module>(
+        &self,
+        model: &M,
+        mut micro_batches: Vec<GradientsParams>,
+    ) -> Result<GradientsParams> {
+        let parts = micro_batches.len();
+        if self.group.size() == 1
+            && parts == 1
+            && let Some(grads) = micro_batches.pop()
+        {
             return Ok(grads);
         }
-        let (mut values, present) = take_grads(model, &self.trainable, &mut grads)?;
+        let mut taken = Vec::with_capacity(parts);
+        let mut last = None;
+        for mut grads in micro_batches {
+            taken.push(take_grads(model, &self.trainable, &mut grads)?);
+            last = Some(grads);
+        }
+        let Some(mut grads) = last else {
+            return Err(DistError::InvalidArgument(
+                "no micro-batch gradients to reduce".into(),
+            ));
+        };
+        let present: Vec<bool> = (0..self.trainable.slots.len())
+            .map(|i| taken.iter().any(|(_, present)| present[i]))
+            .collect();
+        let len = self.trainable.len;
+        let mut values: Vec<f32> = taken.into_iter().flat_map(|(v, _)| v).collect();
+        if self.group.size() == 1 {
+            let sum = ordered::all_reduce_sum_parts(&self.group, &values, parts)?;
+            put_grads(model, &self.trainable, &sum, &present, &mut grads);
+            return Ok(grads);
+        }
         let mut anywhere: Vec<f32> = present.iter().map(|&p| f32::from(u8::from(p))).collect();
         self.group.all_reduce_f32(&mut anywhere, ReduceOp::Max)?;
+        let anywhere: Vec<bool> = anywhere.iter().map(|&p| p > 0.0).collect();
         if self.shards_gradients() {
-            let anywhere: Vec<bool> = anywhere.iter().map(|&p| p > 0.0).collect();
-            let kept = self.reduce_to_owners(&mut values, &anywhere)?;
-            put_grads(model, &self.trainable, &values, &kept, &mut grads);
+            let (sum, kept) = self.reduce_to_owners(&values, parts, &anywhere)?;
+            put_grads(model, &self.trainable, &sum, &kept, &mut grads);
             return Ok(grads);
         }
-        for bucket in values.chunks_mut(self.config.bucket_elements()) {
-            match self.config.reduce_dtype {
-                // In rank order, as accumulation sums micro-batches: any number of ranks is
-                // one process accumulating, bit for bit.
-                ReduceDtype::F32 => ordered::all_reduce_sum(&self.group, bucket)?,
-                dtype => ring::all_reduce(&self.group, bucket, ReduceOp::Sum, dtype)?,
+        let sum = match self.config.reduce_dtype {
+            // In (rank, micro-batch) order, as accumulation sums micro-batches: any number of
+            // ranks is one process accumulating, bit for bit.
+            ReduceDtype::F32 if parts == 1 => {
+                for bucket in values.chunks_mut(self.config.bucket_elements()) {
+                    ordered::all_reduce_sum(&self.group, bucket)?;
+                }
+                values
             }
-        }
-        let anywhere: Vec<bool> = anywhere.iter().map(|&p| p > 0.0).collect();
-        put_grads(model, &self.trainable, &values, &anywhere, &mut grads);
+            ReduceDtype::F32 => {
+                let mut sum = vec![0.0f32; len];
+                let bucket = self.config.bucket_elements();
+                for start in (0..len).step_by(bucket.max(1)) {
+                    let end = (start + bucket).min(len);
+                    let piece: Vec<f32> = (0..parts)
+                        .flat_map(|p| values[p * len + start..p * len + end].iter().copied())
+                        .collect();
+                    let reduced = ordered::all_reduce_sum_parts(&self.group, &piece, parts)?;
+                    sum[start..end].copy_from_slice(&reduced);
+                }
+                sum
+            }
+            // Half-precision traffic is approximate anyway: the parts are added here first.
+            dtype => {
+                let mut sum =
+                    ordered::all_reduce_sum_parts(&ProcessGroup::single(), &values, parts)?;
+                values.clear();
+                for bucket in sum.chunks_mut(self.config.bucket_elements()) {
+                    ring::all_reduce(&self.group, bucket, ReduceOp::Sum, dtype)?;
+                }
+                sum
+            }
+        };
+        put_grads(model, &self.trainable, &sum, &anywhere, &mut grads);
         Ok(grads)
     }
 
@@ -157,9 +219,29 @@ impl DataParallel {
             .any(|(slot, &owner)| slot.id == id && (!sharded || owner == rank))
     }
 
+    /// The owner map: every trainable parameter's id and the rank that owns it (steps it and
+    /// keeps its optimizer state under ZeRO-1 and 2), in module order. Checkpoints record it.
+    pub fn owner_map(&self) -> Vec<(u64, usize)> {
+        self.trainable
+            .slots
+            .iter()
+            .zip(&self.owners)
+            .map(|(slot, &owner)| (slot.id.val(), owner))
+            .collect()
+    }
+
     /// Whether ZeRO-1 or 2 shards the optimizer state.
     pub fn shards_optimizer(&self) -> bool {
         self.config.zero_stage >= 1 && self.group.size() > 1
+    }
+
+    /// Whether the loop must hand each micro-batch's gradients over apart
+    /// ([`all_reduce_micro_batches`](Self::all_reduce_micro_batches)):
+    /// [`exact_accumulation`](DataParallelConfig::exact_accumulation) in f32 on several ranks.
+    pub fn keeps_micro_batches(&self) -> bool {
+        self.config.exact_accumulation
+            && self.config.reduce_dtype == ReduceDtype::F32
+            && self.group.size() > 1
     }
 
     /// Whether ZeRO-2 shards the reduced gradients: each rank keeps its own parameters' only.
@@ -178,31 +260,46 @@ impl DataParallel {
             .collect()
     }
 
-    /// ZeRO-2's reduction: each owner receives every rank's gradients of the parameters it owns
-    /// and sums them in rank order (as [`ordered`] does, so the sums are ZeRO-1's and one
-    /// process's bits); the other gradients are dropped. `anywhere` marks the parameters with a
-    /// gradient on some rank.
-    fn reduce_to_owners(&self, values: &mut [f32], anywhere: &[bool]) -> Result<Vec<bool>> {
+    /// ZeRO-2's reduction: each owner receives every rank's gradients (of each micro-batch,
+    /// `parts` of them in `values`) of the parameters it owns and sums them in (rank,
+    /// micro-batch) order (as [`ordered`] does, so the sums are ZeRO-1's and one process's
+    /// bits); the other gradients are dropped. `anywhere` marks the parameters with a gradient
+    /// on some rank. Returns the flat gradients (this rank's parameters' summed) and which to
+    /// keep.
+    fn reduce_to_owners(
+        &self,
+        values: &[f32],
+        parts: usize,
+        anywhere: &[bool],
+    ) -> Result<(Vec<f32>, Vec<bool>)> {
         let rank = self.group.rank();
+        let total = self.trainable.len;
         let mine = self.owned_ranges(rank);
         let len: usize = mine.iter().map(|r| r.len()).sum();
-        let sum = ordered::sum_at_owners(&self.group, len, |owner| {
-            self.owned_ranges(owner)
-                .into_iter()
-                .flat_map(|r| values[r].to_vec())
+        let sum = ordered::sum_at_owners(&self.group, len, parts, |owner| {
+            let ranges = self.owned_ranges(owner);
+            (0..parts)
+                .flat_map(|p| {
+                    ranges
+                        .iter()
+                        .flat_map(move |r| values[p * total + r.start..p * total + r.end].iter())
+                })
+                .copied()
                 .collect()
         })?;
+        let mut out = vec![0.0f32; total];
         let mut at = 0;
         for range in mine {
             let end = at + range.len();
-            values[range].copy_from_slice(&sum[at..end]);
+            out[range].copy_from_slice(&sum[at..end]);
             at = end;
         }
-        Ok(anywhere
+        let kept = anywhere
             .iter()
             .zip(&self.owners)
             .map(|(&a, &owner)| a && owner == rank)
-            .collect())
+            .collect();
+        Ok((out, kept))
     }
 
     /// ZeRO-1: only the gradients of the parameters this rank owns (all of them without ZeRO).

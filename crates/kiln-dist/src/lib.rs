@@ -10,6 +10,9 @@
 //!   [`SingleProcess`] always, `MpiCommunicator` with the `mpi` feature, `NcclCommunicator`
 //!   with `nccl`. The same collectives on Burn tensors, and the one conversion of a tensor to
 //!   host values and back ([`tensor`]).
+//! - [`launch`]: run a job under `mpirun` and restart it from its newest checkpoint when a
+//!   rank fails, optionally on fewer ranks ([`LaunchConfig`]).
+//! - [`watchdog`]: a timeout on every collective, so that a hung peer ends the job.
 //! - [`ring`]: all-reduce with f16/bf16 traffic and f32 accumulation.
 //! - [`ordered`]: the f32 all-reduce that sums in rank order, as accumulation does (N ranks =
 //!   one process accumulating N, bit for bit).
@@ -47,6 +50,7 @@ pub mod data_parallel;
 mod error;
 pub mod flat;
 pub mod grid;
+pub mod launch;
 pub mod model_parallel;
 #[cfg(feature = "mpi")]
 mod mpi_comm;
@@ -61,12 +65,14 @@ pub mod schedule;
 pub mod tensor;
 pub mod tensor_parallel;
 pub mod vocab_parallel;
+pub mod watchdog;
 
 pub use communicator::{Communicator, ReduceOp, SingleProcess};
 pub use config::{DataParallelConfig, ModelParallelConfig, ReduceDtype};
 pub use data_parallel::DataParallel;
 pub use error::{DistError, Result};
 pub use grid::ProcessGrid;
+pub use launch::{Attempt, LaunchConfig};
 pub use model_parallel::{ModelPart, ModelSplit, ParallelModel, TensorSplit};
 /// The rsmpi crate kiln's MPI engine is built on (for benchmarks against it, or MPI calls of
 /// your own once a [`ProcessGroup`] has initialized MPI).

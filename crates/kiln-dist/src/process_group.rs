@@ -4,9 +4,12 @@
 //! `OMPI_COMM_WORLD_*`, MPICH's Hydra and Slurm's `srun` set `PMI_*` / `SLURM_*`); a process
 //! started on its own is a group of one, whose collectives are the identity, so the same program
 //! runs alone or on many machines. [`ProcessGroup::split`] makes sub-groups (the tensor- and
-//! pipeline-parallel groups of a process grid).
+//! pipeline-parallel groups of a process grid). Every collective of a launched world has a
+//! timeout ([`ProcessGroup::with_timeout`], 10 minutes by default): a hung peer ends the job
+//! instead of leaving the others waiting ([`crate::watchdog`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::communicator::{Communicator, ReduceOp, SingleProcess};
 use crate::error::{DistError, Result};
@@ -17,7 +20,10 @@ const MAX_MESSAGE: usize = 1 << 30;
 /// The ranks that train together.
 #[derive(Clone)]
 pub struct ProcessGroup {
+    /// What the collectives go through: `raw`, or `raw` timed.
     comm: Arc<dyn Communicator>,
+    /// The engine itself.
+    raw: Arc<dyn Communicator>,
     local_rank: usize,
 }
 
@@ -53,20 +59,37 @@ pub fn launched_world() -> Option<(usize, usize)> {
 impl ProcessGroup {
     /// A group of one process.
     pub fn single() -> Self {
-        Self {
-            comm: Arc::new(SingleProcess),
-            local_rank: 0,
-        }
+        Self::with_communicator(Arc::new(SingleProcess), 0)
     }
 
     /// The world the launcher set up, or a group of one when the process was not launched in
     /// parallel. A parallel launch of a build without the `mpi` feature is an error, never a
-    /// silent group of one (each rank would train alone).
+    /// silent group of one (each rank would train alone). Its collectives time out after
+    /// [`DEFAULT_TIMEOUT`](crate::watchdog::DEFAULT_TIMEOUT); [`with_timeout`](Self::with_timeout)
+    /// sets another.
     pub fn from_env() -> Result<Self> {
         match launched_world() {
             None | Some((1, _)) => Ok(Self::single()),
-            Some((world_size, local_rank)) => Self::mpi_world(world_size, local_rank),
+            Some((world_size, local_rank)) => Ok(Self::mpi_world(world_size, local_rank)?
+                .with_timeout(Some(crate::watchdog::DEFAULT_TIMEOUT))),
         }
+    }
+
+    /// This group with every collective timed: one that takes longer than `timeout` (a peer
+    /// died or hangs) prints which collective on which rank and ends the job with
+    /// [`TIMEOUT_EXIT_CODE`](crate::watchdog::TIMEOUT_EXIT_CODE); `None` waits for ever. The
+    /// groups [`split`](Self::split) from it inherit the timeout. A group of one waits for
+    /// nobody and is left as it is.
+    pub fn with_timeout(self, timeout: Option<Duration>) -> Self {
+        if self.size() == 1 {
+            return self;
+        }
+        let comm = match timeout {
+            Some(timeout) => Arc::new(crate::watchdog::Watched::new(self.raw.clone(), timeout))
+                as Arc<dyn Communicator>,
+            None => self.raw.clone(),
+        };
+        Self { comm, ..self }
     }
 
     #[cfg(feature = "mpi")]
@@ -81,10 +104,7 @@ impl ProcessGroup {
                 ),
             });
         }
-        Ok(Self {
-            comm: Arc::new(comm),
-            local_rank,
-        })
+        Ok(Self::with_communicator(Arc::new(comm), local_rank))
     }
 
     #[cfg(not(feature = "mpi"))]
@@ -94,7 +114,11 @@ impl ProcessGroup {
 
     /// A group over any communicator (NCCL, or one of your own).
     pub fn with_communicator(comm: Arc<dyn Communicator>, local_rank: usize) -> Self {
-        Self { comm, local_rank }
+        Self {
+            raw: comm.clone(),
+            comm,
+            local_rank,
+        }
     }
 
     /// The engine's name: `single`, `mpi` or `nccl`.
@@ -129,10 +153,10 @@ impl ProcessGroup {
 
     /// Sub-groups: the processes with the same `color` form one, ranked by `key`.
     pub fn split(&self, color: usize, key: usize) -> Result<Self> {
-        Ok(Self {
-            comm: self.comm.split(color, key)?,
-            local_rank: self.local_rank,
-        })
+        Ok(Self::with_communicator(
+            self.comm.split(color, key)?,
+            self.local_rank,
+        ))
     }
 
     /// Ends every process of the job (after an error on this rank, so that no rank is left

@@ -91,14 +91,24 @@ pub fn load_state<M: Module>(
 /// one) into one state: what a run on another number of ranks restores, each rank keeping the
 /// parameters it now owns. Entries are keyed by parameter id (`{id}.{leaf}`), so any partition
 /// can be rebuilt from any other. A parameter held by two shards is an error (shards never
-/// overlap); the result is checked like any state by [`load_state`].
+/// overlap), and so is one held by another shard than `owners` (the checkpoint's owner map,
+/// parameter id → shard) gives it to; the result is checked like any state by [`load_state`].
 ///
 /// # Errors
-/// [`OptimError::CorruptState`] when a shard does not read or two shards hold one parameter.
+/// [`OptimError::CorruptState`] when a shard does not read, two shards hold one parameter, or
+/// a shard holds a parameter the owner map does not give it.
 pub fn merge_state_shards(
     shards: &[Vec<u8>],
+    owners: Option<&HashMap<u64, usize>>,
     keep: impl Fn(u64) -> bool,
 ) -> Result<Vec<u8>, OptimError> {
+    let check_owner = |id: u64, index: usize| match owners.map(|o| o.get(&id)) {
+        Some(owner) if owner != Some(&index) => Err(OptimError::CorruptState(format!(
+            "shard {index} holds parameter {id}, which the owner map gives to {}",
+            owner.map_or("no shard".to_string(), |o| format!("shard {o}"))
+        ))),
+        _ => Ok(()),
+    };
     let corrupt = |e: &dyn std::fmt::Debug| OptimError::CorruptState(format!("{e:?}"));
     let id_of = |name: &str| {
         name.split_once('.')
@@ -120,6 +130,7 @@ pub fn merge_state_shards(
                     "parameter {id} is in shards {other} and {index}"
                 )));
             }
+            check_owner(id, index)?;
             if keep(id) {
                 scalars.insert(name.clone(), *value);
             }
@@ -142,6 +153,7 @@ pub fn merge_state_shards(
                     "parameter {id} is in shards {other} and {index}"
                 )));
             }
+            check_owner(id, index)?;
             if keep(id) {
                 tensors.push(tensor);
             }

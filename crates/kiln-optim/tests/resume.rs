@@ -208,11 +208,12 @@ fn sharded_state_merges_back_and_splits_any_way() {
 
     // Two "ranks" write their halves; a resumed run gathers them whole.
     let shards = [
-        kiln_optim::merge_state_shards(std::slice::from_ref(&whole), first_half).unwrap(),
-        kiln_optim::merge_state_shards(std::slice::from_ref(&whole), |id| !first_half(id)).unwrap(),
+        kiln_optim::merge_state_shards(std::slice::from_ref(&whole), None, first_half).unwrap(),
+        kiln_optim::merge_state_shards(std::slice::from_ref(&whole), None, |id| !first_half(id))
+            .unwrap(),
     ];
     assert!(shards.iter().all(|s| s.len() < whole.len()));
-    let merged = kiln_optim::merge_state_shards(&shards, |_| true).unwrap();
+    let merged = kiln_optim::merge_state_shards(&shards, None, |_| true).unwrap();
     let mut restored = kiln_optim::load_state(make(&gpt), merged, &gpt).unwrap();
 
     let mut sched_a = sched.clone();
@@ -220,6 +221,26 @@ fn sharded_state_merges_back_and_splits_any_way() {
     let resumed = train(gpt.clone(), &mut restored, &mut sched_a, 3..5, &device);
     assert_eq!(values(&continued).0, values(&resumed).0, "bit for bit");
 
-    let err = kiln_optim::merge_state_shards(&[whole.clone(), whole], |_| true).unwrap_err();
+    let err = kiln_optim::merge_state_shards(&[whole.clone(), whole], None, |_| true).unwrap_err();
     assert!(err.to_string().contains("shards 0 and 1"), "{err}");
+
+    // The owner map the shards were written with must agree with what each holds.
+    let owners: std::collections::HashMap<u64, usize> = ids
+        .iter()
+        .map(|&id| (id, usize::from(!first_half(id))))
+        .collect();
+    kiln_optim::merge_state_shards(&shards, Some(&owners), |_| true).unwrap();
+    let mut wrong = owners.clone();
+    wrong.insert(ids[0], 1);
+    let err = kiln_optim::merge_state_shards(&shards, Some(&wrong), |_| true).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "shard 0 holds parameter {}, which the owner map gives to shard 1",
+            ids[0]
+        )),
+        "{err}"
+    );
+    wrong.remove(&ids[0]);
+    let err = kiln_optim::merge_state_shards(&shards, Some(&wrong), |_| true).unwrap_err();
+    assert!(err.to_string().contains("gives to no shard"), "{err}");
 }

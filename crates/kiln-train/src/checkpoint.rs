@@ -73,7 +73,8 @@ pub struct TrainerState {
     pub stopped_early: bool,
     /// The evaluation of the best model early stopping has kept, and its step.
     pub best_eval: Option<(usize, EvalMetrics)>,
-    /// The number of data-parallel ranks that trained.
+    /// The number of data-parallel ranks that trained (replicas of the model; in checkpoints of
+    /// a split model from before its optimizer state was gathered whole, every rank).
     #[serde(default = "one")]
     pub world_size: usize,
     /// The number of training items the run reads (the data position counts in them).
@@ -96,6 +97,11 @@ struct Manifest {
     /// run (`optimizer-rank{r}.bpk`).
     #[serde(default = "one")]
     optimizer_shards: usize,
+    /// The ZeRO owner map: `(parameter id, shard)` for every trainable parameter, when the
+    /// optimizer state is sharded by parameter (absent in checkpoints from before it was
+    /// recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    optimizer_owners: Option<Vec<(u64, usize)>>,
     /// The SHA-256 of the frozen parameters the model was trained over (its file leaves them
     /// out); absent when nothing is frozen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,8 +128,9 @@ pub struct Snapshot<'a, M> {
     pub model: &'a M,
     /// The best weights early stopping keeps.
     pub best: Option<&'a M>,
-    /// This rank's optimizer (its shard of the state under ZeRO-1).
-    pub optimizer: &'a ModuleOptimizer,
+    /// This rank's optimizer state as bytes ([`optimizer_bytes`]): its shard under ZeRO-1, the
+    /// whole model's (gathered on rank 0) when the model is split.
+    pub optimizer: &'a [u8],
     /// The schedule.
     pub scheduler: &'a dyn LrScheduler,
     /// The loop state.
@@ -134,6 +141,9 @@ pub struct Snapshot<'a, M> {
     pub run_id: &'a str,
     /// The SHA-256 of the model's frozen parameters ([`frozen_fingerprint`]), when some are.
     pub frozen_sha256: Option<&'a str>,
+    /// The ZeRO owner map (parameter id → the rank whose optimizer file holds its state), when
+    /// the optimizer state is sharded by parameter.
+    pub optimizer_owners: Option<&'a [(u64, usize)]>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -155,6 +165,8 @@ pub struct Checkpoint {
     pub run_id: String,
     /// The number of optimizer state files (the world size of a ZeRO-1 run, else 1).
     pub optimizer_shards: usize,
+    /// The ZeRO owner map the shards were written with (parameter id → shard), when recorded.
+    pub optimizer_owners: Option<std::collections::HashMap<u64, usize>>,
     /// The SHA-256 of the frozen parameters the model was trained over, when some were.
     pub frozen_sha256: Option<String>,
     model: Vec<u8>,
@@ -206,9 +218,35 @@ impl Checkpoint {
         steps: impl Fn(u64) -> bool,
     ) -> Result<ModuleOptimizer> {
         let path = self.path.join(optimizer_file(0, self.optimizer_shards));
-        let merged = kiln_optim::merge_state_shards(&self.optimizer, steps)
-            .map_err(|e| TrainError::corrupt(&path, e))?;
+        let merged =
+            kiln_optim::merge_state_shards(&self.optimizer, self.optimizer_owners.as_ref(), steps)
+                .map_err(|e| TrainError::corrupt(&path, e))?;
         kiln_optim::load_state(optimizer, merged, model).map_err(|e| TrainError::corrupt(&path, e))
+    }
+
+    /// The whole optimizer state in one: the file itself, or every shard merged (checked
+    /// against the owner map when the manifest records one).
+    pub fn whole_optimizer_state(&self) -> Result<Vec<u8>> {
+        let path = self.path.join(optimizer_file(0, self.optimizer_shards));
+        match self.optimizer.as_slice() {
+            [one] => Ok(one.clone()),
+            shards => {
+                kiln_optim::merge_state_shards(shards, self.optimizer_owners.as_ref(), |_| true)
+                    .map_err(|e| TrainError::corrupt(&path, e))
+            }
+        }
+    }
+
+    /// Restores an optimizer from state bytes derived from this checkpoint's (a split model's
+    /// part of it), checked against `model` like any state.
+    pub fn load_optimizer_state<M: Module>(
+        &self,
+        optimizer: ModuleOptimizer,
+        state: Vec<u8>,
+        model: &M,
+    ) -> Result<ModuleOptimizer> {
+        let path = self.path.join(optimizer_file(0, self.optimizer_shards));
+        kiln_optim::load_state(optimizer, state, model).map_err(|e| TrainError::corrupt(&path, e))
     }
 
     /// Restores a schedule built with the same config. Its step must be the checkpoint's, and
@@ -243,7 +281,7 @@ impl Checkpoint {
 }
 
 /// The optimizer's state as bytes.
-fn optimizer_bytes(optimizer: &ModuleOptimizer) -> Result<Vec<u8>> {
+pub fn optimizer_bytes(optimizer: &ModuleOptimizer) -> Result<Vec<u8>> {
     Ok(optimizer
         .into_bytes()
         .map_err(|e| TrainError::Serialize {
@@ -395,13 +433,13 @@ impl CheckpointDir {
         // The optimizer shards: each rank writes its own and reports its entry.
         let mut entries = Vec::new();
         if shards > 1 || group.is_main() {
-            let bytes = optimizer_bytes(snapshot.optimizer)?;
+            let bytes = snapshot.optimizer;
             let file = optimizer_file(group.rank(), shards);
-            write_synced(&tmp.join(&file), &bytes)?;
+            write_synced(&tmp.join(&file), bytes)?;
             entries.push(ManifestEntry {
                 name: file,
                 len: bytes.len() as u64,
-                sha256: sha256_hex(&bytes),
+                sha256: sha256_hex(bytes),
             });
         }
         if shards > 1 {
@@ -469,6 +507,7 @@ impl CheckpointDir {
             step: snapshot.state.step,
             run_id: snapshot.run_id.to_string(),
             optimizer_shards,
+            optimizer_owners: snapshot.optimizer_owners.map(<[_]>::to_vec),
             frozen_sha256: snapshot.frozen_sha256.map(str::to_string),
             files: entries,
         };
@@ -729,12 +768,32 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
     let optimizer = (0..shards)
         .map(|rank| take(&optimizer_file(rank, shards)))
         .collect();
+    let optimizer_owners = match manifest.optimizer_owners {
+        None => None,
+        Some(pairs) => {
+            let mut owners = std::collections::HashMap::with_capacity(pairs.len());
+            for (id, shard) in pairs {
+                if shard >= shards {
+                    return Err(bad_manifest(format!(
+                        "its owner map gives parameter {id} to shard {shard} of {shards}"
+                    )));
+                }
+                if owners.insert(id, shard).is_some() {
+                    return Err(bad_manifest(format!(
+                        "its owner map lists parameter {id} twice"
+                    )));
+                }
+            }
+            Some(owners)
+        }
+    };
     Ok(Checkpoint {
         path: path.to_path_buf(),
         state,
         run,
         run_id: manifest.run_id,
         optimizer_shards: shards,
+        optimizer_owners,
         frozen_sha256: manifest.frozen_sha256,
         model: take(MODEL),
         optimizer,

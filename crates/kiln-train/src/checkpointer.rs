@@ -8,7 +8,9 @@ use kiln_dist::ParallelModel;
 
 use std::sync::OnceLock;
 
-use crate::checkpoint::{CheckpointDir, Snapshot, TrainerState, frozen_fingerprint};
+use crate::checkpoint::{
+    CheckpointDir, Snapshot, TrainerState, frozen_fingerprint, optimizer_bytes,
+};
 use crate::config::TrainerConfig;
 use crate::error::{Result, TrainError};
 use crate::run::Run;
@@ -44,7 +46,8 @@ impl Checkpointer {
 
 impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
     /// Writes a checkpoint of the run as it is now (every rank calls it): the whole model and
-    /// the best weights gathered on rank 0, each rank's optimizer state when they differ.
+    /// the best weights gathered on rank 0; each rank's optimizer state under ZeRO, the whole
+    /// model's gathered on rank 0 when the model is split (so any grid can resume it).
     pub(crate) fn save_checkpoint(&self) -> Result<()> {
         let Some(checkpointer) = &self.checkpointer else {
             return Ok(());
@@ -67,21 +70,30 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
                 checkpointer.frozen.get_or_init(|| found).clone()
             }
         };
+        let owners = self.parallel.owner_map();
+        let mut optimizer = optimizer_bytes(&self.optimizer)?;
+        if self.parallel.is_split() {
+            optimizer = self
+                .parallel
+                .gather_optimizer_state(&self.model, optimizer)?
+                .unwrap_or_default();
+        }
         let snapshot = Snapshot {
             model,
             best: whole_best.as_ref().or(self.best.as_ref()),
-            optimizer: &self.optimizer,
+            optimizer: &optimizer,
             scheduler: self.scheduler.as_ref(),
             state: &self.state,
             run: &self.run,
             run_id: &self.run_id,
             frozen_sha256: frozen.as_deref(),
+            optimizer_owners: owners.as_deref(),
         };
-        checkpointer.dir.save(
-            snapshot,
-            self.parallel.world(),
-            self.parallel.shards_optimizer(),
-        )?;
+        // A split model's state is whole on rank 0; ZeRO's is one shard per rank.
+        let sharded = self.parallel.shards_optimizer() && !self.parallel.is_split();
+        checkpointer
+            .dir
+            .save(snapshot, self.parallel.world(), sharded)?;
         Ok(())
     }
 
@@ -112,15 +124,38 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
             });
         }
         let world = self.parallel.world();
-        let ranks = world.size();
-        let shards = if self.parallel.shards_optimizer() {
+        let ranks = self.parallel.data().size();
+        let split = self.parallel.is_split();
+        // The optimizer files this layout writes: one per rank under ZeRO, else one (a split
+        // model's state is gathered whole).
+        let shards = if self.parallel.shards_optimizer() && !split {
             ranks
         } else {
             1
         };
-        let same_layout =
-            checkpoint.state.world_size == ranks && checkpoint.optimizer_shards == shards;
-        self.check_global_batch(&checkpoint, same_layout)?;
+        // A split model's checkpoint from before kiln gathered its optimizer state whole holds
+        // one part's state per rank: it resumes on the grid that wrote it only.
+        let per_part = checkpoint.optimizer_shards > 1 && saved_grid(&checkpoint.run) != (1, 1);
+        let same_layout = if per_part {
+            split
+                && checkpoint.state.world_size == world.size()
+                && checkpoint.optimizer_shards == world.size()
+                && saved_grid(&checkpoint.run) == self.grid()
+        } else {
+            !split && checkpoint.state.world_size == ranks && checkpoint.optimizer_shards == shards
+        };
+        if per_part && !same_layout {
+            return Err(TrainError::InvalidConfig(format!(
+                "{} holds the optimizer state of a {} × {} (tensor × pipeline) grid per rank, as                  kiln wrote it before gathering it whole: it resumes on that grid and its {} ranks only",
+                checkpoint.path.display(),
+                saved_grid(&checkpoint.run).0,
+                saved_grid(&checkpoint.run).1,
+                checkpoint.state.world_size
+            )));
+        }
+        if !per_part {
+            self.check_global_batch(&checkpoint)?;
+        }
         if checkpoint.state.train_items != self.train.len() {
             return Err(TrainError::ConfigChanged {
                 checkpoint: checkpoint.path.clone(),
@@ -186,22 +221,37 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
                 "best weights and the best evaluation must come together",
             ));
         }
-        let model = self.parallel.partition(checkpoint.load_model(whole)?)?;
+        let loaded = checkpoint.load_model(whole)?;
+        let model = self.parallel.partition(loaded.clone())?;
+        check_owner_map(&checkpoint, &model)?;
+        let parallel = &self.parallel;
         self.optimizer = if same_layout {
             checkpoint.load_optimizer(self.optimizer.clone(), world.rank(), &model)?
+        } else if split {
+            // The whole model's state, cut as the model is; each rank keeps what it steps.
+            let whole_state = checkpoint.whole_optimizer_state()?;
+            let part_state = parallel.partition_optimizer_state(&loaded, &model, whole_state)?;
+            checkpoint.load_optimizer_state(self.optimizer.clone(), part_state, &model)?
         } else {
             // Each rank gathers the state of the parameters it now steps from every shard.
-            let parallel = &self.parallel;
             checkpoint.load_optimizer_resharded(self.optimizer.clone(), &model, |id| {
                 parallel.steps(id.into())
             })?
         };
-        if !same_layout {
+        let saved = (
+            checkpoint.state.world_size,
+            saved_accumulation(&checkpoint.run).unwrap_or(0),
+            saved_grid(&checkpoint.run),
+        );
+        let now = (ranks, self.config.grad_accumulation, self.grid());
+        if saved != now || (!per_part && checkpoint.optimizer_shards != shards) {
+            let describe = |(ranks, accumulation, (t, p)): (usize, usize, (usize, usize))| {
+                format!("{ranks} rank(s) × {accumulation} micro-batch(es) on a {t} × {p} grid")
+            };
             self.logger.println(&format!(
-                "resharded: written by {} rank(s) × {} micro-batch(es), resumed on {ranks} × {}",
-                checkpoint.state.world_size,
-                saved_accumulation(&checkpoint.run).unwrap_or(0),
-                self.config.grad_accumulation
+                "resharded: written by {}, resumed on {}",
+                describe(saved),
+                describe(now)
             ));
         }
         checkpoint.load_scheduler(self.scheduler.as_mut())?;
@@ -227,25 +277,23 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
     }
 
     /// Any checkpoint resumes with the global batch it was written with; one written by
-    /// another number of data-parallel ranks (or another ZeRO setting) resumes here when the
-    /// global batch is the same: ranks × micro-batches per step (× the
-    /// batch size, which the config check has compared). Then every step sees the same
-    /// micro-batches, summed in the same order, and the run continues bit for bit. A model
-    /// cut by tensor or pipeline parallelism resumes on the layout that wrote it.
-    fn check_global_batch(
-        &self,
-        checkpoint: &crate::checkpoint::Checkpoint,
-        same_layout: bool,
-    ) -> Result<()> {
+    /// another number of data-parallel ranks, ZeRO setting or tensor × pipeline grid resumes
+    /// here when the global batch is the same: data-parallel ranks × micro-batches per step
+    /// (× the batch size, which the config check has compared). Then every step sees the same
+    /// micro-batches, and with the same summation order (`exact_accumulation` where ranks hold
+    /// several) the run continues bit for bit.
+    fn check_global_batch(&self, checkpoint: &crate::checkpoint::Checkpoint) -> Result<()> {
         let path = checkpoint.path.display();
-        let (ranks, accumulation) = (self.parallel.world().size(), self.config.grad_accumulation);
+        let (ranks, accumulation) = (self.parallel.data().size(), self.config.grad_accumulation);
         let saved_ranks = checkpoint.state.world_size;
-        if !same_layout && (self.parallel.is_split() || checkpoint.optimizer_shards > saved_ranks) {
-            return Err(TrainError::InvalidConfig(format!(
-                "{path} was written by {saved_ranks} rank(s) with {} optimizer shard(s); a model \
-                 cut by tensor or pipeline parallelism resumes on the same ranks",
-                checkpoint.optimizer_shards
-            )));
+        if checkpoint.optimizer_shards > saved_ranks {
+            return Err(TrainError::corrupt(
+                checkpoint.path.join("manifest.json"),
+                format!(
+                    "{} optimizer shards from {saved_ranks} data-parallel rank(s)",
+                    checkpoint.optimizer_shards
+                ),
+            ));
         }
         let saved_accumulation = saved_accumulation(&checkpoint.run).ok_or_else(|| {
             TrainError::corrupt(
@@ -277,6 +325,12 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
             )));
         }
         Ok(())
+    }
+
+    /// This run's `(tensor, pipeline)` degrees.
+    fn grid(&self) -> (usize, usize) {
+        let mp = &self.config.model_parallel;
+        (mp.tensor_parallel, mp.pipeline_parallel)
     }
 
     /// Whether a loop state read from a checkpoint is one this run reaches: a step within the
@@ -331,10 +385,50 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
 }
 
 /// `trainer.grad_accumulation` of a checkpoint's run config.
+/// The `(tensor, pipeline)` degrees of a run config in JSON form (`(1, 1)` when absent).
+fn saved_grid(run: &serde_json::Value) -> (usize, usize) {
+    let degree = |key: &str| {
+        run.get("trainer")
+            .and_then(|t| t.get("model_parallel"))
+            .and_then(|m| m.get(key))
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|d| usize::try_from(d).ok())
+            .unwrap_or(1)
+    };
+    (degree("tensor_parallel"), degree("pipeline_parallel"))
+}
+
 fn saved_accumulation(run: &serde_json::Value) -> Option<usize> {
     run.get("trainer")?
         .get("grad_accumulation")?
         .as_u64()
         .and_then(|a| usize::try_from(a).ok())
         .filter(|&a| a > 0)
+}
+
+/// A sharded optimizer state must have an owner for every parameter that trains: one the owner
+/// map leaves out would resume with fresh moments, silently.
+fn check_owner_map<M: burn::module::Module>(
+    checkpoint: &crate::checkpoint::Checkpoint,
+    model: &M,
+) -> Result<()> {
+    let Some(owners) = &checkpoint.optimizer_owners else {
+        return Ok(());
+    };
+    let trainable = kiln_dist::flat::Layout::trainable(model);
+    match trainable
+        .slots
+        .iter()
+        .find(|slot| !owners.contains_key(&slot.id.val()))
+    {
+        Some(slot) => Err(TrainError::corrupt(
+            checkpoint.path.join("manifest.json"),
+            format!(
+                "the ZeRO owner map gives no optimizer shard to parameter `{}` (id {})",
+                slot.path,
+                slot.id.val()
+            ),
+        )),
+        None => Ok(()),
+    }
 }

@@ -25,7 +25,8 @@
 //! - [`early_stopping`]: patience on any metric, best weights restored.
 //! - [`checkpoint`]: atomic checkpoints, exact resume, corrupt files named and skipped; each
 //!   carries its run's id, and a run folder is locked while a run uses it. When they are due,
-//!   and resuming with its checks: `checkpointer.rs`.
+//!   and resuming with its checks: `checkpointer.rs`; a split model's optimizer state gathered
+//!   whole and cut again for any grid: `reshard.rs`.
 //! - [`limits`]: ceilings on the sizes read from configs, flags and checkpoints.
 //! - [`param_ids`]: parameter ids stable across processes, so optimizer state resumes.
 //! - [`metrics_log`], [`plot`], [`progress`]: JSON lines, an SVG plot, a progress display;
@@ -51,6 +52,7 @@ pub mod pipeline;
 pub mod plot;
 pub mod progress;
 pub mod recompute;
+mod reshard;
 mod run;
 pub mod run_config;
 mod run_lock;

@@ -99,6 +99,12 @@ impl<M: ParallelModel + Clone> Parallelism<M> {
         self.dp.shards_optimizer() || self.split.is_some()
     }
 
+    /// The ZeRO owner map (parameter id → the rank whose optimizer file holds its state) when
+    /// the data-parallel ranks of an unsplit model shard the optimizer state.
+    pub fn owner_map(&self) -> Option<Vec<(u64, usize)>> {
+        (self.dp.shards_optimizer() && self.split.is_none()).then(|| self.dp.owner_map())
+    }
+
     /// Whether the model is cut across ranks (tensor or pipeline parallelism).
     pub fn is_split(&self) -> bool {
         self.split.is_some()
@@ -124,17 +130,24 @@ impl<M: ParallelModel + Clone> Parallelism<M> {
         Ok(loss[0])
     }
 
+    /// Whether the backward passes hand each micro-batch's gradients over apart (exact
+    /// accumulation across data-parallel ranks, outside a pipeline).
+    pub fn keeps_micro_batches(&self) -> bool {
+        self.dp.keeps_micro_batches() && self.stage().is_none()
+    }
+
     /// Every gradient synchronisation after the backward passes, in one place: the replicas'
-    /// gradients summed, the tied embedding's parts summed between the first and last stage,
+    /// gradients (summed per rank, or each micro-batch's: [`keeps_micro_batches`](Self::keeps_micro_batches))
+    /// summed, the tied embedding's parts summed between the first and last stage,
     /// the loss scale divided out, and the whole model's gradient norm (the same on every
     /// rank, so every rank makes the same decisions with it).
     pub fn finalize_grads(
         &self,
         model: &M,
-        grads: GradientsParams,
+        micro_batches: Vec<GradientsParams>,
         loss_scale: f64,
     ) -> Result<(GradientsParams, f64)> {
-        let mut grads = self.dp.all_reduce_gradients(model, grads)?;
+        let mut grads = self.dp.all_reduce_micro_batches(model, micro_batches)?;
         if let Some(split) = &self.split {
             grads = split.sync_tied(model, grads)?;
         }
@@ -206,6 +219,38 @@ impl<M: ParallelModel + Clone> Parallelism<M> {
         let grads = self.dp.owned_gradients(&model, grads)?;
         let model = optimizer.step(lr, model, grads);
         Ok(self.dp.share_updated(model)?)
+    }
+
+    /// The whole model's optimizer state on world rank 0 from every rank's `state` of its part
+    /// (every rank calls it; [`crate::reshard`]); `None` elsewhere.
+    pub fn gather_optimizer_state(&self, part: &M, state: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        match &self.split {
+            Some(split) => crate::reshard::gather_state(
+                &self.world,
+                self.dp.group(),
+                split,
+                part,
+                self.template.as_ref(),
+                state,
+            ),
+            None => Ok(self.world.is_main().then_some(state)),
+        }
+    }
+
+    /// This rank's part of the whole model's optimizer state (`whole` is the whole model
+    /// `part` was cut from), keeping what this rank steps.
+    pub fn partition_optimizer_state(
+        &self,
+        whole: &M,
+        part: &M,
+        state: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        match &self.split {
+            Some(split) => crate::reshard::partition_state(split, whole, part, state, &|id| {
+                self.steps(id.into())
+            }),
+            None => Ok(state),
+        }
     }
 
     /// The whole model on world rank 0 (every rank calls it); `None` elsewhere, and when the

@@ -127,7 +127,7 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
             early_stopping: config.early_stopping.as_ref().map(|c| c.init()),
             stopped_early: false,
             best_eval: None,
-            world_size: world.size(),
+            world_size: parallel.data().size(),
             train_items: train.len(),
             train_data: train.fingerprint().map(str::to_string),
             eval_data: eval

@@ -23,12 +23,13 @@ use crate::error::{Result, TrainError};
 
 /// Fields that say how a run is watched and stored, not what it computes: they may change
 /// when a run resumes.
-const OPERATIONAL: [&str; 11] = [
+const OPERATIONAL: [&str; 12] = [
     "trainer.resume",
     // The parallel layout may change on resume as long as the global batch stays the same
-    // (checked on its own: ranks × grad_accumulation).
+    // (checked on its own: data-parallel ranks × grad_accumulation).
     "trainer.grad_accumulation",
     "trainer.data_parallel",
+    "trainer.model_parallel",
     "trainer.allow_data_change",
     "trainer.overwrite",
     "trainer.quiet",

@@ -59,15 +59,24 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
         let epoch_before = self.state.position.epoch;
         let step = self.micro_batches()?;
         let (loss, grads) = match self.parallel.stage() {
-            Some(stage) => pipeline_step(
+            Some(stage) => {
+                let (loss, grads) = pipeline_step(
+                    &self.model,
+                    stage,
+                    self.config.model_parallel.schedule,
+                    &step,
+                    self.config.precision,
+                    &self.device,
+                )?;
+                (loss, vec![grads])
+            }
+            None => accumulate_gradients(
                 &self.model,
-                stage,
-                self.config.model_parallel.schedule,
                 &step,
-                self.config.precision,
+                &self.config,
+                self.parallel.keeps_micro_batches(),
                 &self.device,
             )?,
-            None => accumulate_gradients(&self.model, &step, &self.config, &self.device)?,
         };
         let loss = self.parallel.reduce_loss(loss)?;
         let (grads, grad_norm) =
@@ -180,14 +189,17 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
 /// Forward and backward of each micro-batch in the configured precision and recomputation,
 /// its loss weighted by its [`share`](MicroBatches::share) and the loss scale. Each
 /// micro-batch reseeds the device from `(step.seed, its index)`. Returns this rank's share of
-/// the mean loss and its gradients (still multiplied by the loss scale).
+/// the mean loss and its gradients (still multiplied by the loss scale): summed, or each
+/// micro-batch's `apart` (for the reduction to add them in one process's order).
 fn accumulate_gradients<M: TrainModel<B>, B: Batch>(
     model: &M,
     step: &MicroBatches<B>,
     config: &TrainerConfig,
+    apart: bool,
     device: &Device,
-) -> Result<(f64, GradientsParams)> {
+) -> Result<(f64, Vec<GradientsParams>)> {
     let mut accumulated = GradientsAccumulator::<M>::new();
+    let mut kept = Vec::new();
     let mut loss = 0.0;
     for (index, batch) in &step.batches {
         device.seed(seed::mix(step.seed, *index as u64));
@@ -206,9 +218,16 @@ fn accumulate_gradients<M: TrainModel<B>, B: Batch>(
             }
         };
         loss += out.loss.into_scalar::<f64>() * share;
-        accumulated.accumulate(model, grads);
+        if apart {
+            kept.push(grads);
+        } else {
+            accumulated.accumulate(model, grads);
+        }
     }
-    Ok((loss, accumulated.grads()))
+    if !apart {
+        kept.push(accumulated.grads());
+    }
+    Ok((loss, kept))
 }
 
 /// Parameters a hook computed (tracked, not leaves) made leaves again; frozen ones stay as
