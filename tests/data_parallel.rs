@@ -748,26 +748,8 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_hash() {
     );
     let dir = tempfile::tempdir().unwrap();
     let checkpoints = dir.path().join("ck");
-    let common = [
-        "--max-steps",
-        "300",
-        "--seed",
-        "3",
-        "--batch",
-        "16",
-        "--d-model",
-        "64",
-        "--layers",
-        "2",
-        "--heads",
-        "2",
-        "--eval-every",
-        "100",
-        "--accuracy-problems",
-        "10",
-        "--zero-stage",
-        "1",
-    ];
+    let mut common = common::SMALL_JOB.to_vec();
+    common.extend(["--zero-stage", "1"]);
     let full = mpirun(2, false, &[], &bin, &common);
     assert_success(&full, "the uninterrupted run");
 

@@ -2,9 +2,10 @@
 //! restarting a job whose rank was killed or hangs, a restart on fewer ranks, a ZeRO-2 run
 //! resumed on other ranks with ZeRO-1, and two hosts (network namespaces) training over TCP.
 //! Each ends with the `params_sha256` of the uninterrupted run or of one process, bit for bit.
-//! They need `--features mpi` and Open MPI (`cargo test --release --features mpi --test
-//! elastic`, which builds `train_gpt` and `launch`); the two-host test also needs root and
-//! network namespaces, and runs only when asked (`-- --ignored two_hosts`, as CI does).
+//! They need `--features mpi` and Open MPI (`cargo build --release --features mpi --example
+//! train_gpt --example launch`, then `cargo test --release --features mpi --test elastic`);
+//! the two-host test also needs root and network namespaces, and runs only when asked
+//! (`-- --ignored two_hosts`, as CI does).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -15,25 +16,7 @@ mod common;
 
 use common::{JOB_TIMEOUT, assert_success, example, mpirun, sha_of};
 
-/// The main job, small: 300 steps of a 2-layer GPT on addition, about a second on 2 ranks.
-const JOB: [&str; 16] = [
-    "--max-steps",
-    "300",
-    "--seed",
-    "3",
-    "--batch",
-    "16",
-    "--d-model",
-    "64",
-    "--layers",
-    "2",
-    "--heads",
-    "2",
-    "--eval-every",
-    "100",
-    "--accuracy-problems",
-    "10",
-];
+use common::SMALL_JOB as JOB;
 
 fn binary(name: &str) -> PathBuf {
     example(name).unwrap_or_else(|| {
@@ -55,8 +38,8 @@ fn checkpointed(dir: &Path, every: &str, extra: &[&str]) -> Vec<String> {
 }
 
 /// The pid of the process of rank `rank` of a job whose command line mentions `marker`
-/// (its checkpoint folder), other than those in `not`.
-fn rank_pid(marker: &str, rank: usize, not: &[u32]) -> Option<u32> {
+/// (its checkpoint folder).
+fn rank_pid(marker: &str, rank: usize) -> Option<u32> {
     let wanted = format!("OMPI_COMM_WORLD_RANK={rank}\0");
     std::fs::read_dir("/proc")
         .ok()?
@@ -68,12 +51,12 @@ fn rank_pid(marker: &str, rank: usize, not: &[u32]) -> Option<u32> {
             let is_rank = String::from_utf8_lossy(&cmdline).contains(marker)
                 && String::from_utf8_lossy(&environ).contains(&wanted)
                 && String::from_utf8_lossy(&cmdline).contains("train_gpt");
-            (is_rank && !not.contains(&pid)).then_some(pid)
+            is_rank.then_some(pid)
         })
 }
 
 /// Waits until `path` exists (the job still running), then for rank `rank`'s process.
-fn wait_for(job: &mut Child, path: &Path, marker: &str, rank: usize, not: &[u32]) -> u32 {
+fn wait_for(job: &mut Child, path: &Path, marker: &str, rank: usize) -> u32 {
     let start = Instant::now();
     loop {
         assert!(
@@ -87,7 +70,7 @@ fn wait_for(job: &mut Child, path: &Path, marker: &str, rank: usize, not: &[u32]
             path.display()
         );
         if path.exists()
-            && let Some(pid) = rank_pid(marker, rank, not)
+            && let Some(pid) = rank_pid(marker, rank)
         {
             return pid;
         }
@@ -95,17 +78,14 @@ fn wait_for(job: &mut Child, path: &Path, marker: &str, rank: usize, not: &[u32]
     }
 }
 
-fn signal(pid: u32, signal: &str) {
-    let sent = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success(), "kill {signal} {pid}");
-}
-
-/// `launch` with `launcher` flags over the job, its output into files of `dir`.
-fn start_launcher(dir: &Path, launcher: &[&str], job: &[String]) -> Child {
-    Command::new(binary("launch"))
+/// `launch` with `launcher` flags over the job (checkpoints every 5 steps, and `job`), and
+/// the `faults`: once checkpoint `step` exists, `signal` to the job's rank `rank`. Returns how
+/// the launcher ended, its output read from files (a pipe nobody reads could fill and stall it).
+fn launch_with_faults(launcher: &[&str], job: &[&str], faults: &[(usize, usize, &str)]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = dir.path().join("ck");
+    let marker = checkpoints.display().to_string();
+    let mut child = Command::new(binary("launch"))
         .args(launcher)
         .args([
             "--restart-delay",
@@ -116,31 +96,37 @@ fn start_launcher(dir: &Path, launcher: &[&str], job: &[String]) -> Child {
             "--",
         ])
         .arg(binary("train_gpt"))
-        .args(job)
+        .args(checkpointed(&checkpoints, "5", job))
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .stdout(File::create(dir.join("stdout")).unwrap())
-        .stderr(File::create(dir.join("stderr")).unwrap())
+        .stdout(File::create(dir.path().join("stdout")).unwrap())
+        .stderr(File::create(dir.path().join("stderr")).unwrap())
         .spawn()
-        .expect("the launcher starts")
-}
-
-fn finish(mut job: Child, dir: &Path) -> Output {
+        .expect("the launcher starts");
+    for &(step, rank, signal) in faults {
+        let path = checkpoints.join(format!("step-{step:08}"));
+        let pid = wait_for(&mut child, &path, &marker, rank);
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = job.try_wait().unwrap() {
+        if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
         if start.elapsed() > JOB_TIMEOUT {
-            let _ = job.kill();
+            let _ = child.kill();
             panic!("the launcher hung");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     Output {
         status,
-        stdout: std::fs::read(dir.join("stdout")).unwrap(),
-        stderr: std::fs::read(dir.join("stderr")).unwrap(),
+        stdout: std::fs::read(dir.path().join("stdout")).unwrap(),
+        stderr: std::fs::read(dir.path().join("stderr")).unwrap(),
     }
 }
 
@@ -160,31 +146,14 @@ fn uninterrupted(ranks: usize, extra: &[&str]) -> String {
 fn the_launcher_restarts_a_killed_and_a_hung_job_to_the_same_hash() {
     skip_unless_mpi!();
     let full = uninterrupted(2, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let checkpoints = dir.path().join("ck");
-    let marker = checkpoints.display().to_string();
-    let job = checkpointed(&checkpoints, "5", &["--collective-timeout", "10"]);
-    let mut launcher = start_launcher(dir.path(), &["--np", "2", "--max-restarts", "2"], &job);
-    // Attempt 1: rank 1 killed after step 20.
-    let first = wait_for(
-        &mut launcher,
-        &checkpoints.join("step-00000020"),
-        &marker,
-        1,
-        &[],
+    // Attempt 1: rank 1 killed after step 20. Attempt 2 resumes from step 20 or so; once it is
+    // past step 60 its rank 0 stops (SIGSTOP: alive, never answering), and rank 1's next
+    // collective times out. Attempt 3 finishes.
+    let out = launch_with_faults(
+        &["--np", "2", "--max-restarts", "2"],
+        &["--collective-timeout", "10"],
+        &[(20, 1, "-KILL"), (60, 0, "-STOP")],
     );
-    signal(first, "-KILL");
-    // Attempt 2 resumes from step 20 or so; once it is past step 60 its rank 0 stops (SIGSTOP:
-    // alive, never answering), and rank 1's next collective times out.
-    let stopped = wait_for(
-        &mut launcher,
-        &checkpoints.join("step-00000060"),
-        &marker,
-        0,
-        &[],
-    );
-    signal(stopped, "-STOP");
-    let out = finish(launcher, dir.path());
     assert_success(&out, "the launcher");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("attempt 3 of 3 on 2 rank(s)"), "{stderr}");
@@ -208,21 +177,11 @@ fn the_launcher_restarts_a_killed_and_a_hung_job_to_the_same_hash() {
 fn the_launcher_finishes_on_fewer_ranks_with_the_same_hash() {
     skip_unless_mpi!();
     let full = uninterrupted(2, &["--zero-stage", "1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let checkpoints = dir.path().join("ck");
-    let marker = checkpoints.display().to_string();
-    let job = checkpointed(&checkpoints, "5", &["--zero-stage", "1"]);
-    let launcher = ["--np", "2", "--min-ranks", "1", "--accum", "1"];
-    let mut launcher = start_launcher(dir.path(), &launcher, &job);
-    let rank = wait_for(
-        &mut launcher,
-        &checkpoints.join("step-00000020"),
-        &marker,
-        1,
-        &[],
+    let out = launch_with_faults(
+        &["--np", "2", "--min-ranks", "1", "--accum", "1"],
+        &["--zero-stage", "1"],
+        &[(20, 1, "-KILL")],
     );
-    signal(rank, "-KILL");
-    let out = finish(launcher, dir.path());
     assert_success(&out, "the launcher");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("attempt 2 of 4 on 1 rank(s)"), "{stderr}");
@@ -244,18 +203,16 @@ fn zero2_on_four_ranks_resumes_on_two_with_zero1_bit_for_bit() {
     let bin = binary("train_gpt");
     let dir = tempfile::tempdir().unwrap();
     let four = dir.path().join("four");
-    let args = checkpointed(&four, "150", &["--batch", "8", "--zero-stage", "2"]);
-    // `--batch 8` after JOB's 16: clap takes one value, so drop JOB's.
-    let args = without(&args, "--batch", "16");
+    let mut args = checkpointed(&four, "150", &["--zero-stage", "2"]);
+    set(&mut args, "--batch", "8");
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let full = mpirun(4, false, &[], &bin, &refs);
     assert_success(&full, "4 ranks with ZeRO-2");
     // Back to step 150, then on 2 ranks with ZeRO-1 accumulating 2 micro-batches each.
     std::fs::remove_dir_all(four.join("step-00000300")).unwrap();
-    let mut resumed = without(&args, "--zero-stage", "2");
+    let mut resumed = args.clone();
+    set(&mut resumed, "--zero-stage", "1");
     resumed.extend(strings(&[
-        "--zero-stage",
-        "1",
         "--accum",
         "2",
         "--exact-accumulation",
@@ -278,19 +235,13 @@ fn zero2_on_four_ranks_resumes_on_two_with_zero1_bit_for_bit() {
     );
 }
 
-/// `args` without the flag `flag value`.
-fn without(args: &[String], flag: &str, value: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        if args[i] == flag && args.get(i + 1).is_some_and(|v| v == value) {
-            i += 2;
-        } else {
-            out.push(args[i].clone());
-            i += 1;
-        }
+/// `flag`'s value in `args` set to `value` (appended when it is not there: clap refuses a flag
+/// given twice).
+fn set(args: &mut Vec<String>, flag: &str, value: &str) {
+    match args.iter().position(|a| a == flag) {
+        Some(at) if at + 1 < args.len() => args[at + 1] = value.to_string(),
+        _ => args.extend(strings(&[flag, value])),
     }
-    out
 }
 
 // ------------------------------------------------------------------------------------------
@@ -434,12 +385,8 @@ fn checkpoints_that_cannot_resume_here_are_refused_by_name() {
     let bin = binary("train_gpt");
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("ck");
-    let mut args = without(
-        &checkpointed(&ck, "20", &["--zero-stage", "1"]),
-        "--max-steps",
-        "300",
-    );
-    args.extend(strings(&["--max-steps", "40"]));
+    let mut args = checkpointed(&ck, "20", &["--zero-stage", "1"]);
+    set(&mut args, "--max-steps", "40");
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_success(&mpirun(2, false, &[], &bin, &refs), "2 ranks with ZeRO-1");
     let resume = |ranks: usize, extra: &[&str]| -> String {
@@ -557,33 +504,16 @@ fn a_tensor_and_pipeline_checkpoint_resumes_on_other_grids() {
     let bin = binary("train_gpt");
     let dir = tempfile::tempdir().unwrap();
     let job = |ck: &Path, out: &Path, extra: &[&str]| -> Vec<String> {
-        let mut args = strings(&[
-            "--max-steps",
-            "60",
-            "--seed",
-            "3",
-            "--batch",
-            "8",
-            "--d-model",
-            "64",
-            "--layers",
-            "2",
-            "--heads",
-            "2",
-            "--accum",
-            "2",
-            "--accuracy-problems",
-            "10",
-            "--eval-every",
-            "30",
-            "--checkpoint-every",
-            "30",
-            "--checkpoint-dir",
-        ]);
-        args.push(ck.display().to_string());
-        args.push("--export-hf".into());
+        let mut args = checkpointed(ck, "30", extra);
+        for (flag, value) in [
+            ("--max-steps", "60"),
+            ("--batch", "8"),
+            ("--eval-every", "30"),
+        ] {
+            set(&mut args, flag, value);
+        }
+        args.extend(strings(&["--accum", "2", "--export-hf"]));
         args.push(out.display().to_string());
-        args.extend(strings(extra));
         args
     };
     let run = |ranks: usize, args: Vec<String>, what: &str| {

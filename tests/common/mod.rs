@@ -157,6 +157,26 @@ pub fn in_process() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The main job, small: 300 steps of a 2-layer GPT on addition, about a second on 2 ranks.
+pub const SMALL_JOB: [&str; 16] = [
+    "--max-steps",
+    "300",
+    "--seed",
+    "3",
+    "--batch",
+    "16",
+    "--d-model",
+    "64",
+    "--layers",
+    "2",
+    "--heads",
+    "2",
+    "--eval-every",
+    "100",
+    "--accuracy-problems",
+    "10",
+];
+
 /// `target/<profile>/examples/<name>`, built with this test binary's features (`cargo test`
 /// builds the examples).
 pub fn example(name: &str) -> Option<PathBuf> {
