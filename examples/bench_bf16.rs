@@ -41,7 +41,9 @@ mod probe {
                 *lane = _mm512_dpbf16_ps(*lane, a, b);
             }
         }
-        let sum = acc.iter().fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v));
+        let sum = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v));
         _mm512_reduce_add_ps(sum)
     }
 
@@ -58,7 +60,9 @@ mod probe {
                 *lane = _mm512_fmadd_ps(*lane, a, b);
             }
         }
-        let sum = acc.iter().fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v));
+        let sum = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v));
         _mm512_reduce_add_ps(sum)
     }
 }

@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example bench_gpt -- --d-model 256 --layers 4 --heads 4 --seq 128 \
 //!     --batch 16 --steps 6 [--vocab 256] [--warmup 2] [--baseline] [--rounds 1] [--device NAME] \
-//!     [--arch llama --kv-heads 2]
+//!     [--arch llama --kv-heads 2] [--precision f32|bf16|f16]
 //! cargo run --release --example bench_gpt -- --help
 //! ```
 //!
@@ -21,6 +21,7 @@ use burn::nn::transformer::{
 };
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::FloatDType;
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
 use kiln::base::seed;
@@ -72,6 +73,10 @@ struct Args {
     /// Key/value heads of the Llama model (default: half the heads).
     #[arg(long)]
     kv_heads: Option<usize>,
+    /// Compute precision of the forward and backward passes (f32 master weights and optimizer
+    /// state, as the Trainer's `Precision`; the loss in f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
 }
 
 /// A count of at least 1.
@@ -137,7 +142,11 @@ fn time_steps<M: Module>(
         let inputs = all.clone().narrow(1, 0, a.seq);
         let targets = all.narrow(1, 1, a.seq);
         let start = Instant::now();
-        let loss = cross_entropy(forward(&model, inputs), targets, None);
+        // The Trainer's mixed precision: the master weights cast inside the graph, the logits
+        // back to f32 for the loss.
+        let compute = a.precision.compute_model(&model);
+        let logits = forward(&compute, inputs).cast(FloatDType::F32);
+        let loss = cross_entropy(logits, targets, None);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(3e-4, model, grads);
         // Reading the loss waits for the step to finish on asynchronous backends.
@@ -172,7 +181,7 @@ fn main() -> kiln::Result<()> {
     };
     let params = config.init(&device)?.num_params();
     println!(
-        "model: {} d_model {} layers {} heads {} (kv {}) seq {} batch {} vocab {} ({params} parameters), device {device:?}",
+        "model: {} d_model {} layers {} heads {} (kv {}) seq {} batch {} vocab {} ({params} parameters), device {device:?}, precision {:?}",
         a.arch,
         a.d_model,
         a.layers,
@@ -181,6 +190,7 @@ fn main() -> kiln::Result<()> {
         a.seq,
         a.batch,
         a.vocab,
+        a.precision,
     );
     let (mut kiln_steps, mut burn_steps) = (Vec::new(), Vec::new());
     for round in 1..=a.rounds {

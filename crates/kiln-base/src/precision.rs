@@ -6,9 +6,12 @@
 //! precision and the cast's own backward hands f32 gradients to the master parameters. The loss
 //! is taken in f32 from f32-cast logits.
 //!
-//! What a backend really does with a dtype is up to it: on `flex` (the CPU backend) f16 is
-//! stored as f16 and most kernels compute through f32 internally, so f16 saves memory but not
-//! time; bf16 likewise. On CUDA and wgpu f16 kernels are native.
+//! What a backend really does with a dtype is up to it: on `flex` (the CPU backend) bf16 and
+//! f16 tensors are stored in half precision, and kiln's fused kernels (linear, attention, the
+//! norms, GELU, SwiGLU, rotary) take them, compute in f32 and hand back half precision, so the
+//! activations take half the memory at close to the f32 step's speed; Burn's own half-precision
+//! ops (the rest) compute through f32 element by element. On CUDA and wgpu half-precision
+//! kernels are native.
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{FloatDType, Tensor};

@@ -38,7 +38,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{AutodiffBackend, Backend, Dispatch, backend_extension};
-use burn::tensor::{Bool, DType, Tensor};
+use burn::tensor::{Bool, Tensor};
 
 use super::on_flex;
 use super::softmax::masked_softmax_composite;
@@ -120,8 +120,7 @@ pub fn attention(
             "attention: padding is [batch, keys]"
         );
     }
-    let f32s = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F32);
-    if !f32s || !on_flex(&q.device()) {
+    if !super::kernel_dtypes(&[q.dtype(), k.dtype(), v.dtype()]) || !on_flex(&q.device()) {
         return attention_composite(q, k, v, scale, keys, padding);
     }
     // The padding as an additive key bias (0 or -inf): Burn 0.22.1's extension glue does not
@@ -377,7 +376,8 @@ mod kernels {
 
     use super::{AttentionBackend, KeyRange};
     use crate::fused::kernel::{
-        Operand, exp, f32_contiguous, gemm, lane_dot, lane_max, lane_sum, multiversion, values,
+        Operand, exp, f32_contiguous, gemm, in_dtype, lane_dot, lane_max, lane_sum, multiversion,
+        values,
     };
 
     /// Queries per block: a block's scores against 256 keys are 64 KiB, in L2 beside the keys.
@@ -433,15 +433,6 @@ mod kernels {
                 in_dtype(shape.keys_view(dk, shape.d), dtype),
                 in_dtype(shape.keys_view(dv, shape.dv), dtype),
             )
-        }
-    }
-
-    /// An f32 result in the dtype of the tensors it came from (the kernels compute in f32;
-    /// [`attention`](super::attention) sends only f32 here, the trait takes any float).
-    fn in_dtype(t: FlexTensor, dtype: DType) -> FlexTensor {
-        match dtype {
-            DType::F32 => t,
-            other => Flex::float_cast(t, FloatDType::from(other)),
         }
     }
 

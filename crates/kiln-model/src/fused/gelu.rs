@@ -17,7 +17,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
-use burn::tensor::{DType, Tensor, activation};
+use burn::tensor::{Tensor, activation};
 
 use super::{backward_one, on_flex};
 
@@ -43,7 +43,7 @@ pub enum GeluKind {
 /// assert!((y[0] + 0.158_655).abs() < 1e-5 && y[1] == 0.0 && (y[2] - 1.954_5).abs() < 1e-4);
 /// ```
 pub fn gelu<const D: usize>(x: Tensor<D>, kind: GeluKind) -> Tensor<D> {
-    if on_flex(&x.device()) && x.dtype() == DType::F32 {
+    if on_flex(&x.device()) && super::kernel_dtypes(&[x.dtype()]) {
         return Tensor::from_dispatch(<Dispatch as GeluBackend>::fused_gelu(
             x.into_dispatch(),
             kind,
@@ -113,10 +113,9 @@ mod flex {
     use burn::backend::tensor::FloatTensor;
 
     use super::{GeluBackend, GeluBackward, GeluKind};
-    use burn::tensor::DType;
 
     use crate::fused::kernel::{
-        erfc_pos, exp, f32_contiguous, from_f32, is_f32, multiversion, owned, sigmoid, values,
+        erfc_pos, exp, f32_contiguous, from_f32, in_dtype, multiversion, owned, sigmoid, values,
         zip_chunks,
     };
 
@@ -196,7 +195,7 @@ mod flex {
 
     impl GeluBackend for Flex {
         fn fused_gelu(x: FloatTensor<Self>, kind: GeluKind) -> FloatTensor<Self> {
-            debug_assert!(is_f32(&x));
+            let dtype = x.dtype();
             let x = f32_contiguous(x);
             let shape = x.shape().to_vec();
             let mut out = vec![0.0f32; shape.iter().product()];
@@ -205,7 +204,7 @@ mod flex {
                 GeluKind::Exact => zip_chunks(src, &mut out, exact_forward),
                 GeluKind::Tanh => zip_chunks(src, &mut out, tanh_forward),
             }
-            from_f32(out, shape, DType::F32)
+            from_f32(out, shape, dtype)
         }
     }
 
@@ -215,15 +214,16 @@ mod flex {
             grad: FloatTensor<Self>,
             kind: GeluKind,
         ) -> FloatTensor<Self> {
+            let dtype = grad.dtype();
             let x = f32_contiguous(x);
-            let mut grad = owned(grad);
+            let mut grad = owned(f32_contiguous(grad));
             let dst = grad.storage_mut::<f32>();
             let src = values(&x);
             match kind {
                 GeluKind::Exact => zip_chunks(src, dst, exact_backward),
                 GeluKind::Tanh => zip_chunks(src, dst, tanh_backward),
             }
-            grad
+            in_dtype(grad, dtype)
         }
     }
 }

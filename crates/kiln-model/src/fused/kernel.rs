@@ -10,8 +10,10 @@
 use burn::backend::Flex;
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::ops::FloatTensorOps;
-use burn::tensor::{Bytes, DType, FloatDType, Shape};
+use burn::tensor::{Bytes, DType, FloatDType, Shape, bf16, f16};
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Elements one rayon task handles: below twice this ([`PARALLEL_MIN`]), a kernel runs on the
 /// calling thread (spawning costs more than it saves on small tensors).
@@ -25,16 +27,98 @@ pub(crate) const LANES: usize = 16;
 
 /// `x` as a contiguous f32 tensor: itself when it already is one, else cast and/or copied.
 pub(crate) fn f32_contiguous(x: FlexTensor) -> FlexTensor {
-    let x = if x.dtype() == DType::F32 {
-        x
-    } else {
-        Flex::float_cast(x, FloatDType::F32)
-    };
+    let x = as_f32(x);
     if x.as_slice::<f32>().is_some() {
         x
     } else {
         x.to_contiguous()
     }
+}
+
+/// `x` as f32: itself, or converted (bf16 and f16 tensors run the f32 kernels: their values are
+/// exact in f32, and the kernels accumulate in f32 anyway). Burn-flex 0.22.1's `float_cast`
+/// converts one element at a time through a generic conversion on one thread (17% of a bf16
+/// training step); here bf16 is a vectorized loop ([`widen_bf16`], [`narrow_bf16`], on rayon's
+/// threads for large tensors) and f16 `half`'s slice conversion (F16C).
+pub(crate) fn as_f32(x: FlexTensor) -> FlexTensor {
+    let shape = x.layout().shape().clone();
+    let out: Vec<f32> = match x.dtype() {
+        DType::F32 => return x,
+        DType::BF16 => {
+            let x = contiguous::<bf16>(x);
+            let src: &[u16] = bytemuck::cast_slice(x.as_slice::<bf16>().unwrap_or_default());
+            convert(src, widen_bf16)
+        }
+        DType::F16 => {
+            // `half`'s slice conversion uses F16C's vector instructions where the CPU has them.
+            let x = contiguous::<f16>(x);
+            let src = x.as_slice::<f16>().unwrap_or_default();
+            let mut out = vec![0.0f32; src.len()];
+            src.convert_to_f32_slice(&mut out);
+            out
+        }
+        _ => return Flex::float_cast(x, FloatDType::F32),
+    };
+    FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
+
+/// A kernel's f32 result in `dtype`, the dtype of the tensors it came from (rounded to nearest
+/// even, as `half` and Burn round).
+pub(crate) fn in_dtype(x: FlexTensor, dtype: DType) -> FlexTensor {
+    if x.dtype() == dtype {
+        return x;
+    }
+    if x.dtype() != DType::F32 || !matches!(dtype, DType::BF16 | DType::F16) {
+        return Flex::float_cast(x, dtype.into());
+    }
+    let shape = Layout::contiguous(x.layout().shape().clone());
+    let x = contiguous::<f32>(x);
+    let src = x.as_slice::<f32>().unwrap_or_default();
+    if dtype == DType::BF16 {
+        FlexTensor::new(
+            Bytes::from_elems(convert(src, narrow_bf16)),
+            shape,
+            DType::BF16,
+        )
+    } else {
+        let mut out = vec![f16::ZERO; src.len()];
+        out.convert_from_f32_slice(src);
+        FlexTensor::new(Bytes::from_elems(out), shape, DType::F16)
+    }
+}
+
+/// `x` with its elements (of type `E`) in order in its buffer.
+fn contiguous<E: burn::tensor::Element + bytemuck::Pod>(x: FlexTensor) -> FlexTensor {
+    if x.as_slice::<E>().is_some() {
+        x
+    } else {
+        x.to_contiguous()
+    }
+}
+
+/// Elements below which a conversion runs on the calling thread: it only streams memory, so
+/// waking rayon's threads pays for large tensors only.
+const PARALLEL_CONVERT: usize = 1 << 18;
+
+/// `src` converted element by element by `f`, written straight into the new buffer (no
+/// zero-filling first), on rayon's threads when it is large.
+fn convert<S: Sync, D: Send>(src: &[S], f: fn(&[S], &mut [MaybeUninit<D>])) -> Vec<D> {
+    let mut out = Vec::with_capacity(src.len());
+    let dst = &mut out.spare_capacity_mut()[..src.len()];
+    if src.len() < PARALLEL_CONVERT {
+        f(src, dst);
+    } else {
+        dst.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(d, s)| f(s, d));
+    }
+    // SAFETY: `f` wrote every one of the `src.len()` elements.
+    unsafe { out.set_len(src.len()) };
+    out
 }
 
 /// The f32 elements of a tensor [`f32_contiguous`] returned.
@@ -57,16 +141,7 @@ pub(crate) fn from_f32(values: Vec<f32>, shape: impl Into<Shape>, dtype: DType) 
         Layout::contiguous(shape.into()),
         DType::F32,
     );
-    match dtype {
-        DType::F32 => out,
-        other => Flex::float_cast(out, other.into()),
-    }
-}
-
-/// Whether `x` is an f32 tensor (the kernels' dtype; the callers take the composite path for
-/// the others).
-pub(crate) fn is_f32(x: &FlexTensor) -> bool {
-    x.dtype() == DType::F32
+    in_dtype(out, dtype)
 }
 
 /// A matrix operand: its first element and its row and column strides, in elements.
@@ -194,6 +269,27 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+multiversion! {
+    /// bf16 bits to f32: the bits shifted into the high half (exact).
+    fn widen_bf16(src: &[u16], dst: &mut [MaybeUninit<f32>]) {
+        for (d, &b) in dst.iter_mut().zip(src) {
+            d.write(f32::from_bits(u32::from(b) << 16));
+        }
+    }
+}
+
+multiversion! {
+    /// f32 to bf16 bits, rounded to nearest even; a NaN stays a (quiet) NaN.
+    fn narrow_bf16(src: &[f32], dst: &mut [MaybeUninit<bf16>]) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            let bits = v.to_bits();
+            let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+            let nan = ((bits >> 16) | 0x40) as u16;
+            d.write(bf16::from_bits(if v.is_nan() { nan } else { rounded }));
+        }
+    }
+}
 
 /// `e^x` to about 1 ulp (Cephes' `expf`: `2^n · p(r)` with `r = x − n·ln 2`), in plain
 /// arithmetic that LLVM vectorizes (`f32::exp` is a libm call per element). Exactly 0

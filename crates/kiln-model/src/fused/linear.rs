@@ -19,8 +19,9 @@
 //!   transposes through strides (no copy), and `db` is the column sums of `dY`, in row blocks
 //!   summed in a fixed order (so the result does not depend on the thread count).
 //!
-//! Every other backend (wgpu, CUDA), and f16/bf16/quantized tensors on flex, run Burn's own
-//! `linear` unchanged.
+//! bf16 and f16 tensors on flex run the same kernels, cast to f32 at their door and back
+//! (`kernel_dtypes`). Every other backend (wgpu, CUDA), and quantized tensors on flex, run
+//! Burn's own `linear` unchanged.
 
 // Built without any backend feature, the extension's generated glue leaves the trait's
 // default bodies (and their arguments) unused.
@@ -36,9 +37,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 
-use super::on_flex;
+use super::{kernel_dtypes, on_flex};
 
 /// `input·weight + bias` for `input` `[.., d_in]`, `weight` `[d_in, d_out]` (Burn's layout) and
 /// `bias` `[d_out]`: Burn's [`linear`](burn::tensor::module::linear), as one gemm with the bias
@@ -48,10 +49,9 @@ pub fn linear<const D: usize>(
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
-    let f32s = input.dtype() == DType::F32
-        && weight.dtype() == DType::F32
-        && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
-    if !(f32s && on_flex(&input.device())) {
+    let mut dtypes = vec![input.dtype(), weight.dtype()];
+    dtypes.extend(bias.as_ref().map(|b| b.dtype()));
+    if !(kernel_dtypes(&dtypes) && on_flex(&input.device())) {
         return burn::tensor::module::linear(input, weight, bias);
     }
     // The checks Burn's `Linear::forward` makes, with its panic.
@@ -120,10 +120,11 @@ pub trait FusedLinearBackend: Backend {
 #[cfg(feature = "flex")]
 impl FusedLinearBackend for burn::backend::Flex {
     fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        let dtype = x.dtype();
+        if !kernel_dtypes(&[dtype, weight.dtype()]) {
             return Self::linear(x, weight, None);
         }
-        kernels::forward(x, &weight, None)
+        in_dtype(kernels::forward(as_f32(x), &as_f32(weight), None), dtype)
     }
 
     fn fused_linear_bias(
@@ -131,39 +132,53 @@ impl FusedLinearBackend for burn::backend::Flex {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        if [&x, &weight, &bias].iter().any(|t| t.dtype() != DType::F32) {
+        let dtype = x.dtype();
+        if !kernel_dtypes(&[dtype, weight.dtype(), bias.dtype()]) {
             return Self::linear(x, weight, Some(bias));
         }
-        kernels::forward(x, &weight, Some(&bias))
+        let out = kernels::forward(as_f32(x), &as_f32(weight), Some(&as_f32(bias)));
+        in_dtype(out, dtype)
     }
 
     fn fused_linear_x_backward(
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        if weight.dtype() != DType::F32 || output_grad.dtype() != DType::F32 {
+        let dtype = output_grad.dtype();
+        if !kernel_dtypes(&[weight.dtype(), dtype]) {
             return Self::linear_x_backward(weight, output_grad);
         }
-        kernels::x_backward(&weight, output_grad)
+        in_dtype(
+            kernels::x_backward(&as_f32(weight), as_f32(output_grad)),
+            dtype,
+        )
     }
 
     fn fused_linear_weight_backward(
         x: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        if x.dtype() != DType::F32 || output_grad.dtype() != DType::F32 {
+        let dtype = x.dtype();
+        if !kernel_dtypes(&[dtype, output_grad.dtype()]) {
             return Self::linear_weight_backward(x, output_grad);
         }
-        kernels::weight_backward(x, output_grad)
+        in_dtype(
+            kernels::weight_backward(as_f32(x), as_f32(output_grad)),
+            dtype,
+        )
     }
 
     fn fused_linear_bias_backward(output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        if output_grad.dtype() != DType::F32 {
+        let dtype = output_grad.dtype();
+        if !kernel_dtypes(&[dtype]) {
             return Self::linear_bias_backward(output_grad);
         }
-        kernels::bias_backward(output_grad)
+        in_dtype(kernels::bias_backward(as_f32(output_grad)), dtype)
     }
 }
+
+#[cfg(feature = "flex")]
+use crate::fused::kernel::{as_f32, in_dtype};
 
 impl<B: FusedLinearBackend, C: CheckpointStrategy> FusedLinearBackend for Autodiff<B, C> {
     fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {

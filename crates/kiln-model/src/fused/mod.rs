@@ -50,6 +50,17 @@ pub use gelu::{GeluKind, gelu};
 pub use norm::{layer_norm, rms_norm};
 pub use swiglu::swiglu;
 
+/// Whether the fused kernels take tensors of `dtypes`: all the same float dtype, f32, bf16 or
+/// f16 (the half dtypes are cast to f32 at the kernel's door and its results cast back: the
+/// values are exact in f32 and the kernels accumulate in f32, so a half-precision step runs at
+/// the f32 kernels' speed and keeps its activations in half precision).
+pub(crate) fn kernel_dtypes(dtypes: &[burn::tensor::DType]) -> bool {
+    use burn::tensor::DType;
+    dtypes.first().is_some_and(|first| {
+        matches!(first, DType::F32 | DType::BF16 | DType::F16) && dtypes.iter().all(|d| d == first)
+    })
+}
+
 /// Whether `device` is flex, with or without autodiff: where the fused kernels run.
 pub(crate) fn on_flex(device: &Device) -> bool {
     #[cfg(feature = "flex")]

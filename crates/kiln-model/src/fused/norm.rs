@@ -32,7 +32,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::module::{Content, DisplaySettings, ModuleDisplay};
 use burn::nn::{LayerNorm, RmsNorm};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 
 use super::on_flex;
 
@@ -97,8 +97,7 @@ pub fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
 /// Whether the kernel takes `x` normalized with `gamma`: f32 on flex, matching widths.
 pub(crate) fn fusable<const D: usize>(x: &Tensor<D>, gamma: &Tensor<1>) -> bool {
     on_flex(&x.device())
-        && x.dtype() == DType::F32
-        && gamma.dtype() == DType::F32
+        && super::kernel_dtypes(&[x.dtype(), gamma.dtype()])
         && gamma.dims()[0] == x.dims()[D - 1]
         && x.shape().num_elements() > 0
 }
@@ -239,7 +238,8 @@ mod flex {
     use burn::tensor::DType;
 
     use crate::fused::kernel::{
-        CHUNK, PARALLEL_MIN, f32_contiguous, from_f32, lane_sum, multiversion, owned, values,
+        CHUNK, PARALLEL_MIN, f32_contiguous, from_f32, in_dtype, lane_sum, multiversion, owned,
+        values,
     };
 
     /// Rows per rayon task: about [`CHUNK`] elements.
@@ -268,6 +268,7 @@ mod flex {
             centered: bool,
         ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
             let shape = x.shape().to_vec();
+            let dtype = x.dtype();
             let d = shape.last().copied().unwrap_or(1).max(1);
             let (x, gamma, beta) = (
                 f32_contiguous(x),
@@ -294,7 +295,8 @@ mod flex {
                     .for_each(|(((y, x), m), r)| run(x, y, m, r));
             }
             (
-                from_f32(out, shape, DType::F32),
+                from_f32(out, shape, dtype),
+                // The statistics stay f32: the backward reads them, nothing else does.
                 from_f32(mean, vec![rows], DType::F32),
                 from_f32(rstd, vec![rows], DType::F32),
             )
@@ -309,6 +311,7 @@ mod flex {
             centered: bool,
         ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
             let d = gamma.shape().num_elements().max(1);
+            let (x_dtype, gamma_dtype) = (x.dtype(), gamma.dtype());
             let (x, gamma, mean, rstd) = (
                 f32_contiguous(x),
                 f32_contiguous(gamma),
@@ -316,7 +319,7 @@ mod flex {
                 f32_contiguous(rstd),
             );
             let (x, gamma, mean, rstd) = (values(&x), values(&gamma), values(&mean), values(&rstd));
-            let mut grad = owned(grad);
+            let mut grad = owned(f32_contiguous(grad));
             let dy = grad.storage_mut::<f32>();
             let run = |x: &[f32], dy: &mut [f32], m: &[f32], r: &[f32]| {
                 let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
@@ -343,9 +346,9 @@ mod flex {
                     })
             };
             (
-                grad,
-                from_f32(dgamma, vec![d], DType::F32),
-                from_f32(dbeta, vec![d], DType::F32),
+                in_dtype(grad, x_dtype),
+                from_f32(dgamma, vec![d], gamma_dtype),
+                from_f32(dbeta, vec![d], gamma_dtype),
             )
         }
     }

@@ -26,7 +26,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 
 use super::{backward_one, on_flex};
 
@@ -45,7 +45,7 @@ pub fn rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>, offset: usize) -> Te
         cos.dims(),
         offset + seq
     );
-    if on_flex(&x.device()) && x.dtype() == DType::F32 {
+    if on_flex(&x.device()) && super::kernel_dtypes(&[x.dtype()]) {
         return Tensor::from_dispatch(<Dispatch as RopeBackend>::fused_rope(
             x.into_dispatch(),
             cos.clone().into_dispatch(),

@@ -19,7 +19,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
-use burn::tensor::{DType, Tensor, activation};
+use burn::tensor::{Tensor, activation};
 
 use super::on_flex;
 
@@ -46,8 +46,7 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
         up.dims(),
         "swiglu: gate and up differ in shape"
     );
-    let f32s = gate.dtype() == DType::F32 && up.dtype() == DType::F32;
-    if f32s && on_flex(&gate.device()) {
+    if super::kernel_dtypes(&[gate.dtype(), up.dtype()]) && on_flex(&gate.device()) {
         return Tensor::from_dispatch(<Dispatch as SwiGluBackend>::fused_swiglu(
             gate.into_dispatch(),
             up.into_dispatch(),
@@ -124,12 +123,12 @@ mod flex {
     use burn::backend::Flex;
     use burn::backend::TensorMetadata;
     use burn::backend::tensor::FloatTensor;
-    use burn::tensor::DType;
     use rayon::prelude::*;
 
     use super::{SwiGluBackend, SwiGluBackward};
     use crate::fused::kernel::{
-        CHUNK, PARALLEL_MIN, f32_contiguous, from_f32, multiversion, owned, sigmoid, values,
+        CHUNK, PARALLEL_MIN, f32_contiguous, from_f32, in_dtype, multiversion, owned, sigmoid,
+        values,
     };
 
     /// Chunks of `len` elements: one for small tensors (no threads), `CHUNK`-sized otherwise.
@@ -163,6 +162,7 @@ mod flex {
 
     impl SwiGluBackend for Flex {
         fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+            let dtype = gate.dtype();
             let (gate, up) = (f32_contiguous(gate), f32_contiguous(up));
             let shape = gate.shape().to_vec();
             let mut out = vec![0.0f32; shape.iter().product()];
@@ -171,7 +171,7 @@ mod flex {
             out.par_chunks_mut(n)
                 .zip(g.par_chunks(n).zip(u.par_chunks(n)))
                 .for_each(|(o, (g, u))| forward_chunk(g, u, o));
-            from_f32(out, shape, DType::F32)
+            from_f32(out, shape, dtype)
         }
     }
 
@@ -181,9 +181,10 @@ mod flex {
             up: FloatTensor<Self>,
             grad: FloatTensor<Self>,
         ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let dtype = grad.dtype();
             let (gate, up) = (f32_contiguous(gate), f32_contiguous(up));
             let shape = gate.shape().to_vec();
-            let mut d_gate = owned(grad);
+            let mut d_gate = owned(f32_contiguous(grad));
             let mut d_up = vec![0.0f32; shape.iter().product()];
             let (g, u) = (values(&gate), values(&up));
             let n = chunk(d_up.len());
@@ -193,7 +194,7 @@ mod flex {
                 .zip(d_up.par_chunks_mut(n))
                 .zip(g.par_chunks(n).zip(u.par_chunks(n)))
                 .for_each(|((dg, du), (g, u))| backward_chunk(g, u, dg, du));
-            (d_gate, from_f32(d_up, shape, DType::F32))
+            (in_dtype(d_gate, dtype), from_f32(d_up, shape, dtype))
         }
     }
 }
