@@ -32,8 +32,8 @@ mod probe {
         // SAFETY: 512-bit integer vectors reinterpreted as 32 bf16 values each.
         let (a, b): (__m512bh, __m512bh) = unsafe {
             (
-                std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80)),
-                std::mem::transmute(_mm512_set1_epi32(0x3c00_3c00)),
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f80_3f80)),
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3c00_3c00)),
             )
         };
         for _ in 0..iterations {
