@@ -11,7 +11,9 @@ positions, tanh GELU, tied embeddings, AdamW; with `--arch llama`, transformers'
 `LlamaForCausalLM` (its default SDPA attention) against kiln's `recipe::llama_model` of the same
 sizes (RMSNorm, rotary, SwiGLU of width 8/3·d rounded up to 8, `--kv-heads` key/value heads
 (default half the heads), no biases, untied); a step is forward + backward + optimizer update,
-timed as the median of `--steps` steps after 2 warm-up steps. kiln runs as a separate process
+timed as the median of `--steps` steps after 2 warm-up steps. `--precision bf16`: kiln's
+`--precision bf16` (f32 master weights, bf16 activations through its fused kernels) against
+`torch.autocast("cpu", dtype=torch.bfloat16)` around PyTorch's forward (the loss in f32 on both). kiln runs as a separate process
 (`target/release/examples/bench_gpt`); the two alternate `--rounds` times so that drift of the
 machine hits both. Prints each measurement, the medians and kiln/PyTorch.
 
@@ -97,8 +99,11 @@ def torch_tokens_per_s(a):
     for step in range(2 + a.steps):
         data = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
         start = time.perf_counter()
-        logits = forward(data[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, a.vocab), data[:, 1:].reshape(-1))
+        # `--precision bf16`: PyTorch's CPU autocast (f32 master weights, bf16 matmuls and the
+        # ops autocast lists), against kiln's `--precision bf16`.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            logits = forward(data[:, :-1])
+        loss = F.cross_entropy(logits.float().reshape(-1, a.vocab), data[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -125,7 +130,7 @@ def run(cmd):
 def model_args(a):
     args = ["--d-model", str(a.d_model), "--layers", str(a.layers), "--heads", str(a.heads),
             "--seq", str(a.seq), "--batch", str(a.batch), "--steps", str(a.steps), "--vocab", str(a.vocab),
-            "--arch", a.arch]
+            "--arch", a.arch, "--precision", a.precision]
     if a.kv_heads:
         args += ["--kv-heads", str(a.kv_heads)]
     return args
@@ -167,12 +172,14 @@ def main():
     p.add_argument("--baseline", action="store_true", help="also time burn-nn's TransformerEncoder GPT")
     p.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2")
     p.add_argument("--kv-heads", type=int, default=None)
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                   help="bf16: kiln --precision bf16 against torch.autocast('cpu', bfloat16)")
     p.add_argument("--binary", default="target/release/examples/bench_gpt")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         return torch_worker(a)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {a.precision}")
     kiln, burn, pt, kiln_rss, pt_rss = [], [], [], [], []
     for r in range(a.rounds):
         k, b, krss = kiln_tokens_per_s(a)
