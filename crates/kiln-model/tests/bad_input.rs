@@ -138,24 +138,27 @@ fn an_out_of_vocab_target_is_an_error_at_the_model_edge() {
     }
 }
 
-#[test]
-fn a_masked_lm_label_outside_the_vocabulary_is_an_error() {
-    let device = Device::flex();
-    let model = BertConfig::new(12)
+/// The BERT of these cases: a vocabulary of 12, two segments, 8 positions.
+fn tiny_bert() -> BertConfig {
+    BertConfig::new(12)
         .with_hidden_size(8)
         .with_num_attention_heads(2)
         .with_num_hidden_layers(1)
         .with_max_position_embeddings(8)
-        .init_masked_lm(&device)
-        .unwrap();
-    let batch = |label: i64| MlmBatch {
+}
+
+#[test]
+fn a_masked_lm_label_or_segment_id_out_of_range_is_an_error_naming_it() {
+    let device = Device::flex();
+    let model = tiny_bert().init_masked_lm(&device).unwrap();
+    let batch = |label: i64, segment: i64| MlmBatch {
         input_ids: ints(vec![1, 2, 3], [1, 3], &device),
-        token_type_ids: ints(vec![0, 0, 0], [1, 3], &device),
+        token_type_ids: ints(vec![0, segment, 0], [1, 3], &device),
         padding_mask: ints(vec![0, 0, 0], [1, 3], &device).equal_elem(1),
         labels: ints(vec![IGNORE_INDEX, label, IGNORE_INDEX], [1, 3], &device),
     };
-    assert!(model.forward_step(&batch(11)).is_ok());
-    let err = model.forward_step(&batch(12)).unwrap_err();
+    assert!(model.forward_step(&batch(11, 1)).is_ok());
+    let err = model.forward_step(&batch(12, 0)).unwrap_err();
     assert!(
         matches!(
             err.downcast_ref::<ModelError>(),
@@ -163,17 +166,18 @@ fn a_masked_lm_label_outside_the_vocabulary_is_an_error() {
         ),
         "{err}"
     );
+    // Segment ids are called what they are, not token ids.
+    let err = model.forward_step(&batch(4, 5)).unwrap_err().to_string();
+    assert!(err.contains("segment id 5"), "{err}");
+    assert!(err.contains("type_vocab_size"), "{err}");
+    assert!(!err.contains("token id"), "{err}");
 }
 
 #[test]
 fn a_class_label_past_num_labels_is_an_error() {
     // train_bert --classify on three classes: a two-class model must refuse label 2.
     let device = Device::flex();
-    let config = BertConfig::new(12)
-        .with_hidden_size(8)
-        .with_num_attention_heads(2)
-        .with_num_hidden_layers(1)
-        .with_max_position_embeddings(8);
+    let config = tiny_bert();
     let batch = |labels: Vec<i64>| ClassificationBatch {
         input_ids: ints(vec![1, 2, 3, 4], [2, 2], &device),
         token_type_ids: ints(vec![0; 4], [2, 2], &device),

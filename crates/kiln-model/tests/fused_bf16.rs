@@ -1,8 +1,9 @@
 //! The fused kernels on half-precision tensors (issue 25): bf16 and f16 inputs run the f32
 //! kernels (cast at the kernel's door, the result cast back), so a half-precision step keeps
 //! its activations in half precision at the f32 kernels' speed instead of Burn's composite
-//! half-precision ops. Each op in bf16 and f16 against the same op in f32 on the same values:
-//! outputs, and the gradients of a random upstream gradient, within the half dtype's tolerance,
+//! half-precision ops. Each op in bf16 and f16 against the same op in f32 on the same values
+//! (rounded to the half dtype): outputs, and the gradients of a random upstream gradient,
+//! within the half dtype's tolerance,
 //! over random odd shapes and non-contiguous views; results and gradients stay in the half
 //! dtype.
 
@@ -87,15 +88,19 @@ fn run<const D: usize, const N: usize>(
     (values(y), grads)
 }
 
-/// [`run`] in f32 and in each half dtype, compared.
+/// [`run`] in each half dtype against [`run`] in f32 on the same values rounded to that dtype:
+/// the kernel's own error (its half-precision output and gradients), not the rounding of the
+/// inputs, which an ill-conditioned case (a LayerNorm over 2 values) amplifies past any
+/// tolerance whatever the kernel does (there Burn's composite bf16 op is off by 80x the values).
 fn check<const D: usize, const N: usize>(
     what: &str,
     inputs: [Tensor<D>; N],
     f: &dyn Fn([Tensor<D>; N]) -> Tensor<D>,
 ) {
-    let (y, grads) = run(&inputs, FloatDType::F32, f);
     for dtype in [FloatDType::BF16, FloatDType::F16] {
         let rel = tolerance(dtype);
+        let rounded = inputs.clone().map(|x| x.cast(dtype).cast(FloatDType::F32));
+        let (y, grads) = run(&rounded, FloatDType::F32, f);
         let (y_half, grads_half) = run(&inputs, dtype, f);
         assert_close(&format!("{what} {dtype:?} output"), &y_half, &y, rel);
         for (i, (g_half, g)) in grads_half.iter().zip(&grads).enumerate() {

@@ -135,21 +135,24 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
         };
         // A split model's checkpoint from before kiln gathered its optimizer state whole holds
         // one part's state per rank: it resumes on the grid that wrote it only.
-        let per_part = checkpoint.optimizer_shards > 1 && saved_grid(&checkpoint.run) != (1, 1);
+        let saved_grid = saved_grid(&checkpoint.run);
+        let per_part = checkpoint.optimizer_shards > 1 && saved_grid != (1, 1);
         let same_layout = if per_part {
             split
                 && checkpoint.state.world_size == world.size()
                 && checkpoint.optimizer_shards == world.size()
-                && saved_grid(&checkpoint.run) == self.grid()
+                && saved_grid == self.grid()
         } else {
             !split && checkpoint.state.world_size == ranks && checkpoint.optimizer_shards == shards
         };
         if per_part && !same_layout {
             return Err(TrainError::InvalidConfig(format!(
-                "{} holds the optimizer state of a {} × {} (tensor × pipeline) grid per rank, as                  kiln wrote it before gathering it whole: it resumes on that grid and its {} ranks only",
+                "{} holds the optimizer state of a {} × {} (tensor × pipeline) grid per rank, as \
+                 kiln wrote it before gathering it whole: it resumes on that grid and its {} ranks \
+                 only",
                 checkpoint.path.display(),
-                saved_grid(&checkpoint.run).0,
-                saved_grid(&checkpoint.run).1,
+                saved_grid.0,
+                saved_grid.1,
                 checkpoint.state.world_size
             )));
         }
@@ -241,7 +244,7 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
         let saved = (
             checkpoint.state.world_size,
             saved_accumulation(&checkpoint.run).unwrap_or(0),
-            saved_grid(&checkpoint.run),
+            saved_grid,
         );
         let now = (ranks, self.config.grad_accumulation, self.grid());
         if saved != now || (!per_part && checkpoint.optimizer_shards != shards) {
@@ -384,7 +387,6 @@ impl<M: TrainModel<B> + ParallelModel, B: Batch> Run<M, B> {
     }
 }
 
-/// `trainer.grad_accumulation` of a checkpoint's run config.
 /// The `(tensor, pipeline)` degrees of a run config in JSON form (`(1, 1)` when absent).
 fn saved_grid(run: &serde_json::Value) -> (usize, usize) {
     let degree = |key: &str| {
@@ -398,6 +400,7 @@ fn saved_grid(run: &serde_json::Value) -> (usize, usize) {
     (degree("tensor_parallel"), degree("pipeline_parallel"))
 }
 
+/// `trainer.grad_accumulation` of a checkpoint's run config.
 fn saved_accumulation(run: &serde_json::Value) -> Option<usize> {
     run.get("trainer")?
         .get("grad_accumulation")?
