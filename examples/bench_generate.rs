@@ -1,5 +1,6 @@
-//! Times KV-cache generation (greedy decoding) of a GPT, in f32 and with int8 linear layers
-//! (`QuantizedGpt`, dynamic activation quantization), alternating in one run.
+//! Times KV-cache generation (greedy decoding) of a GPT in f32, in bf16 (weights and
+//! activations, `Precision::Bf16`'s cast) and with int8 linear layers (`QuantizedGpt`, dynamic
+//! activation quantization), alternating in one run.
 //!
 //! ```text
 //! cargo run --release --example bench_generate -- [--batch 1,8] [--prompt 32] [--new-tokens 32] \
@@ -15,14 +16,15 @@
 //! cached steps alone. `scripts/bench_generate.py` times HF transformers' `generate` the same
 //! way and runs this binary between its own rounds.
 //!
-//! Per batch size the last lines are `f32_decode_tokens_per_s_b{B}`,
-//! `int8_decode_tokens_per_s_b{B}` and `int8_vs_f32_b{B}` (the median of the paired ratios).
+//! Per batch size the last lines are `f32_decode_tokens_per_s_b{B}`, then for bf16 and int8
+//! `{bf16,int8}_decode_tokens_per_s_b{B}` and `{bf16,int8}_vs_f32_b{B}` (the median of the paired
+//! ratios).
 
 use std::time::Instant;
 
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
-use kiln::base::seed;
+use kiln::base::{Precision, seed};
 use kiln::compress::{ActivationQuant, QuantConfig, QuantizedGpt};
 use kiln::prelude::*;
 use rand::Rng;
@@ -40,7 +42,7 @@ struct Args {
     /// New tokens per sequence (at least 2: the first comes from the prefill).
     #[arg(long, default_value_t = 32, value_parser = RangedU64ValueParser::<usize>::new().range(2..))]
     new_tokens: usize,
-    /// Rounds; f32 and int8 alternate within each, and the medians are reported.
+    /// Rounds; f32, bf16 and int8 alternate within each, and the medians are reported.
     #[arg(long, default_value_t = 3, value_parser = positive())]
     rounds: usize,
     /// Model width.
@@ -58,9 +60,13 @@ struct Args {
     /// Context length.
     #[arg(long, default_value_t = 1024, value_parser = positive())]
     context: usize,
-    /// Only the f32 model (for comparing builds).
+    /// Only the f32 model (for comparing builds): no bf16, no int8.
     #[arg(long)]
     f32_only: bool,
+    /// Backend: flex, wgpu, vulkan[:N], metal, cuda[:N] or auto; defaults to $KILN_DEVICE, else
+    /// flex. int8 (`QuantizedGpt`) runs on flex's CPU kernels only, so elsewhere only f32 is timed.
+    #[arg(long)]
+    device: Option<String>,
     /// `gpt2` or `llama` (`kiln::recipe::llama_model`).
     #[arg(long, default_value = "gpt2", value_parser = ["gpt2", "llama"])]
     arch: String,
@@ -96,7 +102,10 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn main() -> kiln::Result<()> {
+/// A model's `generate`, boxed so the variants can be timed in one loop.
+type Generate<'a> = Box<dyn Fn(&[Vec<u32>], &GenerateConfig) -> kiln::Result<Vec<Vec<u32>>> + 'a>;
+
+pub fn main() -> kiln::Result<()> {
     let a = Args::parse();
     if a.prompt + a.new_tokens > a.context {
         return Err(kiln::Error::Usage(format!(
@@ -104,7 +113,12 @@ fn main() -> kiln::Result<()> {
             a.prompt, a.new_tokens, a.context
         )));
     }
-    let device = Device::flex();
+    let device = kiln::device::from_flag(a.device.as_deref())?;
+    println!("adapter: {}", kiln::device::describe(&device)?);
+    let int8_here = !a.f32_only && device == Device::flex();
+    if !a.f32_only && !int8_here {
+        println!("int8: not timed (QuantizedGpt runs on flex only)");
+    }
     let config = match a.arch.as_str() {
         "llama" => {
             let kv = a.kv_heads.unwrap_or(a.heads.div_ceil(3));
@@ -118,9 +132,11 @@ fn main() -> kiln::Result<()> {
     };
     device.seed(0);
     let gpt = config.init(&device)?;
-    let int8 = (!a.f32_only)
+    let int8 = int8_here
         .then(|| QuantizedGpt::from_gpt(&gpt, &QuantConfig::new(), ActivationQuant::Dynamic))
         .transpose()?;
+    // bf16 weights and activations (f32 accumulation): half the bytes per decoding step.
+    let bf16 = (!a.f32_only).then(|| Precision::Bf16.compute_model(&gpt));
     println!(
         "model: {} d_model {} layers {} heads {} (kv {}) vocab {} ({} parameters); prompt {}, {} new tokens; int8 kernel {}",
         a.arch,
@@ -134,6 +150,14 @@ fn main() -> kiln::Result<()> {
         a.new_tokens,
         kiln::compress::int8_kernel_name(),
     );
+    let mut variants: Vec<(&str, Generate<'_>)> =
+        vec![("f32", Box::new(|p, c| Ok(gpt.generate(p, c)?)))];
+    if let Some(m) = &bf16 {
+        variants.push(("bf16", Box::new(move |p, c| Ok(m.generate(p, c)?))));
+    }
+    if let Some(q) = &int8 {
+        variants.push(("int8", Box::new(move |p, c| Ok(q.generate(p, c)?))));
+    }
     let mut rng = seed::rng(0);
     for &batch in &a.batch {
         let prompts: Vec<Vec<u32>> = (0..batch)
@@ -144,56 +168,61 @@ fn main() -> kiln::Result<()> {
             })
             .collect();
         let decoded = (batch * (a.new_tokens - 1)) as f64;
-        let f32_gen = |p: &[Vec<u32>], c: &GenerateConfig| Ok(gpt.generate(p, c)?);
-        // One untimed call, so page faults of the first run are not counted.
-        f32_gen(&prompts, &GenerateConfig::new().with_max_new_tokens(2))?;
-        let (mut f32_rates, mut int8_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        let mut agreement = None;
-        for round in 1..=a.rounds {
-            let (f32_s, f32_tokens) = decode_seconds(&f32_gen, &prompts, a.new_tokens)?;
-            f32_rates.push(decoded / f32_s);
-            let mut line = format!(
-                "batch {batch} round {round}: f32 {:.1} ms/token",
-                f32_s * 1e3 / (a.new_tokens - 1) as f64
-            );
-            if let Some(q) = &int8 {
-                let int8_gen = |p: &[Vec<u32>], c: &GenerateConfig| Ok(q.generate(p, c)?);
-                let (int8_s, int8_tokens) = decode_seconds(&int8_gen, &prompts, a.new_tokens)?;
-                int8_rates.push(decoded / int8_s);
-                ratios.push(f32_s / int8_s);
-                line += &format!(
-                    ", int8 {:.1} ms/token ({:.2}x)",
-                    int8_s * 1e3 / (a.new_tokens - 1) as f64,
-                    f32_s / int8_s
-                );
-                // How many generated tokens int8 shares with f32 (random weights make the
-                // logits nearly flat, so this is a sanity check, not an accuracy figure).
-                let same = f32_tokens
-                    .iter()
-                    .zip(&int8_tokens)
-                    .map(|(f, q)| {
-                        f[a.prompt..]
-                            .iter()
-                            .zip(&q[a.prompt..])
-                            .take_while(|(x, y)| x == y)
-                            .count()
-                    })
-                    .sum::<usize>();
-                agreement = Some(same as f64 / (batch * a.new_tokens) as f64);
-            }
-            println!("{line}");
+        // One untimed call each, so page faults of the first run are not counted.
+        for (_, generate) in &variants {
+            generate(&prompts, &GenerateConfig::new().with_max_new_tokens(2))?;
         }
-        println!("f32_decode_tokens_per_s_b{batch}: {:.1}", median(f32_rates));
-        if int8.is_some() {
+        let mut rates = vec![Vec::new(); variants.len()];
+        let mut ratios = vec![Vec::new(); variants.len()];
+        let mut agreement = vec![0.0; variants.len()];
+        for round in 1..=a.rounds {
+            let mut line = format!("batch {batch} round {round}:");
+            let mut f32_run: Option<(f64, Vec<Vec<u32>>)> = None;
+            for (v, (name, generate)) in variants.iter().enumerate() {
+                let (seconds, tokens) = decode_seconds(generate, &prompts, a.new_tokens)?;
+                rates[v].push(decoded / seconds);
+                line += &format!(
+                    " {name} {:.1} ms/token",
+                    seconds * 1e3 / (a.new_tokens - 1) as f64
+                );
+                match &f32_run {
+                    None => f32_run = Some((seconds, tokens)),
+                    Some((f32_s, f32_tokens)) => {
+                        ratios[v].push(f32_s / seconds);
+                        line += &format!(" ({:.2}x)", f32_s / seconds);
+                        // How many generated tokens a variant shares with f32 (random weights
+                        // make the logits nearly flat, so this is a sanity check, not an
+                        // accuracy figure).
+                        let same = f32_tokens
+                            .iter()
+                            .zip(&tokens)
+                            .map(|(f, q)| {
+                                f[a.prompt..]
+                                    .iter()
+                                    .zip(&q[a.prompt..])
+                                    .take_while(|(x, y)| x == y)
+                                    .count()
+                            })
+                            .sum::<usize>();
+                        agreement[v] = same as f64 / (batch * a.new_tokens) as f64;
+                    }
+                }
+                line += ",";
+            }
+            println!("{}", line.trim_end_matches(','));
+        }
+        for (v, (name, _)) in variants.iter().enumerate() {
             println!(
-                "int8_decode_tokens_per_s_b{batch}: {:.1}",
-                median(int8_rates)
+                "{name}_decode_tokens_per_s_b{batch}: {:.1}",
+                median(rates[v].clone())
             );
-            println!(
-                "int8_greedy_prefix_agreement_b{batch}: {:.3}",
-                agreement.unwrap_or(0.0)
-            );
-            println!("int8_vs_f32_b{batch}: {:.2}", median(ratios));
+            if v > 0 {
+                println!(
+                    "{name}_greedy_prefix_agreement_b{batch}: {:.3}",
+                    agreement[v]
+                );
+                println!("{name}_vs_f32_b{batch}: {:.2}", median(ratios[v].clone()));
+            }
         }
     }
     if let Some(peak) = kiln::base::memory::peak_rss_mib() {

@@ -164,7 +164,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn main() -> kiln::Result<()> {
+pub fn main() -> kiln::Result<()> {
     let a = Args::parse();
     let device = kiln::device::from_flag(a.device.as_deref())?.autodiff();
     let tokens = (a.batch * a.seq) as f64;
@@ -180,6 +180,7 @@ fn main() -> kiln::Result<()> {
             .with_d_model(a.d_model),
     };
     let params = config.init(&device)?.num_params();
+    println!("adapter: {}", kiln::device::describe(&device)?);
     println!(
         "model: {} d_model {} layers {} heads {} (kv {}) seq {} batch {} vocab {} ({params} parameters), device {device:?}, precision {:?}",
         a.arch,
@@ -219,5 +220,13 @@ fn main() -> kiln::Result<()> {
         println!("peak_rss_mib: {peak:.0}");
     }
     println!("tokens_per_s: {:.0}", tokens / kiln_step);
+    // nanoGPT's (PaLM's) count: 6 flops per parameter and token for the forward and backward
+    // matmuls, plus attention's 12 * layers * width * context; MFU divides by the device's peak.
+    let flops_per_token = 6 * params + 12 * a.layers * a.d_model * a.seq;
+    println!("model_flops_per_token: {flops_per_token}");
+    println!(
+        "model_tflops_per_s: {:.3}",
+        flops_per_token as f64 * tokens / kiln_step / 1e12
+    );
     Ok(())
 }

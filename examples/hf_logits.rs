@@ -94,7 +94,7 @@ fn to_json<const D: usize>(tensor: Tensor<D>) -> Value {
     nest(&values, &dims)
 }
 
-fn main() -> kiln::Result<()> {
+pub fn main() -> kiln::Result<()> {
     let args = Args::parse();
     let device = kiln::device::from_flag(args.device.as_deref())?;
     let tensor = |rows: &Rows| kiln::model::loss::token_tensor(&rows.0, &device);

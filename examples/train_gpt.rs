@@ -423,7 +423,7 @@ fn text_data(
     })
 }
 
-fn main() -> kiln::Result<()> {
+pub fn main() -> kiln::Result<()> {
     let args = Args::parse();
     // Under mpirun/srun: this rank of the world (a build without `--features mpi` says so).
     let timeout = (args.collective_timeout > 0)
@@ -512,6 +512,10 @@ fn train(args: &Args, group: &ProcessGroup) -> kiln::Result<()> {
         Some(dir) => kiln::model::hf::load_pretrained_gpt(dir, &run.model, &device)?,
         None => run.model.init(&device)?,
     };
+    if main && device != Device::flex() {
+        // Which card (or software rasterizer) the figures below come from.
+        println!("adapter: {}", kiln::device::describe(&device)?);
+    }
     if main {
         println!(
             "GPT with {} parameters on {} ({train_len} training sequences), {} steps of {} rank(s) x {} x {}",

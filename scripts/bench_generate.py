@@ -1,5 +1,5 @@
-"""kiln's KV-cache generation (f32 and int8) against HF transformers' `generate`, alternating in
-one run.
+"""kiln's KV-cache generation (f32, bf16 and int8) against HF transformers' `generate` (f32 and
+bf16), alternating in one run.
 
 Run once in a venv outside the repo (CI never needs it):
 
@@ -12,9 +12,9 @@ tanh GELU, tied embeddings) with random weights, greedy decoding with a KV cache
 of `--prompt` tokens per sequence. Each side times `generate` for one new token (the prefill)
 and for `--new-tokens`; decoding tokens/s is `batch · (new_tokens − 1)` over the difference.
 HF runs `GPT2LMHeadModel.generate(do_sample=False, min_new_tokens=max_new_tokens)` under
-`torch.no_grad()` in f32 on `torch.get_num_threads()` threads; kiln runs
-`target/release/examples/bench_generate` (f32 `Gpt::generate` and int8 `QuantizedGpt::generate`)
-as a separate process. The two alternate `--rounds` times, so drift of the machine hits both.
+`torch.no_grad()` in f32, and the same model cast with `.to(torch.bfloat16)`, on
+`torch.get_num_threads()` threads; kiln runs `target/release/examples/bench_generate` (f32 and
+bf16 `Gpt::generate`, int8 `QuantizedGpt::generate`) as a separate process. The two alternate `--rounds` times, so drift of the machine hits both.
 
 `--arch llama [--kv-heads 4]`: transformers' `LlamaForCausalLM` (its default SDPA attention)
 and kiln's `recipe::llama_model` of the same sizes (vocab 50257, 12 layers, 12 heads over
@@ -53,9 +53,8 @@ def kiln_decode_tokens_per_s(a, batch):
     cmd = [a.binary, "--batch", str(batch), "--prompt", str(a.prompt), "--new-tokens",
            str(a.new_tokens), "--rounds", "1", "--arch", a.arch, "--kv-heads", str(a.kv_heads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    f32 = float(re.search(rf"^f32_decode_tokens_per_s_b{batch}: ([0-9.]+)", out, re.M).group(1))
-    int8 = float(re.search(rf"^int8_decode_tokens_per_s_b{batch}: ([0-9.]+)", out, re.M).group(1))
-    return f32, int8
+    return [float(re.search(rf"^{v}_decode_tokens_per_s_b{batch}: ([0-9.]+)", out, re.M).group(1))
+            for v in ("f32", "bf16", "int8")]
 
 
 def main():
@@ -77,20 +76,25 @@ def main():
         model = LlamaForCausalLM(config).eval()
     else:
         model = GPT2LMHeadModel(GPT2Config()).eval()
+    import copy
+    model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {a.arch}, GPT-2 small's sizes, "
           f"prompt {a.prompt}, {a.new_tokens} new tokens; decoding tokens/s")
+    names = ["kiln f32", "kiln bf16", "kiln int8", "HF f32", "HF bf16"]
     for batch in (int(b) for b in a.batch.split(",")):
-        kf, ki, hf = [], [], []
+        runs = [[] for _ in names]
         for r in range(a.rounds):
-            f32, int8 = kiln_decode_tokens_per_s(a, batch)
-            h = hf_decode_tokens_per_s(model, batch, a.prompt, a.new_tokens)
-            kf.append(f32)
-            ki.append(int8)
-            hf.append(h)
-            print(f"batch {batch} round {r + 1}: kiln f32 {f32:.1f} | kiln int8 {int8:.1f} | HF f32 {h:.1f}")
-        kfm, kim, hm = statistics.median(kf), statistics.median(ki), statistics.median(hf)
-        print(f"batch {batch} median: kiln f32 {kfm:.1f}, kiln int8 {kim:.1f}, HF f32 {hm:.1f} tokens/s; "
-              f"kiln f32/HF {kfm / hm:.2f}x, kiln int8/HF {kim / hm:.2f}x")
+            figures = kiln_decode_tokens_per_s(a, batch) + [
+                hf_decode_tokens_per_s(m, batch, a.prompt, a.new_tokens) for m in (model, model_bf16)]
+            for run, f in zip(runs, figures):
+                run.append(f)
+            print(f"batch {batch} round {r + 1}: " + " | ".join(f"{n} {f:.1f}" for n, f in zip(names, figures)))
+        med = dict(zip(names, (statistics.median(run) for run in runs)))
+        print(f"batch {batch} median tokens/s: " + ", ".join(f"{n} {v:.1f}" for n, v in med.items()))
+        print(f"batch {batch}: kiln f32/HF f32 {med['kiln f32'] / med['HF f32']:.2f}x, "
+              f"kiln bf16/HF bf16 {med['kiln bf16'] / med['HF bf16']:.2f}x, "
+              f"kiln bf16/kiln f32 {med['kiln bf16'] / med['kiln f32']:.2f}x, "
+              f"kiln int8/HF f32 {med['kiln int8'] / med['HF f32']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@
 
 use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 use kiln_model::fused::linear::linear;
 
 fn median(mut times: Vec<f64>) -> f64 {
@@ -118,6 +118,47 @@ fn main() {
             println!(
                 "{name:<20} {batch:>3} {fused:>6.2} {burn:>6.2} {:>7.2}x {gbs:>9.1}",
                 burn / fused
+            );
+        }
+    }
+
+    println!(
+        "\ndecoding in bf16 (weight and x in bf16) against f32, kiln's fused forward, median of {iterations} alternating runs (ms)"
+    );
+    println!("weight                 b    f32   bf16  bf16/f32  f32 GB/s  bf16 GB/s");
+    for batch in [1, 2, 8] {
+        let layer = Tensor::<2>::random([768, 3072], Distribution::Default, &device);
+        // Each cast where it is stored, then seen as the product needs it: the head stays a
+        // transposed view in bf16 too, as a bf16 model's tied head is.
+        for (name, w, w16) in [
+            (
+                "[768, 3072]",
+                layer.clone(),
+                layer.clone().cast(FloatDType::BF16),
+            ),
+            (
+                "head [50257, 768]ᵀ",
+                head.clone().transpose(),
+                head.clone().cast(FloatDType::BF16).transpose(),
+            ),
+        ] {
+            let [d_in, d_out] = w.dims();
+            let x = Tensor::<3>::random([batch, 1, d_in], Distribution::Default, &device);
+            let x16 = x.clone().cast(FloatDType::BF16);
+            let (f32_ms, bf16_ms) = alternate(iterations, |in_f32| {
+                let y = if in_f32 {
+                    linear(x.clone(), w.clone(), None)
+                } else {
+                    linear(x16.clone(), w16.clone(), None)
+                };
+                assert_eq!(y.dims()[2], d_out);
+            });
+            let gbs = |bytes: usize, ms: f64| (d_in * d_out * bytes) as f64 / (ms * 1e-3) / 1e9;
+            println!(
+                "{name:<20} {batch:>3} {f32_ms:>6.2} {bf16_ms:>6.2} {:>8.2}x {:>9.1} {:>10.1}",
+                bf16_ms / f32_ms,
+                gbs(4, f32_ms),
+                gbs(2, bf16_ms)
             );
         }
     }

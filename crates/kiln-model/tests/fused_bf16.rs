@@ -239,3 +239,78 @@ fn a_gpt_step_in_half_precision_matches_f32() {
         );
     }
 }
+
+/// Decoding's products (a few rows) read a bf16 or f16 weight in place, widening a row at a time
+/// (`skinny.rs`): the f32 arithmetic of the same product on the widened values, so at 1 and 2
+/// rows, where f32 takes the same product, the result is f32's rounded once, bit for bit; with
+/// the weight seen transposed too (the tied LM head).
+#[test]
+fn a_few_rows_against_a_half_weight_are_the_f32_product_rounded_once() {
+    let device = Device::flex();
+    for dtype in [FloatDType::BF16, FloatDType::F16] {
+        for (rows, d_in, d_out, transposed) in [(1, 70, 300, false), (2, 33, 129, true)] {
+            let x = random([rows, d_in], 7, &device).cast(dtype);
+            // Stored `[d_out, d_in]` and seen transposed, or stored `[d_in, d_out]`; the f32
+            // reference holds the same values in the same layout.
+            let stored = if transposed {
+                random([d_out, d_in], 8, &device)
+            } else {
+                random([d_in, d_out], 8, &device)
+            }
+            .cast(dtype);
+            let w = oriented(stored.clone(), transposed);
+            let w_f32 = oriented(stored.cast(FloatDType::F32), transposed);
+            let b = random([d_out], 9, &device).cast(dtype);
+            let half = linear(x.clone(), w, Some(b.clone()));
+            assert_eq!(half.dtype(), DType::from(dtype));
+            let f32 = |t: Tensor<2>| t.cast(FloatDType::F32);
+            let reference = linear(f32(x), w_f32, Some(b.cast(FloatDType::F32))).cast(dtype);
+            assert_eq!(
+                values(half),
+                values(reference),
+                "{dtype:?} {rows}x{d_in}x{d_out}"
+            );
+        }
+    }
+}
+
+/// A GPT decoding token by token through its KV cache in bf16 and f16 (weights and activations
+/// in the half dtype, as `bench_generate` runs it) gives its own full forward's logits, and
+/// both stay within the half dtype's tolerance of the f32 model's.
+#[test]
+fn decoding_in_half_precision_matches_its_full_forward_and_f32() {
+    use burn::tensor::Int;
+    use kiln_model::gpt::GptConfig;
+    let device = Device::flex();
+    device.seed(11);
+    let gpt = GptConfig::new(50)
+        .with_block_size(16)
+        .with_n_layer(2)
+        .with_n_head(4)
+        .with_d_model(64)
+        .init(&device)
+        .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let (batch, len) = (3, 10);
+    let ids: Vec<i64> = (0..batch * len).map(|_| rng.random_range(0..50)).collect();
+    let all = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, len]), &device);
+    let reference = values(gpt.forward(all.clone()).unwrap());
+    for precision in [Precision::Bf16, Precision::F16] {
+        let model = precision.compute_model(&gpt);
+        let full = model.forward(all.clone()).unwrap();
+        assert_eq!(full.dtype(), DType::from(precision.dtype()));
+        let full = values(full);
+        let mut cache = model.new_cache();
+        let mut steps = Vec::new();
+        for t in 0..len {
+            let step = model
+                .forward_cached(all.clone().narrow(1, t, 1), &mut cache)
+                .unwrap();
+            steps.push(step);
+        }
+        let decoded = values(Tensor::cat(steps, 1));
+        let rel = tolerance(precision.dtype());
+        assert_close(&format!("{precision:?} cached"), &decoded, &full, rel);
+        assert_close(&format!("{precision:?} vs f32"), &full, &reference, rel);
+    }
+}

@@ -380,23 +380,45 @@ pub(crate) fn lane_sum(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
 }
 
-/// `Σ a ⊙ b` over the shorter of the two, in `LANES` independent lanes.
+/// `Σ a ⊙ b` over the shorter of the two, in `LANES` independent lanes; `b` may be bf16 bits,
+/// widened as they are read (the same sums in the same order as on their f32 values).
 #[inline(always)]
-pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn lane_dot<E: Widen>(a: &[f32], b: &[E]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let rest: f32 = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(x, y)| x * y.widen())
         .sum();
     for (ca, cb) in ca.zip(cb) {
         for l in 0..LANES {
-            acc[l] += ca[l] * cb[l];
+            acc[l] += ca[l] * cb[l].widen();
         }
     }
     acc.iter().sum::<f32>() + rest
+}
+
+/// An element a kernel reads as f32: f32 itself, or bf16 bits (`u16`), widened exactly by a
+/// shift into the high half, which vectorizes with the arithmetic around it.
+pub(crate) trait Widen: Copy + Sync {
+    /// The value as f32.
+    fn widen(self) -> f32;
+}
+
+impl Widen for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Widen for u16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from_bits(u32::from(self) << 16)
+    }
 }
 
 /// Runs `f(first_row, rows)` over `out` in blocks of whole rows of `row_len` outputs, on

@@ -20,7 +20,8 @@
 //!   summed in a fixed order (so the result does not depend on the thread count).
 //!
 //! bf16 and f16 tensors on flex run the same kernels, cast to f32 at their door and back
-//! (`kernel_dtypes`). Every other backend (wgpu, CUDA), and quantized tensors on flex, run
+//! (`kernel_dtypes`), except the weight of a product of a few rows (decoding), which
+//! `skinny.rs` reads in its own precision. Every other backend (wgpu, CUDA), and quantized tensors on flex, run
 //! Burn's own `linear` unchanged.
 
 // Built without any backend feature, the extension's generated glue leaves the trait's
@@ -124,7 +125,7 @@ impl FusedLinearBackend for burn::backend::Flex {
         if !kernel_dtypes(&[dtype, weight.dtype()]) {
             return Self::linear(x, weight, None);
         }
-        in_dtype(kernels::forward(as_f32(x), &as_f32(weight), None), dtype)
+        in_dtype(kernels::forward(as_f32(x), weight, None), dtype)
     }
 
     fn fused_linear_bias(
@@ -136,7 +137,7 @@ impl FusedLinearBackend for burn::backend::Flex {
         if !kernel_dtypes(&[dtype, weight.dtype(), bias.dtype()]) {
             return Self::linear(x, weight, Some(bias));
         }
-        let out = kernels::forward(as_f32(x), &as_f32(weight), Some(&as_f32(bias)));
+        let out = kernels::forward(as_f32(x), weight, Some(&as_f32(bias)));
         in_dtype(out, dtype)
     }
 
@@ -277,10 +278,10 @@ impl<B: FusedLinearBackend, const N: usize> Backward<B, N> for LinearBackward<N>
 /// The f32 kernels on flex tensors, reading and writing their buffers in place.
 #[cfg(feature = "flex")]
 mod kernels {
-    use crate::fused::kernel::{Operand, from_f32, gemm};
-    use crate::fused::skinny::{self, Weight};
+    use crate::fused::kernel::{Operand, as_f32, from_f32, gemm};
+    use crate::fused::skinny::{self, Elements, Weight};
     use burn::backend::flex::FlexTensor;
-    use burn::tensor::DType;
+    use burn::tensor::{DType, bf16, f16};
     use gemm::Parallelism;
     use rayon::prelude::*;
 
@@ -408,7 +409,8 @@ mod kernels {
     }
 
     /// `x·weight + bias` with [`skinny::product`] when `x` has at most [`skinny::MAX_ROWS`]
-    /// rows and the weight has a unit stride; `None` (gemm's turn) otherwise.
+    /// rows and the weight (f32, bf16 or f16, read in its own precision) has a unit stride;
+    /// `None` (gemm's turn) otherwise.
     fn skinny_product(
         x: &FlexTensor,
         m: usize,
@@ -417,12 +419,21 @@ mod kernels {
         weight: &FlexTensor,
         bias: Option<&FlexTensor>,
     ) -> Option<Vec<f32>> {
-        if m == 0 || m > skinny::MAX_ROWS || k == 0 || n == 0 {
+        let max_rows = match weight.dtype() {
+            DType::F32 => skinny::MAX_ROWS,
+            _ => skinny::MAX_HALF_ROWS,
+        };
+        if m == 0 || m > max_rows || k == 0 || n == 0 {
             return None;
         }
         let layout = weight.layout();
-        let data: &[f32] = weight.storage();
-        let data = &data[layout.start_offset()..];
+        let start = layout.start_offset();
+        let data = match weight.dtype() {
+            DType::F32 => Elements::F32(&weight.storage::<f32>()[start..]),
+            DType::BF16 => Elements::Bf16(bytemuck::cast_slice(&weight.storage::<bf16>()[start..])),
+            DType::F16 => Elements::F16(&weight.storage::<f16>()[start..]),
+            _ => return None,
+        };
         let (w, needed) = match *layout.strides() {
             [s, 1] if s >= 0 => {
                 let stride = s as usize;
@@ -443,15 +454,16 @@ mod kernels {
         Some(skinny::product(&xs, m, k, n, w, bias.as_deref()))
     }
 
-    /// `x·weight + bias`.
+    /// `x·weight + bias` for f32 `x` and `bias`; the weight may be bf16 or f16, which a product
+    /// of a few rows reads in place and gemm after widening it.
     pub(super) fn forward(
         x: FlexTensor,
-        weight: &FlexTensor,
+        weight: FlexTensor,
         bias: Option<&FlexTensor>,
     ) -> FlexTensor {
         let mut out_dims = x.layout().shape().to_vec();
         let (x, rows, d_in) = as_rows(x);
-        let d_out = matrix_dims(weight, d_in, 0);
+        let d_out = matrix_dims(&weight, d_in, 0);
         if let Some(bias) = bias {
             assert_eq!(
                 bias.layout().shape().to_vec(),
@@ -459,13 +471,14 @@ mod kernels {
                 "linear: bias length"
             );
         }
-        let values = skinny_product(&x, rows, d_in, d_out, weight, bias).unwrap_or_else(|| {
+        let values = skinny_product(&x, rows, d_in, d_out, &weight, bias).unwrap_or_else(|| {
+            let weight = as_f32(weight);
             gemm_into(
                 rows,
                 d_out,
                 d_in,
                 operand(&x, d_in),
-                operand(weight, d_out),
+                operand(&weight, d_out),
                 bias,
             )
         });
