@@ -8,7 +8,7 @@
 //! | `vulkan`, `vulkan:N` | cubecl's SPIR-V on Vulkan | `vulkan` |
 //! | `metal`, `metal:N` | Metal | `metal` |
 //! | `cuda`, `cuda:N` | CUDA | `cuda` |
-//! | `auto` | the first compiled of cuda, metal, vulkan, wgpu, flex | |
+//! | `auto` | the first of cuda, metal, vulkan, wgpu that opens a GPU, else flex | |
 //!
 //! A name never silently becomes another device: `cuda` on a machine without a CUDA driver (or
 //! with fewer GPUs than the index) is [`DeviceError::NoCuda`], and `wgpu`, `vulkan` or `metal`

@@ -257,9 +257,14 @@ multiversion! {
                 let mut buf = [0.0f32; ROW_BLOCK];
                 let Block { x, m, k, stride, width, .. } = block;
                 for i in 0..k {
-                    half.widen_into(i * stride, &mut buf[..width]);
-                    let one = Typed { x: &x[i..], m, k, w: &buf[..width], stride: 0, width };
-                    rows_one(one, out);
+                    let w = &mut buf[..width];
+                    half.widen_into(i * stride, w);
+                    for (r, out) in out.chunks_exact_mut(width).enumerate().take(m) {
+                        let a = x[r * k + i];
+                        for (o, &w) in out.iter_mut().zip(&*w) {
+                            *o += a * w;
+                        }
+                    }
                 }
             }
         }
@@ -282,18 +287,6 @@ multiversion! {
                     }
                 }
             }
-        }
-    }
-}
-
-/// One weight row `b.w` (`width` long) times column `0` of `b.x`'s rows (`x[r·k]`), added to
-/// `out` row by row: one step `i` of [`rows`].
-#[inline(always)]
-fn rows_one(b: Typed<'_, f32>, out: &mut [f32]) {
-    for (r, out) in out.chunks_exact_mut(b.width).enumerate().take(b.m) {
-        let a = b.x[r * b.k];
-        for (o, &w) in out.iter_mut().zip(b.w) {
-            *o += a * w;
         }
     }
 }
