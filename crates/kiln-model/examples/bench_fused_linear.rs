@@ -6,8 +6,11 @@
 //! Then the decoding shapes of GPT-2 small (one token per sequence, batch 1 and 8: x `[b, 1,
 //! d_in]`): its four block layers and the tied LM head (the `[50257, 768]` embedding read
 //! transposed), forward on the plain device, where kiln reads the weight once (`skinny.rs`) and
-//! Burn runs gemm. The weights total about 9 MB per block layer and 154 MB for the head, more
-//! than the caches hold, so this measures how fast each streams the weight from memory.
+//! Burn runs gemm; and the same layers with bf16 weights against f32. One layer is about 9 MB
+//! and the head 154 MB, which a server's (or a VM's) last-level cache may hold across repeated
+//! calls, so these are partly cache rates. The rate from memory comes next: one decoding step's
+//! products of GPT-2 small, every weight a distinct tensor (497 MB in f32), kiln in f32 and bf16
+//! against Burn's gemm.
 //!
 //! Last, the rate of the fused forward's gemm at the d-512 config's shapes (x `[8, 256, d_in]`,
 //! the block's four weights) in GFLOP/s: what `scripts/bench_gemm_torch.py` prints for
@@ -163,6 +166,8 @@ fn main() {
         }
     }
 
+    step_from_memory(iterations.min(10), &device);
+
     println!(
         "\nthe d-512 config's layers, x [8, 256, d_in], forward, median of {iterations} alternating runs"
     );
@@ -181,5 +186,76 @@ fn main() {
             gflops(fused),
             gflops(burn)
         );
+    }
+}
+
+/// One decoding step's products of GPT-2 small: every block's six weights (query, key, value,
+/// out `[768, 768]`, up `[768, 3072]`, down `[3072, 768]`) as distinct tensors, 12 blocks, and
+/// the tied head, 497 MB in f32: more than this machine's caches (a VM's L3 can hold a single
+/// layer, and even the head, which makes the per-layer figures above partly cache rates), so
+/// this is the rate at which a step streams its weights from memory. kiln's fused forward in
+/// f32 and bf16, and Burn's `linear` (gemm: its single-threaded gemv at one row), the blocks'
+/// 72 products and the head's timed apart, on rayon's pool as `Gpt::generate` runs them.
+fn step_from_memory(iterations: usize, device: &Device) {
+    println!(
+        "\none decoding step's products of GPT-2 small from memory (12 blocks of distinct weights, the tied head), median of {iterations} alternating runs (ms)"
+    );
+    println!("part    b   kiln f32  GB/s | burn f32  GB/s | kiln bf16  GB/s");
+    let blocks: Vec<Tensor<2>> = [[768, 768]; 4]
+        .into_iter()
+        .chain([[768, 3072], [3072, 768]])
+        .cycle()
+        .take(12 * 6)
+        .map(|shape| Tensor::random(shape, Distribution::Default, device))
+        .collect();
+    let head = vec![Tensor::<2>::random([50257, 768], Distribution::Default, device).transpose()];
+    for batch in [1, 8] {
+        for (part, weights) in [("blocks", &blocks), ("head", &head)] {
+            let halves: Vec<Tensor<2>> = weights
+                .iter()
+                .map(|w| w.clone().cast(FloatDType::BF16))
+                .collect();
+            let elements: usize = weights.iter().map(|w| w.shape().num_elements()).sum();
+            let xs: Vec<Tensor<3>> = weights
+                .iter()
+                .map(|w| Tensor::random([batch, 1, w.dims()[0]], Distribution::Default, device))
+                .collect();
+            let x16: Vec<Tensor<3>> = xs
+                .iter()
+                .map(|x| x.clone().cast(FloatDType::BF16))
+                .collect();
+            // On rayon's pool, as `Gpt::generate` runs: each product's caller works a share.
+            let run = |which: usize| {
+                rayon::scope(|_| {
+                    let start = Instant::now();
+                    for (i, x) in xs.iter().enumerate() {
+                        let y = match which {
+                            0 => linear(x.clone(), weights[i].clone(), None),
+                            1 => burn::tensor::module::linear(x.clone(), weights[i].clone(), None),
+                            _ => linear(x16[i].clone(), halves[i].clone(), None),
+                        };
+                        assert_eq!(y.dims()[2], weights[i].dims()[1]);
+                    }
+                    start.elapsed().as_secs_f64() * 1e3
+                })
+            };
+            let mut times = [Vec::new(), Vec::new(), Vec::new()];
+            for which in 0..3 {
+                run(which);
+            }
+            for _ in 0..iterations {
+                for (which, t) in times.iter_mut().enumerate() {
+                    t.push(run(which));
+                }
+            }
+            let [f, b, h] = times.map(median);
+            let gbs = |bytes: usize, ms: f64| (elements * bytes) as f64 / (ms * 1e-3) / 1e9;
+            println!(
+                "{part:<7} {batch:<3} {f:>8.2} {:>5.1} | {b:>8.2} {:>5.1} | {h:>9.2} {:>5.1}",
+                gbs(4, f),
+                gbs(4, b),
+                gbs(2, h)
+            );
+        }
     }
 }

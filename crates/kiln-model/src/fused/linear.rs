@@ -408,7 +408,7 @@ mod kernels {
         dst
     }
 
-    /// `x·weight + bias` with [`skinny::product`] when `x` has at most [`skinny::MAX_ROWS`]
+    /// `x·weight + bias` with [`skinny::product`] when `x` has at most [`skinny::max_rows`]
     /// rows and the weight (f32, bf16 or f16, read in its own precision) has a unit stride;
     /// `None` (gemm's turn) otherwise.
     fn skinny_product(
@@ -419,11 +419,7 @@ mod kernels {
         weight: &FlexTensor,
         bias: Option<&FlexTensor>,
     ) -> Option<Vec<f32>> {
-        let max_rows = match weight.dtype() {
-            DType::F32 => skinny::MAX_ROWS,
-            _ => skinny::MAX_HALF_ROWS,
-        };
-        if m == 0 || m > max_rows || k == 0 || n == 0 {
+        if m == 0 || m > skinny::MAX_ROWS || k == 0 || n == 0 {
             return None;
         }
         let layout = weight.layout();
@@ -445,7 +441,7 @@ mod kernels {
             }
             _ => return None,
         };
-        if data.len() < needed {
+        if data.len() < needed || m > skinny::max_rows(&w) {
             return None;
         }
         // A few rows: gathering them (contiguous or not) costs nothing next to the weight.

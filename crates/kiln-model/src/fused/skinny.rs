@@ -1,18 +1,21 @@
 //! The linear layer's product when it has only a few rows: the decoding steps of generation
-//! (one new token per sequence, batch 1 or 2) and any other call with up to [`MAX_ROWS`] rows.
+//! (one new token per sequence, up to batch [`MAX_ROWS`]) and any other call that small.
 //!
 //! `gemm::gemm` packs the whole weight into its own layout on every call, then multiplies: with
-//! one or a few rows, the packing reads and writes every weight once more than the product reads
-//! it, and the product is bound by memory bandwidth, not arithmetic (a profile of GPT-2-sized
+//! a few rows, the packing reads and writes every weight once more than the product reads it,
+//! and the product is bound by memory bandwidth, not arithmetic (a profile of GPT-2-sized
 //! decoding spent more time in gemm's packing than in its microkernel). Here the weight is read
-//! once, where it lies:
-//! - **rows of the weight contiguous** (Burn's `[d_in, d_out]` Linear weight): each row `W[k, ..]`
-//!   is added `x[r, k]` times into a block of outputs, a contiguous stream;
+//! once, where it lies, as contiguous streams:
+//! - **rows of the weight contiguous** (Burn's `[d_in, d_out]` Linear weight): each task takes a
+//!   stretch of whole rows, four at a time, and adds them into its own accumulators, asking for
+//!   the next four rows' cache lines as it reads (the hardware prefetcher alone does not ramp up
+//!   on rows a few KiB long);
 //! - **columns contiguous** (the tied LM head, the embedding `[vocab, d]` read transposed): each
 //!   output is a dot product of a row with a contiguous column.
 //!
-//! Blocks of outputs run on rayon's threads; each output's sum runs in a fixed order, so the
-//! result does not depend on the thread count (resume stays bit-exact).
+//! Tasks run on rayon's threads. The split depends on the shape alone and the tasks' partial
+//! sums are added in a fixed order, so the result does not depend on the thread count (resume
+//! stays bit-exact).
 //!
 //! The weight may be bf16 or f16 ([`Elements`]): a bf16 model decodes by streaming half the
 //! bytes of an f32 one, which is what a decoding step is bound by. bf16 is widened as it is read,
@@ -27,21 +30,40 @@ use rayon::prelude::*;
 
 use super::kernel::{Widen, lane_dot, multiversion};
 
-/// Rows up to which [`product`] replaces gemm. Past this the weight's packing is shared by
-/// enough rows for gemm's register-blocked microkernel to win: decoding GPT-2 small on an
-/// AVX-512 Xeon (`examples/bench_generate`), this product was 1.05–1.15x gemm at 1 row, even at
-/// 2, and 0.8x at 4 and 8 rows.
-pub(crate) const MAX_ROWS: usize = 2;
+/// Rows of `x` up to which [`product`] replaces gemm for this weight. gemm packs the whole
+/// weight into its own layout on every call, so with a few rows it reads the weight twice and
+/// writes it once where this product reads it once; a bf16 or f16 weight it would first widen
+/// to f32 besides. GPT-2 small's decoding products from memory (`bench_fused_linear`, 2-core
+/// Xeon VM): its blocks' f32 weights at 8 rows took 57 ms here against 82 ms through gemm; the
+/// tied head read by columns (each output a dot product) 17.4 ms against gemm's 15.7, so an
+/// f32 weight read by columns goes to gemm past 2 rows.
+pub(crate) fn max_rows(w: &Weight<'_>) -> usize {
+    match w {
+        Weight::Columns {
+            data: Elements::F32(_),
+            ..
+        } => 2,
+        _ => MAX_ROWS,
+    }
+}
 
-/// [`MAX_ROWS`] for a bf16 or f16 weight: gemm would first widen the whole weight to f32 (a
-/// write and a read of twice its bytes), which this product saves. At 8 rows (batch-8
-/// decoding) a bf16 weight here took 0.87x (a `[768, 3072]` layer) and 0.97x (the tied head)
-/// of the f32 weight's time through gemm (`bench_fused_linear`).
-pub(crate) const MAX_HALF_ROWS: usize = 8;
+/// The most rows of `x` [`product`] is used for (batch-8 decoding): past this gemm's
+/// register-blocked microkernel, sharing its packing over enough rows, wins.
+pub(crate) const MAX_ROWS: usize = 8;
 
-/// Outputs per block when the weight's rows are contiguous: 1 KiB of each weight row streamed
-/// per step, the accumulators (`rows × 256` f32) staying in L1.
-const ROW_BLOCK: usize = 256;
+/// Outputs per task when the weight's rows are contiguous: 16 KiB of each f32 weight row, a run
+/// long enough for the hardware prefetcher to follow across pages. Narrower column strips
+/// (1 KiB of each row, as this product first read them) streamed at half the rate of
+/// contiguous reads on a 2-core Xeon VM.
+const TILE: usize = 4096;
+/// Weight elements per task when a tile's rows are split into chunks: each task streams a
+/// contiguous stretch of the weight (512 KiB in f32 where the weight is one matrix).
+const TASK: usize = 1 << 17;
+/// Tiles from which there is enough to share out without splitting the rows.
+const MIN_TASKS: usize = 8;
+/// Weight rows added per pass over the accumulators: four streams read together, and a quarter
+/// of the accumulator traffic of one row at a time.
+const FUSED: usize = 4;
 /// Outputs per block when the weight's columns are contiguous (each a `d_in`-long dot product).
 const COLUMN_BLOCK: usize = 128;
 /// Multiply-adds below which the product runs on the calling thread.
@@ -105,6 +127,9 @@ impl<'a> Elements<'a> {
 
 /// `x·W (+ bias)` for `x` `[m, k]` (row-major, contiguous) and `W` `[k, n]`: a new `[m, n]`
 /// buffer.
+///
+/// Work is split by the shape alone, never by the thread count, and partial sums are added in
+/// a fixed order, so the result is the same on any number of threads.
 pub(crate) fn product(
     x: &[f32],
     m: usize,
@@ -114,49 +139,278 @@ pub(crate) fn product(
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
     debug_assert_eq!(x.len(), m * k);
-    let block = match w {
-        Weight::Rows { .. } => ROW_BLOCK,
-        Weight::Columns { .. } => COLUMN_BLOCK,
+    let mut y = vec![0.0f32; m * n];
+    if let Some(bias) = bias {
+        for row in y.chunks_exact_mut(n) {
+            row.copy_from_slice(bias);
+        }
+    }
+    match w {
+        Weight::Rows { data, stride } => add_rows(x, m, k, n, data, stride, &mut y),
+        Weight::Columns { data, stride } => add_columns(x, m, k, n, data, stride, &mut y),
+    }
+    y
+}
+
+/// `par` on rayon's pool when there is enough work and more than one task, else in order.
+fn run_tasks(
+    tasks: usize,
+    work: usize,
+    run: impl Fn(usize) -> Vec<f32> + Sync + Send,
+) -> Vec<Vec<f32>> {
+    if work >= PARALLEL_MIN && tasks > 1 {
+        (0..tasks).into_par_iter().map(run).collect()
+    } else {
+        (0..tasks).map(run).collect()
+    }
+}
+
+/// `y += x·W` with the weight's rows contiguous. Each task streams whole rows of a tile of up
+/// to [`TILE`] outputs; where the tiles are too few to share out (every block layer of GPT-2
+/// or Llama), a tile's rows are cut into chunks of about [`TASK`] elements, each adding into
+/// its own accumulators, which are then added to `y` chunk after chunk.
+fn add_rows(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    data: Elements<'_>,
+    stride: usize,
+    y: &mut [f32],
+) {
+    let tile = n.min(TILE);
+    let tiles = n.div_ceil(tile);
+    let chunk_rows = if tiles >= MIN_TASKS {
+        k
+    } else {
+        let chunks = (k * tile).div_ceil(TASK).max(1);
+        // At least 16 weight rows per row of x, so that the partial sums stay a sixteenth of
+        // the weight's elements.
+        k.div_ceil(chunks)
+            .next_multiple_of(FUSED)
+            .max(16 * m)
+            .min(k)
     };
-    let run = |b: usize| -> Vec<f32> {
-        let j0 = b * block;
-        let width = block.min(n - j0);
-        let mut out = vec![0.0f32; m * width];
-        if let Some(bias) = bias {
-            for row in out.chunks_exact_mut(width) {
-                row.copy_from_slice(&bias[j0..j0 + width]);
+    let chunks = k.div_ceil(chunk_rows);
+    let parts = run_tasks(tiles * chunks, m * n * k, |task| {
+        let (t, c) = (task / chunks, task % chunks);
+        let (j0, i0) = (t * tile, c * chunk_rows);
+        let width = tile.min(n - j0);
+        let mut acc = vec![0.0f32; m * width];
+        let chunk = Chunk {
+            x,
+            m,
+            k,
+            i0,
+            rows: chunk_rows.min(k - i0),
+            w: data.from(i0 * stride + j0),
+            stride,
+            width,
+        };
+        rows_chunk(chunk, &mut acc);
+        acc
+    });
+    for (task, part) in parts.iter().enumerate() {
+        let j0 = task / chunks * tile;
+        let width = tile.min(n - j0);
+        for (r, src) in part.chunks_exact(width).enumerate() {
+            for (y, &p) in y[r * n + j0..r * n + j0 + width].iter_mut().zip(src) {
+                *y += p;
             }
         }
-        let (kernel, w, stride): (fn(Block<'_>, &mut [f32]), _, _) = match w {
-            Weight::Rows { data, stride } => (rows_block, data.from(j0), stride),
-            Weight::Columns { data, stride } => (columns_block, data.from(j0 * stride), stride),
-        };
+    }
+}
+
+/// `y += x·W` with the weight's columns contiguous: blocks of [`COLUMN_BLOCK`] outputs, each a
+/// dot product of a row of `x` with a contiguous column, so each block streams one contiguous
+/// stretch of the weight.
+fn add_columns(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    data: Elements<'_>,
+    stride: usize,
+    y: &mut [f32],
+) {
+    let blocks = n.div_ceil(COLUMN_BLOCK);
+    let parts = run_tasks(blocks, m * n * k, |b| {
+        let j0 = b * COLUMN_BLOCK;
+        let width = COLUMN_BLOCK.min(n - j0);
+        let mut out = vec![0.0f32; m * width];
         let block = Block {
             x,
             m,
             k,
-            w,
+            w: data.from(j0 * stride),
             stride,
             width,
         };
-        kernel(block, &mut out);
+        columns_block(block, &mut out);
         out
-    };
-    let blocks = n.div_ceil(block);
-    let parts: Vec<Vec<f32>> = if m * n * k >= PARALLEL_MIN && blocks > 1 {
-        (0..blocks).into_par_iter().map(run).collect()
-    } else {
-        (0..blocks).map(run).collect()
-    };
-    let mut y = vec![0.0f32; m * n];
+    });
     for (b, part) in parts.iter().enumerate() {
-        let j0 = b * block;
-        let width = block.min(n - j0);
+        let j0 = b * COLUMN_BLOCK;
+        let width = COLUMN_BLOCK.min(n - j0);
         for (r, src) in part.chunks_exact(width).enumerate() {
-            y[r * n + j0..r * n + j0 + width].copy_from_slice(src);
+            for (y, &p) in y[r * n + j0..r * n + j0 + width].iter_mut().zip(src) {
+                *y += p;
+            }
         }
     }
-    y
+}
+
+/// A chunk of a rows-contiguous weight: rows `i0..i0 + rows` of `x`'s columns, the weight from
+/// element `(i0, j0)` with its row `stride`, for `width` outputs.
+#[derive(Clone, Copy)]
+struct Chunk<'a> {
+    x: &'a [f32],
+    m: usize,
+    k: usize,
+    i0: usize,
+    rows: usize,
+    w: Elements<'a>,
+    stride: usize,
+    width: usize,
+}
+
+/// Outputs taken at a time from a group's rows: two AVX-512 vectors, held in registers (as
+/// f32) while every row of `x` adds them in.
+const LINE: usize = 32;
+
+/// `acc[r, j] += a_r[0]·w_0[j] + a_r[1]·w_1[j] + a_r[2]·w_2[j] + a_r[3]·w_3[j]` for the `m`
+/// rows of `x` (`acc` is `[m, width]`, `a_r` row `r`'s four values at `x[r·k + at..]`), the
+/// four terms summed left to right before they are added: the same expression for every
+/// element type, so a bf16 weight gives bit for bit the f32 result on its widened values.
+///
+/// Each [`LINE`] of the four rows is widened once and used by every row of `x`: at 8 rows
+/// (batch-8 decoding) the weight is read from cache once instead of once per row.
+///
+/// With `ahead`, the cache lines `ahead` elements further on (the next group's rows) are asked
+/// for as each line is read. The rows of a decoding layer are a few KiB each, too short a
+/// stream for the hardware prefetcher to ramp up on: streaming GPT-2's `[768, 768]` and
+/// `[768, 3072]` bf16 rows four at a time from memory went from 14 and 21 GB/s to 22 and 27 GB/s
+/// on a 2-core Xeon VM (a burst of prefetches per group instead filled the line buffers).
+#[inline(always)]
+fn add_group<E: Widen>(
+    acc: &mut [f32],
+    x: &[f32],
+    (m, k, at): (usize, usize, usize),
+    w: [&[E]; FUSED],
+    ahead: usize,
+) {
+    let width = w[0].len();
+    let mut j = 0;
+    while j < width {
+        let len = LINE.min(width - j);
+        for row in w {
+            let at = row.as_ptr().wrapping_add(j + ahead);
+            prefetch(at);
+            if std::mem::size_of::<E>() * LINE > 64 {
+                prefetch(at.wrapping_add(64 / std::mem::size_of::<E>()));
+            }
+        }
+        if len == LINE {
+            let v: [[f32; LINE]; FUSED] = w.map(|row| {
+                let line: &[E; LINE] = row[j..j + LINE].try_into().expect("a whole line");
+                line.map(Widen::widen)
+            });
+            for r in 0..m {
+                let a: &[f32; FUSED] = x[r * k + at..r * k + at + FUSED]
+                    .try_into()
+                    .expect("four values");
+                let acc: &mut [f32; LINE] = (&mut acc[r * width + j..r * width + j + LINE])
+                    .try_into()
+                    .expect("a whole line");
+                for e in 0..LINE {
+                    acc[e] += a[0] * v[0][e] + a[1] * v[1][e] + a[2] * v[2][e] + a[3] * v[3][e];
+                }
+            }
+        } else {
+            for r in 0..m {
+                let a = &x[r * k + at..r * k + at + FUSED];
+                for e in j..width {
+                    acc[r * width + e] += a[0] * w[0][e].widen()
+                        + a[1] * w[1][e].widen()
+                        + a[2] * w[2][e].widen()
+                        + a[3] * w[3][e].widen();
+                }
+            }
+        }
+        j += len;
+    }
+}
+
+/// `acc[r, ..width] += x[r, at] · w[..width]`: one row of the weight (a chunk's last rows).
+#[inline(always)]
+fn add_row<E: Widen>(acc: &mut [f32], x: &[f32], (m, k, at): (usize, usize, usize), w: &[E]) {
+    for (r, acc) in acc.chunks_exact_mut(w.len()).enumerate().take(m) {
+        let a = x[r * k + at];
+        for (o, &v) in acc.iter_mut().zip(w) {
+            *o += a * v.widen();
+        }
+    }
+}
+
+/// Asks for the cache line at `at` (a hint, which never faults; nothing on other
+/// architectures).
+#[inline(always)]
+fn prefetch<E>(at: *const E) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing and cannot fault, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(at.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
+/// The rows of `chunk` in groups of [`FUSED`], each read where it lies, then the last rows one
+/// at a time.
+#[inline(always)]
+fn rows_typed<E: Widen>(c: Chunk<'_>, w: &[E], acc: &mut [f32]) {
+    let row = |i: usize| &w[i * c.stride..i * c.stride + c.width];
+    let groups = c.rows / FUSED * FUSED;
+    for i in (0..groups).step_by(FUSED) {
+        let group = std::array::from_fn(|d| row(i + d));
+        add_group(acc, c.x, (c.m, c.k, c.i0 + i), group, FUSED * c.stride);
+    }
+    for i in groups..c.rows {
+        add_row(acc, c.x, (c.m, c.k, c.i0 + i), row(i));
+    }
+}
+
+multiversion! {
+    /// `acc[r, ..width] += Σ_i x[r, i0 + i] · w[i·stride + ..width]` over the chunk's rows, the
+    /// weight in its own precision.
+    fn rows_chunk(c: Chunk<'_>, acc: &mut [f32]) {
+        match c.w {
+            Elements::F32(w) => rows_typed(c, w, acc),
+            // Widened as it is read (a shift), once per line for all rows of `x`.
+            Elements::Bf16(w) => rows_typed(c, w, acc),
+            // f16 has no cheap inline widening: a row at a time through F16C into a buffer,
+            // then the f32 loop over the buffer.
+            Elements::F16(_) => {
+                let mut buf = vec![0.0f32; FUSED * c.width];
+                let groups = c.rows / FUSED * FUSED;
+                let mut i = 0;
+                while i < c.rows {
+                    let f = if i < groups { FUSED } else { 1 };
+                    for (d, b) in buf.chunks_exact_mut(c.width).enumerate().take(f) {
+                        c.w.widen_into((i + d) * c.stride, b);
+                    }
+                    let at = (c.m, c.k, c.i0 + i);
+                    if f == FUSED {
+                        let group = std::array::from_fn(|d| &buf[d * c.width..(d + 1) * c.width]);
+                        add_group(acc, c.x, at, group, 0);
+                    } else {
+                        add_row(acc, c.x, at, &buf[..c.width]);
+                    }
+                    i += f;
+                }
+            }
+        }
+    }
 }
 
 /// One block of outputs: the rows `x` (`[m, k]`) and the weight `w` from the block's first
@@ -171,70 +425,16 @@ struct Block<'a> {
     width: usize,
 }
 
-/// The block with its weight of element type `E` (f32, or bf16 bits).
-#[derive(Clone, Copy)]
-struct Typed<'a, E> {
-    x: &'a [f32],
-    m: usize,
-    k: usize,
-    w: &'a [E],
-    stride: usize,
-    width: usize,
-}
-
-impl<'a> Block<'a> {
-    fn typed<E>(self, w: &'a [E]) -> Typed<'a, E> {
-        let Block {
-            x,
-            m,
-            k,
-            stride,
-            width,
-            ..
-        } = self;
-        Typed {
-            x,
-            m,
-            k,
-            w,
-            stride,
-            width,
-        }
-    }
-}
-
-/// `out[r, ..width] += Σ_i x[r, i] · w[i·stride + ..width]`, in order of `i`.
-#[inline(always)]
-fn rows<E: Widen>(b: Typed<'_, E>, out: &mut [f32]) {
-    let Typed {
-        x,
-        m,
-        k,
-        w,
-        stride,
-        width,
-    } = b;
-    for i in 0..k {
-        let w = &w[i * stride..i * stride + width];
-        for (r, out) in out.chunks_exact_mut(width).enumerate().take(m) {
-            let a = x[r * k + i];
-            for (o, &w) in out.iter_mut().zip(w) {
-                *o += a * w.widen();
-            }
-        }
-    }
-}
-
 /// `out[r, j] += x[r, ..] · w[j·stride + ..k]` for `j < width`.
 #[inline(always)]
-fn columns<E: Widen>(b: Typed<'_, E>, out: &mut [f32]) {
-    let Typed {
+fn columns<E: Widen>(b: Block<'_>, w: &[E], out: &mut [f32]) {
+    let Block {
         x,
         m,
         k,
-        w,
         stride,
         width,
+        ..
     } = b;
     for j in 0..width {
         let column = &w[j * stride..j * stride + k];
@@ -245,38 +445,11 @@ fn columns<E: Widen>(b: Typed<'_, E>, out: &mut [f32]) {
 }
 
 multiversion! {
-    /// [`rows`] over the block's weight in its own precision.
-    fn rows_block(block: Block<'_>, out: &mut [f32]) {
-        match block.w {
-            Elements::F32(w) => rows(block.typed(w), out),
-            // One row of `x`: each weight element is read once, widened as it is read.
-            Elements::Bf16(w) if block.m == 1 => rows(block.typed(w), out),
-            // More rows read each weight row more than once (and f16 has no cheap inline
-            // widening): widen it once, into L1, then the f32 loop over that row alone.
-            half => {
-                let mut buf = [0.0f32; ROW_BLOCK];
-                let Block { x, m, k, stride, width, .. } = block;
-                for i in 0..k {
-                    let w = &mut buf[..width];
-                    half.widen_into(i * stride, w);
-                    for (r, out) in out.chunks_exact_mut(width).enumerate().take(m) {
-                        let a = x[r * k + i];
-                        for (o, &w) in out.iter_mut().zip(&*w) {
-                            *o += a * w;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-multiversion! {
     /// [`columns`] over the block's weight in its own precision.
     fn columns_block(block: Block<'_>, out: &mut [f32]) {
         match block.w {
-            Elements::F32(w) => columns(block.typed(w), out),
-            Elements::Bf16(w) if block.m == 1 => columns(block.typed(w), out),
+            Elements::F32(w) => columns(block, w, out),
+            Elements::Bf16(w) if block.m == 1 => columns(block, w, out),
             half => {
                 let mut buf = vec![0.0f32; block.k];
                 let Block { x, m, k, stride, width, .. } = block;
@@ -305,6 +478,9 @@ mod tests {
             (3, 33, 129),
             (8, 768, 700),
             (5, 17, 2),
+            // Several tiles of outputs, their rows cut into chunks; and tiles enough alone.
+            (1, 40, 9000),
+            (2, 9, 40000),
         ] {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 31 % 97) as f32 - 48.0) / 50.0)
@@ -351,7 +527,7 @@ mod tests {
     #[test]
     fn half_weights_give_the_f32_product_of_their_values_bit_for_bit() {
         use burn::tensor::bf16;
-        for &(m, k, n) in &[(1, 70, 300), (2, 33, 129), (1, 768, 513)] {
+        for &(m, k, n) in &[(1, 70, 300), (2, 33, 129), (1, 768, 513), (8, 771, 700)] {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7 % 23) as f32 - 11.0) / 9.0)
                 .collect();
@@ -423,5 +599,43 @@ mod tests {
                 assert!(rows.iter().chain(&cols).all(|v| v.is_finite()));
             }
         }
+    }
+
+    /// The split into tasks and the order of their partial sums depend on the shape alone: one
+    /// thread and three give the same bits, in both layouts and for a bf16 weight.
+    #[test]
+    fn the_result_does_not_depend_on_the_thread_count() {
+        let (m, k, n) = (3, 1000, 3000);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 29 % 83) as f32 - 41.0) / 30.0)
+            .collect();
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 23 % 97) as f32 - 48.0) / 45.0)
+            .collect();
+        let b16: Vec<u16> = w.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a pool");
+            pool.install(|| {
+                [
+                    Weight::Rows {
+                        data: Elements::F32(&w),
+                        stride: n,
+                    },
+                    Weight::Columns {
+                        data: Elements::F32(&w),
+                        stride: k,
+                    },
+                    Weight::Rows {
+                        data: Elements::Bf16(&b16),
+                        stride: n,
+                    },
+                ]
+                .map(|layout| product(&x, m, k, n, layout, None))
+            })
+        };
+        assert_eq!(on(1), on(3));
     }
 }
