@@ -408,7 +408,7 @@ mod kernels {
         dst
     }
 
-    /// `x·weight + bias` with [`skinny::product`] when `x` has at most [`skinny::max_rows`]
+    /// `x·weight + bias` with [`skinny::product`] when `x` has at most [`skinny::MAX_ROWS`]
     /// rows and the weight (f32, bf16 or f16, read in its own precision) has a unit stride;
     /// `None` (gemm's turn) otherwise.
     fn skinny_product(
@@ -441,7 +441,7 @@ mod kernels {
             }
             _ => return None,
         };
-        if data.len() < needed || m > skinny::max_rows(&w) {
+        if data.len() < needed {
             return None;
         }
         // A few rows: gathering them (contiguous or not) costs nothing next to the weight.

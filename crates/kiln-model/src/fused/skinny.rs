@@ -28,26 +28,14 @@ use burn::tensor::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use super::kernel::{Widen, lane_dot, multiversion};
+use super::kernel::{LANES, Widen, multiversion};
 
-/// Rows of `x` up to which [`product`] replaces gemm for this weight. gemm packs the whole
+/// Rows of `x` up to which [`product`] replaces gemm (batch-8 decoding). gemm packs the whole
 /// weight into its own layout on every call, so with a few rows it reads the weight twice and
-/// writes it once where this product reads it once; a bf16 or f16 weight it would first widen
-/// to f32 besides. GPT-2 small's decoding products from memory (`bench_fused_linear`, 2-core
-/// Xeon VM): its blocks' f32 weights at 8 rows took 57 ms here against 82 ms through gemm; the
-/// tied head read by columns (each output a dot product) 17.4 ms against gemm's 15.7, so an
-/// f32 weight read by columns goes to gemm past 2 rows.
-pub(crate) fn max_rows(w: &Weight<'_>) -> usize {
-    match w {
-        Weight::Columns {
-            data: Elements::F32(_),
-            ..
-        } => 2,
-        _ => MAX_ROWS,
-    }
-}
-
-/// The most rows of `x` [`product`] is used for (batch-8 decoding): past this gemm's
+/// writes it once where this product reads it once (a bf16 or f16 weight it would first widen
+/// to f32 besides). GPT-2 small's decoding products from memory at 8 rows
+/// (`bench_fused_linear`, 2-core Xeon VM): the blocks' f32 weights 28.6 ms here against 78.7 ms
+/// through gemm, the tied head (read by columns) 14.1 against 15.6 ms. Past this gemm's
 /// register-blocked microkernel, sharing its packing over enough rows, wins.
 pub(crate) const MAX_ROWS: usize = 8;
 
@@ -311,10 +299,15 @@ fn add_group<E: Widen>(
             }
         }
         if len == LINE {
-            let v: [[f32; LINE]; FUSED] = w.map(|row| {
+            // Plain loops: `<[T; N]>::map` stays an out-of-line call, compiled without the
+            // kernel's target features (8% of a decoding step in `perf`).
+            let mut v = [[0.0f32; LINE]; FUSED];
+            for (v, row) in v.iter_mut().zip(w) {
                 let line: &[E; LINE] = row[j..j + LINE].try_into().expect("a whole line");
-                line.map(Widen::widen)
-            });
+                for e in 0..LINE {
+                    v[e] = line[e].widen();
+                }
+            }
             for r in 0..m {
                 let a: &[f32; FUSED] = x[r * k + at..r * k + at + FUSED]
                     .try_into()
@@ -425,22 +418,67 @@ struct Block<'a> {
     width: usize,
 }
 
-/// `out[r, j] += x[r, ..] · w[j·stride + ..k]` for `j < width`.
+/// `x_r · column` for the `M` rows of `x` (`[M, k]`), each in [`lane_dot`]'s order (`LANES`
+/// lanes, the lanes summed, then the remainder), so that each result is bit for bit the one-row
+/// dot product. The column is read (and widened) once for all rows; `M` is a constant so that
+/// the accumulators stay in registers.
+///
+/// [`lane_dot`]: super::kernel::lane_dot
 #[inline(always)]
-fn columns<E: Widen>(b: Block<'_>, w: &[E], out: &mut [f32]) {
+fn dots<E: Widen, const M: usize>(x: &[f32], k: usize, column: &[E]) -> [f32; M] {
+    let mut acc = [[0.0f32; LANES]; M];
+    let whole = k / LANES * LANES;
+    for i in (0..whole).step_by(LANES) {
+        let c: &[E; LANES] = column[i..i + LANES].try_into().expect("a whole vector");
+        for (acc, x) in acc.iter_mut().zip(x.chunks_exact(k)) {
+            let x: &[f32; LANES] = x[i..i + LANES].try_into().expect("a whole vector");
+            for l in 0..LANES {
+                acc[l] += x[l] * c[l].widen();
+            }
+        }
+    }
+    let mut out = [0.0f32; M];
+    for ((out, acc), x) in out.iter_mut().zip(&acc).zip(x.chunks_exact(k)) {
+        let rest: f32 = x[whole..]
+            .iter()
+            .zip(&column[whole..k])
+            .map(|(x, w)| x * w.widen())
+            .sum();
+        *out = acc.iter().sum::<f32>() + rest;
+    }
+    out
+}
+
+/// `out[r, j] += x[r, ..] · w[j·stride + ..k]` for `j < width`, the `M` rows at once.
+#[inline(always)]
+fn columns_of<E: Widen, const M: usize>(b: Block<'_>, w: &[E], out: &mut [f32]) {
     let Block {
         x,
-        m,
         k,
         stride,
         width,
         ..
     } = b;
     for j in 0..width {
-        let column = &w[j * stride..j * stride + k];
-        for r in 0..m {
-            out[r * width + j] += lane_dot(&x[r * k..(r + 1) * k], column);
+        let sums = dots::<E, M>(x, k, &w[j * stride..j * stride + k]);
+        for (r, sum) in sums.into_iter().enumerate() {
+            out[r * width + j] += sum;
         }
+    }
+}
+
+/// [`columns_of`] for the block's number of rows.
+#[inline(always)]
+fn columns<E: Widen>(b: Block<'_>, w: &[E], out: &mut [f32]) {
+    match b.m {
+        1 => columns_of::<E, 1>(b, w, out),
+        2 => columns_of::<E, 2>(b, w, out),
+        3 => columns_of::<E, 3>(b, w, out),
+        4 => columns_of::<E, 4>(b, w, out),
+        5 => columns_of::<E, 5>(b, w, out),
+        6 => columns_of::<E, 6>(b, w, out),
+        7 => columns_of::<E, 7>(b, w, out),
+        _ => columns_of::<E, MAX_ROWS>(b, w, out),
     }
 }
 
@@ -449,14 +487,19 @@ multiversion! {
     fn columns_block(block: Block<'_>, out: &mut [f32]) {
         match block.w {
             Elements::F32(w) => columns(block, w, out),
-            Elements::Bf16(w) if block.m == 1 => columns(block, w, out),
-            half => {
+            Elements::Bf16(w) => columns(block, w, out),
+            // f16 a column at a time through F16C into a buffer, each then read as a weight
+            // of one column.
+            Elements::F16(_) => {
                 let mut buf = vec![0.0f32; block.k];
-                let Block { x, m, k, stride, width, .. } = block;
+                let width = block.width;
                 for j in 0..width {
-                    half.widen_into(j * stride, &mut buf);
-                    for r in 0..m {
-                        out[r * width + j] += lane_dot(&x[r * k..(r + 1) * k], &buf[..]);
+                    block.w.widen_into(j * block.stride, &mut buf);
+                    let one = Block { width: 1, stride: block.k, ..block };
+                    let mut sums = [0.0f32; MAX_ROWS];
+                    columns(one, &buf, &mut sums[..block.m]);
+                    for (r, sum) in sums.into_iter().enumerate().take(block.m) {
+                        out[r * width + j] += sum;
                     }
                 }
             }
