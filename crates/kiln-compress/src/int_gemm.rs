@@ -258,20 +258,34 @@ mod vnni {
     pub(super) const COLS: usize = 64;
     /// Rows per tile: 4 × 4 = 16 accumulator registers.
     const ROWS: usize = 4;
+    /// Rows quantized together and run against each tile in turn (batch-16 decoding in one
+    /// pass), so that a tile streamed from memory serves them all from cache.
+    const PASS: usize = 16;
 
-    /// `b: [n, k]` repacked as `[k/4][n_pad][4]`: for each group of 4 reduction indices, the 4
-    /// bytes of output `o` are adjacent, so one 64-byte load holds 16 outputs × 4 weights, the
-    /// operand `vpdpbusd` multiplies against 4 broadcast activation bytes. No horizontal sums.
+    /// `b: [n, k]` repacked as `[n_pad/COLS][k/4][COLS][4]`: for each group of 4 reduction
+    /// indices, the 4 bytes of output `o` are adjacent, so one 64-byte load holds 16 outputs × 4
+    /// weights, the operand `vpdpbusd` multiplies against 4 broadcast activation bytes (no
+    /// horizontal sums); and each tile of [`COLS`] outputs is one contiguous stretch, which the
+    /// micro-kernel streams from start to end. (Tiles interleaved group by group, as this
+    /// packing first was, made each tile a 256-byte run every `n_pad·4` bytes, a stride the
+    /// hardware prefetcher follows poorly: the same cost the f32 decoding product had.)
     pub(super) fn pack(b: &[i8], n: usize, k: usize) -> (Vec<i8>, usize, usize) {
         let k4 = k.div_ceil(4);
         let n_pad = n.next_multiple_of(COLS);
         let mut packed = vec![0i8; k4 * n_pad * 4];
         for o in 0..n {
             for i in 0..k {
-                packed[((i / 4) * n_pad + o) * 4 + i % 4] = b[o * k + i];
+                packed[at(k4, o, i / 4) + i % 4] = b[o * k + i];
             }
         }
         (packed, k4, n_pad)
+    }
+
+    /// Where the 4 bytes of output `o` for the group `g` of 4 reduction indices start in the
+    /// packing.
+    #[inline(always)]
+    fn at(k4: usize, o: usize, g: usize) -> usize {
+        ((o / COLS * k4 + g) * COLS + o % COLS) * 4
     }
 
     /// The micro-kernel shared by [`gemm`] and [`fused`]: the first `rr` (≤ `ROWS`) rows of
@@ -291,15 +305,15 @@ mod vnni {
         n_pad: usize,
         o0: usize,
     ) -> [[__m512i; 4]; ROWS] {
+        debug_assert!(o0 % COLS == 0 && o0 + COLS <= n_pad);
+        let _ = n_pad;
         let mut acc = [[_mm512_setzero_si512(); 4]; ROWS];
         for i in 0..k4 {
             let mut w = [_mm512_setzero_si512(); 4];
             for (c, w) in w.iter_mut().enumerate() {
-                // SAFETY: o0 + 16c + 16 <= n_pad, so 64 bytes are in bounds.
+                // SAFETY: the tile from o0 holds k4 groups of COLS × 4 bytes, in bounds.
                 *w = unsafe {
-                    _mm512_loadu_si512(
-                        packed.as_ptr().add((i * n_pad + o0 + 16 * c) * 4) as *const _
-                    )
+                    _mm512_loadu_si512(packed.as_ptr().add(at(k4, o0 + 16 * c, i)) as *const _)
                 };
             }
             for (x, acc) in acc.iter_mut().enumerate().take(rr) {
@@ -438,49 +452,59 @@ mod vnni {
         let width = range.len();
         let rows = x.len() / k;
         let (k4, n_pad) = (packed.k4, packed.n_pad);
-        let mut a_u8 = vec![0u8; ROWS * k4 * 4];
+        let mut a_u8 = vec![0u8; PASS * k4 * 4];
         let mut row_info = [(
             super::QuantParams {
                 scale: 1.0,
                 zero_point: 0,
             },
             0i32,
-        ); ROWS];
+        ); PASS];
         let mut tile = [0i32; 16];
-        let mut r0 = 0;
-        while r0 < rows {
-            let rr = (rows - r0).min(ROWS);
-            for xr in 0..rr {
-                let row = &x[(r0 + xr) * k..(r0 + xr + 1) * k];
+        let mut p0 = 0;
+        while p0 < rows {
+            let pass = (rows - p0).min(PASS);
+            for xr in 0..pass {
+                let row = &x[(p0 + xr) * k..(p0 + xr + 1) * k];
                 // SAFETY: the features are enabled on this function.
                 row_info[xr] =
                     unsafe { quantize_row_u8(row, fixed, &mut a_u8[xr * k4 * 4..xr * k4 * 4 + k]) };
             }
             let mut o0 = range.start;
             while o0 < range.end {
-                // SAFETY: the features are enabled on this function; `packed` is `k4 × n_pad × 4`.
-                let acc = unsafe { tile_products(&a_u8, rr, &packed.data, k4, n_pad, o0) };
-                for (xr, acc) in acc.iter().enumerate().take(rr) {
-                    for (c, acc) in acc.iter().enumerate() {
-                        let first = o0 + 16 * c;
-                        if first >= range.end {
-                            break;
-                        }
-                        // SAFETY: `tile` has 16 i32.
-                        unsafe { _mm512_storeu_si512(tile.as_mut_ptr() as *mut _, *acc) };
-                        let len = (range.end - first).min(16);
-                        let at = (r0 + xr) * width + first - range.start;
-                        let y = &mut out[at..at + len];
-                        for (j, y) in y.iter_mut().enumerate() {
-                            // Σ (x + 128)·w = Σ x·w + 128·Σ w.
-                            let acc = tile[j] - 128 * cols.sums[first + j];
-                            *y = super::rescale(acc, k, row_info[xr], cols, first + j);
+                // Every row of the pass against this tile: the tile is read from memory once,
+                // then from cache.
+                let mut r0 = 0;
+                while r0 < pass {
+                    let rr = (pass - r0).min(ROWS);
+                    // SAFETY: the features are enabled on this function; `packed` is
+                    // `k4 × n_pad × 4`.
+                    let acc = unsafe {
+                        tile_products(&a_u8[r0 * k4 * 4..], rr, &packed.data, k4, n_pad, o0)
+                    };
+                    for (xr, acc) in acc.iter().enumerate().take(rr) {
+                        for (c, acc) in acc.iter().enumerate() {
+                            let first = o0 + 16 * c;
+                            if first >= range.end {
+                                break;
+                            }
+                            // SAFETY: `tile` has 16 i32.
+                            unsafe { _mm512_storeu_si512(tile.as_mut_ptr() as *mut _, *acc) };
+                            let len = (range.end - first).min(16);
+                            let at = (p0 + r0 + xr) * width + first - range.start;
+                            let y = &mut out[at..at + len];
+                            for (j, y) in y.iter_mut().enumerate() {
+                                // Σ (x + 128)·w = Σ x·w + 128·Σ w.
+                                let acc = tile[j] - 128 * cols.sums[first + j];
+                                *y = super::rescale(acc, k, row_info[r0 + xr], cols, first + j);
+                            }
                         }
                     }
+                    r0 += ROWS;
                 }
                 o0 += COLS;
             }
-            r0 += ROWS;
+            p0 += PASS;
         }
     }
 }
@@ -491,7 +515,15 @@ mod tests {
 
     #[test]
     fn kernels_match_the_definition() {
-        for &(rows, n, k) in &[(1, 1, 1), (5, 7, 63), (9, 6, 130), (8, 8, 64), (3, 2, 200)] {
+        // Several 64-column tiles too (the packing is tile-major).
+        for &(rows, n, k) in &[
+            (1, 1, 1),
+            (5, 7, 63),
+            (9, 6, 130),
+            (8, 8, 64),
+            (3, 2, 200),
+            (6, 150, 70),
+        ] {
             let a: Vec<i8> = (0..rows * k)
                 .map(|i| ((i * 37 + 11) % 256) as u8 as i8)
                 .collect();
@@ -535,5 +567,57 @@ mod tests {
     fn gemm_rejects_inconsistent_lengths() {
         assert!(gemm_i8(&[1, 2, 3], &[1, 2], &[3], 1, 1, 2).is_err());
         assert!(gemm_i8(&[], &[], &[], 0, 0, 0).is_err());
+    }
+
+    /// The fused VNNI layer (columns split over threads for a few rows; passes of 16 rows
+    /// against each tile for more) gives bit for bit the portable path: each row quantized,
+    /// one integer product, the same rescaling.
+    #[test]
+    fn the_fused_kernel_matches_the_portable_path() {
+        for &(rows, n, k) in &[(2, 1000, 1100), (20, 130, 300), (8, 70, 33)] {
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 20.0)
+                .collect();
+            let w: Vec<i8> = (0..n * k)
+                .map(|i| ((i * 53 + 5) % 256) as u8 as i8)
+                .collect();
+            let sums: Vec<i32> = w
+                .chunks(k)
+                .map(|c| c.iter().map(|&v| v as i32).sum())
+                .collect();
+            let scale: Vec<f32> = (0..n).map(|o| 0.01 + o as f32 * 1e-4).collect();
+            let zero = vec![0i32; n];
+            let bias: Vec<f32> = (0..n).map(|o| o as f32 * 0.1).collect();
+            let cols = Columns {
+                scale: &scale,
+                zero: &zero,
+                sums: &sums,
+                bias: &bias,
+            };
+            // Without VNNI there is no packing, and the fused path declines, writing nothing.
+            let packed = pack_for_vnni(&w, n, k).unwrap_or(Packed {
+                data: Vec::new(),
+                k4: 0,
+                n_pad: 0,
+            });
+            let mut fused = vec![0f32; rows * n];
+            let ran = fused_linear(&x, rows, k, n, &packed, None, &cols, &mut fused);
+            assert_eq!(ran, int8_kernel_name() == "avx512-vnni");
+            let mut xq = vec![0i8; rows * k];
+            let mut info = Vec::new();
+            for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(k)) {
+                let p = row_params(row, None);
+                info.push((p, quantize_row(row, p, q)));
+            }
+            let acc = gemm_i8(&xq, &w, &sums, rows, n, k).unwrap();
+            let want: Vec<f32> = (0..rows * n)
+                .map(|t| rescale(acc[t], k, info[t / n], &cols, t % n))
+                .collect();
+            if ran {
+                assert_eq!(fused, want, "rows {rows} n {n} k {k}");
+            } else {
+                assert!(fused.iter().all(|&v| v == 0.0));
+            }
+        }
     }
 }
