@@ -542,18 +542,23 @@ impl<L: LinearLayer> Gpt<L> {
     /// Runs without dropout or autodiff graph whatever the device. Errors on empty prompts,
     /// prompts of different lengths, ids outside the vocabulary and bad sampling parameters.
     ///
-    /// **On rayon's pool.** A decoding step is a few hundred small products, each split over
-    /// rayon's threads. Asked from a thread outside the pool, each would wake the pool's
+    /// **On rayon's pool** (flex). A decoding step is a few hundred small products, each split
+    /// over rayon's threads. Asked from a thread outside the pool, each would wake the pool's
     /// sleeping threads and sleep until they finish, a wake-up of tens of microseconds on a VM
     /// per product; run on one of the pool's threads (as here), the caller works a share of
     /// each product while the others wake. GPT-2 small's bf16 decoding products went from 19 to
     /// 13.5 ms a token on a 2-core Xeon VM (`bench_fused_linear`). The tokens do not change:
-    /// no result depends on the thread that computes it.
+    /// no result depends on the thread that computes it. Other backends run on the calling
+    /// thread (their work is queued to the device, and their streams may be per thread).
     pub fn generate(&self, prompts: &[Vec<u32>], config: &GenerateConfig) -> Result<Vec<Vec<u32>>>
     where
         L: Sync,
     {
-        rayon::scope(|_| self.generate_here(prompts, config))
+        if crate::fused::on_flex(&self.token_embedding.weight.device()) {
+            rayon::scope(|_| self.generate_here(prompts, config))
+        } else {
+            self.generate_here(prompts, config)
+        }
     }
 
     /// [`generate`](Self::generate) on the calling thread.
