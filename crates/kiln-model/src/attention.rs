@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Bool, DType, Device, FloatDType, Tensor, TensorCreationOptions, s};
 
 use kiln_dist::TensorParallel;
 
@@ -95,23 +95,78 @@ pub struct MultiHeadAttention<L: LinearLayer = Linear> {
 }
 
 /// The keys and values of the positions seen so far, for one attention layer.
+///
+/// They live in buffers with room to spare (`[batch, kv_heads, capacity, head_dim]`), doubled
+/// when full, so a decoding step writes its new positions in place and attention reads a view
+/// of the first [`len`](Self::len): appending with `Tensor::cat` instead copied the whole cache
+/// into a fresh allocation at every step, as many bytes as the weights at batch 8 and 800
+/// positions for GPT-2 small.
 #[derive(Debug, Clone, Default)]
 pub struct LayerKvCache {
-    /// `[batch, heads, seen, head_dim]` each, or `None` before the first step.
-    pub key_value: Option<(Tensor<4>, Tensor<4>)>,
+    /// The key and value buffers, or `None` before the first step.
+    buffers: Option<(Tensor<4>, Tensor<4>)>,
+    len: usize,
 }
 
 impl LayerKvCache {
     /// How many positions are cached.
     pub fn len(&self) -> usize {
-        self.key_value.as_ref().map_or(0, |(k, _)| k.dims()[2])
+        self.len
     }
 
     /// Whether nothing is cached yet.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
+    }
+
+    /// Positions the buffers hold before they next grow.
+    pub fn capacity(&self) -> usize {
+        self.buffers.as_ref().map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    /// The cached keys and values, `[batch, kv_heads, len, head_dim]` each (views of the
+    /// buffers), or `None` before the first step.
+    pub fn keys_values(&self) -> Option<(Tensor<4>, Tensor<4>)> {
+        let (k, v) = self.buffers.as_ref()?;
+        Some((
+            k.clone().narrow(2, 0, self.len),
+            v.clone().narrow(2, 0, self.len),
+        ))
+    }
+
+    /// Appends `keys` and `values` (`[batch, kv_heads, new, head_dim]`) and returns everything
+    /// cached, as [`keys_values`](Self::keys_values). The write is in place while no view of an
+    /// earlier step is alive (each view shares the buffers); a full buffer is copied into one
+    /// of twice the size.
+    pub fn append(&mut self, keys: Tensor<4>, values: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let [batch, heads, new, _] = keys.dims();
+        let total = self.len + new;
+        if total > self.capacity() {
+            let capacity = total.max(2 * self.capacity()).max(MIN_CAPACITY);
+            let grown = |old: Option<Tensor<4>>, like: &Tensor<4>| {
+                let options = TensorCreationOptions::new(like.device()).with_dtype(like.dtype());
+                let buffer = Tensor::zeros([batch, heads, capacity, like.dims()[3]], options);
+                match old {
+                    Some(old) => {
+                        let kept = old.narrow(2, 0, self.len);
+                        buffer.slice_assign(s![.., .., 0..self.len, ..], kept)
+                    }
+                    None => buffer,
+                }
+            };
+            let (old_k, old_v) = self.buffers.take().unzip();
+            self.buffers = Some((grown(old_k, &keys), grown(old_v, &values)));
+        }
+        let (k, v) = self.buffers.take().expect("buffers allocated above");
+        let at = s![.., .., self.len..total, ..];
+        self.buffers = Some((k.slice_assign(at.clone(), keys), v.slice_assign(at, values)));
+        self.len = total;
+        self.keys_values().expect("just written")
     }
 }
+
+/// Positions a cache's first buffers hold: a prompt's worth, before any doubling.
+const MIN_CAPACITY: usize = 64;
 
 /// What each query may attend to, handed down through the blocks.
 #[derive(Debug, Clone, Copy, Default)]
@@ -193,12 +248,18 @@ impl<L: LinearLayer> MultiHeadAttention<L> {
             q = rope.apply(q, offset);
             k = rope.apply(k, offset);
         }
+        // On flex the kernels compute in f32: a half-precision model's cache is kept in f32 (its
+        // values exactly, so nothing changes but the bytes), which attention then reads in
+        // place instead of widening all of it at every step; the context goes back to the
+        // model's dtype.
+        let mut restore = None;
         if let Some(cache) = cache {
-            if let Some((past_k, past_v)) = cache.key_value.take() {
-                k = Tensor::cat(vec![past_k, k], 2);
-                v = Tensor::cat(vec![past_v, v], 2);
+            let dtype = q.dtype();
+            if dtype != DType::F32 && fused::on_flex(&q.device()) {
+                restore = Some(dtype);
+                [q, k, v] = [q, k, v].map(|t| t.cast(FloatDType::F32));
             }
-            cache.key_value = Some((k.clone(), v.clone()));
+            (k, v) = cache.append(k, v);
         }
         let keys = KeyRange {
             causal: mask.causal,
@@ -218,7 +279,10 @@ impl<L: LinearLayer> MultiHeadAttention<L> {
             } else {
                 fused::attention::attention(q, k, v, scale, keys, mask.padding)
             }
-        } else if kv_heads == heads && !keys.window_binds(k.dims()[2]) {
+        } else if kv_heads == heads
+            && !keys.window_binds(k.dims()[2])
+            && !fused::on_flex(&q.device())
+        {
             let keys_len = k.dims()[2];
             let padding = mask.padding.map(|p| {
                 p.clone()
@@ -234,10 +298,16 @@ impl<L: LinearLayer> MultiHeadAttention<L> {
         } else {
             // Burn's op wants as many key/value heads as query heads, and has no window: kiln's
             // kernel (its forward alone, on flex; the composite form elsewhere) reads the
-            // cached key/value heads as they are.
+            // cached key/value heads as they are. On flex it runs for every model: it reads the
+            // cache's views in place (f32) or widens them once (half precision), where Burn's op
+            // copied them first, one element at a time for a strided bf16 view.
             fused::attention::attention(q, k, v, scale, keys, mask.padding)
         };
 
+        let context = match restore {
+            Some(dtype) => context.cast(dtype),
+            None => context,
+        };
         let context = context
             .swap_dims(1, 2)
             .reshape([batch, seq, heads * head_dim]);

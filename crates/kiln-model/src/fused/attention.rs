@@ -366,9 +366,8 @@ impl<B: AttentionBackend> Backward<B, 3> for AttentionGrad {
 mod kernels {
     use burn::backend::Flex;
     use burn::backend::flex::{FlexTensor, Layout};
-    use burn::backend::ops::FloatTensorOps;
     use burn::backend::tensor::FloatTensor;
-    use burn::tensor::{Bytes, DType, FloatDType};
+    use burn::tensor::{Bytes, DType};
     use gemm::Parallelism;
     use rayon::prelude::*;
 
@@ -376,8 +375,8 @@ mod kernels {
 
     use super::{AttentionBackend, KeyRange};
     use crate::fused::kernel::{
-        Operand, exp, f32_contiguous, gemm, in_dtype, lane_dot, lane_max, lane_sum, multiversion,
-        values,
+        Operand, as_f32, exp, f32_contiguous, gemm, in_dtype, lane_dot, lane_max, lane_sum,
+        multiversion, values,
     };
 
     /// Queries per block: a block's scores against 256 keys are 64 KiB, in L2 beside the keys.
@@ -436,13 +435,10 @@ mod kernels {
         }
     }
 
-    /// `t` as f32 with a unit stride along its last dimension (a copy only when it has none).
+    /// `t` as f32 with a unit stride along its last dimension (a copy only when it has none;
+    /// a half-precision view, such as a KV cache's, widened by kiln's vectorized conversion).
     fn heads(t: FlexTensor) -> FlexTensor {
-        let t = if t.dtype() == DType::F32 {
-            t
-        } else {
-            Flex::float_cast(t, FloatDType::F32)
-        };
+        let t = as_f32(t);
         let unit = t.layout().strides().last() == Some(&1);
         if unit { t } else { t.to_contiguous() }
     }
