@@ -159,7 +159,7 @@ impl LayerKvCache {
         }
         let (k, v) = self.buffers.take().expect("buffers allocated above");
         let at = s![.., .., self.len..total, ..];
-        self.buffers = Some((k.slice_assign(at.clone(), keys), v.slice_assign(at, values)));
+        self.buffers = Some((k.slice_assign(at, keys), v.slice_assign(at, values)));
         self.len = total;
         self.keys_values().expect("just written")
     }
@@ -412,5 +412,42 @@ impl<L: PrunableLinear> MultiHeadAttention<L> {
         })?;
         layer.n_head = kept.len();
         Ok(layer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    /// Positions appended in pieces, past several doublings of the buffers, read back as the
+    /// concatenation of the pieces; the buffers grow geometrically, not per step.
+    #[test]
+    fn the_cache_grows_in_place_and_holds_what_was_appended() {
+        let device = Device::flex();
+        let mut cache = LayerKvCache::default();
+        let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
+        let mut growths = 0;
+        for step in 0..60 {
+            let new = 1 + step % 5;
+            let k = Tensor::<4>::random([2, 3, new, 4], Distribution::Default, &device);
+            let v = Tensor::<4>::random([2, 3, new, 5], Distribution::Default, &device);
+            let before = cache.capacity();
+            let (keys, values) = cache.append(k.clone(), v.clone());
+            growths += usize::from(cache.capacity() != before);
+            all_k.push(k);
+            all_v.push(v);
+            assert_eq!(keys.dims()[2], cache.len());
+            assert_eq!(values.dims(), [2, 3, cache.len(), 5]);
+        }
+        assert_eq!(cache.len(), 180);
+        assert_eq!((cache.capacity(), growths), (256, 3), "64, 128, 256");
+        let (keys, values) = cache.keys_values().expect("filled");
+        // Bit for bit: the cache copies values, it computes nothing.
+        keys.into_data()
+            .assert_eq(&Tensor::cat(all_k, 2).into_data(), true);
+        values
+            .into_data()
+            .assert_eq(&Tensor::cat(all_v, 2).into_data(), true);
     }
 }

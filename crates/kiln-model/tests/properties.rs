@@ -191,7 +191,7 @@ proptest! {
         }
         let full = values(gqa.forward(ids(std::slice::from_ref(&seq))).unwrap());
         prop_assert!(max_diff(&full, &decoded) <= 1e-4);
-        let (k, _) = cache.layers[0].key_value.clone().unwrap();
+        let (k, _) = cache.layers[0].keys_values().unwrap();
         prop_assert_eq!(k.dims()[1], kv, "the cache holds the key/value heads only");
     }
 
