@@ -198,15 +198,7 @@ fn add_rows(
         rows_chunk(chunk, &mut acc);
         acc
     });
-    for (task, part) in parts.iter().enumerate() {
-        let j0 = task / chunks * tile;
-        let width = tile.min(n - j0);
-        for (r, src) in part.chunks_exact(width).enumerate() {
-            for (y, &p) in y[r * n + j0..r * n + j0 + width].iter_mut().zip(src) {
-                *y += p;
-            }
-        }
-    }
+    add_parts(y, n, &parts, |task| task / chunks * tile);
 }
 
 /// `y += x·W` with the weight's columns contiguous: blocks of [`COLUMN_BLOCK`] outputs, each a
@@ -237,9 +229,18 @@ fn add_columns(
         columns_block(block, &mut out);
         out
     });
-    for (b, part) in parts.iter().enumerate() {
-        let j0 = b * COLUMN_BLOCK;
-        let width = COLUMN_BLOCK.min(n - j0);
+    add_parts(y, n, &parts, |b| b * COLUMN_BLOCK);
+}
+
+/// `y[r, j0 + ..] += part[r, ..]` for each task's part, in task order, `j0` its first output:
+/// the partial sums of tasks on the same outputs are added in a fixed order.
+fn add_parts(y: &mut [f32], n: usize, parts: &[Vec<f32>], first: impl Fn(usize) -> usize) {
+    if y.is_empty() {
+        return;
+    }
+    let m = y.len() / n;
+    for (task, part) in parts.iter().enumerate() {
+        let (j0, width) = (first(task), part.len() / m);
         for (r, src) in part.chunks_exact(width).enumerate() {
             for (y, &p) in y[r * n + j0..r * n + j0 + width].iter_mut().zip(src) {
                 *y += p;
