@@ -306,7 +306,6 @@ mod vnni {
         o0: usize,
     ) -> [[__m512i; 4]; ROWS] {
         debug_assert!(o0.is_multiple_of(COLS) && o0 + COLS <= n_pad);
-        let _ = n_pad;
         let mut acc = [[_mm512_setzero_si512(); 4]; ROWS];
         for i in 0..k4 {
             let mut w = [_mm512_setzero_si512(); 4];
