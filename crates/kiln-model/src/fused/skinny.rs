@@ -87,22 +87,6 @@ impl<'a> Elements<'a> {
         }
     }
 
-    /// Elements `start..start + buf.len()` widened into `buf` (inlined into the kernels, so
-    /// the bf16 shift vectorizes with them; f16 through F16C).
-    #[inline(always)]
-    fn widen_into(&self, start: usize, buf: &mut [f32]) {
-        let len = buf.len();
-        match self {
-            Elements::F32(d) => buf.copy_from_slice(&d[start..start + len]),
-            Elements::Bf16(d) => {
-                for (b, &v) in buf.iter_mut().zip(&d[start..start + len]) {
-                    *b = v.widen();
-                }
-            }
-            Elements::F16(d) => d[start..start + len].convert_to_f32_slice(buf),
-        }
-    }
-
     /// The buffer from element `start` on.
     fn from(self, start: usize) -> Elements<'a> {
         match self {
@@ -384,14 +368,15 @@ multiversion! {
             Elements::Bf16(w) => rows_typed(c, w, acc),
             // f16 has no cheap inline widening: a row at a time through F16C into a buffer,
             // then the f32 loop over the buffer.
-            Elements::F16(_) => {
+            Elements::F16(w) => {
                 let mut buf = vec![0.0f32; FUSED * c.width];
                 let groups = c.rows / FUSED * FUSED;
                 let mut i = 0;
                 while i < c.rows {
                     let f = if i < groups { FUSED } else { 1 };
                     for (d, b) in buf.chunks_exact_mut(c.width).enumerate().take(f) {
-                        c.w.widen_into((i + d) * c.stride, b);
+                        let at = (i + d) * c.stride;
+                        w[at..at + c.width].convert_to_f32_slice(b);
                     }
                     let at = (c.m, c.k, c.i0 + i);
                     if f == FUSED {
@@ -491,11 +476,12 @@ multiversion! {
             Elements::Bf16(w) => columns(block, w, out),
             // f16 a column at a time through F16C into a buffer, each then read as a weight
             // of one column.
-            Elements::F16(_) => {
+            Elements::F16(w) => {
                 let mut buf = vec![0.0f32; block.k];
                 let width = block.width;
                 for j in 0..width {
-                    block.w.widen_into(j * block.stride, &mut buf);
+                    let at = j * block.stride;
+                    w[at..at + block.k].convert_to_f32_slice(&mut buf);
                     let one = Block { width: 1, stride: block.k, ..block };
                     let mut sums = [0.0f32; MAX_ROWS];
                     columns(one, &buf, &mut sums[..block.m]);
